@@ -1,0 +1,2 @@
+"""spx: one recipe, three speech toolkits."""
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from spx.cli import main
+
+main()

@@ -1,0 +1,212 @@
+"""Helpers for backend child processes: spec loading, progress lines, transcript cleaning, and the one
+decoding/timing protocol every backend uses so speed figures compare fairly."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from spx.manifests import Utterance, read_manifest
+from spx.rundir import RunDir
+from spx.spec import Spec
+from spx.yamlio import atomic_write_json
+
+PROGRESS_PREFIX = "SPX_PROGRESS "
+
+
+def load_run(run_dir: str | Path) -> tuple[Spec, RunDir]:
+    import yaml
+
+    rd = RunDir(run_dir)
+    spec = Spec.model_validate(yaml.safe_load((rd / "spec.yaml").read_text()))
+    return spec, rd
+
+
+def progress(**fields: Any) -> None:
+    """One machine-readable progress line; the launcher shows it live, the log keeps it."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(PROGRESS_PREFIX + json.dumps(fields, default=float), flush=True)
+
+
+_KEEP = re.compile(r"[^a-z0-9' ]+")
+
+
+def clean_transcript(text: str, lowercase: bool = True) -> str:
+    """Training targets: the same cleaning on every backend so their vocabularies match."""
+    t = text.lower() if lowercase else text
+    t = _KEEP.sub(" ", t) if lowercase else t
+    return " ".join(t.split())
+
+
+def char_vocabulary(texts: Sequence[str]) -> list[str]:
+    return sorted({c for t in texts for c in t})
+
+
+def set_threads(spec: Spec) -> int:
+    import torch
+
+    if spec.resources.threads:
+        torch.set_num_threads(spec.resources.threads)
+    return torch.get_num_threads()
+
+
+def pick_device(spec: Spec) -> str:
+    import torch
+
+    want = spec.resources.accelerator
+    if want == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("resources.accelerator is 'gpu' but torch sees no CUDA device")
+    return "cuda" if (want in ("gpu", "auto") and torch.cuda.is_available()) else "cpu"
+
+
+def precision_dtype(spec: Spec, device: str) -> str:
+    """The dtype decoding/training actually uses; bf16/fp16 only where the device supports it."""
+    p = spec.training.precision
+    if device == "cpu" and p == "fp16":
+        raise RuntimeError("training.precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[p]
+
+
+def load_audio(utt: Utterance, sample_rate: int) -> np.ndarray:
+    """Mono float32 at `sample_rate`; reads only the [offset, offset+duration) segment."""
+    import soundfile as sf
+
+    info = sf.info(utt.audio)
+    start = int(round(utt.offset * info.samplerate))
+    frames = int(round(utt.duration * info.samplerate)) if utt.offset else -1
+    wav, sr = sf.read(utt.audio, start=start, frames=frames, dtype="float32", always_2d=True)
+    wav = wav.mean(axis=1)
+    if sr != sample_rate:
+        import torch
+        import torchaudio
+
+        wav = torchaudio.functional.resample(torch.from_numpy(wav), sr, sample_rate).numpy()
+    return wav
+
+
+def test_utterances(spec: Spec) -> list[tuple[str, Utterance]]:
+    """(test-set name, utterance) for every test manifest in the spec."""
+    out = []
+    for path in spec.test_sets:
+        name = Path(path).stem
+        out.extend((name, u) for u in read_manifest(path))
+    return out
+
+
+def decode_and_time(
+    run_dir: RunDir,
+    spec: Spec,
+    transcribe_batch: Callable[[list[np.ndarray]], list[str]],
+    device: str,
+    dtype: str,
+    sample_rate: int | None = None,
+) -> dict[str, Any]:
+    """The decoding protocol shared by every backend.
+
+    Audio is read and resampled before the clock; the model is warmed up on `eval.warmup_batches`
+    batches; the whole test set is then decoded `eval.speed_repeats` times in batches of
+    `decoding.batch_size` (sorted by duration), and the clock covers transcribe_batch only
+    (feature extraction + model + search + detokenization). Hypotheses come from the first repeat.
+    """
+    sr = sample_rate or spec.features.sample_rate
+    items = test_utterances(spec)
+    items.sort(key=lambda it: it[1].duration)
+    audio = [load_audio(u, sr) for _, u in items]
+    bs = spec.decoding.batch_size
+    batches = [list(range(i, min(i + bs, len(items)))) for i in range(0, len(items), bs)]
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    for b in batches[: spec.eval.warmup_batches]:
+        transcribe_batch([audio[i] for i in b])
+    sync()
+    hyps: list[str] = [""] * len(items)
+    per_utt_time = [0.0] * len(items)
+    totals = []
+    for repeat in range(spec.eval.speed_repeats):
+        total = 0.0
+        for b in batches:
+            t0 = time.perf_counter()
+            out = transcribe_batch([audio[i] for i in b])
+            sync()
+            dt = time.perf_counter() - t0
+            total += dt
+            if len(out) != len(b):
+                raise RuntimeError(f"transcribe_batch returned {len(out)} hypotheses for {len(b)} inputs")
+            if repeat == 0:
+                for i, h in zip(b, out):
+                    hyps[i] = h
+                    per_utt_time[i] = dt * items[i][1].duration / sum(items[j][1].duration for j in b)
+        totals.append(total)
+        progress(phase="decode", repeat=repeat + 1, of=spec.eval.speed_repeats, seconds=round(total, 3))
+    rows = [
+        {"id": u.id, "test_set": name, "ref": u.text or "", "hyp": h, "duration": u.duration, "decode_time": t}
+        for (name, u), h, t in zip(items, hyps, per_utt_time)
+    ]
+    with open(run_dir / "hyps.jsonl.tmp", "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(run_dir / "hyps.jsonl.tmp", run_dir / "hyps.jsonl")
+    import torch
+
+    speed = {
+        "device": device if device == "cpu" else torch.cuda.get_device_name(0),
+        "dtype": dtype,
+        "batch_size": bs,
+        "threads": torch.get_num_threads(),
+        "warmup_batches": min(spec.eval.warmup_batches, len(batches)),
+        "repeats": spec.eval.speed_repeats,
+        "audio_seconds": float(sum(u.duration for _, u in items)),
+        "decode_seconds": totals,
+        "median_decode_seconds": statistics.median(totals),
+        "clock": "model forward + search + detokenization on audio already in memory (features included)",
+        "utterances": len(items),
+    }
+    atomic_write_json(run_dir / "speed.json", speed)
+    return speed
+
+
+def append_curve(run_dir: RunDir, row: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    with open(run_dir / "curve.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, default=float) + "\n")
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def write_train_summary(run_dir: RunDir, **fields: Any) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    atomic_write_json(run_dir / "train_summary.json", fields)
+
+
+def count_params(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def main_guard(fn: Callable[[str], None]) -> None:
+    """Entry point for `python -m spx.adapters.<backend>.<step> RUN_DIR`."""
+    if len(sys.argv) != 2:
+        print(f"usage: python -m {fn.__module__} RUN_DIR", file=sys.stderr)
+        sys.exit(2)
+    fn(sys.argv[1])

@@ -1,0 +1,30 @@
+"""Launchers: the same run dir runs as a local process, a torchrun job or a Slurm job.
+
+    local     spx runs the steps here, one process (or torchrun for steps that need N processes)
+    torchrun  the same as local, with resources.devices processes for the training step
+    slurm     spx writes run_dir/slurm.sbatch, submits it with sbatch; the job runs `spx exec RUN_DIR`
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from spx.rundir import RunDir
+
+
+def launcher_name(rd: RunDir) -> str:
+    import yaml
+
+    return yaml.safe_load((rd / "spec.yaml").read_text()).get("resources", {}).get("launcher", "local")
+
+
+def launch(rd: RunDir) -> dict[str, Any] | None:
+    """Start the run with the launcher its spec names; returns metrics when it ran here."""
+    name = launcher_name(rd)
+    if name == "slurm":
+        from spx.launchers.slurm import submit
+
+        submit(rd)
+        return None
+    from spx.launchers.local import run_here
+
+    return run_here(rd)

@@ -1,0 +1,103 @@
+"""Streaming read/write of spx manifests (never the whole file in memory)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+from spx.errors import SpxError
+from spx.manifests.schema import HEADER_KEY, SCHEMA_VERSION, ManifestRowError, Utterance
+
+
+def _resolve_audio(audio: str, base: Path) -> str:
+    if audio.rstrip().endswith("|") or "://" in audio or os.path.isabs(audio):
+        return audio
+    return str(base / audio)
+
+
+def iter_manifest(path: str | Path, resolve_audio: bool = True) -> Iterator[Utterance]:
+    """Yield utterances one by one; relative audio paths resolve against the manifest's folder.
+
+    Raises SpxError naming `file:line` for the first malformed row.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SpxError(f"manifest not found: {p}", hint="check the path (relative paths resolve against the recipe)")
+    base = p.resolve().parent
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise SpxError(f"not UTF-8 (byte {exc.start})", where=f"{p}:{lineno}", hint="re-encode the manifest as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SpxError(f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{p}:{lineno}",
+                               hint="one JSON object per line") from None
+            if lineno == 1 and isinstance(row, dict) and HEADER_KEY in row:
+                if row[HEADER_KEY] != SCHEMA_VERSION:
+                    raise SpxError(f"manifest schema version {row[HEADER_KEY]!r} is not supported (this spx reads {SCHEMA_VERSION})",
+                                   where=f"{p}:1", hint="upgrade spx or re-export the manifest")
+                continue
+            try:
+                utt = Utterance.from_dict(row)
+            except ManifestRowError as exc:
+                raise SpxError(str(exc), where=f"{p}:{lineno}", hint="see the manifest schema in spx/manifests/schema.py") from None
+            if resolve_audio:
+                utt.audio = _resolve_audio(utt.audio, base)
+            yield utt
+
+
+def read_manifest(path: str | Path, resolve_audio: bool = True) -> list[Utterance]:
+    """Whole manifest as a list: only for small manifests (training sets of tests, test sets)."""
+    return list(iter_manifest(path, resolve_audio))
+
+
+class ManifestWriter:
+    """Write utterances to a temp file and rename on close, so a failed write leaves nothing half-written."""
+
+    def __init__(self, path: str | Path, relative_to_manifest: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.base = self.path.resolve().parent
+        self.relative = relative_to_manifest
+        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self._fh: IO[str] = os.fdopen(fd, "w", encoding="utf-8")
+        self._fh.write(json.dumps({HEADER_KEY: SCHEMA_VERSION}) + "\n")
+        self.count = 0
+
+    def write(self, utt: Utterance) -> None:
+        d = utt.to_json_dict()
+        if self.relative and os.path.isabs(d["audio"]):
+            try:
+                d["audio"] = os.path.relpath(d["audio"], self.base)
+            except ValueError:
+                pass
+        self._fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._fh.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.abort() if exc_type else self.close()
+
+
+def write_manifest(path: str | Path, utts: Iterable[Utterance], relative_to_manifest: bool = False) -> int:
+    with ManifestWriter(path, relative_to_manifest) as w:
+        for u in utts:
+            w.write(u)
+    return w.count

@@ -1,0 +1,73 @@
+"""spec -> run dir (render) and run dir -> outcome (collect + score). Launchers execute the steps in between."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from spx.adapters import get_adapter
+from spx.envinfo import environment
+from spx.errors import SpxError
+from spx.manifests import iter_manifest, write_manifest
+from spx.rundir import RunDir, Step
+from spx.spec import Spec, spec_to_yaml
+from spx.yamlio import atomic_write_json, atomic_write_text
+
+
+def default_run_dir(spec: Spec, backend: str, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{spec.name}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _copy_manifest(src: str, dst: Path) -> str:
+    """Copy a manifest into the run dir with absolute audio paths (validating every row on the way)."""
+    write_manifest(dst, iter_manifest(src))
+    return str(dst)
+
+
+def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = False) -> RunDir:
+    """Create the run directory: resolved spec, manifests, native config and data, exact commands."""
+    adapter = get_adapter(backend)
+    adapter.supports(spec)  # says clearly, before anything is written, when a backend lacks the job
+    rd = RunDir(run_dir)
+    if rd.path.exists() and any(rd.path.iterdir()):
+        if not force:
+            raise SpxError(f"run directory {rd.path} already exists",
+                           hint="use --resume to continue it, --force to overwrite, or --run-dir for another")
+        shutil.rmtree(rd.path)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    try:
+        mdir = rd / "manifests"
+        spec = spec.model_copy(deep=True)
+        data = spec.data
+        data.train = _copy_manifest(data.train, mdir / "train.jsonl")
+        data.valid = _copy_manifest(data.valid, mdir / "valid.jsonl")
+        tests = []
+        for i, t in enumerate(spec.test_sets):
+            stem = Path(t).stem
+            name = stem if stem not in ("train", "valid") else f"test{i}"
+            tests.append(_copy_manifest(t, mdir / f"{name}.jsonl"))
+        data.test = tests if len(tests) > 1 else tests[0]
+        atomic_write_text(rd / "spec.yaml", spec_to_yaml(spec))
+        atomic_write_text(rd / "backend", backend + "\n")
+        steps: list[Step] = adapter.render(spec, rd)
+        rd.write_steps(steps)
+        atomic_write_json(rd / "env.json", environment())
+        rd.set_status("rendered", completed_steps=[], backend=backend, spec_name=spec.name)
+    except BaseException as exc:
+        rd.set_status("failed", error=f"render failed: {exc}")
+        raise
+    return rd
+
+
+def finalize_run(rd: RunDir) -> dict:
+    """collect the normalized outcome and score it into metrics.json."""
+    from spx.bench.scoring import score_run
+
+    adapter = get_adapter(rd.backend)
+    result = adapter.collect(rd)
+    import yaml
+
+    spec = Spec.model_validate(yaml.safe_load((rd / "spec.yaml").read_text()))
+    metrics = score_run(result, spec)
+    atomic_write_json(rd / "metrics.json", metrics)
+    return metrics

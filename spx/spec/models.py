@@ -1,0 +1,240 @@
+"""Pydantic models of the job spec. Unknown keys are rejected; every field says what it means."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- model families
+class ConformerEncoder(Strict):
+    layers: int = Field(2, ge=1, description="number of Conformer blocks")
+    d_model: int = Field(96, ge=8, description="model (attention) dimension")
+    heads: int = Field(4, ge=1, description="attention heads; must divide d_model")
+    ff_expansion: int = Field(4, ge=1, description="feed-forward size = ff_expansion * d_model")
+    conv_kernel: int = Field(15, ge=3, description="depthwise convolution kernel size (odd)")
+    subsampling: Literal[4, 8] = Field(4, description="time subsampling factor of the conv front end")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ConformerEncoder":
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.conv_kernel % 2 == 0:
+            raise ValueError(f"conv_kernel ({self.conv_kernel}) must be odd")
+        return self
+
+
+class ConformerCTC(Strict):
+    family: Literal["conformer_ctc"] = "conformer_ctc"
+    encoder: ConformerEncoder = Field(default_factory=ConformerEncoder)
+
+
+class Tacotron2(Strict):
+    family: Literal["tacotron2"] = "tacotron2"
+    embedding_dim: int = Field(128, ge=8)
+    encoder_layers: int = Field(3, ge=1, description="encoder convolution layers")
+    encoder_dim: int = Field(128, ge=8)
+    attention_dim: int = Field(64, ge=8)
+    decoder_rnn_dim: int = Field(256, ge=8)
+    prenet_dim: int = Field(64, ge=8)
+    postnet_layers: int = Field(3, ge=1)
+    postnet_dim: int = Field(128, ge=8)
+    reduction_factor: int = Field(1, ge=1)
+
+
+class FastSpeech2(Strict):
+    family: Literal["fastspeech2"] = "fastspeech2"
+    d_model: int = Field(128, ge=8)
+    encoder_layers: int = Field(2, ge=1)
+    decoder_layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+
+
+class Vits(Strict):
+    family: Literal["vits"] = "vits"
+    hidden_channels: int = Field(96, ge=8)
+    text_encoder_layers: int = Field(3, ge=1)
+
+
+ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits], Field(discriminator="family")]
+ASR_FAMILIES = {"conformer_ctc"}
+TTS_FAMILIES = {"tacotron2", "fastspeech2", "vits"}
+
+
+# ---------------------------------------------------------------- the rest of the job
+class Features(Strict):
+    type: Literal["fbank"] = Field("fbank", description="log-mel filterbank")
+    n_mels: int = Field(80, ge=8)
+    sample_rate: int = Field(16000, ge=8000)
+    win_length_ms: float = Field(25.0, gt=0)
+    hop_length_ms: float = Field(10.0, gt=0)
+    n_fft: int = Field(512, ge=64)
+
+
+class Tokenizer(Strict):
+    type: Literal["char", "bpe"] = "char"
+    vocab_size: int | None = Field(None, ge=4, description="required for bpe (sentencepiece unigram/bpe size)")
+    lowercase: bool = Field(True, description="lower-case transcripts before tokenizing")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Tokenizer":
+        if self.type == "bpe" and self.vocab_size is None:
+            raise ValueError("tokenizer.type bpe needs tokenizer.vocab_size (e.g. 128)")
+        return self
+
+
+class Data(Strict):
+    train: str = Field(..., description="spx manifest (JSONL) for training; relative to the recipe's folder")
+    valid: str = Field(..., description="spx manifest for validation (early stopping, best checkpoint)")
+    test: str | list[str] = Field(..., description="spx manifest(s) decoded and scored after training")
+    max_duration: float | None = Field(None, gt=0, description="drop training utterances longer than this (s)")
+    min_duration: float | None = Field(None, ge=0)
+
+
+class Optimizer(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+
+
+class Scheduler(Strict):
+    name: Literal["cosine", "noam", "constant", "linear"] = "cosine"
+    warmup_steps: int = Field(100, ge=0)
+    min_lr: float = Field(1e-5, ge=0)
+
+
+class EarlyStopping(Strict):
+    monitor: Literal["valid_loss", "valid_wer"] = "valid_loss"
+    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+
+
+class Training(Strict):
+    epochs: int | None = Field(30, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int | None = Field(16, ge=1, description="utterances per batch per device")
+    batch_seconds: float | None = Field(None, gt=0, description="dynamic batches of this many audio seconds per device")
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    grad_accumulation: int = Field(1, ge=1)
+    grad_clip: float | None = Field(5.0, gt=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    seed: int = 1234
+    early_stopping: EarlyStopping | None = None
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    keep_checkpoints: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Training":
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set training.epochs or training.max_steps")
+        if self.batch_size is None and self.batch_seconds is None:
+            raise ValueError("set training.batch_size or training.batch_seconds")
+        return self
+
+
+class SpecAugment(Strict):
+    freq_masks: int = Field(2, ge=0)
+    freq_width: int = Field(15, ge=0, description="max mel bins per frequency mask")
+    time_masks: int = Field(2, ge=0)
+    time_width: int = Field(25, ge=0, description="max frames per time mask")
+
+
+class Noise(Strict):
+    manifest: str = Field(..., description="spx manifest of noise recordings")
+    snr_db: tuple[float, float] = (5.0, 20.0)
+    prob: float = Field(0.5, ge=0, le=1)
+
+
+class Augmentation(Strict):
+    speed_perturb: list[float] | None = Field(None, description="e.g. [0.9, 1.0, 1.1]")
+    spec_augment: SpecAugment | None = Field(default_factory=SpecAugment)
+    noise: Noise | None = None
+
+
+class Decoding(Strict):
+    strategy: Literal["greedy", "beam"] = "greedy"
+    beam_size: int = Field(4, ge=1)
+    batch_size: int = Field(8, ge=1, description="utterances per decoding batch (also used for RTF)")
+
+
+class Eval(Strict):
+    normalizer: Literal["whisper_english", "basic", "none"] = "whisper_english"
+    speed_repeats: int = Field(3, ge=1, description="decode the test set this many times for RTF median/spread")
+    warmup_batches: int = Field(2, ge=0)
+    bootstrap_samples: int = Field(1000, ge=100)
+
+
+class SlurmResources(Strict):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "02:00:00"
+    cpus_per_task: int = Field(2, ge=1)
+    mem: str | None = Field(None, description="e.g. 16G")
+    constraint: str | None = None
+    gpus_per_node: int | None = None
+    extra: list[str] = Field(default_factory=list, description="extra '#SBATCH' option lines, e.g. '--exclusive'")
+    requeue: bool = True
+    signal_seconds: int = Field(120, ge=10, description="send SIGUSR1 this long before the time limit")
+
+
+class Resources(Strict):
+    launcher: Literal["local", "torchrun", "slurm"] = "local"
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1, description="processes (GPUs, or CPU processes with gloo) per node")
+    nodes: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads per process")
+    slurm: SlurmResources = Field(default_factory=SlurmResources)
+
+
+class TTSSettings(Strict):
+    vocoder: str | None = Field(None, description="path to a vocoder checkpoint/run dir; Griffin-Lim when unset")
+    griffin_lim_iters: int = Field(32, ge=1)
+    n_mels: int = Field(80, ge=8)
+    sample_rate: int = Field(22050, ge=8000)
+    multi_speaker: bool = False
+
+
+class Spec(Strict):
+    """One job: data, task, model, tokenizer, training, augmentation, fine-tuning, decoding, resources."""
+
+    spec_version: Literal[1] = 1
+    name: str = Field("job", pattern=r"^[A-Za-z0-9_.-]+$", description="job name, used in run-dir names")
+    task: Literal["asr", "tts", "classification"] = "asr"
+    model: ModelSpec = Field(default_factory=ConformerCTC)
+    features: Features = Field(default_factory=Features)
+    tokenizer: Tokenizer = Field(default_factory=Tokenizer)
+    data: Data
+    training: Training = Field(default_factory=Training)
+    augmentation: Augmentation = Field(default_factory=Augmentation)
+    init_from: str | None = Field(None, description="native checkpoint of the backend, or a hub model name")
+    freeze: list[str] = Field(default_factory=list, description="'encoder', 'feature_extractor' or 'encoder.layers:N'")
+    decoding: Decoding = Field(default_factory=Decoding)
+    eval: Eval = Field(default_factory=Eval)
+    tts: TTSSettings = Field(default_factory=TTSSettings)
+    resources: Resources = Field(default_factory=Resources)
+    backends: dict[Literal["nemo", "speechbrain", "espnet"], dict[str, Any]] = Field(
+        default_factory=dict, description="backend-specific settings, passed through untouched"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "Spec":
+        fam = self.model.family
+        if self.task == "asr" and fam not in ASR_FAMILIES:
+            raise ValueError(f"model.family {fam!r} is not an ASR family (asr families: {sorted(ASR_FAMILIES)})")
+        if self.task == "tts" and fam not in TTS_FAMILIES:
+            raise ValueError(f"model.family {fam!r} is not a TTS family (tts families: {sorted(TTS_FAMILIES)})")
+        for item in self.freeze:
+            if item not in ("encoder", "feature_extractor") and not item.startswith("encoder.layers:"):
+                raise ValueError(f"freeze item {item!r}: use 'encoder', 'feature_extractor' or 'encoder.layers:N'")
+        return self
+
+    @property
+    def test_sets(self) -> list[str]:
+        return [self.data.test] if isinstance(self.data.test, str) else list(self.data.test)
