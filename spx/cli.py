@@ -164,7 +164,7 @@ def _register_optional_commands() -> None:
     """Command groups that live beside the code they drive (each module keeps its imports lazy)."""
     import importlib
 
-    for module, names in (("spx.manifests.cli", ("manifest",)), ("spx.bench.cli", ("bench", "score")),
+    for module, names in (("spx.manifests.cli", ("manifest",)), ("spx.bench.cli", ("bench",)), ("spx.bench.score_cli", ("score",)),
                           ("spx.launchers.cli", ("status", "logs", "cancel"))):
         try:
             mod = importlib.import_module(module)
