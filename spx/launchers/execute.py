@@ -30,6 +30,11 @@ def world_size(rd: RunDir) -> tuple[int, int]:
 
 def wrap_command(step: Step, devices: int, nodes: int) -> list[str]:
     """The argv that actually runs: torchrun steps get one process per device."""
+    if nodes > 1 and step.launch != "single" and os.environ.get("SLURM_JOB_ID"):
+        # multi-node inside a Slurm job: each toolkit's native form (torchrun rendezvous, Lightning, ESPnet)
+        from spx.launchers.slurm import multinode_torchrun
+
+        return multinode_torchrun(step, devices, nodes)
     if step.launch != "torchrun" or devices * nodes == 1:
         return list(step.argv)
     if step.argv[:2] != [step.argv[0], "-m"]:
