@@ -1,0 +1,90 @@
+"""`spx bench` and `spx score`. Only click is imported at module level: `spx --help` stays instant."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from spx.errors import SpxError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+ALL_BACKENDS = ("nemo", "speechbrain", "espnet")
+
+
+def _backends(value: str) -> list[str]:
+    names = [b.strip() for b in value.split(",") if b.strip()]
+    bad = [b for b in names if b not in ALL_BACKENDS]
+    if bad or not names:
+        raise SpxError(f"--backends {value!r}: unknown backend {', '.join(bad) or '(none given)'}",
+                       hint=f"a comma-separated subset of {','.join(ALL_BACKENDS)}")
+    return names
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--backends", default=",".join(ALL_BACKENDS), show_default=True, help="Comma-separated backends to run.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder: runs/<recipe>-<backend>/ cells and the report files [default: bench_out; "
+                   "with --from: the results.json's folder].")
+@click.option("--force", is_flag=True, help="Re-run cells that already finished.")
+@click.option("--from", "from_json", type=click.Path(dir_okay=False, path_type=Path),
+              help="Re-render the report from a results.json; runs nothing.")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="Run cells here one after another, or submit them to Slurm (a final job writes the report).")
+@click.option("--report-only", is_flag=True, help="Write the report from the cells already in --out; runs nothing.")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Spec override applied to every recipe (repeatable), e.g. -o training.epochs=5.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result rows as JSON at the end.")
+def bench(recipes, backends, out, force, from_json, launcher, report_only, overrides, seed, as_json):
+    """Run RECIPES x backends, score them one way, and write one comparison report.
+
+    With no RECIPES, runs the tiny conformer_ctc recipe on the embedded demo corpus (test voices held out).
+    Writes OUT/report.md, report.html, report.tex, results.json, results.csv.
+
+    \b
+    Examples:
+      spx bench                                       # demo: 3 backends, one report
+      spx bench recipes/conformer_ctc.yaml --backends nemo,espnet -o training.epochs=5
+      spx bench --report-only --out bench_out         # report from the finished cells
+      spx bench --from bench_out/results.json --out paper/  # re-render, no runs
+    """
+    from spx.bench.runner import render_from_json, run_bench
+
+    if from_json is not None:
+        if recipes or report_only:
+            raise SpxError("--from takes no RECIPES and no --report-only", hint="spx bench --from OUT/results.json")
+        res = render_from_json(from_json, out or from_json.resolve().parent)
+    else:
+        res = run_bench(list(recipes), _backends(backends), out or Path("bench_out"), force=force, launcher=launcher,
+                        report_only=report_only, overrides=list(overrides), seed=seed, argv=sys.argv)
+    if res is not None and as_json:
+        import json
+
+        click.echo(json.dumps(res["rows"], indent=2, default=float))
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def score(run_dir, as_json):
+    """Re-score a finished RUN_DIR (hyps.jsonl, speed.json) into metrics.json and print it.
+
+    \b
+    Example: spx score bench_out/runs/conformer_ctc-nemo
+    """
+    import json
+
+    from spx.rundir import RunDir
+    from spx.runner import finalize_run
+
+    rd = RunDir(run_dir)
+    if not (rd / "hyps.jsonl").exists():
+        raise SpxError(f"{rd.path} has no hyps.jsonl: the run did not decode", hint=f"state: {rd.status().get('state')}")
+    metrics = finalize_run(rd)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2, default=float))
+    else:
+        parts = [f"{k}={metrics[k]:.4g}" for k in ("wer", "cer", "rtf", "rtfx") if isinstance(metrics.get(k), float)]
+        click.echo(f"{rd.path}: " + ", ".join(parts))

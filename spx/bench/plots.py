@@ -1,0 +1,106 @@
+"""Report plots (matplotlib, Agg backend), returned as inline SVG so report.html stays self-contained."""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+COLORS = {"nemo": "#76b900", "speechbrain": "#7b3fb3", "espnet": "#1f77b4"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 10})
+    return plt
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    _plt().close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _color(backend: str, i: int) -> str:
+    return COLORS.get(backend, f"C{i}")
+
+
+def pareto(rows: list[dict[str, Any]]) -> str | None:
+    """WER (with 95% CI) against RTFx; the Pareto front (lower WER, higher RTFx) is drawn as a line."""
+    pts = [r for r in rows if r.get("wer") is not None and r.get("speed")]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(pts):
+        x, y = r["speed"]["rtfx"], 100 * r["wer"]
+        ci = r.get("wer_ci")
+        yerr = [[y - 100 * ci[0]], [100 * ci[1] - y]] if ci else None
+        xerr = [[x - r["speed"]["rtfx_min"]], [r["speed"]["rtfx_max"] - x]]
+        ax.errorbar([x], [y], yerr=yerr, xerr=xerr, fmt="o", capsize=4, color=_color(r["backend"], i),
+                    label=f"{r['backend']} ({r['recipe']})")
+    front, best = [], float("inf")
+    for r in sorted(pts, key=lambda r: -r["speed"]["rtfx"]):
+        if r["wer"] < best:
+            best = r["wer"]
+            front.append((r["speed"]["rtfx"], 100 * r["wer"]))
+    if len(front) > 1:
+        ax.plot(*zip(*front), "--", color="grey", lw=1, label="Pareto front")
+    ax.set_xlabel("RTFx (audio s / decode s, higher is faster)")
+    ax.set_ylabel("WER % (95% bootstrap CI)")
+    ax.set_title("Accuracy vs speed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def training_curves(curves: dict[str, list[dict[str, Any]]]) -> str | None:
+    series = {k: v for k, v in curves.items() if any(r.get("train_loss") is not None for r in v)}
+    if not series:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (key, curve) in enumerate(sorted(series.items())):
+        color = _color(key.rsplit("-", 1)[-1], i)
+        ep = [r.get("epoch") for r in curve]
+        ax.plot(ep, [r.get("train_loss") for r in curve], "-", color=color, label=f"{key} train")
+        if any(r.get("valid_loss") is not None for r in curve):
+            ax.plot(ep, [r.get("valid_loss") for r in curve], ":", color=color, label=f"{key} valid")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (each toolkit's own CTC loss scale)")
+    ax.set_title("Training curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def utterance_breakdown(recipe: str, utts: list[dict[str, Any]]) -> str | None:
+    """Left: S/D/I totals per backend. Right: per-utterance WER per backend, utterances sorted by mean WER."""
+    if not utts:
+        return None
+    backends = sorted(utts[0]["hyps"])
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2.2]})
+    bottoms = [0] * len(backends)
+    for kind, color in (("sub", "#d62728"), ("del", "#ff7f0e"), ("ins", "#9467bd")):
+        vals = [sum(u["hyps"][b][kind] for u in utts) for b in backends]
+        ax1.bar(backends, vals, bottom=bottoms, color=color, label={"sub": "substitutions", "del": "deletions",
+                                                                   "ins": "insertions"}[kind])
+        bottoms = [x + v for x, v in zip(bottoms, vals)]
+    ax1.set_ylabel("word errors")
+    ax1.set_title("Error types")
+    ax1.legend(fontsize=7)
+    order = sorted(utts, key=lambda u: sum(u["hyps"][b]["errors"] / max(u["hyps"][b]["words"], 1) for b in backends))
+    for i, b in enumerate(backends):
+        ax2.plot(range(len(order)), [100 * u["hyps"][b]["errors"] / max(u["hyps"][b]["words"], 1) for u in order],
+                 "o-", ms=3, lw=1, color=_color(b, i), label=b)
+    ax2.set_xlabel("utterance (sorted by mean WER across backends)")
+    ax2.set_ylabel("utterance WER %")
+    ax2.set_title(f"Per-utterance errors ({recipe})")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    return _svg(fig)

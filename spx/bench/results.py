@@ -1,0 +1,284 @@
+"""Read the cells (run dirs) of a bench and build results.json: everything the report shows, so that
+`spx bench --from results.json` re-renders the report without the run dirs."""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spx.bench import scoring
+from spx.errors import SpxError
+
+SCHEMA = "spx.bench.results/1"
+DISAGREEMENTS_SHOWN = 10
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpxError(f"{path} is not valid JSON ({exc})", hint="delete the cell and re-run it with --force") from None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise SpxError(f"{path}:{n}: not valid JSON ({exc.msg})",
+                                   hint="delete the cell and re-run it with --force") from None
+    return rows
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        return {}
+
+
+def cell_key(recipe: str, backend: str) -> str:
+    return f"{recipe}-{backend}"
+
+
+def read_cell(path: Path, recipe: str | None = None) -> dict[str, Any]:
+    """Everything the report needs from one run dir (no scoring yet)."""
+    status = _read_json(path / "status.json") or {"state": "unknown"}
+    backend_file = path / "backend"
+    backend = backend_file.read_text().strip() if backend_file.exists() else status.get("backend", path.name.rsplit("-", 1)[-1])
+    if recipe is None:
+        recipe = path.name[: -(len(backend) + 1)] if path.name.endswith("-" + backend) else path.name
+    return {
+        "recipe": recipe, "backend": backend, "run_dir": str(path), "status": status,
+        "spec": _read_spec(path / "spec.yaml"), "env": _read_json(path / "env.json") or {},
+        "hyps": _read_jsonl(path / "hyps.jsonl"), "speed": _read_json(path / "speed.json"),
+        "curve": _read_jsonl(path / "curve.jsonl"), "train_summary": _read_json(path / "train_summary.json"),
+        "metrics": _read_json(path / "metrics.json"), "steps": _read_json(path / "steps.json") or [],
+    }
+
+
+def discover_cells(out: Path) -> list[dict[str, Any]]:
+    runs = out / "runs"
+    if not runs.is_dir():
+        raise SpxError(f"{out} has no runs/ folder: nothing to report",
+                       hint="run `spx bench --out DIR` first, or point --out at a bench folder")
+    return [read_cell(p) for p in sorted(runs.iterdir()) if p.is_dir()]
+
+
+def _failure_log(cell: dict[str, Any]) -> str | None:
+    st = cell["status"]
+    if st.get("log"):
+        return str(st["log"])
+    rd = Path(cell["run_dir"])
+    if st.get("step"):
+        for cand in (rd / "logs" / f"{st['step']}.log", rd / "train.log"):
+            if cand.exists():
+                return str(cand)
+    for cand in (rd / "bench.log", rd / "train.log"):
+        if cand.exists():
+            return str(cand)
+    return None
+
+
+def _train_cost(ts: dict[str, Any] | None, curve: list[dict[str, Any]]) -> dict[str, Any]:
+    if not ts:
+        return {}
+    wall = ts.get("wall_seconds")
+    epochs = ts.get("epochs") or (max((r.get("epoch") or 0) for r in curve) if curve else None)
+    per_epoch = None
+    times = [r["time"] for r in curve if isinstance(r.get("time"), (int, float))]
+    if len(times) >= 2 and times[-1] > times[0]:
+        per_epoch = (times[-1] - times[0]) / (len(times) - 1)
+    elif wall and epochs:
+        per_epoch = wall / epochs
+    return {"train_wall_s": wall, "epochs": epochs, "s_per_epoch": per_epoch, "steps": ts.get("steps"),
+            "peak_memory_mb": ts.get("peak_memory_mb"), "params": ts.get("params"),
+            "effective_batch": ts.get("effective_batch"), "world_size": ts.get("world_size")}
+
+
+def _utt_key(h: dict[str, Any]) -> str:
+    return f"{h.get('test_set', '')}/{h['id']}"
+
+
+def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed: int = 0,
+                  normalizer_name: str | None = None, commands: list[str] | None = None) -> dict[str, Any]:
+    """Score every finished cell the same way and assemble the report data."""
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[dict[str, Any]]] = {}
+    per_recipe: dict[str, dict[str, dict[str, Any]]] = {}
+    norm_used: dict[str, Any] | None = None
+    for cell in cells:
+        spec = cell["spec"]
+        st = cell["status"]
+        norm = normalizer_name or (spec.get("eval") or {}).get("normalizer", "whisper_english")
+        row: dict[str, Any] = {
+            "recipe": cell["recipe"], "backend": cell["backend"], "state": st.get("state", "unknown"),
+            "run_dir": cell["run_dir"], "task": spec.get("task"), "model": (spec.get("model") or {}).get("family"),
+            "seed": (spec.get("training") or {}).get("seed"), "normalizer": norm,
+        }
+        curves[cell_key(cell["recipe"], cell["backend"])] = [
+            {k: r.get(k) for k in ("epoch", "step", "train_loss", "valid_loss", "valid_wer", "lr", "time")}
+            for r in cell["curve"]]
+        ok = row["state"] == "finished" and cell["hyps"]
+        if not ok:
+            row["error"] = st.get("error") or (f"state {row['state']!r}" if row["state"] != "finished"
+                                               else "finished but wrote no hyps.jsonl")
+            row["log"] = _failure_log(cell)
+            rows.append(row)
+            continue
+        info = scoring.normalizer_info(norm)
+        norm_used = norm_used or info
+        hyps = cell["hyps"]
+        refs_n = scoring.normalize_all([h.get("ref") or "" for h in hyps], norm)
+        hyps_n = scoring.normalize_all([h.get("hyp") or "" for h in hyps], norm)
+        keep = [i for i, r in enumerate(refs_n) if r]
+        we = scoring.utterance_errors([refs_n[i] for i in keep], [hyps_n[i] for i in keep], "word")
+        ce = scoring.utterance_errors([refs_n[i] for i in keep], [hyps_n[i] for i in keep], "char")
+        wc, cc = we.corpus(), ce.corpus()
+        test_sets: dict[str, dict[str, Any]] = {}
+        for j, i in enumerate(keep):
+            ts = test_sets.setdefault(hyps[i].get("test_set") or "test", {"errors": 0, "words": 0, "utterances": 0})
+            ts["errors"] += int(we.errors[j])
+            ts["words"] += int(we.ref_len[j])
+            ts["utterances"] += 1
+        for ts in test_sets.values():
+            ts["wer"] = ts["errors"] / ts["words"] if ts["words"] else None
+        row.update(wer=wc["rate"], cer=cc["rate"], words=wc["ref_units"], substitutions=wc["substitutions"],
+                   deletions=wc["deletions"], insertions=wc["insertions"], word_errors=wc["errors"],
+                   chars=cc["ref_units"], char_errors=cc["errors"], utterances=len(hyps), scored_utterances=len(keep),
+                   test_sets=test_sets)
+        if cell["speed"]:
+            try:
+                row["speed"] = scoring.speed_summary(cell["speed"])
+            except ValueError as exc:
+                row["speed_error"] = f"{Path(cell['run_dir']) / 'speed.json'}: {exc}"
+        row.update(_train_cost(cell["train_summary"], cell["curve"]))
+        env = cell["env"]
+        row["versions"] = {k: v for k, v in (env.get("packages") or {}).items()
+                           if k in ("torch", "torchaudio", "nemo-toolkit", "speechbrain", "espnet", "lightning") and v}
+        for k in ("cuda", "torch_cuda", "device_name", "gpu"):
+            if env.get(k):
+                row["versions"][k] = env[k]
+        row["command_sh"] = str(Path(cell["run_dir"]) / "command.sh")
+        rows.append(row)
+        per_recipe.setdefault(cell["recipe"], {})[cell["backend"]] = {
+            "row": row, "samples": samples or int((spec.get("eval") or {}).get("bootstrap_samples", 1000)),
+            "utts": {_utt_key(hyps[i]): {"raw": hyps[i].get("hyp") or "", "norm": hyps_n[i], "ref_raw": hyps[i].get("ref") or "",
+                                         "ref": refs_n[i], "errors": int(we.errors[j]), "words": int(we.ref_len[j]),
+                                         "sub": int(we.sub[j]), "del": int(we.dele[j]), "ins": int(we.ins[j]),
+                                         "duration": hyps[i].get("duration")}
+                     for j, i in enumerate(keep)},
+        }
+
+    comparisons, utterances, disagreements = [], {}, {}
+    for recipe, systems in per_recipe.items():
+        backends = sorted(systems)
+        common = sorted(set.intersection(*(set(systems[b]["utts"]) for b in backends)))
+        n_samples = max(s["samples"] for s in systems.values())
+        if common:
+            errs = np.array([[systems[b]["utts"][u]["errors"] for u in common] for b in backends])
+            words = np.array([systems[backends[0]]["utts"][u]["words"] for u in common])
+            draws = scoring.bootstrap_rates(errs, words, n_samples, seed)
+            rates = errs.sum(axis=1) / words.sum()
+            for bi, b in enumerate(backends):
+                row = systems[b]["row"]
+                row["wer_ci"] = list(scoring.percentile_ci(draws[bi]))
+                row["bootstrap"] = {"samples": n_samples, "seed": seed, "utterances": len(common)}
+            for (ai, a), (bi, b) in itertools.combinations(enumerate(backends), 2):
+                comp = scoring.paired_difference(float(rates[ai]), float(rates[bi]), draws[ai], draws[bi])
+                comparisons.append({"recipe": recipe, "a": a, "b": b, "wer_a": float(rates[ai]),
+                                    "wer_b": float(rates[bi]), "utterances": len(common), **comp})
+        utterances[recipe] = [
+            {"utt": u, "ref": systems[backends[0]]["utts"][u]["ref"], "ref_raw": systems[backends[0]]["utts"][u]["ref_raw"],
+             "duration": systems[backends[0]]["utts"][u]["duration"],
+             "hyps": {b: {k: systems[b]["utts"][u][k] for k in ("raw", "norm", "errors", "words", "sub", "del", "ins")}
+                      for b in backends}}
+            for u in common]
+        disagreements[recipe] = _disagreements(utterances[recipe], backends) if len(backends) > 1 else []
+
+    return {
+        "schema": SCHEMA,
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "rows": rows,
+        "comparisons": comparisons,
+        "curves": curves,
+        "utterances": utterances,
+        "disagreements": disagreements,
+        "scoring": {
+            "normalizer": norm_used or scoring.normalizer_info(normalizer_name or "whisper_english"),
+            "wer": "corpus level: Σ(S+D+I) / Σ reference words over the scored utterances (normalized text)",
+            "cer": "corpus level on characters of the normalized text, spaces included",
+            "ci_level": scoring.CI_LEVEL, "bootstrap_seed": seed,
+            "bootstrap": "paired: one draw of utterance indices (with replacement) shared by all backends; "
+                         "95% percentile intervals; p-value from the mean-shifted bootstrap distribution",
+            "speed": "RTFx = Σ audio seconds / median decode seconds over repeats (RTF = 1/RTFx); clock and "
+                     "settings from each cell's speed.json (spx.adapters.common.child.decode_and_time)",
+        },
+        "reproducibility": _reproducibility(cells, commands or []),
+    }
+
+
+def _disagreements(utts: list[dict[str, Any]], backends: list[str]) -> list[dict[str, Any]]:
+    """The utterances whose normalized hypotheses differ most between backends (max pairwise word edits)."""
+    scored = []
+    for u in utts:
+        hs = [u["hyps"][b]["norm"] for b in backends]
+        spread = max(scoring.word_distance(x, y) for x, y in itertools.combinations(hs, 2))
+        if spread:
+            scored.append((spread, sum(u["hyps"][b]["errors"] for b in backends), u))
+    scored.sort(key=lambda t: (-t[0], -t[1], t[2]["utt"]))
+    out = []
+    for spread, _, u in scored[:DISAGREEMENTS_SHOWN]:
+        out.append({"utt": u["utt"], "ref": u["ref"], "spread_words": spread,
+                    "hyps": {b: {"hyp": u["hyps"][b]["norm"], "raw": u["hyps"][b]["raw"], "errors": u["hyps"][b]["errors"],
+                                 "alignment": [list(t) for t in scoring.align(u["ref"], u["hyps"][b]["norm"])]}
+                             for b in backends}})
+    return out
+
+
+def _reproducibility(cells: list[dict[str, Any]], commands: list[str]) -> dict[str, Any]:
+    from spx.envinfo import environment
+
+    here = environment()
+    envs = {cell_key(c["recipe"], c["backend"]): c["env"] for c in cells if c["env"]}
+    shas = sorted({e.get("spx_git_sha") for e in envs.values() if e.get("spx_git_sha")})
+    locks = sorted({e.get("uv_lock_sha256_16") for e in envs.values() if e.get("uv_lock_sha256_16")})
+    packages = dict(here.get("packages") or {})
+    return {
+        "spx_version": here.get("spx_version"),
+        "git_sha_report": here.get("spx_git_sha"),
+        "git_sha_runs": shas,
+        "uv_lock_sha256_16": here.get("uv_lock_sha256_16"),
+        "uv_lock_runs": locks,
+        "python": here.get("python"),
+        "platform": here.get("platform"),
+        "host": here.get("host"),
+        "packages": packages,
+        "seeds": {cell_key(c["recipe"], c["backend"]): (c["spec"].get("training") or {}).get("seed") for c in cells},
+        "commands": commands,
+        "cell_commands": {cell_key(c["recipe"], c["backend"]): [" ".join(s.get("argv", [])) for s in c["steps"]]
+                          for c in cells},
+    }
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    if data is None:
+        raise SpxError(f"results file not found: {path}", hint="pass the results.json a bench wrote")
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise SpxError(f"{path} is not an spx bench results file (schema {SCHEMA!r} expected)",
+                       hint="pass OUT/results.json written by `spx bench`")
+    return data

@@ -1,0 +1,273 @@
+"""Run the recipes x backends matrix (one run dir per cell), isolate failures, then write the report."""
+from __future__ import annotations
+
+import json
+import shlex
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from spx.errors import SpxError
+
+SPEC_KEYS_IGNORED = (("data", "train"), ("data", "valid"), ("data", "test"), ("resources", "launcher"))
+
+
+def default_recipe() -> Path:
+    from spx.envinfo import REPO_ROOT
+
+    return REPO_ROOT / "recipes" / "conformer_ctc.yaml"
+
+
+def cell_path(out: Path, recipe: Path, backend: str) -> Path:
+    return out / "runs" / f"{recipe.stem}-{backend}"
+
+
+def _comparable(spec_data: dict[str, Any]) -> dict[str, Any]:
+    """A spec without what render_run rewrites (manifest paths) or what does not change results (launcher)."""
+    data = json.loads(json.dumps(spec_data, default=str))
+    for path in SPEC_KEYS_IGNORED:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return data
+
+
+def finished_with_same_spec(cell: Path, spec) -> tuple[bool, str]:
+    """(skip?, why) for a cell dir: skip a finished, scored cell whose spec is the one asked for."""
+    import yaml
+
+    from spx.spec import Spec
+
+    status_file = cell / "status.json"
+    if not status_file.exists():
+        return False, "new"
+    state = json.loads(status_file.read_text()).get("state")
+    if state != "finished" or not (cell / "metrics.json").exists():
+        return False, f"previous state {state}"
+    try:
+        old = Spec.model_validate(yaml.safe_load((cell / "spec.yaml").read_text())).model_dump(mode="json")
+    except Exception as exc:  # an unreadable old spec means we cannot trust the old result
+        return False, f"its spec.yaml is unreadable ({type(exc).__name__})"
+    if _comparable(old) != _comparable(spec.model_dump(mode="json")):
+        return False, "spec changed since it ran"
+    return True, "finished"
+
+
+def _record_failure(cell: Path, backend: str, recipe: Path, exc: BaseException) -> None:
+    """Leave a failed cell that the report can show: status.json with the error and a log with the traceback."""
+    from spx.rundir import RunDir
+    from spx.yamlio import atomic_write_text
+
+    cell.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(cell)
+    log = cell / "bench.log"
+    with log.open("a", encoding="utf-8") as fh:
+        fh.write(f"# spx bench {time.strftime('%Y-%m-%d %H:%M:%S')}: cell {cell.name} failed\n")
+        fh.write("".join(traceback.format_exception(exc)))
+    if not (cell / "backend").exists():
+        atomic_write_text(cell / "backend", backend + "\n")
+    st = rd.status()
+    if st.get("state") != "failed":
+        msg = exc.one_line() if isinstance(exc, SpxError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SpxError) and exc.hint:
+            msg += f" (hint: {exc.hint})"
+        rd.set_status("failed", error=msg, log=str(log), recipe=str(recipe), backend=backend)
+    elif not st.get("log"):
+        rd.set_status("failed", log=str(log))
+
+
+class MatrixView:
+    """Live table of the matrix: state, step, latest progress line of each cell (read from its files)."""
+
+    def __init__(self, cells: list[tuple[str, str, Path]]):
+        self.cells = cells
+        self.started: dict[Path, float] = {}
+        self.note: dict[Path, str] = {}
+
+    def _progress(self, cell: Path, step: str | None) -> str:
+        if not step:
+            return ""
+        try:
+            steps = json.loads((cell / "steps.json").read_text())
+            log = cell / next((s.get("log") or f"logs/{s['name']}.log") for s in steps if s["name"] == step)
+            with log.open("rb") as fh:
+                fh.seek(max(0, log.stat().st_size - 8192))
+                tail = fh.read().decode("utf-8", "replace").splitlines()
+        except (OSError, StopIteration, json.JSONDecodeError, KeyError):
+            return ""
+        for line in reversed(tail):
+            if line.startswith("SPX_PROGRESS "):
+                try:
+                    f = json.loads(line[len("SPX_PROGRESS "):])
+                except json.JSONDecodeError:
+                    return ""
+                keys = ("epoch", "epochs", "step", "train_loss", "valid_loss", "phase", "repeat", "of")
+                return " ".join(f"{k}={f[k]:.3g}" if isinstance(f[k], float) else f"{k}={f[k]}" for k in keys if k in f)
+        return ""
+
+    def __rich__(self):
+        from rich.table import Table
+
+        t = Table(title="spx bench", expand=False)
+        for col in ("cell", "state", "step", "progress", "elapsed"):
+            t.add_column(col)
+        for recipe, backend, cell in self.cells:
+            try:
+                st = json.loads((cell / "status.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                st = {}
+            state = self.note.get(cell) or st.get("state", "pending")
+            color = {"finished": "green", "failed": "red", "running": "yellow", "skipped": "cyan"}.get(state, "white")
+            elapsed = f"{time.time() - self.started[cell]:.0f}s" if cell in self.started and state == "running" else ""
+            step = st.get("step") if state == "running" else ""
+            t.add_row(f"{recipe}-{backend}", f"[{color}]{state}[/]", step or "", self._progress(cell, step), elapsed)
+        return t
+
+
+def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool = False, launcher: str = "local",
+              report_only: bool = False, overrides: list[str] | None = None, seed: int = 0,
+              argv: list[str] | None = None) -> dict[str, Any] | None:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    out = out.resolve()
+    command = "spx " + shlex.join((argv or [])[1:]) if argv else "spx bench"
+    if report_only:
+        if recipes:
+            raise SpxError("--report-only takes no RECIPES: it reports every cell in --out",
+                           hint=f"spx bench --report-only --out {out}")
+        return write_bench_report(out, seed, [command], console)
+
+    from spx.spec import load_spec
+
+    recipes = recipes or [default_recipe()]
+    extra = [f"resources.launcher={launcher}"] if launcher == "slurm" else []
+    specs = [(r, load_spec(r, list(overrides or []) + extra)) for r in recipes]  # all validated before anything runs
+    stems = [r.stem for r in recipes]
+    if len(set(stems)) != len(stems):
+        raise SpxError(f"two recipes share a file name ({', '.join(stems)}): cells are named <recipe>-<backend>",
+                       hint="rename one of the recipe files")
+    matrix = [(r, spec, b, cell_path(out, r, b)) for r, spec in specs for b in backends]
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+
+    if launcher == "slurm":
+        return _submit_slurm(matrix, out, force, seed, console)
+
+    from rich.live import Live
+
+    from spx.launchers.local import run_here
+    from spx.rundir import RunDir
+    from spx.runner import render_run
+
+    view = MatrixView([(r.stem, b, c) for r, _, b, c in matrix])
+    t_all = time.time()
+    with Live(view, console=console, refresh_per_second=2, transient=False):
+        for recipe, spec, backend, cell in matrix:
+            skip, why = (False, "--force") if force else finished_with_same_spec(cell, spec)
+            if skip:
+                view.note[cell] = "skipped"
+                console.log(f"{cell.name}: finished earlier, skipped (--force re-runs it)")
+                continue
+            view.started[cell] = time.time()
+            console.log(f"{cell.name}: running ({why})")
+            try:
+                rd = render_run(spec, backend, cell, force=True)
+                run_here(rd, quiet=True)
+                console.log(f"{cell.name}: finished in {time.time() - view.started[cell]:.0f}s")
+            except KeyboardInterrupt:
+                console.log(f"{cell.name}: interrupted; writing the report of what finished")
+                write_bench_report(out, seed, [command], console)
+                raise
+            except Exception as exc:  # one cell failing never loses the others: record it, go on
+                _record_failure(cell, backend, recipe, exc)
+                st = RunDir(cell).status()
+                console.log(f"[red]{cell.name}: failed[/]: {st.get('error')} (log: {st.get('log')})")
+    console.log(f"matrix done in {time.time() - t_all:.0f}s")
+    return write_bench_report(out, seed, [command], console)
+
+
+def _submit_slurm(matrix, out: Path, force: bool, seed: int, console) -> dict[str, Any]:
+    import sys
+
+    from spx.runner import render_run
+
+    cells = []
+    for recipe, spec, backend, cell in matrix:
+        skip, _ = (False, "") if force else finished_with_same_spec(cell, spec)
+        if skip:
+            continue
+        try:
+            cells.append(render_run(spec, backend, cell, force=True))
+        except Exception as exc:
+            _record_failure(cell, backend, recipe, exc)
+    report_argv = [sys.executable, "-m", "spx", "bench", "--report-only", "--out", str(out), "--seed", str(seed)]
+    from spx.launchers.slurm import submit_bench  # written with the Slurm launcher; imported only when asked for
+
+    info = submit_bench(cells, report_argv)
+    console.print(f"submitted {len(cells)} cells to Slurm; the report job writes {out}/report.html", highlight=False)
+    return {"rows": [], "slurm": info}
+
+
+def write_bench_report(out: Path, seed: int, commands: list[str], console=None) -> dict[str, Any]:
+    from spx.bench.report import write_report
+    from spx.bench.results import build_results, discover_cells
+
+    cells = discover_cells(out)
+    if not cells:
+        raise SpxError(f"{out}/runs has no cells", hint="run `spx bench --out DIR` first")
+    prior = out / "results.json"
+    if prior.exists():  # keep the commands that made earlier cells of this folder
+        try:
+            old = json.loads(prior.read_text()).get("reproducibility", {}).get("commands", [])
+            commands = [c for c in old if c not in commands] + commands
+        except (json.JSONDecodeError, AttributeError):
+            pass
+    res = build_results(cells, seed=seed, commands=commands)
+    files = write_report(res, out)
+    if console is not None:
+        print_summary(res, console)
+        console.print("report: " + ", ".join(str(p) for p in files.values()), highlight=False)
+    return res
+
+
+def render_from_json(path: Path, out: Path) -> dict[str, Any]:
+    from rich.console import Console
+
+    from spx.bench.report import write_report
+    from spx.bench.results import load_results
+
+    res = load_results(path)
+    same = out.resolve() == path.resolve().parent
+    files = write_report(res, out, write_json=not same)
+    console = Console(stderr=True)
+    print_summary(res, console)
+    console.print("report: " + ", ".join(str(p) for p in files.values()), highlight=False)
+    return res
+
+
+def print_summary(res: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    from spx.bench.report import params_str, pct
+
+    t = Table(title="spx bench results")
+    for col in ("recipe", "backend", "WER %", "95% CI", "CER %", "RTFx", "train s", "params"):
+        t.add_column(col, justify="left" if col in ("recipe", "backend") else "right", no_wrap=True)
+    failed = []
+    for r in res["rows"]:
+        if r.get("wer") is None:
+            failed.append(r)
+            t.add_row(r["recipe"], r["backend"], f"[red]{r['state']}[/]", "—", "—", "—", "—", "—")
+            continue
+        ci = r.get("wer_ci")
+        s = r.get("speed") or {}
+        t.add_row(r["recipe"], r["backend"], pct(r["wer"]), f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "—",
+                  pct(r["cer"]), f"{s['rtfx']:.1f}" if s else "—",
+                  f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else "—", params_str(r.get("params")))
+    console.print(t)
+    for r in failed:
+        console.print(f"[red]{r['recipe']}-{r['backend']} {r['state']}[/]: {r.get('error')}\n  log: {r.get('log') or r['run_dir']}",
+                      highlight=False)
