@@ -1,0 +1,239 @@
+"""`spx manifest ...`: import, export, validate, stats, split, prepare. Module-level imports: click only."""
+from __future__ import annotations
+
+import click
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+IMPORT_FORMATS = ("kaldi", "nemo", "speechbrain_csv", "speechbrain_json", "librispeech", "commonvoice", "ljspeech",
+                  "audiofolder", "lhotse")
+EXPORT_FORMATS = ("nemo", "speechbrain_csv", "speechbrain_json", "kaldi")
+ALIASES = {"espnet": "kaldi", "sb_csv": "speechbrain_csv", "sb_json": "speechbrain_json", "common_voice": "commonvoice",
+           "hf_audiofolder": "audiofolder", "librispeech_dir": "librispeech"}
+
+
+def _format(allowed: tuple[str, ...]):
+    def convert(ctx, param, value: str) -> str:
+        name = ALIASES.get(value.lower().replace("-", "_"), value.lower().replace("-", "_"))
+        if name not in allowed:
+            raise click.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}")
+        return name
+    return convert
+
+
+def _echo_json(data) -> None:
+    import json
+
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(context_settings=CONTEXT)
+def manifest():
+    """Import, export, check, describe, split and prepare spx manifests (JSON lines, one utterance a line).
+
+    \b
+    Examples:
+      spx manifest import kaldi data/train train.jsonl
+      spx manifest export nemo train.jsonl nemo/train.json
+      spx manifest validate train.jsonl --sample-rate 16000
+      spx manifest stats train.jsonl --json
+    """
+
+
+@manifest.command("import", context_settings=CONTEXT)
+@click.argument("fmt", metavar="FORMAT", callback=_format(IMPORT_FORMATS))
+@click.argument("source", type=click.Path(exists=True))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Threads reading audio headers (formats without durations).")
+@click.option("--language", help="Language tag for utterances whose corpus does not say (e.g. en).")
+@click.option("--relative", is_flag=True, help="Write audio paths relative to OUTPUT's folder (default: absolute).")
+@click.option("--allow-pipes", is_flag=True, help="Kaldi: run piped wav.scp commands to measure durations without utt2dur.")
+@click.option("--audio-root", type=click.Path(file_okay=False), help="Kaldi: folder relative wav.scp paths resolve against (default: cwd).")
+@click.option("--data-root", help="SpeechBrain: the value of $data_root in paths.")
+@click.option("--text-column", help="SpeechBrain CSV / audiofolder: the column holding the transcript.")
+@click.option("--supervisions", type=click.Path(exists=True, dir_okay=False), help="Lhotse: SupervisionSet beside a RecordingSet.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def import_(fmt, source, output, workers, language, relative, allow_pipes, audio_root, data_root, text_column, supervisions, as_json):
+    """Read a corpus in FORMAT from SOURCE and write the spx manifest OUTPUT.
+
+    FORMAT: kaldi (espnet), nemo, speechbrain_csv, speechbrain_json, librispeech, commonvoice, ljspeech,
+    audiofolder, lhotse. Durations come from the corpus' durations file where it has one, else from audio headers.
+
+    \b
+    Examples:
+      spx manifest import kaldi data/train train.jsonl
+      spx manifest import librispeech LibriSpeech/dev-clean dev.jsonl --language en
+      spx manifest import commonvoice cv-corpus/en/train.tsv cv_train.jsonl
+      spx manifest import lhotse recordings.jsonl.gz out.jsonl --supervisions supervisions.jsonl.gz
+    """
+    from spx.errors import SpxError
+    from spx.manifests.importers import ImportOptions, import_corpus
+    from spx.manifests.io import write_manifest
+
+    opts = ImportOptions(workers=workers, language=language, allow_pipes=allow_pipes, audio_root=audio_root,
+                         data_root=data_root, text_column=text_column)
+    kwargs = {"supervisions": supervisions} if supervisions else {}
+    if supervisions and fmt != "lhotse":
+        raise SpxError("--supervisions is for the lhotse format only", hint="drop it")
+    n = write_manifest(output, import_corpus(fmt, source, opts, **kwargs), relative_to_manifest=relative)
+    if n == 0:
+        raise SpxError(f"{source}: no utterances found (nothing written)", hint=f"is it really a {fmt} corpus?")
+    _echo_json({"format": fmt, "source": source, "output": output, "utterances": n}) if as_json else \
+        click.echo(f"{output}: {n} utterances from {fmt} {source}")
+
+
+@manifest.command("export", context_settings=CONTEXT)
+@click.argument("fmt", metavar="FORMAT", callback=_format(EXPORT_FORMATS))
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output", type=click.Path())
+@click.option("--also", "also", multiple=True, metavar="FORMAT=PATH",
+              help="Write more formats in the same pass, e.g. --also kaldi=data/train.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def export(fmt, manifest_path, output, also, as_json):
+    """Write MANIFEST as FORMAT's native input at OUTPUT (a file; a folder for kaldi).
+
+    FORMAT: nemo (JSONL), speechbrain_csv, speechbrain_json, kaldi (= espnet data dir: sorted, spk2utt derived,
+    Kaldi-safe ids with the mapping kept in spx_id_map).
+
+    \b
+    Examples:
+      spx manifest export nemo train.jsonl nemo/train.json
+      spx manifest export kaldi train.jsonl data/train --also speechbrain_csv=sb/train.csv
+    """
+    from spx.errors import SpxError
+    from spx.manifests.exporters import convert
+    from spx.manifests.io import iter_manifest
+
+    targets = {fmt: output}
+    for item in also:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise SpxError(f"--also {item!r} is not FORMAT=PATH", hint="e.g. --also nemo=out/train.json")
+        name = _format(EXPORT_FORMATS)(None, None, name)
+        if name in targets:
+            raise SpxError(f"format {name!r} given twice", hint="one path per format")
+        targets[name] = path
+    n = convert(iter_manifest(manifest_path), targets)
+    _echo_json({"manifest": manifest_path, "utterances": n, "outputs": targets}) if as_json else \
+        click.echo(", ".join(f"{path} ({name})" for name, path in targets.items()) + f": {n} utterances")
+
+
+@manifest.command("validate", context_settings=CONTEXT)
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("--no-audio", is_flag=True, help="Do not open the audio files (schema, ids and text only).")
+@click.option("--tolerance", type=click.FloatRange(0), default=0.05, show_default=True, help="Allowed duration mismatch, seconds.")
+@click.option("--sample-rate", type=click.IntRange(1), help="Every file must have this rate (default: the row's sample_rate).")
+@click.option("--vocab", help="Allowed characters of text: the characters themselves, or a file holding them.")
+@click.option("--require-text", is_flag=True, help="An utterance without text is a problem (ASR training data).")
+@click.option("--allow-pipes", is_flag=True, help="Run piped audio commands to check them.")
+@click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True, help="Threads reading audio headers.")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="Problems listed (all are counted).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_text, allow_pipes, workers, limit, as_json):
+    """Check MANIFEST: schema, duplicate ids, durations, missing/unreadable audio, duration and sample-rate
+    mismatches, empty or non-UTF-8 text, characters outside --vocab. Lists every problem with its line;
+    exits 2 if there is any.
+
+    \b
+    Examples:
+      spx manifest validate train.jsonl
+      spx manifest validate train.jsonl --sample-rate 16000 --vocab "abcdefghijklmnopqrstuvwxyz'" --json
+    """
+    from pathlib import Path
+
+    from spx.errors import SpxError
+    from spx.manifests.validate import ValidateOptions, validate_manifest
+
+    if vocab is not None and Path(vocab).is_file():
+        vocab = Path(vocab).read_text(encoding="utf-8").replace("\n", "").replace("\r", "")
+    opts = ValidateOptions(check_audio=not no_audio, duration_tolerance=tolerance, sample_rate=sample_rate,
+                           vocabulary=vocab, require_text=require_text, allow_pipes=allow_pipes, workers=workers, limit=limit)
+    report = validate_manifest(manifest_path, opts)
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        for p in report.problems:
+            click.echo(f"{manifest_path}:{p.line}: {p.kind}: {p.message}")
+        click.echo(f"{manifest_path}: {report.utterances} utterances, " +
+                   (", ".join(f"{v} {k}" for k, v in sorted(report.counts.items())) or "no problems"))
+    if not report.ok:
+        total = sum(v for k, v in report.counts.items() if k != "piped_not_checked")
+        raise SpxError(f"{total} problem(s) in {report.utterances} utterances", where=manifest_path,
+                       hint="each is listed above with its line" + (f" (first {limit})" if total > limit else ""))
+
+
+@manifest.command("stats", context_settings=CONTEXT)
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def stats(manifest_path, as_json):
+    """Hours, utterances, speakers, languages, duration histogram and character set of MANIFEST.
+
+    \b
+    Example: spx manifest stats train.jsonl --json
+    """
+    from spx.manifests.stats import manifest_stats, render_stats
+
+    s = manifest_stats(manifest_path)
+    _echo_json(s) if as_json else render_stats(s)
+
+
+@manifest.command("split", context_settings=CONTEXT)
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--ratios", default="0.8,0.1,0.1", show_default=True, help="train,valid,test shares (sum 1).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--speaker-disjoint", is_flag=True, help="No speaker in two splits.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def split(manifest_path, out_dir, ratios, seed, speaker_disjoint, as_json):
+    """Split MANIFEST into OUT_DIR/{train,valid,test}.jsonl by ratio, seeded, optionally speaker-disjoint.
+
+    \b
+    Example: spx manifest split all.jsonl data/ --ratios 0.9,0.05,0.05 --seed 1 --speaker-disjoint
+    """
+    from spx.manifests.stats import parse_ratios, split_manifest
+
+    counts = split_manifest(manifest_path, out_dir, parse_ratios(ratios), seed=seed, speaker_disjoint=speaker_disjoint)
+    _echo_json({"out_dir": out_dir, "counts": counts}) if as_json else \
+        click.echo(", ".join(f"{name}: {n}" for name, n in counts.items()) + f" -> {out_dir}")
+
+
+@manifest.command("prepare", context_settings=CONTEXT)
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--sample-rate", type=click.IntRange(1000, 384000), help="Resample to this rate (soxr).")
+@click.option("--mono", is_flag=True, help="Average channels to mono.")
+@click.option("--loudness", type=click.FloatRange(-70, 0), help="Normalise to this integrated loudness, LUFS (e.g. -23).")
+@click.option("--trim", is_flag=True, help="Trim leading/trailing silence with silero-vad.")
+@click.option("--trim-padding", type=click.FloatRange(0), default=0.1, show_default=True, help="Seconds kept around speech.")
+@click.option("--min-duration", type=click.FloatRange(0), help="Drop utterances shorter than this (s, after processing).")
+@click.option("--max-duration", type=click.FloatRange(0), help="Drop utterances longer than this (s, after processing).")
+@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True, help="Worker processes.")
+@click.option("--allow-pipes", is_flag=True, help="Run piped audio commands.")
+@click.option("--force", is_flag=True, help="Redo every file (also when OUT_DIR has other settings).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def prepare(manifest_path, out_dir, sample_rate, mono, loudness, trim, trim_padding, min_duration, max_duration, workers,
+            allow_pipes, force, no_progress, as_json):
+    """Write processed audio to OUT_DIR/audio/ and the new manifest OUT_DIR/<MANIFEST name>.
+
+    Resumable: re-running skips files already finished (each is written to a temp name, then renamed).
+
+    \b
+    Example: spx manifest prepare raw.jsonl prepared/ --sample-rate 16000 --mono --loudness -23 --trim --max-duration 20
+    """
+    from spx.errors import SpxError
+    from spx.manifests.prepare import PrepareOptions, prepare_manifest
+
+    if min_duration is not None and max_duration is not None and min_duration > max_duration:
+        raise SpxError(f"--min-duration {min_duration} > --max-duration {max_duration}", hint="swap them")
+    opts = PrepareOptions(sample_rate=sample_rate, mono=mono, loudness=loudness, trim=trim, trim_padding=trim_padding,
+                          min_duration=min_duration, max_duration=max_duration, allow_pipes=allow_pipes)
+    summary = prepare_manifest(manifest_path, out_dir, opts, workers=workers, progress=not no_progress and not as_json,
+                               force=force)
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(f"{summary['manifest']}: kept {summary['kept']}/{summary['input']} "
+                   f"(written {summary['written']}, reused {summary['reused']}, too short {summary['too_short']}, "
+                   f"too long {summary['too_long']}, no speech {summary['no_speech']}); "
+                   f"{summary['seconds_in'] / 3600:.3f} h -> {summary['seconds_out'] / 3600:.3f} h")
