@@ -1,4 +1,4 @@
-"""`spx bench` and `spx score`. Only click is imported at module level: `spx --help` stays instant."""
+"""`spx bench`. Only click is imported at module level: `spx --help` stays instant."""
 from __future__ import annotations
 
 import sys
@@ -63,28 +63,3 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
         import json
 
         click.echo(json.dumps(res["rows"], indent=2, default=float))
-
-
-@click.command(context_settings=CONTEXT)
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def score(run_dir, as_json):
-    """Re-score a finished RUN_DIR (hyps.jsonl, speed.json) into metrics.json and print it.
-
-    \b
-    Example: spx score bench_out/runs/conformer_ctc-nemo
-    """
-    import json
-
-    from spx.rundir import RunDir
-    from spx.runner import finalize_run
-
-    rd = RunDir(run_dir)
-    if not (rd / "hyps.jsonl").exists():
-        raise SpxError(f"{rd.path} has no hyps.jsonl: the run did not decode", hint=f"state: {rd.status().get('state')}")
-    metrics = finalize_run(rd)
-    if as_json:
-        click.echo(json.dumps(metrics, indent=2, default=float))
-    else:
-        parts = [f"{k}={metrics[k]:.4g}" for k in ("wer", "cer", "rtf", "rtfx") if isinstance(metrics.get(k), float)]
-        click.echo(f"{rd.path}: " + ", ".join(parts))

@@ -55,6 +55,7 @@ def flat_row(r: dict[str, Any]) -> dict[str, Any]:
 def render_md(res: dict[str, Any]) -> str:
     rows = res["rows"]
     ok = [r for r in rows if r.get("wer") is not None]
+    done = [r for r in rows if "error" not in r]
     L = ["# spx bench report", "", f"Generated {res['generated']}. Normalizer: "
          f"`{res['scoring']['normalizer']['name']}` ({res['scoring']['normalizer']['implementation']} "
          f"{res['scoring']['normalizer'].get('version') or ''}). WER/CER are corpus level; intervals are 95% paired "
@@ -68,7 +69,7 @@ def render_md(res: dict[str, Any]) -> str:
                  f"{r['deletions']} | {r['insertions']} | {r['words']} | {r['scored_utterances']} |")
     L += ["", "## Speed", "", "| Recipe | Backend | RTFx (median) | RTFx range | RTF | Decode s (median) | Audio s | "
           "Device | dtype | Batch | Threads | Warmup | Repeats |", "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
-    for r in ok:
+    for r in done:
         s = r.get("speed")
         if not s:
             L.append(f"| {r['recipe']} | {r['backend']} | — | — | — | — | — | {r.get('speed_error', 'no speed.json')} |||||| ")
@@ -76,12 +77,12 @@ def render_md(res: dict[str, Any]) -> str:
         L.append(f"| {r['recipe']} | {r['backend']} | {s['rtfx']:.1f} | {s['rtfx_min']:.1f}–{s['rtfx_max']:.1f} | "
                  f"{s['rtf']:.4f} | {s['median_decode_seconds']:.2f} | {s['audio_seconds']:.1f} | {s.get('device')} | "
                  f"{s.get('dtype')} | {s.get('batch_size')} | {s.get('threads')} | {s.get('warmup_batches')} | {s.get('repeats')} |")
-    clock = sorted({(r.get("speed") or {}).get("clock") for r in ok if r.get("speed")} - {None})
+    clock = sorted({(r.get("speed") or {}).get("clock") for r in done if r.get("speed")} - {None})
     if clock:
         L += ["", "Clock: " + "; ".join(clock) + "."]
     L += ["", "## Training cost", "", "| Recipe | Backend | Wall s | Epochs | s/epoch | Peak memory MB | Params |",
           "|---|---|---:|---:|---:|---:|---:|"]
-    for r in ok:
+    for r in done:
         L.append(f"| {r['recipe']} | {r['backend']} | {num(r.get('train_wall_s'))} | {num(r.get('epochs'))} | "
                  f"{num(r.get('s_per_epoch'))} | {num(r.get('peak_memory_mb'), 0)} | {params_str(r.get('params'))} |")
     if res["comparisons"]:
@@ -91,7 +92,13 @@ def render_md(res: dict[str, Any]) -> str:
             L.append(f"| {c['recipe']} | {c['a']} | {c['b']} | {pct(c['wer_a'])} | {pct(c['wer_b'])} | "
                      f"{100 * c['diff']:+.1f} | [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] | {p_str(c['p_value'])} | "
                      f"{c['utterances']} |")
-    failed = [r for r in rows if r.get("wer") is None]
+    other = [r for r in done if r.get("metrics")]
+    if other:
+        L += ["", "## Other metrics (non-ASR cells, from each cell's metrics.json)", ""]
+        for r in other:
+            L.append(f"- {r['recipe']} / {r['backend']} ({r.get('task')}): " +
+                     ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["metrics"].items()))
+    failed = [r for r in rows if "error" in r]
     if failed:
         L += ["", "## Failures", "", "| Recipe | Backend | State | Error | Log |", "|---|---|---|---|---|"]
         for r in failed:
@@ -192,7 +199,9 @@ def render_html(res: dict[str, Any]) -> str:
     }
     return env.get_template("report.html.j2").render(
         res=res, ok=[r for r in res["rows"] if r.get("wer") is not None],
-        failed=[r for r in res["rows"] if r.get("wer") is None], figures=figures, pct=pct, num=num,
+        done=[r for r in res["rows"] if "error" not in r],
+        failed=[r for r in res["rows"] if "error" in r],
+        clocks="; ".join(sorted({str(r["speed"].get("clock")) for r in res["rows"] if r.get("speed")})) or "—", figures=figures, pct=pct, num=num,
         params_str=params_str, p_str=p_str, repro=repro_lines(res), markup=jinja2.utils.markupsafe.Markup)
 
 

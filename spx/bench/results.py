@@ -139,6 +139,14 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
             row["log"] = _failure_log(cell)
             rows.append(row)
             continue
+        if spec.get("task", "asr") != "asr":  # TTS and others: their own metrics.json, speed and training cost
+            row["metrics"] = {k: v for k, v in (cell["metrics"] or {}).items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if cell["speed"]:
+                row["speed"] = scoring.speed_summary(cell["speed"])
+            row.update(_train_cost(cell["train_summary"], cell["curve"]))
+            rows.append(row)
+            continue
         info = scoring.normalizer_info(norm)
         norm_used = norm_used or info
         hyps = cell["hyps"]

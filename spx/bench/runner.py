@@ -258,14 +258,14 @@ def print_summary(res: dict[str, Any], console) -> None:
         t.add_column(col, justify="left" if col in ("recipe", "backend") else "right", no_wrap=True)
     failed = []
     for r in res["rows"]:
-        if r.get("wer") is None:
+        if "error" in r:
             failed.append(r)
             t.add_row(r["recipe"], r["backend"], f"[red]{r['state']}[/]", "—", "—", "—", "—", "—")
             continue
         ci = r.get("wer_ci")
         s = r.get("speed") or {}
-        t.add_row(r["recipe"], r["backend"], pct(r["wer"]), f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "—",
-                  pct(r["cer"]), f"{s['rtfx']:.1f}" if s else "—",
+        t.add_row(r["recipe"], r["backend"], pct(r.get("wer")), f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "—",
+                  pct(r.get("cer")), f"{s['rtfx']:.1f}" if s else "—",
                   f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else "—", params_str(r.get("params")))
     console.print(t)
     for r in failed:
