@@ -1,0 +1,55 @@
+"""Child step `prepare`: token list (+ sentencepiece model), feature statistics and shape files, by ESPnet's own
+entry points (tokenize_text, asr_train --collect_stats, aggregate_stats_dirs) run in this one process with the
+argv lists render wrote to native/commands.json (one import of espnet2 instead of three)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from spx.adapters.common import child
+
+
+def train_sentencepiece(rd, spec) -> None:
+    """ESPnet's asr.sh trains sentencepiece with the library's trainer; the same here, on the cleaned texts."""
+    import sentencepiece as spm
+
+    from spx.adapters.espnet import BPE_PREFIX, DATA
+
+    texts = [line.split(" ", 1)[1].strip() if " " in line else ""
+             for line in (rd / f"{DATA}/train/text").read_text(encoding="utf-8").splitlines()]
+    prefix = rd / BPE_PREFIX
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    plain = prefix.parent / "train_texts.txt"
+    plain.write_text("\n".join(t for t in texts if t) + "\n", encoding="utf-8")
+    try:
+        spm.SentencePieceTrainer.train(input=str(plain), model_prefix=str(prefix), vocab_size=spec.tokenizer.vocab_size,
+                                       model_type="bpe", character_coverage=1.0, input_sentence_size=100000000,
+                                       unk_surface="<unk>")
+    except RuntimeError as exc:
+        raise SystemExit(f"sentencepiece could not train a {spec.tokenizer.vocab_size}-token model on "
+                         f"{len(texts)} training texts: {exc}. Lower tokenizer.vocab_size.") from None
+
+
+def main(run_dir: str) -> None:
+    spec, rd = child.load_run(run_dir)
+    os.chdir(rd.path)  # the native argv lists are relative to the run dir
+    cmds = json.loads((rd / "native/commands.json").read_text())["commands"]
+    if spec.tokenizer.type == "bpe":
+        train_sentencepiece(rd, spec)
+        child.progress(phase="prepare", done="sentencepiece")
+
+    from espnet2.bin import aggregate_stats_dirs, asr_train, tokenize_text
+
+    for name, entry in (("tokenize_text", tokenize_text.main), ("collect_stats", asr_train.main),
+                        ("aggregate_stats_dirs", aggregate_stats_dirs.main)):
+        argv = cmds[name]
+        print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
+        entry(cmd=argv[1:])
+        child.progress(phase="prepare", done=name)
+    n_tokens = sum(1 for _ in (rd / "native/tokens.txt").open(encoding="utf-8"))
+    child.progress(phase="prepare", tokens=n_tokens)
+
+
+if __name__ == "__main__":
+    child.main_guard(main)
