@@ -177,8 +177,8 @@ def test_whole_bench_skips_finished_cells_writes_report_and_isolates_failures(be
     broken.write_text(RECIPE.read_text().replace("../spx/demo/corpus/train.jsonl", str(tmp_path / "train.jsonl"))
                       .replace("../spx/demo/corpus/", str(DEMO) + "/"))
     proc = run_spx("bench", broken, "--out", bench_dir, "--backends", backends[0], "-o", "training.epochs=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]  # a failing cell does not fail the bench
-    assert f"broken-{backends[0]}" in proc.stderr and "failed" in proc.stderr
+    assert proc.returncode == 1, proc.stderr[-3000:]  # exit 1 says a cell failed; the report is still written
+    assert f"broken-{backends[0]}" in proc.stderr and "1 cell(s) failed" in proc.stderr and "Traceback" not in proc.stderr
     res = check_report_files(bench_dir)
     fail = next(r for r in res["rows"] if r["recipe"] == "broken")
     assert fail["state"] == "failed" and fail["error"] and Path(fail["log"]).exists(), fail

@@ -41,7 +41,8 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
     """Run RECIPES x backends, score them one way, and write one comparison report.
 
     With no RECIPES, runs the tiny conformer_ctc recipe on the embedded demo corpus (test voices held out).
-    Writes OUT/report.md, report.html, report.tex, results.json, results.csv.
+    Writes OUT/report.md, report.html, report.tex, results.json, results.csv. Exits 1 when a cell failed
+    (the report is still written, with the failure and its log).
 
     \b
     Examples:
@@ -52,14 +53,21 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
     """
     from spx.bench.runner import render_from_json, run_bench
 
+    failed: list[str] = []
     if from_json is not None:
         if recipes or report_only:
             raise SpxError("--from takes no RECIPES and no --report-only", hint="spx bench --from OUT/results.json")
         res = render_from_json(from_json, out or from_json.resolve().parent)
     else:
-        res = run_bench(list(recipes), _backends(backends), out or Path("bench_out"), force=force, launcher=launcher,
-                        report_only=report_only, overrides=list(overrides), seed=seed, argv=sys.argv)
-    if res is not None and as_json:
+        out = out or Path("bench_out")
+        res, failed = run_bench(list(recipes), _backends(backends), out, force=force, launcher=launcher,
+                                report_only=report_only, overrides=list(overrides), seed=seed, argv=sys.argv)
+    if as_json:
         import json
 
         click.echo(json.dumps(res["rows"], indent=2, default=float))
+    if failed:
+        from spx.errors import RunFailed
+
+        raise RunFailed(f"{len(failed)} cell(s) failed: {', '.join(failed)}; the report keeps every other result",
+                        hint=f"see the Failures section of {out.resolve() / 'report.md'} for each log")

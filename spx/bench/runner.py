@@ -129,7 +129,8 @@ class MatrixView:
 
 def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool = False, launcher: str = "local",
               report_only: bool = False, overrides: list[str] | None = None, seed: int = 0,
-              argv: list[str] | None = None) -> dict[str, Any] | None:
+              argv: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Run the matrix and write the report; returns (results, names of the cells that failed in this call)."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -139,7 +140,7 @@ def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool =
         if recipes:
             raise SpxError("--report-only takes no RECIPES: it reports every cell in --out",
                            hint=f"spx bench --report-only --out {out}")
-        return write_bench_report(out, seed, [command], console)
+        return write_bench_report(out, seed, [command], console), []
 
     from spx.spec import load_spec
 
@@ -154,7 +155,7 @@ def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool =
     (out / "runs").mkdir(parents=True, exist_ok=True)
 
     if launcher == "slurm":
-        return _submit_slurm(matrix, out, force, seed, console)
+        return _submit_slurm(matrix, out, force, seed, console), []
 
     from rich.live import Live
 
@@ -164,6 +165,7 @@ def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool =
 
     view = MatrixView([(r.stem, b, c) for r, _, b, c in matrix])
     t_all = time.time()
+    failed_now: list[str] = []
     with Live(view, console=console, refresh_per_second=2, transient=False):
         for recipe, spec, backend, cell in matrix:
             skip, why = (False, "--force") if force else finished_with_same_spec(cell, spec)
@@ -183,10 +185,11 @@ def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool =
                 raise
             except Exception as exc:  # one cell failing never loses the others: record it, go on
                 _record_failure(cell, backend, recipe, exc)
+                failed_now.append(cell.name)
                 st = RunDir(cell).status()
                 console.log(f"[red]{cell.name}: failed[/]: {st.get('error')} (log: {st.get('log')})")
     console.log(f"matrix done in {time.time() - t_all:.0f}s")
-    return write_bench_report(out, seed, [command], console)
+    return write_bench_report(out, seed, [command], console), failed_now
 
 
 def _submit_slurm(matrix, out: Path, force: bool, seed: int, console) -> dict[str, Any]:
@@ -203,11 +206,15 @@ def _submit_slurm(matrix, out: Path, force: bool, seed: int, console) -> dict[st
             cells.append(render_run(spec, backend, cell, force=True))
         except Exception as exc:
             _record_failure(cell, backend, recipe, exc)
+    if not cells:
+        console.print("every cell finished earlier: nothing to submit; writing the report here", highlight=False)
+        return write_bench_report(out, seed, ["spx bench --launcher slurm"], console)
     report_argv = [sys.executable, "-m", "spx", "bench", "--report-only", "--out", str(out), "--seed", str(seed)]
-    from spx.launchers.slurm import submit_bench  # written with the Slurm launcher; imported only when asked for
+    from spx.launchers.slurm import submit_bench  # imported only when asked for
 
-    info = submit_bench(cells, report_argv)
-    console.print(f"submitted {len(cells)} cells to Slurm; the report job writes {out}/report.html", highlight=False)
+    info = submit_bench(cells, report_argv, cwd=str(out))
+    console.print(f"submitted {len(cells)} cells to Slurm (jobs {', '.join(info['cells'].values())}); report job "
+                  f"{info['report']} writes {out}/report.html when they end (log {info['report_log']})", highlight=False)
     return {"rows": [], "slurm": info}
 
 
