@@ -245,8 +245,9 @@ def multinode_command(step: Step, devices: int, nodes: int, backend: str | None 
 
     nemo         srun starts devices tasks per node; Lightning's SLURMEnvironment reads SLURM_PROCID/LOCALID/
                  NTASKS and the nodelist (trainer.num_nodes/devices come from the rendered config).
-    espnet       srun starts one task per node (GPU: it spawns --ngpu processes itself) or one per device (CPU),
-                 with ESPnet's own `--dist_launcher slurm` (rank/world size from SLURM_*), gloo on CPU.
+    espnet       GPU: ESPnet's own `--dist_launcher slurm` (srun starts one task per node, ESPnet spawns --ngpu
+                 workers and reads rank/world size from SLURM_*); CPU: ESPnet's external-launcher mode under a
+                 torchrun agent per node (it reads RANK/WORLD_SIZE/MASTER_*), gloo.
     speechbrain  srun starts one torchrun agent per node; c10d rendezvous on the first node.
     (others)     torchrun rendezvous, as speechbrain.
     """
@@ -258,21 +259,23 @@ def multinode_command(step: Step, devices: int, nodes: int, backend: str | None 
     if backend == "nemo":
         return [*srun, f"--ntasks={nodes * devices}", f"--ntasks-per-node={devices}", f"--cpus-per-task={cpus}",
                 *step.argv]
+    torchrun = [step.argv[0], "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={devices}",
+                f"--rdzv_id={os.environ.get('SLURM_JOB_ID', 'spx')}", "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={addr}:{port}"]
     if backend == "espnet":
         gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("SLURM_GPUS_ON_NODE")
                    or os.environ.get("SLURM_GPUS_PER_NODE"))
-        dist = ["--dist_launcher", "slurm", "--dist_master_addr", addr, "--dist_master_port", str(port)]
-        if gpu:  # one task per node, ESPnet spawns one process per GPU itself
-            return [*srun, f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus * devices}",
-                    *step.argv, "--ngpu", str(devices), "--multiprocessing_distributed", "true", *dist]
-        return [*srun, f"--ntasks={nodes * devices}", f"--ntasks-per-node={devices}", f"--cpus-per-task={cpus}",
-                *step.argv, "--ngpu", "0", "--multiprocessing_distributed", "false", "--dist_backend", "gloo", *dist]
+        one_per_node = [*srun, f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus * devices}"]
+        if gpu:  # ESPnet's own Slurm mode: one task per node, ESPnet spawns --ngpu workers itself
+            return [*one_per_node, *step.argv, "--ngpu", str(devices), "--multiprocessing_distributed", "true",
+                    "--dist_launcher", "slurm", "--dist_master_addr", addr, "--dist_master_port", str(port)]
+        # CPU: ESPnet's external-launcher mode (it reads RANK/WORLD_SIZE/MASTER_* that torchrun sets), gloo
+        return [*one_per_node, *torchrun, *step.argv[1:], "--ngpu", "0", "--multiprocessing_distributed", "false",
+                "--dist_backend", "gloo"]
     if step.argv[1:2] != ["-m"]:
         raise SpxError(f"step {step.name!r} must be 'python -m module ...' to run under torchrun")
     return [*srun, f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus * devices}",
-            step.argv[0], "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={devices}",
-            f"--rdzv_id={os.environ.get('SLURM_JOB_ID', 'spx')}", "--rdzv_backend=c10d",
-            f"--rdzv_endpoint={addr}:{port}", *step.argv[1:]]
+            *torchrun, *step.argv[1:]]
 
 
 def multinode_torchrun(step: Step, devices: int, nodes: int) -> list[str]:
