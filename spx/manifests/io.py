@@ -25,32 +25,38 @@ def iter_manifest(path: str | Path, resolve_audio: bool = True) -> Iterator[Utte
     p = Path(path)
     if not p.is_file():
         raise SpxError(f"manifest not found: {p}", hint="check the path (relative paths resolve against the recipe)")
-    base = p.resolve().parent
     with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise SpxError(f"not UTF-8 (byte {exc.start})", where=f"{p}:{lineno}", hint="re-encode the manifest as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SpxError(f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{p}:{lineno}",
-                               hint="one JSON object per line") from None
-            if lineno == 1 and isinstance(row, dict) and HEADER_KEY in row:
-                if row[HEADER_KEY] != SCHEMA_VERSION:
-                    raise SpxError(f"manifest schema version {row[HEADER_KEY]!r} is not supported (this spx reads {SCHEMA_VERSION})",
-                                   where=f"{p}:1", hint="upgrade spx or re-export the manifest")
-                continue
-            try:
-                utt = Utterance.from_dict(row)
-            except ManifestRowError as exc:
-                raise SpxError(str(exc), where=f"{p}:{lineno}", hint="see the manifest schema in spx/manifests/schema.py") from None
-            if resolve_audio:
-                utt.audio = _resolve_audio(utt.audio, base)
-            yield utt
+        yield from parse_manifest_lines(fh, p, resolve_audio)
+
+
+def parse_manifest_lines(lines: Iterable[bytes], p: Path, resolve_audio: bool = True, first_lineno: int = 1) -> Iterator[Utterance]:
+    """Parse raw manifest lines (bytes) of file `p` starting at line `first_lineno` (used for byte-range workers)."""
+    base = p.resolve().parent
+    loads, from_dict = json.loads, Utterance.from_dict
+    for lineno, raw in enumerate(lines, first_lineno):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SpxError(f"not UTF-8 (byte {exc.start})", where=f"{p}:{lineno}", hint="re-encode the manifest as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            row = loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpxError(f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{p}:{lineno}",
+                           hint="one JSON object per line") from None
+        if lineno == 1 and isinstance(row, dict) and HEADER_KEY in row:
+            if row[HEADER_KEY] != SCHEMA_VERSION:
+                raise SpxError(f"manifest schema version {row[HEADER_KEY]!r} is not supported (this spx reads {SCHEMA_VERSION})",
+                               where=f"{p}:1", hint="upgrade spx or re-export the manifest")
+            continue
+        try:
+            utt = from_dict(row)
+        except ManifestRowError as exc:
+            raise SpxError(str(exc), where=f"{p}:{lineno}", hint="see the manifest schema in spx/manifests/schema.py") from None
+        if resolve_audio:
+            utt.audio = _resolve_audio(utt.audio, base)
+        yield utt
 
 
 def read_manifest(path: str | Path, resolve_audio: bool = True) -> list[Utterance]:
