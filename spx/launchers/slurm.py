@@ -245,9 +245,11 @@ def multinode_command(step: Step, devices: int, nodes: int, backend: str | None 
 
     nemo         srun starts devices tasks per node; Lightning's SLURMEnvironment reads SLURM_PROCID/LOCALID/
                  NTASKS and the nodelist (trainer.num_nodes/devices come from the rendered config).
-    espnet       GPU: ESPnet's own `--dist_launcher slurm` (srun starts one task per node, ESPnet spawns --ngpu
+    espnet       a step that runs ESPnet's trainer itself (launch "self", e.g. espnet2.bin.asr_train):
+                 GPU: ESPnet's own `--dist_launcher slurm` (srun starts one task per node, ESPnet spawns --ngpu
                  workers and reads rank/world size from SLURM_*); CPU: ESPnet's external-launcher mode under a
-                 torchrun agent per node (it reads RANK/WORLD_SIZE/MASTER_*), gloo.
+                 torchrun agent per node (it reads RANK/WORLD_SIZE/MASTER_*), gloo. spx's own ESPnet train step
+                 (launch "torchrun") already runs ESPnet's external-launcher mode: torchrun rendezvous.
     speechbrain  srun starts one torchrun agent per node; c10d rendezvous on the first node.
     (others)     torchrun rendezvous, as speechbrain.
     """
@@ -262,7 +264,7 @@ def multinode_command(step: Step, devices: int, nodes: int, backend: str | None 
     torchrun = [step.argv[0], "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={devices}",
                 f"--rdzv_id={os.environ.get('SLURM_JOB_ID', 'spx')}", "--rdzv_backend=c10d",
                 f"--rdzv_endpoint={addr}:{port}"]
-    if backend == "espnet":
+    if backend == "espnet" and step.launch == "self":
         gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("SLURM_GPUS_ON_NODE")
                    or os.environ.get("SLURM_GPUS_PER_NODE"))
         one_per_node = [*srun, f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus * devices}"]
