@@ -72,8 +72,9 @@ class NemoAdapter:
     def supports(self, spec: Spec) -> None:
         why = unsupported(spec, self.name, self.tasks)
         if why:
-            raise SpxError(why, where="model.family", hint="pick another backend for this job, or task: asr with "
-                           "family: conformer_ctc on nemo")
+            raise SpxError(f"{why}; this job is task {spec.task!r}, model.family {spec.model.family!r}",
+                           where="task" if spec.task not in self.tasks else "model.family",
+                           hint="run it on a backend that has it, or use task: asr with family: conformer_ctc on nemo")
         if spec.training.precision == "fp16" and spec.resources.accelerator == "cpu":
             raise SpxError("training.precision fp16 needs a GPU, but resources.accelerator is cpu",
                            where="training.precision", hint="use bf16 or fp32 on CPU")
