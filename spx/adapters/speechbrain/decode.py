@@ -1,0 +1,56 @@
+"""Decoding step (child process): restore the exported model (SpeechBrain Pretrainer) and run the shared
+decoding/timing protocol (child.decode_and_time) -> hyps.jsonl + speed.json.
+
+`python -m spx.adapters.speechbrain.decode RUN_DIR`
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import speechbrain as sb
+from spx.adapters.common import child
+from spx.adapters.speechbrain.model import Tokenizer, char_tokenizer, load_exported, load_hparams, transcriber
+
+
+def load_model(rd, device: str):
+    """Modules from the run's hparams.yaml, weights and tokenizer from its exported model."""
+    summary = json.loads((rd / "train_summary.json").read_text())
+    export = Path(summary["exported_model"])
+    info = json.loads((export / "spx_export.json").read_text())
+    hparams = load_hparams(rd)
+    load_exported(export, hparams, load_head=True)
+    if info["tokenizer"] == "char":
+        tokenizer = char_tokenizer(info["tokens"], export / "label_encoder.txt")
+    else:
+        import sentencepiece as spm
+
+        model = next(f for f in info["tokenizer_files"] if f.endswith(".model"))
+        sp = spm.SentencePieceProcessor()
+        sp.load(str(export / model))
+        tokenizer = Tokenizer("bpe", spm=sp)
+    modules = torch.nn.ModuleDict(hparams["modules"]).to(device).eval()
+    return modules, hparams, tokenizer, export
+
+
+def main(run_dir: str) -> None:
+    spec, rd = child.load_run(run_dir)
+    threads = child.set_threads(spec)
+    device = child.pick_device(spec)
+    dtype = child.precision_dtype(spec, device)
+    modules, hparams, tokenizer, export = load_model(rd, device)
+    print(f"spx: decoding with {export} ({hparams['decoding']}, {device}, {dtype}, {threads} threads)", flush=True)
+    fn = transcriber(modules, hparams, tokenizer, device, dtype)
+    speed = child.decode_and_time(rd, spec, fn, device, dtype)
+    print(f"spx: decoded {speed['utterances']} utterances, {speed['audio_seconds']:.1f} s audio, "
+          f"median {speed['median_decode_seconds']:.3f} s (speechbrain {sb.__version__})", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    child.main_guard(main)
+    sys.exit(0)

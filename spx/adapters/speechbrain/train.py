@@ -1,0 +1,298 @@
+"""Training step (child process): the generated hyperpyyaml + a SpeechBrain Brain over DynamicItemDatasets.
+
+`python -m spx.adapters.speechbrain.train RUN_DIR`, or under torchrun for data parallel (SpeechBrain DDP,
+gloo on CPU). Resume is SpeechBrain's own: Checkpointer.recover_if_possible in Brain.on_fit_start.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import speechbrain as sb
+from spx.adapters.base import read_jsonl
+from spx.adapters.common import child
+from spx.adapters.speechbrain import EXPORT_INFO, export_info
+from spx.adapters.speechbrain.model import (
+    MODULE_FILES, Tokenizer, apply_freeze, ctc_decoder, encode_log_probs, load_exported, load_hparams,
+    make_tokenizer, module_map,
+)
+from spx.manifests import Utterance
+
+RANK = int(os.environ.get("RANK", "0"))
+WORLD = int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def log(msg: str) -> None:
+    print(f"spx[rank {RANK}/{WORLD}]: {msg}", flush=True)
+
+
+class CTCBrain(sb.Brain):
+    """Conformer-CTC training: the Brain hooks the SpeechBrain recipes use, plus spx's normalized records."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        train = stage == sb.Stage.TRAIN
+        if train and self.hparams.wav_augment is not None:
+            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
+        epoch = self.hparams.epoch_counter.current
+        p_ctc = encode_log_probs(self.modules, vars(self.hparams), wavs, wav_lens, epoch=epoch, train_augment=train)
+        return p_ctc, wav_lens
+
+    def compute_objectives(self, predictions, batch, stage):
+        p_ctc, wav_lens = predictions
+        tokens, tokens_lens = batch.tokens
+        loss = self.hparams.ctc_cost(p_ctc, tokens, wav_lens, tokens_lens)
+        if stage == sb.Stage.VALID:
+            hyps = self.decode(p_ctc.float(), wav_lens)
+            self.wer_metric.append(batch.id, [h.split() for h in hyps], [w.split() for w in batch.wrd])
+        return loss
+
+    def init_optimizers(self):
+        # only trainable parameters: frozen ones never reach the optimizer (nor its weight decay)
+        params = [p for p in self.modules.parameters() if p.requires_grad]
+        self.optimizer = self.opt_class(params)
+        self.optimizers_dict = {"opt_class": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def on_fit_start(self):
+        super().on_fit_start()  # DDP wrap, optimizer, recover_if_possible (resume)
+        done = self.hparams.epoch_counter.current
+        self.resumed_from_epoch = done
+        if done:
+            log(f"resumed from checkpoint {self.checkpointer.find_checkpoint()} at epoch {done} "
+                f"(optimizer step {self.optimizer_step})")
+            if RANK == 0:  # rows of epochs after the checkpoint were never saved: drop them
+                curve = self.run_dir / "curve.jsonl"
+                rows = [r for r in read_jsonl(curve) if r["epoch"] <= done]
+                curve.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                self.prior_seconds = float(rows[-1]["time"]) if rows else 0.0
+        if hasattr(self.scheduler, "set_initial"):
+            self.scheduler.set_initial(self.optimizer)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if should_step:
+            self.scheduler(self.optimizer)
+            self.rank_updates += 1
+        self.rank_batches += 1
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.epoch_t0 = time.time()
+        if stage != sb.Stage.TRAIN:
+            self.wer_metric = sb.utils.metric_stats.ErrorRateStats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_loss = float(stage_loss)
+            log(f"epoch {epoch}: {self.rank_batches} batches so far on this rank, train_loss {self.train_loss:.4f}")
+            return
+        valid_loss = float(stage_loss)
+        valid_wer = self.wer_metric.summarize("error_rate") / 100.0
+        lr = self.optimizer.param_groups[0]["lr"]
+        monitor = self.hparams.early_stopping_monitor
+        if monitor is not None:
+            self.hparams.epoch_counter.update_metric(valid_loss if monitor == "valid_loss" else valid_wer)
+        key = monitor or "valid_loss"
+        self.hparams.train_logger.log_stats(
+            stats_meta={"epoch": epoch, "lr": lr, "optimizer_step": self.optimizer_step},
+            train_stats={"loss": self.train_loss}, valid_stats={"loss": valid_loss, "WER": valid_wer * 100})
+        # keep the last N checkpoints plus the best one by the monitored metric
+        self.checkpointer.save_and_keep_only(meta={"valid_loss": valid_loss, "valid_wer": valid_wer, "epoch": epoch},
+                                             min_keys=[key], num_to_keep=self.hparams.keep_checkpoints)
+        elapsed = time.time() - self.t0
+        epochs_this_run = epoch - self.resumed_from_epoch
+        eta = elapsed / max(1, epochs_this_run) * max(0, self.planned_epochs - epoch)
+        child.append_curve(self.run_dir, {"epoch": epoch, "step": self.optimizer_step, "train_loss": self.train_loss,
+                                          "valid_loss": valid_loss, "valid_wer": valid_wer, "lr": lr,
+                                          "time": round(elapsed + self.prior_seconds, 2)})
+        child.progress(epoch=epoch, epochs=self.planned_epochs, step=self.optimizer_step, train_loss=self.train_loss,
+                       valid_loss=valid_loss, valid_wer=valid_wer, eta_s=round(eta, 1))
+
+
+def audio_pipeline(sample_rate: int):
+    @sb.utils.data_pipeline.takes("id", "wav", "offset", "duration")
+    @sb.utils.data_pipeline.provides("sig")
+    def read(uid, wav, offset, duration):
+        utt = Utterance(id=uid, audio=wav, duration=float(duration), offset=float(offset or 0.0))
+        return torch.from_numpy(child.load_audio(utt, sample_rate))
+
+    return read
+
+
+def text_pipeline(tokenizer: Tokenizer):
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("wrd", "tokens")
+    def encode(wrd):
+        yield wrd
+        yield torch.LongTensor(tokenizer.encode(wrd))
+
+    return encode
+
+
+def datasets(hparams, tokenizer: Tokenizer):
+    from speechbrain.dataio.dataset import DynamicItemDataset
+
+    out = []
+    for key in ("train_csv", "valid_csv"):
+        ds = DynamicItemDataset.from_csv(csv_path=hparams[key])
+        out.append(ds)
+    sb.dataio.dataset.add_dynamic_item(out, audio_pipeline(hparams["sample_rate"]))
+    sb.dataio.dataset.add_dynamic_item(out, text_pipeline(tokenizer))
+    sb.dataio.dataset.set_output_keys(out, ["id", "sig", "wrd", "tokens"])
+    train, valid = out
+    # validation sorted by duration: less padding, same numbers every epoch
+    valid = valid.filtered_sorted(sort_key="duration")
+    return train, valid
+
+
+def loader_kwargs(hparams, train):
+    kw = {"num_workers": hparams["num_workers"]}
+    if hparams["dynamic_batching"]:
+        from speechbrain.dataio.sampler import DynamicBatchSampler
+
+        kw["batch_sampler"] = DynamicBatchSampler(
+            train, max_batch_length=hparams["max_batch_length_seconds"], num_buckets=hparams["num_buckets"],
+            length_func=lambda x: x["duration"], shuffle=True, batch_ordering="random",
+            max_batch_ex=None)
+    else:
+        kw["batch_size"] = hparams["batch_size"]
+        kw["shuffle"] = True
+    return kw
+
+
+def export_best(brain: CTCBrain, hparams, tokenizer: Tokenizer, rd, monitor: str) -> tuple[Path, Path, Path]:
+    """checkpoints/export: the best checkpoint's module files + hparams + tokenizer; what init_from takes."""
+    ckpts = brain.checkpointer.list_checkpoints()
+    best = brain.checkpointer.find_checkpoint(min_key=monitor)
+    last = max(ckpts, key=lambda c: c.meta.get("epoch", 0) if c.meta else 0)
+    export = rd / "checkpoints" / "export"
+    tmp = rd / "checkpoints" / ".export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in MODULE_FILES:
+        shutil.copy2(best.path / f"{name}.ckpt", tmp / f"{name}.ckpt")
+    shutil.copy2(rd / "native" / "hparams.yaml", tmp / "hparams.yaml")
+    tok_dir = Path(hparams["tokenizer_dir"])
+    tok_files = sorted(p.name for p in tok_dir.iterdir() if p.is_file() and (p.suffix in (".model", ".vocab") or p.name == "label_encoder.txt"))
+    for f in tok_files:
+        shutil.copy2(tok_dir / f, tmp / f)
+    info = {"format": "speechbrain checkpoint modules (Pretrainer loadables) exported by spx",
+            "modules": {n: f"{n}.ckpt" for n in MODULE_FILES}, "tokenizer": tokenizer.kind,
+            "tokens": tokenizer.tokens, "vocab_size": hparams["vocab_size"], "tokenizer_files": tok_files,
+            "source_checkpoint": str(best.path), "meta": best.meta, "speechbrain": sb.__version__}
+    (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
+    shutil.rmtree(export, ignore_errors=True)
+    os.replace(tmp, export)
+    return export, best.path, last.path
+
+
+def main(run_dir: str) -> None:
+    t_start = time.time()
+    spec, rd = child.load_run(run_dir)
+    threads = child.set_threads(spec)
+    device = child.pick_device(spec)
+    child.precision_dtype(spec, device)  # refuses fp16 on CPU clearly
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+    os.environ.setdefault("SB_GLOBAL_SEED", str(spec.training.seed))
+    sb.utils.seed.seed_everything(spec.training.seed, verbose=False)
+    hparams = load_hparams(rd)
+    backend = "gloo" if device == "cpu" else hparams["distributed_backend"]
+    run_opts = {"device": device, "distributed_backend": backend}
+    sb.utils.distributed.ddp_init_group(run_opts)
+    log(f"device {device}, {threads} threads, distributed backend {backend if WORLD > 1 else 'none'}")
+
+    init_dir = Path(hparams["init_from"]) if hparams["init_from"] else None
+    tokenizer = make_tokenizer(hparams, spec, init_dir, hparams["init_load_head"])
+    if init_dir is not None:
+        loaded = load_exported(init_dir, hparams, hparams["init_load_head"])
+        log(f"initialized {', '.join(loaded)} from {init_dir}"
+            + ("" if hparams["init_load_head"] else " (vocabulary differs: new CTC head)"))
+    frozen = apply_freeze(hparams, hparams["freeze"])
+    if frozen:
+        log(f"frozen: {len(frozen)} parameter tensors ({', '.join(hparams['freeze'])})")
+        (rd / "native" / "frozen_parameters.json").write_text(json.dumps(frozen, indent=1))
+
+    train, valid = datasets(hparams, tokenizer)
+    hparams["train_logger"] = sb.utils.train_logger.FileTrainLogger(save_file=hparams["train_log"])
+    brain = CTCBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
+                     run_opts=run_opts, checkpointer=hparams["checkpointer"])
+    brain.run_dir = rd
+    brain.decode = ctc_decoder(hparams, tokenizer)
+    brain.rank_batches = 0
+    brain.rank_updates = 0
+    brain.t0 = time.time()
+    summary_path = rd / "train_summary.json"
+    brain.prior_seconds = 0.0
+    train_loader = brain.make_dataloader(train, stage=sb.Stage.TRAIN, **loader_kwargs(hparams, train))
+    valid_loader = brain.make_dataloader(valid, stage=sb.Stage.VALID, ckpt_prefix=None,
+                                         batch_size=hparams["valid_batch_size"], num_workers=hparams["num_workers"])
+    accum = hparams["grad_accumulation_factor"]
+    updates_per_epoch = math.ceil(len(train_loader) / accum)
+    max_steps = hparams["optimizer_step_limit"]
+    if max_steps:
+        brain.planned_epochs = math.ceil(max_steps / updates_per_epoch)
+        hparams["epoch_counter"].limit = brain.planned_epochs
+        total = max_steps
+    else:
+        brain.planned_epochs = hparams["number_of_epochs"]
+        total = updates_per_epoch * brain.planned_epochs
+    sched_kwargs = {"WarmupAnnealing": {"total_steps": total}, "LinearWarmupScheduler": {"num_training_steps": total}}
+    partial = hparams["lr_annealing"]
+    brain.scheduler = partial(**sched_kwargs.get(getattr(partial, "func", partial).__name__, {}))
+    brain.checkpointer.add_recoverable("scheduler", brain.scheduler)
+    log(f"{len(train)} train utterances, {len(train_loader)} batches/epoch on this rank, {updates_per_epoch} updates/epoch, "
+        f"{total} updates planned")
+
+    brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
+
+    # every rank says how much it did; rank 0 records it (proof that all ranks took part)
+    mine = {"rank": RANK, "batches": brain.rank_batches, "updates": brain.rank_updates}
+    ranks = [mine]
+    if WORLD > 1 and torch.distributed.is_initialized():
+        ranks = [None] * WORLD
+        torch.distributed.all_gather_object(ranks, mine)
+    log(f"done: {brain.rank_batches} batches, {brain.rank_updates} updates on this rank")
+    if RANK == 0:
+        monitor = hparams["early_stopping_monitor"] or "valid_loss"
+        export, best, last = export_best(brain, hparams, tokenizer, rd, monitor)
+        bs = hparams["batch_size"]
+        child.write_train_summary(
+            rd, wall_seconds=round(time.time() - t_start, 2), epochs=hparams["epoch_counter"].current,
+            steps=brain.optimizer_step, params=child.count_params(hparams["model"]),
+            trainable_params=int(sum(p.numel() for p in hparams["model"].parameters() if p.requires_grad)),
+            peak_memory_mb=round(child.peak_memory_mb(device), 1), last_checkpoint=str(last), best_checkpoint=str(best),
+            best_metric=monitor, exported_model=str(export),
+            effective_batch=(bs * WORLD * accum) if bs and not hparams["dynamic_batching"] else None,
+            effective_batch_seconds=(hparams["max_batch_length_seconds"] * WORLD * accum) if hparams["dynamic_batching"] else None,
+            world_size=WORLD, ranks=ranks, distributed_backend=backend if WORLD > 1 else None,
+            resumed_from_epoch=brain.resumed_from_epoch, early_stopped=bool(getattr(hparams["epoch_counter"], "should_stop", False)),
+            device=device, precision=hparams["precision"], threads=threads, frozen_parameters=len(frozen),
+            init_from=str(init_dir) if init_dir else None, speechbrain=sb.__version__)
+    if WORLD > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def entry(run_dir: str) -> None:
+    try:
+        main(run_dir)
+    except RuntimeError as exc:  # environment/spec problems the child detects: one clear last line
+        if "fp16" in str(exc) or "accelerator" in str(exc):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    child.main_guard(entry)
