@@ -226,7 +226,7 @@ def import_nemo(src: str | Path, opts: ImportOptions) -> Iterator[Utterance]:
 
 
 # ---------------------------------------------------------------- SpeechBrain
-_SB_VAR = re.compile(r"\$(\w+)")
+_SB_VAR = re.compile(r"\$([\w.]+)")
 _SB_TEXT = ("wrd", "words", "transcript", "text", "char")
 _SB_KNOWN = {"ID", "duration", "wav", "offset", "spk_id", "language", "label", "sample_rate", "channels", "meta", "spx_empty"}
 
