@@ -169,6 +169,15 @@ def loader_kwargs(hparams, train):
     return kw
 
 
+def make_scheduler(hparams, total_steps: int):
+    """The per-update LR schedule from hparams' `lr_annealing` partial, given the planned number of updates."""
+    partial = hparams["lr_annealing"]
+    name = getattr(partial, "func", partial).__name__
+    kwargs = {"WarmupAnnealing": {"total_steps": total_steps},
+              "LinearWarmupScheduler": {"num_training_steps": total_steps}}.get(name, {})
+    return partial(**kwargs)
+
+
 def export_best(brain: CTCBrain, hparams, tokenizer: Tokenizer, rd, monitor: str) -> tuple[Path, Path, Path]:
     """checkpoints/export: the best checkpoint's module files + hparams + tokenizer; what init_from takes."""
     ckpts = brain.checkpointer.list_checkpoints()
@@ -247,9 +256,7 @@ def main(run_dir: str) -> None:
     else:
         brain.planned_epochs = hparams["number_of_epochs"]
         total = updates_per_epoch * brain.planned_epochs
-    sched_kwargs = {"WarmupAnnealing": {"total_steps": total}, "LinearWarmupScheduler": {"num_training_steps": total}}
-    partial = hparams["lr_annealing"]
-    brain.scheduler = partial(**sched_kwargs.get(getattr(partial, "func", partial).__name__, {}))
+    brain.scheduler = make_scheduler(hparams, total)
     brain.checkpointer.add_recoverable("scheduler", brain.scheduler)
     log(f"{len(train)} train utterances, {len(train_loader)} batches/epoch on this rank, {updates_per_epoch} updates/epoch, "
         f"{total} updates planned")
