@@ -286,7 +286,7 @@ def import_speechbrain_csv(src: str | Path, opts: ImportOptions) -> Iterator[Utt
                            duration=_float(row["duration"], where, "duration"),
                            offset=_float(row["offset"], where, "offset") if row.get("offset") else None,
                            text=get(text_col) if text_col else None, speaker=get("spk_id"),
-                           language=get("language") or opts.language, label=get("label"),
+                           language=opts.language if get("language") is None else get("language"), label=get("label"),
                            sample_rate=_int_or_none(row.get("sample_rate"), where, "sample_rate"),
                            channels=_int_or_none(row.get("channels"), where, "channels"), meta=meta or None)
         except UnicodeDecodeError as exc:
