@@ -108,6 +108,8 @@ class CTCBrain(sb.Brain):
         # keep the last N checkpoints plus the best one by the monitored metric
         self.checkpointer.save_and_keep_only(meta={"valid_loss": valid_loss, "valid_wer": valid_wer, "epoch": epoch},
                                              min_keys=[key], num_to_keep=self.hparams.keep_checkpoints)
+        if RANK == 0:
+            (self.checkpointer.find_checkpoint().path / COMPLETE).touch()
         elapsed = time.time() - self.t0
         epochs_this_run = epoch - self.resumed_from_epoch
         eta = elapsed / max(1, epochs_this_run) * max(0, self.planned_epochs - epoch)
@@ -169,6 +171,22 @@ def loader_kwargs(hparams, train):
     return kw
 
 
+COMPLETE = "spx_complete"
+
+
+def quarantine_incomplete(ckpt_dir: Path) -> None:
+    """SpeechBrain's Checkpointer writes CKPT.yaml before the module files, so a process killed while saving
+    leaves a checkpoint that recover_if_possible would pick and fail on. spx marks every checkpoint once it is
+    fully written; unmarked ones are moved aside (not deleted) before resuming."""
+    for d in sorted(ckpt_dir.glob("CKPT+*")):
+        if d.is_dir() and not (d / COMPLETE).exists():
+            dest = ckpt_dir / "incomplete" / d.name
+            dest.parent.mkdir(exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(d, dest)
+            log(f"moved incomplete checkpoint {d.name} (killed while saving) to {dest}")
+
+
 def make_scheduler(hparams, total_steps: int):
     """The per-update LR schedule from hparams' `lr_annealing` partial, given the planned number of updates."""
     partial = hparams["lr_annealing"]
@@ -216,6 +234,8 @@ def main(run_dir: str) -> None:
     os.environ.setdefault("SB_GLOBAL_SEED", str(spec.training.seed))
     sb.utils.seed.seed_everything(spec.training.seed, verbose=False)
     hparams = load_hparams(rd)
+    if RANK == 0:  # before the DDP rendezvous, so no other rank lists checkpoints meanwhile
+        quarantine_incomplete(Path(hparams["save_folder"]))
     backend = "gloo" if device == "cpu" else hparams["distributed_backend"]
     run_opts = {"device": device, "distributed_backend": backend}
     sb.utils.distributed.ddp_init_group(run_opts)
