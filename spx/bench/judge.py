@@ -76,15 +76,26 @@ class WhisperJudge(Judge):
     """faster-whisper with deterministic decoding: beam search at temperature 0 only, no VAD, no prompt."""
 
     def __init__(self, model: str, label: str | None = None, beam_size: int = 5, language: str | None = None,
-                 device: str = "auto", compute_type: str = "default"):
+                 device: str | None = None, compute_type: str | None = None):
         self.model_ref, self.label = model, label or model
-        self.beam_size, self.language, self.device, self.compute_type = beam_size, language, device, compute_type
+        self.beam_size, self.language = beam_size, language
+        self.device, self.compute_type = device, compute_type
         self._model = None
+
+    def _resolve_device(self) -> None:
+        """GPU in float16 when CTranslate2 sees one, else CPU in float32 (the bundled model is saved as float16)."""
+        if self.device is None:
+            import ctranslate2
+
+            self.device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        if self.compute_type is None:
+            self.compute_type = "float16" if self.device == "cuda" else "float32"
 
     def _load(self):
         if self._model is None:
             from faster_whisper import WhisperModel
 
+            self._resolve_device()
             try:
                 self._model = WhisperModel(self.model_ref, device=self.device, compute_type=self.compute_type)
             except Exception as exc:  # hub lookup, corrupt files: one clear line with the cause
@@ -110,9 +121,10 @@ class WhisperJudge(Judge):
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version
 
+        self._resolve_device()
         return {"kind": "faster-whisper", "model": self.label, "path": self.model_ref, "faster_whisper": version("faster-whisper"),
                 "beam_size": self.beam_size, "temperature": 0.0, "language": self.language or "auto",
-                "compute_type": self.compute_type}
+                "device": self.device, "compute_type": self.compute_type}
 
 
 class RunDirJudge(Judge):

@@ -22,13 +22,13 @@ def load_wav(path: str | Path, sr: int | None = None, offset: float = 0.0,
     if p.rstrip().endswith("|"):
         raise SpxError(f"piped audio commands are not supported by the quality metrics: {p!r}",
                        hint="export the audio to wav/flac files first")
+    if not Path(p).is_file():
+        raise SpxError(f"audio file not found: {p}", hint="check the path")
     try:
         info = sf.info(p)
         start = int(round(offset * info.samplerate))
         frames = int(round(duration * info.samplerate)) if duration is not None and offset else -1
         wav, file_sr = sf.read(p, start=start, frames=frames, dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise SpxError(f"audio file not found: {p}", hint="check the path") from None
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise SpxError(f"cannot read audio {p}: {exc}", hint="use a wav or flac file soundfile can read") from None
     wav = wav.mean(axis=1)

@@ -101,7 +101,10 @@ def speaker_embedding(wav: np.ndarray, sr: int) -> np.ndarray | None:
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         from resemblyzer import preprocess_wav
 
-    x = preprocess_wav(np.asarray(wav, dtype=np.float32), source_sr=sr)
+    x = np.asarray(wav, dtype=np.float32)
+    if not np.any(x):  # digital silence: its volume normalization would divide by zero
+        return None
+    x = preprocess_wav(x, source_sr=sr)
     if len(x) < SPEAKER_SR // 10:
         return None
     return speaker_encoder().embed_utterance(x)
