@@ -292,7 +292,9 @@ class EspnetAdapter:
     def supports(self, spec: Spec) -> None:
         why = unsupported(spec, self.name, self.tasks)
         if why:
-            raise SpxError(why, where="model.family", hint="use --backend nemo or speechbrain, or an ASR conformer_ctc spec")
+            raise SpxError(why, where="task" if spec.task not in self.tasks else "model.family",
+                           hint="ESPnet in spx renders task asr with family conformer_ctc; use --backend nemo or speechbrain "
+                                f"for {spec.task}/{spec.model.family}")
         if spec.augmentation.noise is not None:
             raise SpxError("augmentation.noise is not rendered for ESPnet by spx yet", where="augmentation.noise",
                            hint="remove augmentation.noise, or pass ESPnet's preprocessor options under backends.espnet "

@@ -1,0 +1,228 @@
+"""ESPnet TTS (Tacotron2): the spec -> ESPnet's own `conf/train_tts.yaml` (tts: tacotron2), a Kaldi-style data
+dir and `espnet2.bin.tts_train` commands (collect_stats -> aggregate_stats_dirs -> tts_train --resume true),
+then `espnet2.bin.tts_inference.Text2Speech` (Griffin-Lim unless tts.vocoder names a vocoder).
+
+render_tts writes run_dir/native/:
+  conf/train_tts.yaml   ESPnet training config (architecture numbers from `model:`, fbank from `features:`/`tts:`)
+  conf/griffin_lim.yaml Griffin-Lim settings for Text2Speech (griffin_lim_iters)
+  tts_tokens.txt        the character token list (fixed inventory: fine-tuning works across corpora)
+  tts_commands.json     the exact espnet2 argv lists (module first, paths relative to the run dir)
+  tts_run.sh            the same commands as a shell script (ESPnet alone reproduces the run)
+The child steps (tts_prepare, tts_train, tts_synth) run those argv lists through each entry point's
+`main(cmd=...)`. Nothing here imports torch or espnet2.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from spx.adapters.base import collect_normalized
+from spx.errors import SpxError
+from spx.manifests import read_manifest
+from spx.rundir import RunDir, Step
+from spx.spec import Spec
+from spx.yamlio import atomic_write_json, atomic_write_text, dump_yaml
+
+NATIVE = "native"
+DATA = f"{NATIVE}/tts_data"
+STATS = f"{NATIVE}/tts_stats"
+EXP = "checkpoints"  # tts_train --output_dir: checkpoint.pth, N epoch.pth, config.yaml, valid.loss.best.pth
+TOKENS = f"{NATIVE}/tts_tokens.txt"
+CONF = f"{NATIVE}/conf/train_tts.yaml"
+GL_CONF = f"{NATIVE}/conf/griffin_lim.yaml"
+TTS_FAMILIES = {"tacotron2"}
+# the characters spx.adapters.common.child.clean_transcript keeps (that module imports numpy: not imported here)
+CHARACTERS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
+SPACE = "<space>"  # ESPnet's char tokenizer writes a space as <space>
+
+
+def token_list() -> list[str]:
+    return ["<blank>", "<unk>", *[SPACE if c == " " else c for c in CHARACTERS], "<sos/eos>"]
+
+
+def check_tts(spec: Spec) -> None:
+    """Raise SpxError before anything runs when ESPnet cannot render this TTS job."""
+    if spec.model.family not in TTS_FAMILIES:
+        raise SpxError(f"backend 'espnet' has no {spec.model.family!r} TTS model in spx (it has: tacotron2)",
+                       where="model.family", hint="use family: tacotron2, or another backend")
+    t = spec.training
+    if t.batch_size is None:
+        raise SpxError("TTS jobs batch by utterances", where="training.batch_size", hint="set training.batch_size")
+    if t.precision != "fp32":
+        raise SpxError("TTS jobs train in fp32 in spx", where="training.precision", hint="set precision: fp32")
+
+
+def speaker_table(spec: Spec) -> dict[str, int]:
+    """Speaker name -> sid (ESPnet `spks` / utt2sid) from the training manifest."""
+    if not spec.tts.multi_speaker:
+        return {}
+    train = read_manifest(spec.data.train)
+    missing = [u.id for u in train if not u.speaker]
+    if missing:
+        raise SpxError(f"tts.multi_speaker needs a speaker on every row; {len(missing)} training row(s) have none "
+                       f"(first: {missing[0]!r})", where=spec.data.train, hint="add 'speaker' to each manifest row")
+    table = {s: i for i, s in enumerate(sorted({u.speaker for u in train}))}
+    for path in [spec.data.valid, *spec.test_sets]:
+        for u in read_manifest(path):
+            if u.speaker not in table:
+                raise SpxError(f"row {u.id!r} has speaker {u.speaker!r}, which is not in the training set",
+                               where=path, hint="a speaker-id Tacotron2 can only speak as its training speakers")
+    return table
+
+
+def resolve_vocoder(spec: Spec) -> dict[str, str] | None:
+    """tts.vocoder for ESPnet: a ParallelWaveGAN-family checkpoint (*.pkl, config.yml beside it), as ESPnet's
+    Text2Speech loads it (needs the `parallel_wavegan` package)."""
+    voc = spec.tts.vocoder
+    if voc is None:
+        return None
+    p = Path(voc).expanduser()
+    if p.is_dir():
+        found = sorted(p.glob("*.pkl"))
+        p = found[-1] if found else p / "checkpoint-*.pkl"
+    if p.suffix != ".pkl" or not p.is_file():
+        raise SpxError(f"tts.vocoder {voc!r}: ESPnet's Text2Speech loads vocoders as ParallelWaveGAN checkpoints (*.pkl)",
+                       where="tts.vocoder", hint="give a *.pkl with its config.yml beside it, or leave tts.vocoder "
+                       "unset for Griffin-Lim")
+    if importlib.util.find_spec("parallel_wavegan") is None:
+        raise SpxError("tts.vocoder on ESPnet needs the `parallel_wavegan` package, which is not installed",
+                       where="tts.vocoder", hint="add parallel_wavegan to the environment, or use Griffin-Lim")
+    cfg = next((c for c in (p.parent / "config.yml", p.parent / "config.yaml") if c.exists()), None)
+    if cfg is None:
+        raise SpxError(f"tts.vocoder {voc!r}: no config.yml beside the checkpoint", where="tts.vocoder")
+    return {"file": str(p.resolve()), "config": str(cfg.resolve())}
+
+
+def vocoder_name(spec: Spec, vocoder: dict[str, str] | None) -> str:
+    return vocoder["file"] if vocoder else f"griffin-lim ({spec.tts.griffin_lim_iters} iters)"
+
+
+def resolve_init_from(init_from: str) -> str:
+    """An ESPnet TTS model (*.pth): the file, an ESPnet output dir, or an spx espnet TTS run dir."""
+    p = Path(init_from).expanduser()
+    if p.is_dir():
+        summary = p / "train_summary.json"
+        if summary.exists() and json.loads(summary.read_text()).get("best_checkpoint"):
+            p = Path(json.loads(summary.read_text())["best_checkpoint"])
+        else:
+            for cand in (p / "valid.loss.best.pth", p / EXP / "valid.loss.best.pth", p / "latest.pth"):
+                if cand.exists():
+                    p = cand
+                    break
+    if p.suffix != ".pth" or not p.is_file():
+        raise SpxError(f"init_from {init_from!r}: no ESPnet TTS model (*.pth) found", where="init_from",
+                       hint="give an ESPnet *.pth, its output dir, or an spx espnet TTS run dir")
+    return str(p.resolve())
+
+
+def mel_settings(spec: Spec) -> dict[str, Any]:
+    sr = spec.tts.sample_rate
+    return {"fs": sr, "n_mels": spec.tts.n_mels, "n_fft": spec.features.n_fft,
+            "win_length": int(round(spec.features.win_length_ms * sr / 1000)),
+            "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "fmin": 0, "fmax": sr // 2}
+
+
+def train_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from spx.adapters.espnet import _scheduler, deep_merge  # the ASR adapter's mapping of training.scheduler
+
+    m, t = spec.model, spec.training
+    steps_per_epoch = math.ceil(math.ceil(n_train / t.batch_size) / t.grad_accumulation)
+    epochs = t.epochs if t.max_steps is None else math.ceil(t.max_steps / steps_per_epoch)
+    total_steps = t.max_steps or steps_per_epoch * epochs
+    tts_conf: dict[str, Any] = {
+        "embed_dim": m.embedding_dim, "elayers": 1, "eunits": m.encoder_dim, "econv_layers": m.encoder_layers,
+        "econv_chans": m.encoder_dim, "econv_filts": 5, "atype": "location", "adim": m.attention_dim,
+        "aconv_chans": 32, "aconv_filts": 15, "cumulate_att_w": True, "dlayers": 2, "dunits": m.decoder_rnn_dim,
+        "prenet_layers": 2, "prenet_units": m.prenet_dim, "postnet_layers": m.postnet_layers,
+        "postnet_chans": m.postnet_dim, "postnet_filts": 5, "output_activation": None, "use_batch_norm": True,
+        "use_concate": True, "use_residual": False, "reduction_factor": m.reduction_factor, "dropout_rate": 0.5,
+        "zoneout_rate": 0.1, "use_masking": True, "bce_pos_weight": 5.0, "loss_type": "L1+L2",
+        "use_guided_attn_loss": True, "guided_attn_loss_sigma": 0.4, "guided_attn_loss_lambda": 1.0,
+    }
+    if speakers:
+        tts_conf.update(spks=len(speakers), spk_embed_integration_type="add")
+    optim_conf: dict[str, Any] = {"lr": t.optimizer.lr, "weight_decay": t.optimizer.weight_decay}
+    if t.optimizer.name != "sgd":
+        optim_conf["betas"] = list(t.optimizer.betas)
+    mel = mel_settings(spec)
+    cfg: dict[str, Any] = {
+        "tts": "tacotron2", "tts_conf": tts_conf,
+        "feats_extract": "fbank",
+        "feats_extract_conf": {k: mel[k] for k in ("fs", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "fmax")},
+        "token_type": "char", "cleaner": None, "g2p": None,
+        "optim": t.optimizer.name, "optim_conf": optim_conf, **_scheduler(spec, total_steps),
+        "max_epoch": epochs, "batch_type": "sorted", "batch_size": t.batch_size, "accum_grad": t.grad_accumulation,
+        "grad_clip": t.grad_clip or -1, "seed": t.seed, "num_workers": t.num_workers,
+        "keep_nbest_models": t.keep_checkpoints, "best_model_criterion": [["valid", "loss", "min"]],
+        "num_iters_per_epoch": None, "log_interval": 10,
+    }
+    if t.max_steps is not None:
+        cfg["num_iters_per_epoch"] = None  # ESPnet stops on epochs: max_steps is rounded up to whole epochs
+    cfg = deep_merge(cfg, spec.backends.get("espnet", {}))
+    derived = {"steps_per_epoch": steps_per_epoch, "epochs": epochs, "total_steps": total_steps}
+    return cfg, derived
+
+
+def native_commands(spec: Spec, speakers: dict[str, int]) -> dict[str, list[str]]:
+    common = ["--use_preprocessor", "true", "--token_type", "char", "--token_list", TOKENS, "--cleaner", "none",
+              "--g2p", "none", "--use_matplotlib", "false"]
+    for split in ("train", "valid"):
+        common += [f"--{split}_data_path_and_name_and_type", f"{DATA}/{split}/text,text,text",
+                   f"--{split}_data_path_and_name_and_type", f"{DATA}/{split}/wav.scp,speech,sound"]
+        if speakers:
+            common += [f"--{split}_data_path_and_name_and_type", f"{DATA}/{split}/utt2sid,sids,text_int"]
+    cmds = {
+        "collect_stats": ["espnet2.bin.tts_train", "--collect_stats", "true", "--config", CONF, *common,
+                          "--normalize", "none", "--write_collected_feats", "false",
+                          "--train_shape_file", f"{DATA}/train/wav.scp", "--valid_shape_file", f"{DATA}/valid/wav.scp",
+                          "--batch_type", "unsorted", "--batch_size", "8", "--ngpu", "0", "--num_workers", "0",
+                          "--output_dir", f"{STATS}/logdir/stats.1"],
+        "aggregate_stats_dirs": ["espnet2.bin.aggregate_stats_dirs", "--input_dir", f"{STATS}/logdir/stats.1",
+                                 "--output_dir", STATS],
+        "tts_train": ["espnet2.bin.tts_train", "--config", CONF, *common,
+                      "--normalize", "global_mvn", "--normalize_conf", f"stats_file={STATS}/train/feats_stats.npz",
+                      "--train_shape_file", f"{STATS}/train/text_shape", "--train_shape_file", f"{STATS}/train/speech_shape",
+                      "--valid_shape_file", f"{STATS}/valid/text_shape", "--valid_shape_file", f"{STATS}/valid/speech_shape",
+                      "--fold_length", "150", "--fold_length", "204800",
+                      "--resume", "true", "--output_dir", EXP, "--use_tensorboard", "false"],
+    }
+    if spec.init_from:
+        cmds["tts_train"] += ["--init_param", resolve_init_from(spec.init_from)]
+    return cmds
+
+
+def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
+    check_tts(spec)
+    speakers = speaker_table(spec)
+    vocoder = resolve_vocoder(spec)
+    train = read_manifest(spec.data.train)
+    if not train:
+        raise SpxError("the training manifest is empty", where=spec.data.train)
+    cfg, derived = train_config(spec, len(train), speakers)
+    cmds = native_commands(spec, speakers)
+    (run_dir / NATIVE / "conf").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONF, f"# Generated by spx from {run_dir / 'spec.yaml'}\n" + dump_yaml(cfg))
+    atomic_write_text(run_dir / GL_CONF, dump_yaml({"griffin_lim_iters": spec.tts.griffin_lim_iters}))
+    atomic_write_text(run_dir / TOKENS, "\n".join(token_list()) + "\n")
+    atomic_write_json(run_dir / NATIVE / "tts_commands.json", {
+        "commands": cmds, "derived": derived, "speakers": speakers, "mel": mel_settings(spec), "vocoder": vocoder,
+        "vocoder_name": vocoder_name(spec, vocoder), "init_from": cmds["tts_train"][-1] if spec.init_from else None})
+    lines = ["#!/usr/bin/env bash", "# ESPnet's own commands for this TTS run (run from the run dir, after tts_prepare "
+             "wrote native/tts_data). spx adds --ngpu at run time.", "set -euo pipefail"]
+    lines += [shlex.join(["python", "-m", *argv]) for argv in cmds.values()]
+    atomic_write_text(run_dir / NATIVE / "tts_run.sh", "\n".join(lines) + "\n")
+    py = sys.executable
+    return [
+        Step("tts_prepare", [py, "-m", "spx.adapters.espnet.tts_prepare", str(run_dir)]),
+        Step("tts_train", [py, "-m", "spx.adapters.espnet.tts_train", str(run_dir)], log="train.log"),
+        Step("tts_synth", [py, "-m", "spx.adapters.espnet.tts_synth", str(run_dir)]),
+    ]
+
+
+def collect_tts(run_dir: RunDir) -> dict[str, Any]:
+    return collect_normalized(run_dir)

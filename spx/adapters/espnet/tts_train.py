@@ -1,0 +1,99 @@
+"""Child step `tts_train`: espnet2.bin.tts_train with the argv render wrote (native/tts_commands.json), plus what
+only run time knows (--ngpu). ESPnet resumes from checkpoints/checkpoint.pth (--resume true). Afterwards the
+per-epoch losses are read from ESPnet's own Reporter (checkpoint.pth) into curve.jsonl, and
+train_summary.json records the run."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+
+from spx.adapters.common import child
+from spx.yamlio import atomic_write_text
+
+EPOCH_RESULTS = re.compile(r"(\d+)epoch results: (.*)")
+
+
+class EpochProgress(logging.Handler):
+    """Turns ESPnet's '<N>epoch results: [train] ... loss=...' log lines into spx progress lines."""
+
+    def __init__(self, epochs: int):
+        super().__init__(level=logging.INFO)
+        self.epochs = epochs
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = EPOCH_RESULTS.search(record.getMessage())
+        if not m:
+            return
+        losses = dict(re.findall(r"\[(train|valid)\][^\[]*?\bloss=([-\d.e+]+)", m.group(2)))
+        child.progress(phase="train", epoch=int(m.group(1)), of=self.epochs,
+                       **{f"{k}_loss": float(v) for k, v in losses.items()})
+
+
+def curve_from_reporter(rd) -> list[dict]:
+    """One row per finished epoch from ESPnet's Reporter state in checkpoint.pth."""
+    import torch
+
+    ckpt = torch.load(rd / "checkpoints/checkpoint.pth", map_location="cpu", weights_only=False)
+    stats = ckpt["reporter"]["stats"]
+    rows, step = [], 0
+    for epoch in sorted(stats):
+        train, valid = stats[epoch].get("train", {}), stats[epoch].get("valid", {})
+        step = int(train.get("total_count", step))
+        rows.append({"epoch": int(epoch), "step": step, "train_loss": float(train["loss"]),
+                     "valid_loss": float(valid["loss"]) if "loss" in valid else None,
+                     "lr": float(train["optim0_lr0"]) if "optim0_lr0" in train else None,
+                     "time": float(train.get("time", 0.0)) if isinstance(train.get("time"), (int, float)) else None})
+    return rows
+
+
+def main(run_dir: str) -> None:
+    spec, rd = child.load_run(run_dir)
+    os.chdir(rd.path)
+    started = time.time()
+    threads = child.set_threads(spec)
+    device = child.pick_device(spec)
+    native = json.loads((rd / "native/tts_commands.json").read_text())
+    argv = list(native["commands"]["tts_train"][1:]) + ["--ngpu", "1" if device == "cuda" else "0"]
+    print("# native: python -m espnet2.bin.tts_train " + " ".join(argv), file=sys.stderr, flush=True)
+
+    from espnet2.tasks.tts import TTSTask
+
+    info: dict = {}
+
+    class SpxTTSTask(TTSTask):
+        """ESPnet's TTSTask; spx only counts the parameters."""
+
+        @classmethod
+        def build_model(cls, args):
+            model = super().build_model(args)
+            info["params"] = sum(p.numel() for p in model.parameters())
+            return model
+
+    logging.basicConfig(level="INFO", format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    logging.getLogger().addHandler(EpochProgress(native["derived"]["epochs"]))
+    SpxTTSTask.main(cmd=argv)
+
+    rows = curve_from_reporter(rd)
+    atomic_write_text(rd / "curve.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    exp = rd / "checkpoints"
+    best = exp / "valid.loss.best.pth"
+    last = exp / f"{rows[-1]['epoch']}epoch.pth" if rows else None
+    child.write_train_summary(
+        rd, wall_seconds=round(time.time() - started, 1), epochs=rows[-1]["epoch"] if rows else 0,
+        steps=rows[-1]["step"] if rows else 0, params=info.get("params"),
+        peak_memory_mb=round(child.peak_memory_mb(device), 1),
+        last_checkpoint=str(last.resolve()) if last and last.exists() else None,
+        best_checkpoint=str(best.resolve()) if best.exists() else None,
+        exported_model=str(best.resolve()) if best.exists() else None,
+        effective_batch=spec.training.batch_size * spec.training.grad_accumulation, world_size=1, device=device,
+        threads=threads, vocoder=native["vocoder_name"], init_from=native["init_from"],
+        native_config=str(exp / "config.yaml"),
+    )
+
+
+if __name__ == "__main__":
+    child.main_guard(main)

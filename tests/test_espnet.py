@@ -1,0 +1,221 @@
+"""ESPnet backend: render (fast), and real training/decoding, fine-tuning, resume after kill, 2-process gloo (slow)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import RECIPE, REPO, run_spx
+
+DEMO = REPO / "spx" / "demo" / "corpus"
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _native_config(rd: Path) -> dict:
+    return yaml.safe_load((rd / "native" / "conf" / "train_asr.yaml").read_text())
+
+
+# ------------------------------------------------------------------ fast
+def test_dry_run_renders_native_espnet_recipe(tmp_path):
+    rd = tmp_path / "run"
+    proc = run_spx("run", "--backend", "espnet", RECIPE, "--run-dir", rd, "--dry-run",
+                   "model.encoder.layers=3", "model.encoder.d_model=64", "model.encoder.heads=2", "model.encoder.ff_expansion=3",
+                   "model.encoder.conv_kernel=9", "model.encoder.subsampling=8", "model.encoder.dropout=0.2",
+                   "tokenizer.type=bpe", "tokenizer.vocab_size=40", "training.optimizer.name=adam",
+                   "training.optimizer.lr=0.001", "training.optimizer.betas=[0.8,0.95]", "training.scheduler.name=noam",
+                   "training.scheduler.warmup_steps=50", "training.grad_accumulation=2", "training.epochs=7",
+                   "augmentation.speed_perturb=[0.9,1.0,1.1]", "backends.espnet.encoder_conf.macaron_style=false",
+                   check=True)
+    assert "espnet.adapters" not in proc.stdout
+    cfg = _native_config(rd)
+    enc = cfg["encoder_conf"]
+    assert cfg["encoder"] == "conformer" and cfg["decoder"] == "none" and cfg["model_conf"]["ctc_weight"] == 1.0
+    assert (enc["num_blocks"], enc["output_size"], enc["attention_heads"], enc["linear_units"]) == (3, 64, 2, 192)
+    assert (enc["cnn_module_kernel"], enc["input_layer"], enc["dropout_rate"]) == (9, "conv2d8", 0.2)
+    assert enc["macaron_style"] is False  # backends.espnet pass-through wins
+    assert cfg["frontend"] == "default" and cfg["frontend_conf"]["n_mels"] == 80
+    assert cfg["frontend_conf"]["hop_length"] == 160 and cfg["frontend_conf"]["win_length"] == 400
+    assert "normalize" not in cfg  # global_mvn only at train time (CLI of the train command)
+    assert cfg["optim"] == "adam" and cfg["optim_conf"]["lr"] == 0.001 and cfg["optim_conf"]["betas"] == [0.8, 0.95]
+    assert cfg["scheduler"] == "warmuplr" and cfg["scheduler_conf"]["warmup_steps"] == 50
+    assert cfg["accum_grad"] == 2 and cfg["max_epoch"] == 7 and cfg["batch_size"] == 16
+    assert cfg["specaug_conf"]["freq_mask_width_range"] == [0, 15]
+    factors = [e[2]["factor"] for e in cfg["preprocessor_conf"]["data_aug_effects"][0][1]]
+    assert factors == [0.9, 1.0, 1.1]
+    cmds = json.loads((rd / "native" / "commands.json").read_text())["commands"]
+    assert cmds["tokenize_text"][0] == "espnet2.bin.tokenize_text" and "bpe" in cmds["tokenize_text"]
+    train = cmds["asr_train"]
+    assert train[0] == "espnet2.bin.asr_train" and train[train.index("--resume") + 1] == "true"
+    assert train[train.index("--normalize") + 1] == "global_mvn"
+    assert "--normalize" not in cmds["collect_stats"]
+    # Kaldi data dirs with transcripts cleaned the way every backend cleans them
+    text = (rd / "native" / "data" / "train" / "text").read_text().splitlines()
+    assert len(text) == 240 and all(line.split(" ", 1)[1] == line.split(" ", 1)[1].lower() for line in text)
+    assert (rd / "native" / "data" / "valid" / "wav.scp").exists()
+    steps = json.loads((rd / "steps.json").read_text())
+    assert [s["name"] for s in steps] == ["prepare", "train", "decode"]
+    assert next(s for s in steps if s["name"] == "train")["log"] == "train.log"
+
+
+def test_cosine_schedule_and_dynamic_batches(tmp_path):
+    rd = tmp_path / "run"
+    run_spx("run", "--backend", "espnet", RECIPE, "--run-dir", rd, "--dry-run", "training.batch_size=null",
+            "training.batch_seconds=20", "training.epochs=20", "resources.devices=2",
+            "training.early_stopping={monitor: valid_loss, patience: 3}", check=True)
+    cfg = _native_config(rd)
+    assert cfg["batch_type"] == "length" and cfg["batch_bins"] == 20 * 16000 * 2
+    sc = cfg["scheduler_conf"]
+    assert cfg["scheduler"] == "CosineAnnealingWarmupRestarts" and sc["max_lr"] == 0.002 and sc["warmup_steps"] == 100
+    assert sc["first_cycle_steps"] > 100
+    assert cfg["patience"] == 3 and cfg["early_stopping_criterion"] == ["valid", "loss", "min"]
+    steps = json.loads((rd / "steps.json").read_text())
+    assert next(s for s in steps if s["name"] == "train")["launch"] == "torchrun"
+
+
+def test_unsupported_family_refused_before_anything_is_written(tmp_path):
+    recipe = tmp_path / "tts.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "tts", "task": "tts", "model": {"family": "tacotron2"},
+        "data": {"train": str(DEMO / "train.jsonl"), "valid": str(DEMO / "valid.jsonl"), "test": str(DEMO / "test.jsonl")}}))
+    rd = tmp_path / "run"
+    proc = run_spx("run", "--backend", "espnet", recipe, "--run-dir", rd, "--dry-run")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: task: backend 'espnet' has no 'tts' support")
+    assert "tacotron2" in proc.stderr and "Traceback" not in proc.stderr
+    assert not rd.exists()
+
+
+def test_bad_fine_tuning_inputs_are_clear_errors(tmp_path):
+    rd = tmp_path / "run"
+    proc = run_spx("run", "--backend", "espnet", RECIPE, "--run-dir", rd, "--dry-run", "freeze=[encoder.layers:9]",
+                   f"init_from={tmp_path}")
+    assert proc.returncode == 2 and "encoder.layers:9" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_spx("run", "--backend", "espnet", RECIPE, "--run-dir", rd, "--dry-run", f"init_from={tmp_path}/nope.pth")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not rd.exists()
+
+
+# ------------------------------------------------------------------ slow: real training
+@pytest.mark.slow
+def test_trained_run_reaches_wer_and_writes_normalized_files(trained_run):
+    rd = trained_run("espnet")
+    metrics = json.loads((rd / "metrics.json").read_text())
+    print(f"espnet demo WER={metrics['wer']:.3f} CER={metrics['cer']:.3f} RTFx={metrics.get('rtfx')}")
+    assert metrics["utterances"] == 40
+    assert metrics["wer"] < 0.5
+    hyps = _read_jsonl(rd / "hyps.jsonl")
+    assert len(hyps) == 40 and sum(bool(h["hyp"].strip()) for h in hyps) >= 35
+    speed = json.loads((rd / "speed.json").read_text())
+    assert speed["repeats"] == 3 and len(speed["decode_seconds"]) == 3
+    curve = _read_jsonl(rd / "curve.jsonl")
+    assert [r["epoch"] for r in curve] == list(range(1, len(curve) + 1)) and len(curve) >= 5
+    assert curve[-1]["train_loss"] < 0.5 * curve[0]["train_loss"]
+    assert curve[-1]["valid_loss"] < curve[0]["valid_loss"]
+    summary = json.loads((rd / "train_summary.json").read_text())
+    assert Path(summary["exported_model"]).is_file() and summary["exported_model"].endswith(".pth")
+    assert Path(summary["config"]).is_file() and summary["params"] > 100_000
+    assert summary["world_size"] == 1 and summary["steps"] == curve[-1]["step"]
+    assert (rd / "native" / "tokens.txt").exists() and (rd / "native" / "asr_stats" / "train" / "feats_stats.npz").exists()
+
+
+def _param_state(path: str) -> dict:
+    import torch
+
+    sd = torch.load(path, map_location="cpu")
+    return {k: v for k, v in sd.items() if "running_" not in k and "num_batches_tracked" not in k}
+
+
+@pytest.mark.slow
+def test_fine_tune_from_trained_checkpoint_with_frozen_layer(trained_run, tmp_path):
+    import torch
+
+    base = trained_run("espnet")
+    init = json.loads((base / "train_summary.json").read_text())["exported_model"]
+    rd = tmp_path / "ft"
+    run_spx("run", "--backend", "espnet", RECIPE, "--run-dir", rd, f"init_from={init}", "freeze=[encoder.layers:1]",
+            "training.epochs=1", "eval.speed_repeats=1", check=True)
+    log = (rd / "train.log").read_text()
+    assert f"--init_param {init}" in log and "--freeze_param encoder.encoders.0." in log
+    first = _read_jsonl(rd / "curve.jsonl")[0]
+    untrained_first = _read_jsonl(base / "curve.jsonl")[0]
+    assert first["valid_loss"] < 0.5 * untrained_first["valid_loss"]
+    before, after = _param_state(init), _param_state(json.loads((rd / "train_summary.json").read_text())["exported_model"])
+    frozen = [k for k in before if k.startswith("encoder.encoders.0.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    trainable = [k for k in before if k.startswith("encoder.encoders.1.")]
+    assert any(not torch.equal(before[k], after[k]) for k in trainable)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_from_checkpoint(tmp_path):
+    rd = tmp_path / "resume"
+    proc = subprocess.Popen([sys.executable, "-m", "spx", "run", "--backend", "espnet", str(RECIPE), "--run-dir", str(rd),
+                             "training.epochs=3", "eval.speed_repeats=1"], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 1200
+        while not (rd / "checkpoints" / "checkpoint.pth").exists():
+            assert proc.poll() is None, "spx run ended before writing a checkpoint"
+            assert time.time() < deadline, "no checkpoint within 20 min"
+            time.sleep(1)
+        time.sleep(1)  # let the epoch's checkpoint be written completely
+    finally:
+        # kill -9 the whole tree: spx's group and the step's own session (a node crash, an OOM kill)
+        groups = {os.getpgid(p) for p in _descendants(proc.pid) if Path(f"/proc/{p}").exists()}
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    assert not (rd / "train_summary.json").exists()
+    run_spx("run", "--resume", rd, check=True)
+    log = (rd / "train.log").read_text()
+    assert "The training was resumed using checkpoints/checkpoint.pth" in log
+    epochs = [r["epoch"] for r in _read_jsonl(rd / "curve.jsonl")]
+    assert epochs == [1, 2, 3]
+    summary = json.loads((rd / "train_summary.json").read_text())
+    assert summary["resumed_from_epoch"] >= 1 and summary["epochs"] == 3
+    assert json.loads((rd / "metrics.json").read_text())["utterances"] == 40
+
+
+@pytest.mark.slow
+def test_two_process_gloo_data_parallel(tmp_path):
+    rd = tmp_path / "ddp"
+    run_spx("run", "--backend", "espnet", RECIPE, "--run-dir", rd, "resources.devices=2", "training.epochs=2",
+            "training.batch_size=8", "eval.speed_repeats=1", check=True)
+    summary = json.loads((rd / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["effective_batch"] == 16
+    ranks = summary["ranks"]
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    assert all(r["train_batches"] >= 15 * 2 for r in ranks)  # 240 utts / 16 per step = 15 steps, 2 epochs, each rank
+    assert "--dist_backend gloo" in (rd / "train.log").read_text()
+    assert sorted(p.name for p in (rd / "checkpoints").glob("checkpoint*.pth")) == ["checkpoint.pth"]
+    assert Path(summary["exported_model"]).is_file()
+    assert json.loads((rd / "metrics.json").read_text())["utterances"] == 40
