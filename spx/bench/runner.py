@@ -256,22 +256,23 @@ def render_from_json(path: Path, out: Path) -> dict[str, Any]:
 
 
 def print_summary(res: dict[str, Any], console) -> None:
+    from rich import box
     from rich.table import Table
 
     from spx.bench.report import params_str, pct
 
-    t = Table(title="spx bench results")
-    for col in ("recipe", "backend", "WER %", "95% CI", "CER %", "RTFx", "train s", "params"):
+    t = Table(title="spx bench results", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("recipe", "backend", "WER % [95% CI]", "CER %", "RTFx", "train s", "params"):
         t.add_column(col, justify="left" if col in ("recipe", "backend") else "right", no_wrap=True)
     failed = []
     for r in res["rows"]:
         if "error" in r:
             failed.append(r)
-            t.add_row(r["recipe"], r["backend"], f"[red]{r['state']}[/]", "—", "—", "—", "—", "—")
+            t.add_row(r["recipe"], r["backend"], f"[red]{r['state']}[/]", "—", "—", "—", "—")
             continue
         ci = r.get("wer_ci")
         s = r.get("speed") or {}
-        t.add_row(r["recipe"], r["backend"], pct(r.get("wer")), f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "—",
+        t.add_row(r["recipe"], r["backend"], pct(r.get("wer")) + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else ""),
                   pct(r.get("cer")), f"{s['rtfx']:.1f}" if s else "—",
                   f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else "—", params_str(r.get("params")))
     console.print(t)
