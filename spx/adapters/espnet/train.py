@@ -86,8 +86,15 @@ def init_args(spec, rd) -> list[str]:
     from spx.adapters.espnet import resolve_init
 
     init = resolve_init(spec.init_from)
-    if init is None:  # a hub model: the fetch_init step put it here
+    if init is None:  # a hub model: the fetch_init step put it here; check its architecture now
         init = json.loads((rd / "native/init/init.json").read_text())
+        from spx.adapters.espnet import _check_init_architecture
+        from spx.errors import SpxError
+
+        try:
+            _check_init_architecture(spec, init, yaml.safe_load((rd / "native/conf/train_asr.yaml").read_text()))
+        except SpxError as exc:
+            raise SystemExit(f"{exc.one_line()} ({exc.hint})") from None
     with open(init["config"], encoding="utf-8") as fh:
         theirs = (yaml.safe_load(fh) or {}).get("token_list")
     if isinstance(theirs, str):  # a path in the pretrained config
