@@ -115,17 +115,21 @@ def status(run_dirs, as_json):
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("run dir", "backend", "launcher", "state", "step", "job / pid", "WER", "updated"):
-        table.add_column(col)
+    table.add_column("run dir", overflow="fold")
+    for col in ("backend", "launcher", "state", "step", "job / pid", "WER"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("updated", overflow="fold")
     colors = {"finished": "green", "failed": "red", "cancelled": "yellow", "interrupted": "yellow",
               "running": "cyan", "submitted": "blue", "requeued": "blue"}
     for r in rows:
         job = r["slurm_job_id"] and f"{r['slurm_job_id']} ({r['slurm_state'] or '?'})" or (str(r["pid"] or ""))
         state = f"[{colors.get(r['state'], 'white')}]{r['state']}[/]"
         wer = f"{r['wer']:.3f}" if isinstance(r["wer"], (int, float)) else ""
-        table.add_row(r["run_dir"], r["backend"] or "", r["launcher"], state, r["step"] or "", job, wer,
+        table.add_row(_short(r["run_dir"]), r["backend"] or "", r["launcher"], state, r["step"] or "", job, wer,
                       r["updated"] or "")
     console = Console()
+    if not console.is_terminal:  # piped into a file or grep: do not cut paths to 80 columns
+        console = Console(width=max(console.width, 220))
     if not rows:
         console.print("no runs found (pass run dirs, or run from the folder holding ./runs)")
         return
@@ -133,6 +137,14 @@ def status(run_dirs, as_json):
     for r in rows:
         if r["state"] in ("failed", "cancelled") and r["error"]:
             console.print(f"[dim]{r['run_dir']}: {r['error']}[/]", highlight=False)
+
+
+def _short(path: str) -> str:
+    """A run dir relative to the current folder when it is under it (tables stay narrow)."""
+    try:
+        return str(Path(path).relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
 
 
 def _log_for(rd, st: dict, step: str | None) -> Path:
@@ -228,6 +240,7 @@ def cancel(run_dir, timeout):
     from spx.rundir import RunDir
 
     rd = RunDir(run_dir)
+    rd.read_steps()  # a clear error when RUN_DIR is not a run dir
     st = current_status(rd)
     if st.get("state") in ("finished", "failed", "cancelled"):
         raise SpxError(f"run {rd.path} is already {st.get('state')}; nothing to cancel")
