@@ -219,3 +219,19 @@ def test_two_process_gloo_data_parallel(tmp_path):
     assert sorted(p.name for p in (rd / "checkpoints").glob("checkpoint*.pth")) == ["checkpoint.pth"]
     assert Path(summary["exported_model"]).is_file()
     assert json.loads((rd / "metrics.json").read_text())["utterances"] == 40
+
+
+def test_epoch_results_line_parsed_into_curve_values():
+    from spx.adapters.espnet import freeze_params
+    from spx.adapters.espnet.train import parse_epoch_results
+    from spx.spec import Spec
+
+    line = ("3epoch results: [train] iter_time=0.157, loss_ctc=54.591, loss=54.591, optim0_lr0=7.800e-04, "
+            "time=2 minutes and 9.89 seconds, [valid] loss_ctc=56.066, cer_ctc=0.977, loss=56.066, time=5.2 seconds")
+    epoch, sec = parse_epoch_results(line)
+    assert epoch == 3 and sec["train"]["loss"] == 54.591 and sec["train"]["optim0_lr0"] == 7.8e-4
+    assert sec["valid"] == {"loss_ctc": 56.066, "cer_ctc": 0.977, "loss": 56.066}
+    assert parse_epoch_results("The best model has been updated: valid.loss") is None
+    data = {"train": "a.jsonl", "valid": "b.jsonl", "test": "c.jsonl"}
+    spec = Spec.model_validate({"data": data, "freeze": ["encoder.layers:2", "feature_extractor"]})
+    assert freeze_params(spec) == ["encoder.encoders.0.", "encoder.encoders.1.", "frontend", "normalize", "encoder.embed"]

@@ -225,7 +225,7 @@ def train_config(spec: Spec, durations: list[float]) -> tuple[dict[str, Any], di
     if sp:
         # ESPnet's on-the-fly DataAugmentation in the preprocessor: one factor per utterance, uniformly
         cfg["preprocessor_conf"] = {"data_aug_effects": [[1.0, [[1.0, "speed_perturb", {"factor": float(f)}] for f in sp]]],
-                                    "data_aug_num": [1, 1], "data_aug_prob": 1.0}
+                                    "data_aug_num": [1, 1], "data_aug_prob": 1.0, "fs": feat.sample_rate}
     cfg = {k: v for k, v in cfg.items() if v is not None}
     cfg = deep_merge(cfg, spec.backends.get("espnet", {}))
     derived = {"world_size": world, "batches_per_epoch": batches, "steps_per_epoch": steps_per_epoch,
