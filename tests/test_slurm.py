@@ -369,7 +369,7 @@ def test_scancel_outside_spx_is_seen_by_status(slurm_cluster, tmp_path):
 def test_usr1_before_time_limit_requeues_and_skips_finished_steps(slurm_cluster, tmp_path):
     """--signal=B:USR1@N reaches the script's trap, which requeues; the requeued job skips finished steps."""
     rd = make_run_dir(tmp_path / "rd", _sleep_steps(), [
-        "resources.launcher=slurm", "resources.slurm.cpus_per_task=1", "resources.slurm.time=2",
+        "resources.launcher=slurm", "resources.slurm.cpus_per_task=1", "resources.slurm.time=00:02:00",
         "resources.slurm.signal_seconds=110"])
     from spx.launchers.slurm import submit
 
