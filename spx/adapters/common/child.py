@@ -210,3 +210,88 @@ def main_guard(fn: Callable[[str], None]) -> None:
         print(f"usage: python -m {fn.__module__} RUN_DIR", file=sys.stderr)
         sys.exit(2)
     fn(sys.argv[1])
+
+
+# ---------------------------------------------------------------- TTS
+def synthesize_and_time(
+    run_dir: RunDir,
+    spec: Spec,
+    synthesize: Callable[[str, str | None], np.ndarray],
+    sample_rate: int,
+    device: str,
+    dtype: str,
+    vocoder: str,
+) -> dict[str, Any]:
+    """The TTS synthesis protocol shared by every backend (the TTS twin of decode_and_time).
+
+    One sentence at a time (autoregressive models stop per utterance, so batching would change the output);
+    `eval.warmup_batches` sentences warm up; the test set is synthesized `eval.speed_repeats` times and the
+    clock covers synthesize(text, speaker) only: text -> tokens -> acoustic model -> vocoder -> waveform.
+    Waveforms (and audio_seconds) come from the first repeat; they go to run_dir/synth/<id>.wav.
+    """
+    import soundfile as sf
+
+    items = test_utterances(spec)
+    texts = [clean_transcript(u.text or "", spec.tokenizer.lowercase) for _, u in items]
+    for (name, u), t in zip(items, texts):
+        if not t:
+            raise RuntimeError(f"test utterance {u.id!r} of {name} has no text to synthesize")
+    speakers = [u.speaker for _, u in items]
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    for i in range(min(spec.eval.warmup_batches, len(items))):
+        synthesize(texts[i], speakers[i])
+    sync()
+    out_dir = run_dir / "synth"
+    out_dir.mkdir(exist_ok=True)
+    wavs: list[np.ndarray] = []
+    times: list[float] = []
+    totals = []
+    for repeat in range(spec.eval.speed_repeats):
+        total = 0.0
+        for i in range(len(items)):
+            t0 = time.perf_counter()
+            wav = synthesize(texts[i], speakers[i])
+            sync()
+            dt = time.perf_counter() - t0
+            total += dt
+            if repeat == 0:
+                wavs.append(np.asarray(wav, dtype=np.float32).reshape(-1))
+                times.append(dt)
+        totals.append(total)
+        progress(phase="synthesize", repeat=repeat + 1, of=spec.eval.speed_repeats, seconds=round(total, 3))
+    rows = []
+    for (name, u), text, wav, dt in zip(items, texts, wavs, times):
+        path = out_dir / f"{u.id}.wav"
+        sf.write(path, wav, sample_rate, subtype="PCM_16")
+        rows.append({"id": u.id, "test_set": name, "text": text, "speaker": u.speaker, "audio": str(path),
+                     "ref_audio": u.audio, "duration": len(wav) / sample_rate, "synth_time": dt,
+                     "sample_rate": sample_rate})
+    with open(run_dir / "hyps.jsonl.tmp", "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(run_dir / "hyps.jsonl.tmp", run_dir / "hyps.jsonl")
+    import torch
+
+    speed = {
+        "device": device if device == "cpu" else torch.cuda.get_device_name(0),
+        "dtype": dtype,
+        "batch_size": 1,
+        "threads": torch.get_num_threads(),
+        "warmup_batches": min(spec.eval.warmup_batches, len(items)),
+        "repeats": spec.eval.speed_repeats,
+        "audio_seconds": float(sum(r["duration"] for r in rows)),
+        "decode_seconds": totals,
+        "median_decode_seconds": statistics.median(totals),
+        "clock": f"text -> waveform per sentence (tokenize + acoustic model + vocoder: {vocoder}); "
+                 "audio_seconds = generated seconds of the first repeat",
+        "utterances": len(items),
+        "vocoder": vocoder,
+    }
+    atomic_write_json(run_dir / "speed.json", speed)
+    return speed

@@ -36,7 +36,7 @@ TOKENS = f"{NATIVE}/tts_tokens.txt"
 CONF = f"{NATIVE}/conf/train_tts.yaml"
 GL_CONF = f"{NATIVE}/conf/griffin_lim.yaml"
 TTS_FAMILIES = {"tacotron2"}
-# the characters spx.adapters.common.child.clean_transcript keeps (that module imports numpy: not imported here)
+# the characters clean_transcript keeps: one fixed inventory, so a checkpoint fine-tunes on any corpus
 CHARACTERS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
 SPACE = "<space>"  # ESPnet's char tokenizer writes a space as <space>
 

@@ -23,7 +23,7 @@ from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
 TTS_FAMILIES = {"tacotron2"}
-# Same fixed inventory as spx.adapters.common.child.TTS_CHARACTERS (not imported: that module imports numpy)
+# the characters clean_transcript keeps: one fixed inventory, so a checkpoint fine-tunes on any corpus
 SYMBOLS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
 
 
@@ -31,7 +31,7 @@ def check_tts(spec: Spec) -> None:
     """Raise SpxError before anything runs when SpeechBrain cannot render this TTS job."""
     m = spec.model
     if m.family not in TTS_FAMILIES:
-        raise SpxError(f"backend 'speechbrain' has no native {m.family!r} TTS model in spx (it has: tacotron2)",
+        raise SpxError(f"backend 'speechbrain' has no {m.family!r} TTS model in spx (it has: tacotron2)",
                        where="model.family", hint="use family: tacotron2, or another backend")
     if m.embedding_dim != m.encoder_dim:
         raise SpxError(f"SpeechBrain's Tacotron2 uses one width for the character embedding and the encoder, "

@@ -1,0 +1,241 @@
+"""TTS jobs (Tacotron2) on ESPnet and SpeechBrain: rendering (fast) and real train -> synthesize -> score (slow)."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from conftest import REPO
+from spx.errors import SpxError
+from spx.launchers.execute import execute
+from spx.rundir import RunDir
+from spx.spec import load_spec
+from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures)
+
+RECIPE = REPO / "recipes" / "tacotron2.yaml"
+BACKENDS = ("espnet", "speechbrain")
+# CI scale: a couple of minutes of training per backend on 2 CPU cores
+TRAIN_OVERRIDES = ["training.epochs=12", "eval.speed_repeats=1", "eval.warmup_batches=1", "resources.threads=2"]
+
+
+def tts_spec(corpus: Path, *overrides: str):
+    data = [f"data.train={corpus / 'train.jsonl'}", f"data.valid={corpus / 'valid.jsonl'}",
+            f"data.test={corpus / 'test.jsonl'}"]
+    return load_spec(RECIPE, [*data, *overrides])
+
+
+def render_tts_run(spec, backend: str, run_dir: Path) -> RunDir:
+    """spx.runner.render_run once the backend's ADAPTER routes task 'tts'; until then the same steps by hand."""
+    from spx.adapters import get_adapter
+    from spx.runner import render_run
+
+    if "tts" in getattr(get_adapter(backend), "tasks", {}):
+        return render_run(spec, backend, run_dir, force=True)
+    from spx.envinfo import environment
+    from spx.runner import _copy_manifest
+    from spx.spec import spec_to_yaml
+    from spx.yamlio import atomic_write_json, atomic_write_text
+
+    rd = RunDir(run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    spec = spec.model_copy(deep=True)
+    spec.data.train = _copy_manifest(spec.data.train, rd / "manifests/train.jsonl")
+    spec.data.valid = _copy_manifest(spec.data.valid, rd / "manifests/valid.jsonl")
+    spec.data.test = _copy_manifest(spec.test_sets[0], rd / "manifests/test.jsonl")
+    atomic_write_text(rd / "spec.yaml", spec_to_yaml(spec))
+    atomic_write_text(rd / "backend", backend + "\n")
+    rd.write_steps(importlib.import_module(f"spx.adapters.{backend}.tts").render_tts(spec, rd))
+    atomic_write_json(rd / "env.json", environment())
+    rd.set_status("rendered", completed_steps=[], backend=backend, spec_name=spec.name)
+    return rd
+
+
+# ------------------------------------------------------------------ fast: rendering
+def test_espnet_config_carries_the_architecture_numbers(tts_multi_corpus, tmp_path):
+    spec = tts_spec(tts_multi_corpus)
+    rd = render_tts_run(spec, "espnet", tmp_path / "run")
+    cfg = yaml.safe_load((rd / "native/conf/train_tts.yaml").read_text())
+    m, c = spec.model, cfg["tts_conf"]
+    assert cfg["tts"] == "tacotron2" and cfg["token_type"] == "char" and cfg["g2p"] is None and cfg["cleaner"] is None
+    assert (c["embed_dim"], c["econv_layers"], c["econv_chans"], c["eunits"], c["adim"], c["dunits"], c["prenet_units"],
+            c["postnet_layers"], c["postnet_chans"], c["reduction_factor"]) == (
+        m.embedding_dim, m.encoder_layers, m.encoder_dim, m.encoder_dim, m.attention_dim, m.decoder_rnn_dim,
+        m.prenet_dim, m.postnet_layers, m.postnet_dim, m.reduction_factor)
+    assert "spks" not in c
+    fe = cfg["feats_extract_conf"]
+    assert cfg["feats_extract"] == "fbank" and fe["fs"] == 16000 and fe["n_mels"] == 80
+    assert fe["hop_length"] == 256 and fe["win_length"] == 1024 and fe["n_fft"] == 1024
+    assert "normalize" not in cfg  # global_mvn only on the training command, not in the stats step
+    cmds = json.loads((rd / "native/tts_commands.json").read_text())["commands"]
+    assert cmds["tts_train"][cmds["tts_train"].index("--normalize") + 1] == "global_mvn"
+    assert cmds["collect_stats"][cmds["collect_stats"].index("--normalize") + 1] == "none"
+    assert "--resume" in cmds["tts_train"] and "--init_param" not in cmds["tts_train"]
+    assert [s["name"] for s in json.loads((rd / "steps.json").read_text())] == ["tts_prepare", "tts_train", "tts_synth"]
+    tokens = (rd / "native/tts_tokens.txt").read_text().split()
+    assert tokens[0] == "<blank>" and tokens[-1] == "<sos/eos>" and "<space>" in tokens and "a" in tokens
+
+
+def test_speechbrain_hparams_build_the_spec_architecture(tts_multi_corpus, tmp_path):
+    from hyperpyyaml import load_hyperpyyaml
+
+    spec = tts_spec(tts_multi_corpus)
+    rd = render_tts_run(spec, "speechbrain", tmp_path / "run")
+    with open(rd / "native/tts_hparams.yaml") as fh:
+        hp = load_hyperpyyaml(fh)
+    model, m = hp["model"], spec.model
+    assert type(model).__module__ == "speechbrain.lobes.models.Tacotron2"
+    assert model.embedding.embedding_dim == m.embedding_dim
+    assert len(model.encoder.convolutions) == m.encoder_layers
+    assert model.encoder.lstm.hidden_size * 2 == m.encoder_dim
+    assert model.decoder.attention_layer.query_layer.linear_layer.out_features == m.attention_dim
+    assert model.decoder.decoder_rnn.hidden_size == m.decoder_rnn_dim
+    assert model.decoder.prenet.layers[0].linear_layer.out_features == m.prenet_dim
+    assert len(model.postnet.convolutions) == m.postnet_layers
+    assert model.postnet.convolutions[0][0].conv.out_channels == m.postnet_dim
+    assert model.n_mel_channels == spec.tts.n_mels
+    info = json.loads((rd / "native/tts_info.json").read_text())
+    assert info["vocoder_name"] == "griffin-lim (32 iters)" and info["speakers"] == {}
+    assert info["mel"]["hop_length"] == 256 and info["mel"]["sample_rate"] == 16000
+
+
+def test_multi_speaker_renders_speaker_ids_from_the_manifest(tts_multi_corpus, tmp_path):
+    spec = tts_spec(tts_multi_corpus, "tts.multi_speaker=true")
+    esp = render_tts_run(spec, "espnet", tmp_path / "esp")
+    cfg = yaml.safe_load((esp / "native/conf/train_tts.yaml").read_text())
+    assert cfg["tts_conf"]["spks"] == 2
+    native = json.loads((esp / "native/tts_commands.json").read_text())
+    assert native["speakers"] == {"rms": 0, "slt": 1}
+    assert "native/tts_data/train/utt2sid,sids,text_int" in native["commands"]["tts_train"]
+
+    sb = render_tts_run(spec, "speechbrain", tmp_path / "sb")
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(sb / "native/tts_hparams.yaml") as fh:
+        model = load_hyperpyyaml(fh)["model"]
+    assert type(model).__name__ == "SpeakerTacotron2" and model.speaker_embedding.num_embeddings == 2
+    assert json.loads((sb / "native/tts_info.json").read_text())["speakers"] == {"rms": 0, "slt": 1}
+
+
+def test_multi_speaker_rejects_a_test_speaker_unseen_in_training(tts_multi_corpus, tmp_path):
+    rows = [json.loads(line) for line in (tts_multi_corpus / "test.jsonl").read_text().splitlines()]
+    rows[1]["speaker"] = "nobody"
+    bad = tmp_path / "test.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for s in ("train", "valid"):
+        (tmp_path / f"{s}.jsonl").write_text((tts_multi_corpus / f"{s}.jsonl").read_text())
+    (tmp_path / "audio").symlink_to(tts_multi_corpus / "audio")
+    spec = tts_spec(tmp_path, "tts.multi_speaker=true")
+    for backend in BACKENDS:
+        with pytest.raises(SpxError, match="speaker 'nobody'.*not in the training set"):
+            render_tts_run(spec, backend, tmp_path / f"run-{backend}")
+
+
+@pytest.mark.parametrize("override, match, backends", [
+    ("model.embedding_dim=32", "one width for the character embedding and the encoder", ("speechbrain",)),
+    ("model.reduction_factor=2", "one frame per step", ("speechbrain",)),
+    ("tts.vocoder=/no/such/vocoder", "tts.vocoder", BACKENDS),
+    ("init_from=/no/such/model.pth", "init_from", BACKENDS),
+    ("training.precision=bf16", "fp32", BACKENDS),
+])
+def test_what_a_backend_cannot_do_is_one_clear_error_before_anything_runs(tts_multi_corpus, tmp_path, override,
+                                                                          match, backends):
+    spec = tts_spec(tts_multi_corpus, override)
+    for backend in backends:
+        with pytest.raises(SpxError, match=match):
+            render_tts_run(spec, backend, tmp_path / backend)
+        assert not (tmp_path / backend / "steps.json").exists()
+
+
+def test_a_family_a_backend_lacks_is_named(tts_multi_corpus):
+    spec = tts_spec(tts_multi_corpus).model_copy(deep=True)
+    spec = spec.model_validate({**spec.model_dump(), "model": {"family": "fastspeech2"}})
+    for backend in BACKENDS:
+        mod = importlib.import_module(f"spx.adapters.{backend}.tts")
+        with pytest.raises(SpxError, match=f"'{backend}' has no 'fastspeech2' TTS model"):
+            mod.check_tts(spec)
+
+
+def test_demo_corpus_generator_writes_manifests_with_speakers(tts_multi_corpus):
+    rows = [json.loads(line) for line in (tts_multi_corpus / "train.jsonl").read_text().splitlines()[1:]]
+    assert len(rows) == 12 and {r["speaker"] for r in rows} == {"slt", "rms"}
+    wav, sr = sf.read(tts_multi_corpus / rows[0]["audio"])
+    assert sr == 16000 and len(wav) / sr == pytest.approx(rows[0]["duration"], abs=0.01)
+    tests = [json.loads(line)["text"] for line in (tts_multi_corpus / "test.jsonl").read_text().splitlines()[1:]]
+    assert not set(tests) & {r["text"] for r in rows}  # test sentences are unseen in training
+
+
+# ------------------------------------------------------------------ slow: real training and synthesis
+@pytest.fixture(scope="session")
+def trained_tts(tts_corpus, tmp_path_factory):
+    """trained_tts('espnet') -> run dir of a tiny Tacotron2 trained on the flite corpus (once per session)."""
+    root = tmp_path_factory.mktemp("tts_runs")
+    cache: dict[str, RunDir] = {}
+
+    def get(backend: str) -> RunDir:
+        if backend not in cache:
+            rd = render_tts_run(tts_spec(tts_corpus, *TRAIN_OVERRIDES), backend, root / backend)
+            execute(rd)
+            cache[backend] = rd
+        return cache[backend]
+
+    return get
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tacotron2_trains_synthesizes_and_is_scored(trained_tts, tts_corpus, backend):
+    rd = trained_tts(backend)
+    curve = read_jsonl(rd / "curve.jsonl")
+    assert len(curve) == 12
+    assert curve[-1]["train_loss"] < 0.7 * curve[0]["train_loss"], curve
+    assert curve[-1]["valid_loss"] < curve[0]["valid_loss"], curve
+    summary = json.loads((rd / "train_summary.json").read_text())
+    assert summary["vocoder"] == "griffin-lim (32 iters)" and summary["params"] > 0
+    assert Path(summary["best_checkpoint"]).exists()
+
+    hyps = read_jsonl(rd / "hyps.jsonl")
+    refs = {r["id"]: r for r in read_jsonl(tts_corpus / "test.jsonl")[1:]}
+    assert sorted(h["id"] for h in hyps) == sorted(refs)
+    for h in hyps:
+        wav, sr = sf.read(h["audio"])
+        assert sr == 16000 and len(wav) / sr == pytest.approx(h["duration"])
+        assert np.sqrt(np.mean(wav ** 2)) > 1e-3, f"{h['id']}: silent output"
+        # plausible length: a tiny model may not stop exactly, but neither vanish nor run to the length cap
+        assert 0.2 < h["duration"] < 3 * refs[h["id"]]["duration"] + 0.5, (h["id"], h["duration"])
+        assert h["synth_time"] > 0 and h["text"] and Path(h["ref_audio"]).exists()
+    speed = json.loads((rd / "speed.json").read_text())
+    assert speed["audio_seconds"] == pytest.approx(sum(h["duration"] for h in hyps))
+    assert len(speed["decode_seconds"]) == 1 and speed["decode_seconds"][0] > 0 and speed["batch_size"] == 1
+    assert "griffin-lim" in speed["clock"]
+
+    from spx.bench.quality import score_tts_hyps
+
+    scores = score_tts_hyps(hyps, judge=None, normalizer="whisper_english")
+    print(backend, {k: v for k, v in scores.items() if isinstance(v, (int, float))})
+    assert scores["synthesis_rtf"] > 0
+    assert 0 <= scores["wer"] and scores["mcd"] > 0
+    assert any(k.startswith("dnsmos") for k in scores) and "distillmos" in scores
+
+
+@pytest.mark.slow
+def test_fine_tune_from_a_trained_tacotron2(trained_tts, tts_corpus, tmp_path):
+    """init_from the trained run: the first fine-tuning epoch starts from the trained model's loss, not scratch."""
+    for backend in BACKENDS:
+        base = trained_tts(backend)
+        base_curve = read_jsonl(base / "curve.jsonl")
+        spec = tts_spec(tts_corpus, *TRAIN_OVERRIDES, "training.epochs=1", f"init_from={base.path}")
+        rd = render_tts_run(spec, backend, tmp_path / backend)
+        execute(rd)
+        ft = read_jsonl(rd / "curve.jsonl")
+        assert len(ft) == 1
+        assert ft[0]["train_loss"] < 0.7 * base_curve[0]["train_loss"], (ft, base_curve[0])
+        assert json.loads((rd / "train_summary.json").read_text())["init_from"]
