@@ -336,7 +336,8 @@ def refresh_status(rd: RunDir) -> dict[str, Any]:
     view = {**st, "slurm_state": slurm_state, "slurm_reason": info.get("reason", ""),
             "slurm_restarts": info.get("restarts", "0")}
     local = st.get("state")
-    if slurm_state.startswith("CANCELLED") and local not in ("cancelled", "finished", "failed"):
+    # a cancelled or requeued job kills the step first, so spx exec may have recorded a 'failed' step on its way out
+    if slurm_state.startswith("CANCELLED") and local not in ("cancelled", "finished"):
         return rd.set_status("cancelled", error=f"Slurm job {job_id} was cancelled",
                              slurm_state=slurm_state) | {"slurm_reason": info.get("reason", "")}
     if slurm_state in _FAILED and local not in ("finished", "failed", "cancelled"):
@@ -346,8 +347,8 @@ def refresh_status(rd: RunDir) -> dict[str, Any]:
         # the job script exited 0 but spx exec never wrote 'finished': say so rather than guess
         return rd.set_status("failed", error=f"Slurm job {job_id} completed without spx finishing the run: "
                                              f"see {rd / OUTPUT.replace('%j', str(job_id))}", slurm_state=slurm_state)
-    if slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD") and local not in ("submitted",):
-        view["state"] = "requeued" if local in ("running", "interrupted") else local
+    if slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD") and local in ("running", "interrupted", "failed"):
+        view["state"] = "requeued"
     return view
 
 
