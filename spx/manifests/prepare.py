@@ -44,11 +44,15 @@ _VAD = None
 def _init_worker(trim: bool) -> None:
     global _VAD
     if trim:
+        import warnings
+
         import torch
         from silero_vad import load_silero_vad
 
         torch.set_num_threads(1)
-        _VAD = load_silero_vad()
+        with warnings.catch_warnings():  # silero-vad's own torch.jit.load deprecation notice, not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            _VAD = load_silero_vad()
 
 
 def _read(u: dict, allow_pipes: bool):
