@@ -172,6 +172,15 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _resumable_checkpoint(ckpt_dir: Path, min_epoch: int) -> bool:
+    """A finished NeMo 'last' checkpoint of epoch index >= min_epoch (NeMo marks half-written ones '-unfinished')."""
+    for p in ckpt_dir.glob("epoch=*-last.ckpt"):
+        epoch = int(p.name.split("-")[0].split("=")[1])
+        if epoch >= min_epoch and not Path(str(p)[: -len(".ckpt")] + "-unfinished").exists():
+            return True
+    return False
+
+
 @pytest.mark.slow
 def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     rd = tmp_path / "resume"
@@ -180,7 +189,7 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     try:
-        while not list((rd / "checkpoints").glob("epoch=1-*.ckpt")):  # epoch index 1 = two epochs done
+        while not _resumable_checkpoint(rd / "checkpoints", min_epoch=1):  # epoch index 1 = two epochs done
             assert proc.poll() is None, "spx run ended before writing a checkpoint"
             assert time.time() < deadline, "no checkpoint within 15 minutes"
             time.sleep(1)

@@ -169,7 +169,11 @@ def main(run_dir: str) -> None:
             rank_batches["batches"] += 1
             rank_batches["samples"] += int(batch[0].shape[0])
 
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
+        def on_validation_end(self, trainer, pl_module) -> None:
+            # runs before ModelCheckpoint saves (Lightning calls checkpoint callbacks last), so a
+            # checkpoint never holds an epoch whose curve row is missing
+            if trainer.sanity_checking:
+                return
             m = trainer.callback_metrics
             epoch = trainer.current_epoch + 1
             row = {
