@@ -93,7 +93,8 @@ def _init_from(model, source: str, device: str) -> dict:
     return info
 
 
-def main(run_dir: str) -> None:
+def main(run_dir: str, extra_callbacks: list | None = None) -> None:
+    """Train the run dir's native config; extra_callbacks (Lightning) are for in-process tools (benchmarks)."""
     t_start = time.time()
     spec, rd = child.load_run(run_dir)
     threads = child.set_threads(spec)
@@ -194,7 +195,7 @@ def main(run_dir: str) -> None:
                            eta_s=round(eta, 1) if eta is not None else None)
 
     callback = SpxProgress()
-    trainer = pl.Trainer(**trainer_kwargs, callbacks=[callback])
+    trainer = pl.Trainer(**trainer_kwargs, callbacks=[callback, *(extra_callbacks or [])])
     exp_manager(trainer, cfg.get("exp_manager"))
 
     bpe = spx_cfg.tokenizer.type == "bpe"
