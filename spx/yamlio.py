@@ -30,11 +30,18 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[KeyPath, int
     lines: dict[KeyPath, int] = {}
     if node is None:
         return None, lines
+    seen: set[int] = set()  # an alias is the same node object: visit each once (recursive aliases, alias bombs)
 
     def walk(n: yaml.Node, path: KeyPath) -> None:
         lines[path] = n.start_mark.line + 1
+        if id(n) in seen:
+            return
+        seen.add(id(n))
         if isinstance(n, yaml.MappingNode):
             for key_node, value_node in n.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise SpxError("a mapping key must be a plain value, not a list or mapping",
+                                   where=f"{source}:{key_node.start_mark.line + 1}", hint="check the indentation and '?' keys")
                 key = key_node.value
                 lines[path + (key,)] = key_node.start_mark.line + 1
                 walk(value_node, path + (key,))
@@ -44,7 +51,13 @@ def load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[KeyPath, int
                 walk(item, path + (i,))
 
     walk(node, ())
-    data = _LineLoader(text).get_single_data()
+    try:
+        data = _LineLoader(text).get_single_data()
+    except yaml.YAMLError as exc:  # e.g. a `!!python/...` tag the safe loader refuses, or bad !!binary
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpxError(f"invalid YAML: {problem}", hint="only plain YAML is accepted (no !!python tags)", where=where) from None
     return data, lines
 
 

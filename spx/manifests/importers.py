@@ -114,7 +114,7 @@ def import_kaldi(src: str | Path, opts: ImportOptions) -> Iterator[Utterance]:
             try:
                 row = json.loads(line)
                 extras[row.pop("kaldi_id")] = row
-            except (ValueError, KeyError, AttributeError, TypeError):
+            except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
                 raise SpxError("malformed spx_extra.jsonl row", where=f"{d / 'spx_extra.jsonl'}:{lineno}",
                                hint="re-export the data dir with spx") from None
     root = Path(opts.audio_root) if opts.audio_root else Path.cwd()
@@ -204,7 +204,7 @@ def import_nemo(src: str | Path, opts: ImportOptions) -> Iterator[Utterance]:
         where = f"{p}:{lineno}"
         try:
             row = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise SpxError(f"invalid JSON: {exc}", where=where, hint="NeMo manifests hold one JSON object per line") from None
         if not isinstance(row, dict):
             raise SpxError(f"a NeMo manifest row must be a JSON object, got {type(row).__name__}", where=where)
@@ -305,6 +305,8 @@ def import_speechbrain_json(src: str | Path, opts: ImportOptions) -> Iterator[Ut
         raise SpxError(f"not UTF-8 (byte {exc.start})", where=str(p)) from None
     except json.JSONDecodeError as exc:
         raise SpxError(f"invalid JSON: {exc.msg}", where=f"{p}:{exc.lineno}", hint="a SpeechBrain JSON is one object keyed by id") from None
+    except RecursionError:
+        raise SpxError("invalid JSON: nested too deeply", where=str(p)) from None
     if not isinstance(data, dict):
         raise SpxError(f"a SpeechBrain JSON must be an object keyed by utterance id, got {type(data).__name__}", where=str(p))
     known = {"wav", "duration", "offset", "spk_id", "wrd", "language", "label", "sample_rate", "channels", "meta"}
@@ -449,7 +451,7 @@ def import_audiofolder(src: str | Path, opts: ImportOptions) -> Iterator[Utteran
             for lineno, line in _lines(mf):
                 try:
                     row = json.loads(line)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:
                     raise SpxError(f"invalid JSON: {exc}", where=f"{mf}:{lineno}") from None
                 if not isinstance(row, dict):
                     raise SpxError("each metadata.jsonl line must be an object", where=f"{mf}:{lineno}")

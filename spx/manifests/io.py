@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -15,6 +16,18 @@ def _resolve_audio(audio: str, base: Path) -> str:
     if audio.rstrip().endswith("|") or "://" in audio or os.path.isabs(audio):
         return audio
     return str(base / audio)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate(value) -> bool:
+    """Does a decoded JSON value hold a lone surrogate (valid JSON, but not encodable as UTF-8)?"""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def iter_manifest(path: str | Path, resolve_audio: bool = True) -> Iterator[Utterance]:
@@ -45,6 +58,11 @@ def parse_manifest_lines(lines: Iterable[bytes], p: Path, resolve_audio: bool = 
         except json.JSONDecodeError as exc:
             raise SpxError(f"invalid JSON: {exc.msg} (column {exc.colno})", where=f"{p}:{lineno}",
                            hint="one JSON object per line") from None
+        except RecursionError:
+            raise SpxError("invalid JSON: nested too deeply", where=f"{p}:{lineno}", hint="one flat JSON object per line") from None
+        if "\\u" in line and _SURROGATE_ESCAPE.search(line) and lone_surrogate(row):
+            raise SpxError("a string holds a lone UTF-16 surrogate escape (not valid Unicode)", where=f"{p}:{lineno}",
+                           hint="fix the \\uD800-\\uDFFF escape; only complete surrogate pairs are text")
         if lineno == 1 and isinstance(row, dict) and HEADER_KEY in row:
             if row[HEADER_KEY] != SCHEMA_VERSION:
                 raise SpxError(f"manifest schema version {row[HEADER_KEY]!r} is not supported (this spx reads {SCHEMA_VERSION})",
@@ -84,7 +102,11 @@ class ManifestWriter:
                 d["audio"] = os.path.relpath(d["audio"], self.base)
             except ValueError:
                 pass
-        self._fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+        try:
+            self._fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+        except UnicodeEncodeError:
+            raise SpxError(f"utterance {utt.id!r} holds a string that is not valid Unicode (a lone surrogate)",
+                           hint="fix that entry in the source corpus") from None
         self.count += 1
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from spx.errors import SpxError
+from spx.manifests.io import lone_surrogate
 from spx.manifests.schema import HEADER_KEY, SCHEMA_VERSION, ManifestRowError, Utterance
 
 PROBLEM_KINDS = ("not_utf8", "invalid_json", "schema", "bad_duration", "duplicate_id", "missing_audio", "unreadable_audio",
@@ -73,6 +74,9 @@ def _rows(path: Path, report: ValidationReport) -> Iterator[tuple[int, Utterance
             except json.JSONDecodeError as exc:
                 report.add(Problem(lineno, "invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})"))
                 continue
+            except RecursionError:
+                report.add(Problem(lineno, "invalid_json", "invalid JSON: nested too deeply"))
+                continue
             if lineno == 1 and isinstance(row, dict) and HEADER_KEY in row:
                 if row[HEADER_KEY] != SCHEMA_VERSION:
                     raise SpxError(f"manifest schema version {row[HEADER_KEY]!r} is not supported (this spx reads {SCHEMA_VERSION})",
@@ -84,6 +88,9 @@ def _rows(path: Path, report: ValidationReport) -> Iterator[tuple[int, Utterance
             except ManifestRowError as exc:
                 kind = "bad_duration" if "'duration'" in str(exc) and "> 0" in str(exc) else "schema"
                 report.add(Problem(lineno, kind, str(exc), rid))
+                continue
+            if "\\u" in line and lone_surrogate(row) and not (utt.text and lone_surrogate(utt.text)):
+                report.add(Problem(lineno, "not_utf8", "a field holds a lone UTF-16 surrogate (not valid Unicode)", utt.id))
                 continue
             if not (utt.is_piped or "://" in utt.audio or os.path.isabs(utt.audio)):
                 utt.audio = str(base / utt.audio)
