@@ -24,8 +24,7 @@ def train_sentencepiece(rd, spec) -> None:
     plain.write_text("\n".join(t for t in texts if t) + "\n", encoding="utf-8")
     try:
         spm.SentencePieceTrainer.train(input=str(plain), model_prefix=str(prefix), vocab_size=spec.tokenizer.vocab_size,
-                                       model_type="bpe", character_coverage=1.0, input_sentence_size=100000000,
-                                       unk_surface="<unk>")
+                                       model_type="bpe", character_coverage=1.0, input_sentence_size=100000000)
     except RuntimeError as exc:
         raise SystemExit(f"sentencepiece could not train a {spec.tokenizer.vocab_size}-token model on "
                          f"{len(texts)} training texts: {exc}. Lower tokenizer.vocab_size.") from None
