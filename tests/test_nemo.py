@@ -109,7 +109,10 @@ def test_bad_freeze_and_fp16_on_cpu_refused(tmp_path):
     proc = run_spx("run", "--backend", "nemo", RECIPE, "--run-dir", tmp_path / "b", "--dry-run",
                    "training.precision=fp16", "resources.accelerator=cpu")
     assert proc.returncode == 2 and "fp16 needs a GPU" in proc.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    proc = run_spx("run", "--backend", "nemo", RECIPE, "--run-dir", tmp_path / "c", "--dry-run",
+                   f"init_from={tmp_path / 'missing.nemo'}")
+    assert proc.returncode == 2 and "missing.nemo" in proc.stderr and "file not found" in proc.stderr
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
 
 
 # ---------------------------------------------------------------- slow: real training

@@ -86,13 +86,15 @@ class NemoAdapter:
         if spec.freeze and not spec.init_from:
             raise SpxError("freeze is set but init_from is not: freezing untrained weights makes no sense",
                            where="freeze", hint="set init_from to a .nemo file (a run's exported_model) or drop freeze")
-        if spec.init_from and not spec.init_from.endswith(".nemo") and ("/" in spec.init_from or Path(spec.init_from).exists()):
-            p = Path(spec.init_from)
-            if p.is_dir() and (p / "train_summary.json").exists():
-                return  # a finished nemo run dir: its exported_model is used
+        init = Path(spec.init_from) if spec.init_from else None
+        looks_like_path = init is not None and ("/" in str(init) or init.exists())
+        is_run_dir = init is not None and init.is_dir() and (init / "train_summary.json").exists()
+        if looks_like_path and not str(init).endswith(".nemo") and not is_run_dir:  # a run dir uses its exported_model
             raise SpxError(f"init_from {spec.init_from!r} is not a .nemo file", where="init_from",
                            hint="pass a .nemo file (a run's train_summary.json names it as exported_model), "
                                 "an spx nemo run dir, or a pretrained NeMo model name")
+        if init is not None and (str(init).endswith(".nemo") or is_run_dir):
+            self._resolve_init(str(init))  # missing file / unfinished run: say so before anything is written
         if spec.resources.nodes > 1 and spec.resources.launcher == "local":
             raise SpxError("resources.nodes > 1 needs a multi-node launcher", where="resources.nodes",
                            hint="use resources.launcher: slurm (or torchrun on each node)")
