@@ -95,9 +95,12 @@ class WhisperJudge(Judge):
         if self._model is None:
             from faster_whisper import WhisperModel
 
+            from spx.bench.quality import quality_threads
+
             self._resolve_device()
             try:
-                self._model = WhisperModel(self.model_ref, device=self.device, compute_type=self.compute_type)
+                self._model = WhisperModel(self.model_ref, device=self.device, compute_type=self.compute_type,
+                                           cpu_threads=quality_threads())
             except Exception as exc:  # hub lookup, corrupt files: one clear line with the cause
                 raise SpxError(f"could not load faster-whisper judge {self.model_ref!r}: {type(exc).__name__}: {exc}",
                                hint="pass a local CTranslate2 model dir (no hub download works offline), or leave --judge unset") from None
@@ -121,10 +124,12 @@ class WhisperJudge(Judge):
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version
 
+        from spx.bench.quality import quality_threads
+
         self._resolve_device()
         return {"kind": "faster-whisper", "model": self.label, "path": self.model_ref, "faster_whisper": version("faster-whisper"),
                 "beam_size": self.beam_size, "temperature": 0.0, "language": self.language or "auto",
-                "device": self.device, "compute_type": self.compute_type}
+                "device": self.device, "compute_type": self.compute_type, "cpu_threads": quality_threads()}
 
 
 class RunDirJudge(Judge):

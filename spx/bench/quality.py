@@ -27,9 +27,37 @@ from spx.errors import SpxError
 MOS_SR = 16000  # DNSMOS, DistillMOS, UTMOS, the speaker encoder and whisper all take 16 kHz
 METRICS = ("dnsmos", "distillmos", "utmos", "mcd", "f0", "speaker_similarity", "intelligibility")
 UTMOS_ENV = "SPX_UTMOS"
+THREADS_ENV = "SPX_QUALITY_THREADS"
 # Per-utterance keys whose corpus mean is reported (in this order).
 MEAN_KEYS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808", "distillmos", "utmos",
              "mcd", "f0_rmse", "vde", "speaker_similarity")
+
+
+# ---------------------------------------------------------------- threads
+def quality_threads() -> int:
+    """CPU threads each metric model uses: $SPX_QUALITY_THREADS, default 1. These models are small per call;
+    on a busy machine more threads than free cores made them 5-15x slower (measured: benchmarks/quality_speed.py)."""
+    raw = os.environ.get(THREADS_ENV, "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SpxError(f"{THREADS_ENV}={raw!r} is not a positive integer", hint=f"e.g. {THREADS_ENV}=2")
+    return n
+
+
+@contextlib.contextmanager
+def torch_threads():
+    """Run torch code with quality_threads() intra-op threads, then restore the caller's setting."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(quality_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------- MOS proxies
@@ -55,10 +83,19 @@ def dnsmos_model_paths() -> dict[str, Path]:
 def _dnsmos_model():
     global _DNSMOS
     if _DNSMOS is None:
+        import onnxruntime as ort
         from speechmos.dnsmos import DNSMOS
 
         paths = dnsmos_model_paths()
-        _DNSMOS = DNSMOS(str(paths["p835"]), str(paths["p808"]))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = quality_threads(), 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # speechmos' DNSMOS with our own sessions (its constructor takes no session options)
+        model = DNSMOS.__new__(DNSMOS)
+        model.primary_model_path = str(paths["p835"])
+        model.onnx_sess = ort.InferenceSession(str(paths["p835"]), opts, providers=["CPUExecutionProvider"])
+        model.p808_onnx_sess = ort.InferenceSession(str(paths["p808"]), opts, providers=["CPUExecutionProvider"])
+        _DNSMOS = model
     return _DNSMOS
 
 
@@ -105,7 +142,7 @@ def distillmos(wavs: Sequence[np.ndarray], sr: int = MOS_SR) -> list[float]:
 
     model = _distillmos_model()
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads():
         for wav in wavs:
             x, _ = _mos_input(wav, sr)
             out.append(float(model(torch.from_numpy(x)[None]).item()))
@@ -137,7 +174,7 @@ def utmos(wavs: Sequence[np.ndarray], sr: int = MOS_SR, source: str | None = Non
         _UTMOS[src] = model
     model = _UTMOS[src]
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads():
         for wav in wavs:
             x, _ = _mos_input(wav, sr)
             out.append(float(model(torch.from_numpy(x)[None], MOS_SR).reshape(-1)[0]))
@@ -298,8 +335,15 @@ def score_tts_hyps(rows: Sequence[dict[str, Any]], judge: Any = None, normalizer
         unavailable["synthesis_rtf"] = f"synth_time is missing for {n_missing} of {len(rows)} utterances"
     result["per_utt"] = per_utt
     result["versions"] = metric_versions()
+    result["threads"] = quality_threads()
     result["unavailable"] = unavailable
     return result
+
+
+def per_utt_values(result: dict[str, Any], key: str) -> dict[str, float]:
+    """{utterance id: value} of one per-utterance metric (e.g. "dnsmos_ovrl"), for paired bootstraps between
+    systems scored on the same test sentences (pair by id; utterances without a value are left out)."""
+    return {u["id"]: u[key] for u in result.get("per_utt", []) if u.get(key) is not None}
 
 
 def synthesis_rtf(per_utt: Sequence[dict[str, Any]]) -> float | None:
@@ -348,6 +392,8 @@ def _intelligibility(rows, judge, normalizer_name, per_utt, unavailable) -> dict
         if c["wer"] is not None:
             per_utt[i]["word_errors"] = c["substitutions"] + c["deletions"] + c["insertions"]
             per_utt[i]["words"] = c["words"]
+            if c.get("char_errors") is not None:
+                per_utt[i]["char_errors"], per_utt[i]["chars"] = c["char_errors"], c["chars"]
     counts = error_counts(refs_n, hyps_n)
     if len(idx) < len(rows):
         unavailable["intelligibility_partial"] = f"{len(rows) - len(idx)} of {len(rows)} utterances have no text"

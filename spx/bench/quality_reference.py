@@ -107,7 +107,10 @@ def speaker_embedding(wav: np.ndarray, sr: int) -> np.ndarray | None:
     x = preprocess_wav(x, source_sr=sr)
     if len(x) < SPEAKER_SR // 10:
         return None
-    return speaker_encoder().embed_utterance(x)
+    from spx.bench.quality import torch_threads
+
+    with torch_threads():
+        return speaker_encoder().embed_utterance(x)
 
 
 def speaker_similarity(gen: np.ndarray, ref: np.ndarray, sr: int = SPEAKER_SR) -> float | None:

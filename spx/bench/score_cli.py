@@ -48,9 +48,11 @@ def _refs_from(ref_dir: Path) -> dict[str, Path]:
               help=f"Comma-separated subset of: {', '.join(METRIC_NAMES)} (default: all that the inputs allow).")
 @click.option("--normalizer", type=click.Choice(["whisper_english", "basic", "none"]), default="whisper_english",
               show_default=True, help="Text normalizer applied to texts and judge transcripts before WER/CER.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads per metric model (default: $SPX_QUALITY_THREADS or 1).")
 @click.option("--per-utt", is_flag=True, help="Also print one row per file.")
 @click.option("--json", "as_json", is_flag=True, help="Print everything (means, per-utterance values, versions) as JSON.")
-def score_audio(directory, ref_dir, text_manifest, judge, metrics, normalizer, per_utt, as_json):
+def score_audio(directory, ref_dir, text_manifest, judge, metrics, normalizer, threads, per_utt, as_json):
     """Score every .wav/.flac file in DIRECTORY (id = file name without extension).
 
     \b
@@ -59,8 +61,13 @@ def score_audio(directory, ref_dir, text_manifest, judge, metrics, normalizer, p
       spx score audio synth/ --ref data/wavs --text test.jsonl # + MCD, F0, speaker sim, WER
       spx score audio synth/ --text test.jsonl --judge runs/conformer_ctc-nemo --json
     """
-    from spx.bench.quality import score_audio_files
+    import os
+
+    from spx.bench.quality import THREADS_ENV, score_audio_files
     from spx.bench.quality_audio import audio_files
+
+    if threads is not None:
+        os.environ[THREADS_ENV] = str(threads)
 
     if not directory.exists():
         raise SpxError(f"audio folder not found: {directory}", hint="pass a folder of .wav/.flac files")
