@@ -338,6 +338,8 @@ class NemoAdapter:
                 "always_save_nemo": False,
                 "save_nemo_on_train_end": False,  # spx exports the final .nemo itself (model.nemo)
                 "every_n_epochs": 1,
+                # save after the whole epoch (validation included), so a resumed run starts a fresh epoch
+                "save_on_train_epoch_end": True,
             },
             "create_early_stopping_callback": tr.early_stopping is not None,
         }
