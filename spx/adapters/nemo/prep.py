@@ -22,8 +22,8 @@ def train_tokenizer(run_dir: str) -> None:
         spm.SentencePieceTrainer.train(
             input=str(native / "tokenizer_text.txt"), model_prefix=os.path.join(tmp, "tokenizer"),
             vocab_size=spec.tokenizer.vocab_size, model_type="bpe", character_coverage=1.0,
-            bos_id=-1, eos_id=-1, hard_vocab_limit=False, shuffle_input_sentence=True,
-            random_seed=spec.training.seed, num_threads=1,
+            bos_id=-1, eos_id=-1, hard_vocab_limit=False, shuffle_input_sentence=False,  # deterministic
+            num_threads=1,
         )
         tokens = []
         with open(os.path.join(tmp, "tokenizer.vocab"), encoding="utf-8") as fh:
