@@ -190,6 +190,8 @@ def test_score_audio_cli_bad_input(tmp_path):
     assert proc.returncode == 2 and "no .wav or .flac files" in proc.stderr
     proc = run_spx("score", "audio", DEMO / "audio", "--metrics", "dnsmos,pesq")
     assert proc.returncode == 2 and "unknown metric(s) pesq" in proc.stderr
+    proc = run_spx("score", "audio", DEMO / "audio", "--judge", "default")
+    assert proc.returncode == 2 and "--judge needs --text" in proc.stderr
 
 
 def test_dnsmos_manifest_stats_of_the_demo_corpus():

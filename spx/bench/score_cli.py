@@ -86,10 +86,10 @@ def score_audio(directory, ref_dir, text_manifest, judge, metrics, normalizer, t
         unknown = sorted(set(chosen) - set(METRIC_NAMES))
         if unknown:
             raise SpxError(f"--metrics: unknown metric(s) {', '.join(unknown)}", hint=f"choose from: {', '.join(METRIC_NAMES)}")
+    if judge is not None and texts is None:
+        raise SpxError("--judge needs --text (the sentences to compare the judge's transcripts with)", hint="add --text MANIFEST")
     if texts is None and (chosen is None or "intelligibility" in chosen):
         chosen = [m for m in (chosen or METRIC_NAMES) if m != "intelligibility"]
-        if judge is not None:
-            raise SpxError("--judge needs --text (the sentences to compare the judge's transcripts with)", hint="add --text MANIFEST")
     result = score_audio_files(files, refs=refs, texts=texts, judge=judge, normalizer=normalizer, metrics=chosen)
     if texts is None:
         result["unavailable"]["intelligibility"] = "no --text manifest"
