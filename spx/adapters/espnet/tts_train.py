@@ -45,8 +45,7 @@ def curve_from_reporter(rd) -> list[dict]:
         step = int(train.get("total_count", step))
         rows.append({"epoch": int(epoch), "step": step, "train_loss": float(train["loss"]),
                      "valid_loss": float(valid["loss"]) if "loss" in valid else None,
-                     "lr": float(train["optim0_lr0"]) if "optim0_lr0" in train else None,
-                     "time": float(train.get("time", 0.0)) if isinstance(train.get("time"), (int, float)) else None})
+                     "lr": float(train["optim0_lr0"]) if "optim0_lr0" in train else None})
     return rows
 
 
