@@ -69,7 +69,7 @@ def execute(rd: RunDir, on_progress: ProgressFn | None = None, echo: bool = Fals
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **step.env, "PYTHONUNBUFFERED": "1", "SPX_RUN_DIR": str(rd.path)}
         tail: deque[str] = deque(maxlen=30)
-        with open(log_path, "a", encoding="utf-8") as log:
+        with open(log_path, "a", encoding="utf-8", buffering=1) as log:  # line-buffered: a kill -9 keeps the log
             log.write(f"\n# spx: step {step.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n")
             log.flush()
             proc = subprocess.Popen(argv, cwd=rd.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
