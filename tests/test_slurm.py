@@ -445,8 +445,10 @@ def test_spx_run_on_slurm_per_backend(slurm_cluster, tmp_path, backend):
 @pytest.mark.slow
 def test_two_process_data_parallel_job_on_slurm(slurm_cluster, tmp_path):
     backend = "speechbrain"
-    rd, job = _train(backend, tmp_path / "dp", "training.epochs=2", "resources.devices=2")
     # 2 tasks x 2 cpus do not fit one 2-cpu node: cpus_per_task=1 makes the allocation fit
+    rd, job = _train(backend, tmp_path / "dp", "training.epochs=2", "resources.devices=2",
+                     "resources.slurm.cpus_per_task=1")
+    assert "#SBATCH --ntasks-per-node=2" in (rd / "slurm.sbatch").read_text()
     wait_job_done(job, 1200)
     _assert_finished(rd, job)
     summary = json.loads((rd / "train_summary.json").read_text())

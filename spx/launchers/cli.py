@@ -83,7 +83,7 @@ def _row(path: Path) -> dict:
         metrics = json.loads((rd / "metrics.json").read_text())
     return {"run_dir": str(rd.path), "backend": st.get("backend") or _safe_backend(rd), "launcher": _launcher(rd),
             "state": st.get("state"), "step": st.get("step"), "slurm_job_id": st.get("slurm_job_id"),
-            "slurm_state": st.get("slurm_state"), "pid": st.get("pid"), "updated": st.get("updated"),
+            "slurm_state": st.get("slurm_state"), "slurm_reason": st.get("slurm_reason"), "pid": st.get("pid"), "updated": st.get("updated"),
             "error": st.get("error"), "wer": metrics.get("wer")}
 
 
@@ -122,7 +122,10 @@ def status(run_dirs, as_json):
     colors = {"finished": "green", "failed": "red", "cancelled": "yellow", "interrupted": "yellow",
               "running": "cyan", "submitted": "blue", "requeued": "blue"}
     for r in rows:
-        job = r["slurm_job_id"] and f"{r['slurm_job_id']} ({r['slurm_state'] or '?'})" or (str(r["pid"] or ""))
+        slurm = r["slurm_state"] or "?"
+        if slurm == "PENDING" and r["slurm_reason"] not in (None, "", "None"):
+            slurm += f": {r['slurm_reason']}"  # e.g. Resources, Priority, PartitionConfig (cannot ever fit)
+        job = f"{r['slurm_job_id']} ({slurm})" if r["slurm_job_id"] else str(r["pid"] or "")
         state = f"[{colors.get(r['state'], 'white')}]{r['state']}[/]"
         wer = f"{r['wer']:.3f}" if isinstance(r["wer"], (int, float)) else ""
         table.add_row(_short(r["run_dir"]), r["backend"] or "", r["launcher"], state, r["step"] or "", job, wer,
