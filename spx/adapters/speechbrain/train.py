@@ -68,7 +68,7 @@ class CTCBrain(sb.Brain):
         done = self.hparams.epoch_counter.current
         self.resumed_from_epoch = done
         if done:
-            log(f"resumed from checkpoint {self.checkpointer.find_checkpoint()} at epoch {done} "
+            log(f"resumed from checkpoint {self.checkpointer.find_checkpoint().path} at epoch {done} "
                 f"(optimizer step {self.optimizer_step})")
             if RANK == 0:  # rows of epochs after the checkpoint were never saved: drop them
                 curve = self.run_dir / "curve.jsonl"
