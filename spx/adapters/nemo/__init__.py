@@ -318,7 +318,8 @@ class NemoAdapter:
         monitor = {"valid_loss": ("val_loss", "min"), "valid_wer": ("val_wer", "min")}
         mon, mode = monitor[tr.early_stopping.monitor if tr.early_stopping else "valid_loss"]
         exp_manager: dict[str, Any] = {
-            "explicit_log_dir": str(ckpt_dir),
+            # not the checkpoint dir: on resume exp_manager moves the log dir's old files into run_N/
+            "explicit_log_dir": str(run_dir / "logs" / "nemo"),
             "resume_if_exists": True,
             "resume_ignore_no_checkpoint": True,
             "create_tensorboard_logger": False,
