@@ -53,12 +53,12 @@ def generate(path: Path, lines: int, lhotse_dir: Path | None) -> None:
 
 
 # ---------------------------------------------------------------- what the children run
-def child_spx(manifest: str, out: str) -> None:
-    from spx.manifests.exporters import convert
-    from spx.manifests.io import iter_manifest
+def child_spx(manifest: str, workers: str, out: str) -> None:
+    """What `spx manifest export kaldi M out/kaldi --also nemo=... --also speechbrain_csv=...` runs."""
+    from spx.manifests.exporters import convert_manifest
 
-    n = convert(iter_manifest(manifest), {"nemo": f"{out}/nemo.json", "speechbrain_csv": f"{out}/sb.csv", "kaldi": f"{out}/kaldi"})
-    print(n)
+    targets = {"nemo": f"{out}/nemo.json", "speechbrain_csv": f"{out}/sb.csv", "kaldi": f"{out}/kaldi"}
+    print(convert_manifest(manifest, targets, workers=int(workers)))
 
 
 def child_spx_one(manifest: str, fmt: str, out: str) -> None:
@@ -70,15 +70,17 @@ def child_spx_one(manifest: str, fmt: str, out: str) -> None:
 
 
 def child_lhotse(lhotse_dir: str, out: str) -> None:
-    """The same three outputs through lhotse: lazy CutSet -> NeMo JSONL and SpeechBrain CSV; export_to_kaldi."""
+    """The same three outputs through lhotse: Recording/SupervisionSet -> CutSet -> NeMo JSONL and SpeechBrain CSV
+    (written from the cuts); Kaldi dir by lhotse.kaldi.export_to_kaldi. (A lazy CutSet.from_manifests with
+    supervisions grows quadratically here, so the sets are loaded eagerly, as lhotse's own recipes do.)"""
     import csv
 
-    from lhotse import CutSet, load_manifest_lazy
+    from lhotse import CutSet, load_manifest
     from lhotse.kaldi import export_to_kaldi
 
-    recs = load_manifest_lazy(f"{lhotse_dir}/recordings.jsonl")
-    sups = load_manifest_lazy(f"{lhotse_dir}/supervisions.jsonl")
-    cuts = CutSet.from_manifests(recordings=recs, supervisions=sups, lazy=True, output_path=f"{out}/cuts.jsonl")
+    recs = load_manifest(f"{lhotse_dir}/recordings.jsonl")
+    sups = load_manifest(f"{lhotse_dir}/supervisions.jsonl")
+    cuts = CutSet.from_manifests(recordings=recs, supervisions=sups)
     n = 0
     with open(f"{out}/nemo.json", "w", encoding="utf-8") as nemo, open(f"{out}/sb.csv", "w", encoding="utf-8", newline="") as sbf:
         sb = csv.writer(sbf)
@@ -90,7 +92,7 @@ def child_lhotse(lhotse_dir: str, out: str) -> None:
                                   ensure_ascii=False) + "\n")
             sb.writerow([cut.id, cut.duration, path, sup.speaker, sup.text])
             n += 1
-    export_to_kaldi(recs.to_eager(), sups.to_eager(), f"{out}/kaldi", prefix_spk_id=False)
+    export_to_kaldi(recs, sups, f"{out}/kaldi", prefix_spk_id=False)
     print(n)
 
 
@@ -101,6 +103,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, default=2, help="processes of the spx conversion (the machine has 2 cores)")
     ap.add_argument("--skip-lhotse", action="store_true")
     ap.add_argument("--per-format", action="store_true", help="also time each format alone")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder")
@@ -110,7 +113,9 @@ def main() -> None:
         manifest = work / "manifest.jsonl"
         t = time.perf_counter()
         generate(manifest, args.lines, None if args.skip_lhotse else work / "lhotse")
-        print(f"generated {args.lines:,} lines ({manifest.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s")
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (wall times grow with other load)",
+              flush=True)
+        print(f"generated {args.lines:,} lines ({manifest.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s", flush=True)
         # RUSAGE_CHILDREN keeps the max over all children, so each conversion gets its own measuring process
         def run(label: str, child_args: list[str]) -> float:
             out = work / label.replace(" ", "_")
@@ -118,17 +123,22 @@ def main() -> None:
             probe = [sys.executable, "-c",
                      "import resource,subprocess,sys,time; t=time.perf_counter(); "
                      "p=subprocess.run(sys.argv[1:]); s=time.perf_counter()-t; "
-                     "print(f'{s:.3f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024:.1f}', file=sys.stderr); "
+                     "r=resource.getrusage(resource.RUSAGE_CHILDREN); "
+                     "print(f'{s:.3f} {r.ru_maxrss/1024:.1f} {r.ru_utime+r.ru_stime:.3f}', file=sys.stderr); "
                      "sys.exit(p.returncode)", sys.executable, __file__, *child_args, str(out)]
             proc = subprocess.run(probe, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
-            seconds, peak = map(float, proc.stderr.strip().splitlines()[-1].split())
-            print(f"{label:<34} {seconds:7.2f} s   peak RSS {peak:7.0f} MB   ({proc.stdout.strip()} utterances)", flush=True)
+            seconds, peak, cpu = map(float, proc.stderr.strip().splitlines()[-1].split())
+            # CPU seconds (all processes, GNU sort included) do not grow with other load the way wall time does
+            print(f"{label:<36} {seconds:7.2f} s wall  {cpu:7.2f} s CPU   peak RSS {peak:6.0f} MB   "
+                  f"({proc.stdout.strip()} utterances)", flush=True)
             shutil.rmtree(out)
             return seconds
 
-        spx_s = run("spx: nemo + sb_csv + kaldi", ["--child-spx", str(manifest)])
+        spx_s = run(f"spx: nemo + sb_csv + kaldi ({args.workers} proc)", ["--child-spx", str(manifest), str(args.workers)])
+        if args.workers != 1:
+            run("spx: nemo + sb_csv + kaldi (1 proc)", ["--child-spx", str(manifest), "1"])
         if args.per_format:
             for fmt in ("nemo", "speechbrain_csv", "kaldi"):
                 run(f"spx: {fmt} alone", ["--child-spx-one", str(manifest), fmt])

@@ -16,6 +16,9 @@ class SpxError(Exception):
     def one_line(self) -> str:
         return f"{self.where}: {self.message}" if self.where else self.message
 
+    def __reduce__(self):  # keep hint and where when raised in a worker process
+        return (self.__class__, (self.message, self.hint, self.where))
+
 
 class RunFailed(SpxError):
     """A native toolkit step failed; the run directory keeps its log."""

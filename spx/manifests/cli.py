@@ -66,6 +66,8 @@ def import_(fmt, source, output, workers, language, relative, allow_pipes, audio
       spx manifest import commonvoice cv-corpus/en/train.tsv cv_train.jsonl
       spx manifest import lhotse recordings.jsonl.gz out.jsonl --supervisions supervisions.jsonl.gz
     """
+    from pathlib import Path
+
     from spx.errors import SpxError
     from spx.manifests.importers import ImportOptions, import_corpus
     from spx.manifests.io import write_manifest
@@ -77,6 +79,7 @@ def import_(fmt, source, output, workers, language, relative, allow_pipes, audio
         raise SpxError("--supervisions is for the lhotse format only", hint="drop it")
     n = write_manifest(output, import_corpus(fmt, source, opts, **kwargs), relative_to_manifest=relative)
     if n == 0:
+        Path(output).unlink()
         raise SpxError(f"{source}: no utterances found (nothing written)", hint=f"is it really a {fmt} corpus?")
     _echo_json({"format": fmt, "source": source, "output": output, "utterances": n}) if as_json else \
         click.echo(f"{output}: {n} utterances from {fmt} {source}")
@@ -88,8 +91,10 @@ def import_(fmt, source, output, workers, language, relative, allow_pipes, audio
 @click.argument("output", type=click.Path())
 @click.option("--also", "also", multiple=True, metavar="FORMAT=PATH",
               help="Write more formats in the same pass, e.g. --also kaldi=data/train.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Processes converting byte ranges of MANIFEST in parallel.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def export(fmt, manifest_path, output, also, as_json):
+def export(fmt, manifest_path, output, also, workers, as_json):
     """Write MANIFEST as FORMAT's native input at OUTPUT (a file; a folder for kaldi).
 
     FORMAT: nemo (JSONL), speechbrain_csv, speechbrain_json, kaldi (= espnet data dir: sorted, spk2utt derived,
@@ -101,8 +106,7 @@ def export(fmt, manifest_path, output, also, as_json):
       spx manifest export kaldi train.jsonl data/train --also speechbrain_csv=sb/train.csv
     """
     from spx.errors import SpxError
-    from spx.manifests.exporters import convert
-    from spx.manifests.io import iter_manifest
+    from spx.manifests.exporters import convert_manifest
 
     targets = {fmt: output}
     for item in also:
@@ -113,7 +117,7 @@ def export(fmt, manifest_path, output, also, as_json):
         if name in targets:
             raise SpxError(f"format {name!r} given twice", hint="one path per format")
         targets[name] = path
-    n = convert(iter_manifest(manifest_path), targets)
+    n = convert_manifest(manifest_path, targets, workers=workers)
     _echo_json({"manifest": manifest_path, "utterances": n, "outputs": targets}) if as_json else \
         click.echo(", ".join(f"{path} ({name})" for name, path in targets.items()) + f": {n} utterances")
 
