@@ -64,6 +64,7 @@ def char_tokenizer(tokens: list[str], label_file: Path) -> Tokenizer:
     label_file.parent.mkdir(parents=True, exist_ok=True)
     enc.load_or_create(path=str(label_file), from_iterables=[[tokens]], sequence_input=True,
                        special_labels={"blank_label": 0})
+    enc.expect_len(len(tokens) + 1)  # the characters + the CTC blank: catches a label file of another vocabulary
     return Tokenizer("char", encoder=enc, tokens=tokens)
 
 
