@@ -32,7 +32,7 @@ BPE_PREFIX = f"{NATIVE}/bpe/bpe"
 
 # ------------------------------------------------------------------ helpers shared with the child steps
 def freeze_params(spec: Spec) -> list[str]:
-    """spec freeze items -> ESPnet --freeze_param prefixes (matched with str.startswith on parameter names).
+    """spec freeze items -> ESPnet --freeze_param names (ESPnet freezes `name == p or name.startswith(p + ".")`).
     'feature_extractor' = the fbank frontend + global MVN + the conv subsampling (encoder.embed), as on NeMo."""
     out: list[str] = []
     for item in spec.freeze:
@@ -41,7 +41,7 @@ def freeze_params(spec: Spec) -> list[str]:
         elif item == "feature_extractor":
             out += ["frontend", "normalize", "encoder.embed"]
         else:
-            out += [f"encoder.encoders.{i}." for i in range(_freeze_layers(item, spec.model.encoder.layers))]
+            out += [f"encoder.encoders.{i}" for i in range(_freeze_layers(item, spec.model.encoder.layers))]
     return list(dict.fromkeys(out))
 
 
