@@ -5,7 +5,7 @@ same model, in one process, on the same batches (target ratio <= 1.02).
 
 spx side: the run dir spx renders from recipes/conformer_ctc.yaml (hparams.yaml loaded with hyperpyyaml) and
 the Brain of spx.adapters.speechbrain.train. Native side: the same modules built by hand in Python with a
-minimal sb.Brain, as a SpeechBrain user would write it. Steps alternate in rounds so machine noise hits both.
+minimal sb.Brain, as a SpeechBrain user would write it. Steps alternate one by one so machine noise hits both.
 """
 from __future__ import annotations
 
@@ -129,26 +129,21 @@ def main() -> None:
         native.fit_batch(b)
         native_sched(native.optimizer)
 
-    def timed(step, bs) -> list[float]:
-        out = []
-        for b in bs:
-            t0 = time.perf_counter()
-            step(b)
-            out.append(time.perf_counter() - t0)
-        return out
-
     for b in batches[: args.warmup]:
         spx_step(b)
         native_step(b)
+    # alternate step by step (and flip who goes first every step) so load drift on a shared machine hits both
     spx_t: list[float] = []
     nat_t: list[float] = []
-    timed_batches = batches[args.warmup:]
-    for r in range(args.rounds):
-        first, second = (spx_step, native_step) if r % 2 == 0 else (native_step, spx_step)
-        a = timed(first, timed_batches)
-        c = timed(second, timed_batches)
-        (spx_t, nat_t)[0 if first is spx_step else 1].extend(a)
-        (spx_t, nat_t)[1 if first is spx_step else 0].extend(c)
+    k = 0
+    for _ in range(args.rounds):
+        for b in batches[args.warmup:]:
+            order = ((spx_step, spx_t), (native_step, nat_t)) if k % 2 == 0 else ((native_step, nat_t), (spx_step, spx_t))
+            for step, out in order:
+                t0 = time.perf_counter()
+                step(b)
+                out.append(time.perf_counter() - t0)
+            k += 1
     ps = sum(p.numel() for p in spx_brain.modules.parameters())
     pn = sum(p.numel() for p in native.modules.parameters())
     ms, mn = statistics.mean(spx_t), statistics.mean(nat_t)
