@@ -136,6 +136,7 @@ sample_rate: {mel['sample_rate']}
 n_mels: {mel['n_mels']}
 n_symbols: {len(SYMBOLS) + 1}
 n_speakers: {n_speakers}
+gate_pos_weight: 5.0  # stop-token BCE positive weight (ESPnet tacotron2 bce_pos_weight)
 
 model: !new:{model_class}
 {f"  n_speakers: !ref <n_speakers>{chr(10)}" if n_speakers else ""}  mask_padding: True

@@ -73,6 +73,9 @@ class TacotronBrain(sb.Brain):
 
     def on_fit_start(self):
         super().on_fit_start()  # builds the optimizer and recovers the last checkpoint (resume)
+        # the stop token is one positive frame per utterance: weight it like ESPnet's Tacotron2 (bce_pos_weight 5)
+        self.hparams.criterion.bce_loss = torch.nn.BCEWithLogitsLoss(
+            pos_weight=torch.tensor(self.hparams.gate_pos_weight, device=self.device))
         self.current_epoch = 0
         self.set_lr()
 
