@@ -110,12 +110,13 @@ class TacotronBrain(sb.Brain):
             return
         if stage == sb.Stage.VALID:
             lr = self.optimizer.param_groups[0]["lr"]
+            # checkpoint first: a run killed in between resumes this epoch instead of logging it twice
+            self.checkpointer.save_and_keep_only(meta={"loss": stage_loss}, min_keys=["loss"],
+                                                 num_to_keep=self.hparams.keep_checkpoints)
             append_curve(self.run_dir, {"epoch": epoch, "step": self.optimizer_step, "train_loss": self.train_loss,
                                         "valid_loss": stage_loss, "lr": lr, "time": time.time()})
             progress(phase="train", epoch=epoch, of=self.hparams.epochs, train_loss=round(self.train_loss, 4),
                      valid_loss=round(stage_loss, 4))
-            self.checkpointer.save_and_keep_only(meta={"loss": stage_loss}, min_keys=["loss"],
-                                                 num_to_keep=self.hparams.keep_checkpoints)
 
 
 def train(run_dir: str) -> None:
