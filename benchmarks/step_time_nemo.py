@@ -81,7 +81,7 @@ def run_native(recipe: Path, steps: int, workdir: Path, extra: list[str]) -> lis
     ds = {"manifest_filepath": str(train_json), "sample_rate": feat.sample_rate, "labels": labels,
           "batch_size": tr.batch_size, "shuffle": True, "num_workers": 0, "parser": "base"}
     cfg = OmegaConf.create({
-        "sample_rate": feat.sample_rate, "labels": labels, "train_ds": ds,
+        "sample_rate": feat.sample_rate, "labels": labels, "train_ds": ds, "log_prediction": False,
         "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
                          "sample_rate": feat.sample_rate, "features": feat.n_mels, "n_fft": feat.n_fft,
                          "window_size": feat.win_length_ms / 1000, "window_stride": feat.hop_length_ms / 1000,
