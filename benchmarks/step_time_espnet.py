@@ -86,7 +86,9 @@ def main() -> None:
     render_run(spec, "espnet", rd, force=True)
     for step in json.loads((rd / "steps.json").read_text()):
         if step["name"] in ("prepare", "train"):
-            with open(rd / step.get("log") or rd / f"logs/{step['name']}.log", "a") as log:
+            log_path = rd / (step.get("log") or f"logs/{step['name']}.log")
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as log:
                 subprocess.run(step["argv"], cwd=rd, stdout=log, stderr=subprocess.STDOUT, check=True)
     spx = spx_step_times(rd)
     hand = hand_written(rd, a.epochs)
