@@ -4,7 +4,7 @@ Both run in this one process, on the same data (the run's native train.json), th
 threads and seed. The spx side is the real training entry point (spx.adapters.nemo.train.main on a
 run dir rendered from the recipe, exp_manager and spx's callback included); the native side is what a
 NeMo user writes by hand: EncDecCTCModel + a plain Lightning Trainer. Runs alternate (spx, native,
-spx, native, ...) so load drift on a shared machine hits both alike; the first `--skip` steps of each
+spx, native, ...) so load drift on a shared machine hits both alike (and which goes first alternates); the first `--skip` steps of each
 run are not counted (allocator / autotuning warm-up).
 
     uv run python benchmarks/step_time_nemo.py [--recipe recipes/conformer_ctc.yaml] [--steps 20] [--rounds 2]
@@ -127,8 +127,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spx-step-time-nemo-") as tmp:
         work = Path(tmp)
         for r in range(args.rounds):
-            spx_times += run_spx(args.recipe, args.steps, work, args.overrides)[args.skip:]
-            native_times += run_native(args.recipe, args.steps, work, args.overrides)[args.skip:]
+            # alternate who goes first: the first run in a process pays one-time warm-up beyond --skip
+            order = ("spx", "native") if r % 2 == 0 else ("native", "spx")
+            for side in order:
+                if side == "spx":
+                    spx_times += run_spx(args.recipe, args.steps, work, args.overrides)[args.skip:]
+                else:
+                    native_times += run_native(args.recipe, args.steps, work, args.overrides)[args.skip:]
             print(f"round {r + 1}/{args.rounds}: spx {statistics.mean(spx_times) * 1000:.1f} ms, "
                   f"native {statistics.mean(native_times) * 1000:.1f} ms", file=sys.stderr, flush=True)
     spx_mean, native_mean = statistics.mean(spx_times), statistics.mean(native_times)
