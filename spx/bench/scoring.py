@@ -279,6 +279,10 @@ def score_run(result: dict[str, Any], spec) -> dict[str, Any]:
                                "normalizer_info": normalizer_info(spec.eval.normalizer)}
     if spec.task == "asr":
         metrics.update(score_hyps(hyps, spec.eval.normalizer))
+    elif spec.task == "tts":
+        from spx.bench.quality import score_tts_hyps
+
+        metrics.update(score_tts_hyps(hyps, judge=spec.tts.judge, normalizer=spec.eval.normalizer))
     speed = result.get("speed")
     if speed:
         s = speed_summary(speed)

@@ -199,6 +199,8 @@ class TTSSettings(Strict):
     n_mels: int = Field(80, ge=8)
     sample_rate: int = Field(22050, ge=8000)
     multi_speaker: bool = False
+    judge: str | None = Field(None, description="intelligibility judge: an spx ASR run dir or a faster-whisper "
+                                                "model name/path; unset = the bundled whisper tiny.en")
 
 
 class Spec(Strict):

@@ -77,13 +77,18 @@ FRONTEND_CHANNELS = [64, 32, 32]
 
 class SpeechBrainAdapter:
     name = "speechbrain"
-    tasks: dict[str, set[str]] = {"asr": {"conformer_ctc"}}
+    tasks: dict[str, set[str]] = {"asr": {"conformer_ctc"}, "tts": {"tacotron2"}}
 
     # ---------------------------------------------------------------- contract
     def supports(self, spec: Spec) -> None:
         why = unsupported(spec, self.name, self.tasks)
         if why:
             raise SpxError(why, hint="choose another backend or model.family (see `spx spec schema`)")
+        if spec.task == "tts":
+            from spx.adapters.speechbrain.tts import check_tts
+
+            check_tts(spec)
+            return
         if spec.training.precision == "fp16" and spec.resources.accelerator == "cpu":
             raise SpxError("training.precision fp16 is not supported on CPU by SpeechBrain",
                            hint="use training.precision=bf16 or fp32 on CPU, or resources.accelerator=gpu")
@@ -111,6 +116,10 @@ class SpeechBrainAdapter:
             raise SpxError(f"backends.speechbrain keys must be strings, got {bad_keys}", hint="use hparams key names")
 
     def render(self, spec: Spec, run_dir: RunDir) -> list[Step]:
+        if spec.task == "tts":
+            from spx.adapters.speechbrain.tts import render_tts
+
+            return render_tts(spec, run_dir)
         from spx.adapters.common.child import char_vocabulary, clean_transcript
         from spx.manifests import read_manifest
         from spx.manifests.exporters import export_speechbrain_csv
@@ -189,6 +198,10 @@ class SpeechBrainAdapter:
         ]
 
     def collect(self, run_dir: RunDir) -> dict[str, Any]:
+        if (run_dir / "native" / "tts_info.json").exists():
+            from spx.adapters.speechbrain.tts import collect_tts
+
+            return collect_tts(run_dir)
         out = collect_normalized(run_dir)
         out["native_config"] = str(run_dir / "native" / "hparams.yaml")
         return out
