@@ -70,6 +70,17 @@ def test_stats_json():
     assert "duration histogram" in run_spx("manifest", "stats", DEMO / "test.jsonl").stdout
 
 
+def test_stats_quality_scores_the_corpus_with_dnsmos(tmp_path):
+    proc = run_spx("manifest", "stats", DEMO / "test.jsonl", "--quality", "--max-utts", "4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    q = json.loads(proc.stdout)["quality"]
+    assert q["utterances_scored"] == 4 and q["utterances_total"] == 40 and len(q["per_utt"]) == 4
+    assert 1.0 <= q["dnsmos_ovrl"]["min"] <= q["dnsmos_ovrl"]["mean"] <= q["dnsmos_ovrl"]["max"] <= 5.0
+    assert "speechmos" in q["versions"]
+    bad = run_spx("manifest", "stats", DEMO / "test.jsonl", "--max-utts", "4")
+    assert bad.returncode == 2 and "--max-utts only applies with --quality" in bad.stderr
+
+
 def test_split_seeded_and_speaker_disjoint(tmp_path):
     for name in ("a", "b"):
         proc = run_spx("manifest", "split", DEMO / "train.jsonl", tmp_path / name, "--seed", "7", "--speaker-disjoint", "--json")

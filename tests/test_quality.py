@@ -214,27 +214,16 @@ def test_quality_modules_import_no_heavy_packages():
 
 
 @pytest.mark.slow
-def test_spx_run_dir_as_judge(trained_run, tmp_path):
+@pytest.mark.parametrize("backend", ["nemo", "speechbrain", "espnet"])
+def test_spx_run_dir_as_judge(trained_run, backend):
     """An spx ASR run dir judges through its backend's load_transcriber (the demo test recordings)."""
-    import importlib
-
-    backend = None
-    for name in ("nemo", "speechbrain", "espnet"):
-        try:
-            mod = importlib.import_module(f"spx.adapters.{name}.decode")
-        except ModuleNotFoundError:
-            continue
-        if hasattr(mod, "load_transcriber"):
-            backend = name
-            break
-    if backend is None:
-        pytest.skip("no backend has spx.adapters.<backend>.decode.load_transcriber yet")
     from spx.bench.judge import Judge
     from spx.bench.quality import score_tts_hyps
     from spx.manifests import read_manifest
 
-    judge = Judge.from_setting(str(trained_run(backend)))
+    run = Path(trained_run(backend)).resolve()
+    judge = Judge.from_setting(str(run))
     rows = [{"id": u.id, "text": u.text, "audio": u.audio} for u in read_manifest(DEMO / "test.jsonl")[:10]]
     res = score_tts_hyps(rows, judge=judge, metrics=["intelligibility"])
-    assert res["intelligibility"]["judge"] == {"kind": "spx-run", "run_dir": str(Path(trained_run(backend)).resolve()), "backend": backend}
+    assert res["intelligibility"]["judge"] == {"kind": "spx-run", "run_dir": str(run), "backend": backend}
     assert res["wer"] < 0.6

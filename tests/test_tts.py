@@ -1,7 +1,6 @@
 """TTS jobs (Tacotron2) on ESPnet and SpeechBrain: rendering (fast) and real train -> synthesize -> score (slow)."""
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -31,29 +30,9 @@ def tts_spec(corpus: Path, *overrides: str):
 
 
 def render_tts_run(spec, backend: str, run_dir: Path) -> RunDir:
-    """spx.runner.render_run once the backend's ADAPTER routes task 'tts'; until then the same steps by hand."""
-    from spx.adapters import get_adapter
     from spx.runner import render_run
 
-    if "tts" in getattr(get_adapter(backend), "tasks", {}):
-        return render_run(spec, backend, run_dir, force=True)
-    from spx.envinfo import environment
-    from spx.runner import _copy_manifest
-    from spx.spec import spec_to_yaml
-    from spx.yamlio import atomic_write_json, atomic_write_text
-
-    rd = RunDir(run_dir)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    spec = spec.model_copy(deep=True)
-    spec.data.train = _copy_manifest(spec.data.train, rd / "manifests/train.jsonl")
-    spec.data.valid = _copy_manifest(spec.data.valid, rd / "manifests/valid.jsonl")
-    spec.data.test = _copy_manifest(spec.test_sets[0], rd / "manifests/test.jsonl")
-    atomic_write_text(rd / "spec.yaml", spec_to_yaml(spec))
-    atomic_write_text(rd / "backend", backend + "\n")
-    rd.write_steps(importlib.import_module(f"spx.adapters.{backend}.tts").render_tts(spec, rd))
-    atomic_write_json(rd / "env.json", environment())
-    rd.set_status("rendered", completed_steps=[], backend=backend, spec_name=spec.name)
-    return rd
+    return render_run(spec, backend, run_dir, force=True)
 
 
 # ------------------------------------------------------------------ fast: rendering
@@ -152,13 +131,13 @@ def test_what_a_backend_cannot_do_is_one_clear_error_before_anything_runs(tts_mu
         assert not (tmp_path / backend / "steps.json").exists()
 
 
-def test_a_family_a_backend_lacks_is_named(tts_multi_corpus):
+def test_a_family_a_backend_lacks_is_named_before_anything_runs(tts_multi_corpus, tmp_path):
     spec = tts_spec(tts_multi_corpus).model_copy(deep=True)
     spec = spec.model_validate({**spec.model_dump(), "model": {"family": "fastspeech2"}})
-    for backend in BACKENDS:
-        mod = importlib.import_module(f"spx.adapters.{backend}.tts")
-        with pytest.raises(SpxError, match=f"'{backend}' has no 'fastspeech2' TTS model"):
-            mod.check_tts(spec)
+    for backend in (*BACKENDS, "nemo"):
+        with pytest.raises(SpxError, match=f"'{backend}' backend has no '(fastspeech2' model|tts' task)"):
+            render_tts_run(spec, backend, tmp_path / backend)
+        assert not (tmp_path / backend / "steps.json").exists()
 
 
 def test_demo_corpus_generator_writes_manifests_with_speakers(tts_multi_corpus):

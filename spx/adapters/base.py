@@ -64,8 +64,8 @@ def unsupported(spec: Spec, backend: str, tasks: dict[str, set[str]]) -> str | N
     """Why `backend` cannot run `spec`, or None."""
     fams = tasks.get(spec.task)
     if fams is None:
-        return f"backend {backend!r} has no {spec.task!r} support in spx (it supports: {', '.join(sorted(tasks))})"
+        return f"spx's {backend!r} backend has no {spec.task!r} task (it has: {', '.join(sorted(tasks))})"
     if spec.model.family not in fams:
-        return (f"backend {backend!r} has no native {spec.model.family!r} model for task {spec.task!r} "
+        return (f"spx's {backend!r} backend has no {spec.model.family!r} model for task {spec.task!r} "
                 f"(it has: {', '.join(sorted(fams))})")
     return None

@@ -183,7 +183,9 @@ def _child(run_dir: str, src: str, dst: str) -> None:
     from spx.adapters.common.child import load_run, pick_device
     from spx.bench.quality_audio import load_wav
 
-    spec, rd = load_run(run_dir)
+    src, dst = os.path.abspath(src), os.path.abspath(dst)
+    spec, rd = load_run(os.path.abspath(run_dir))
+    os.chdir(rd.path)  # native configs may hold paths relative to the run dir (ESPnet's stats file), as in `decode`
     module = f"spx.adapters.{rd.backend}.decode"
     try:
         mod = importlib.import_module(module)

@@ -168,17 +168,51 @@ def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_tex
 
 @manifest.command("stats", context_settings=CONTEXT)
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("--quality", is_flag=True, help="Also score the audio with DNSMOS (P.835 SIG/BAK/OVRL, P.808): data "
+              "quality before training.")
+@click.option("--max-utts", type=click.IntRange(min=1), default=None,
+              help="With --quality: score an evenly spaced subset of this many utterances (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
-def stats(manifest_path, as_json):
+def stats(manifest_path, quality, max_utts, as_json):
     """Hours, utterances, speakers, languages, duration histogram and character set of MANIFEST.
 
     \b
-    Example: spx manifest stats train.jsonl --json
+    Examples:
+      spx manifest stats train.jsonl --json
+      spx manifest stats train.jsonl --quality --max-utts 500   # + DNSMOS of 500 utterances
     """
+    from spx.errors import SpxError
     from spx.manifests.stats import manifest_stats, render_stats
 
+    if max_utts is not None and not quality:
+        raise SpxError("--max-utts only applies with --quality", hint="add --quality, or drop --max-utts")
     s = manifest_stats(manifest_path)
-    _echo_json(s) if as_json else render_stats(s)
+    if quality:  # onnxruntime + speechmos load only here
+        from spx.bench.quality import dnsmos_manifest_stats
+
+        s["quality"] = dnsmos_manifest_stats(manifest_path, max_utts=max_utts)
+    if as_json:
+        _echo_json(s)
+        return
+    render_stats(s)
+    if quality:
+        render_quality(s["quality"])
+
+
+def render_quality(q: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"DNSMOS of {q['utterances_scored']} of {q['utterances_total']} utterances")
+    for col in ("metric", "mean", "std", "min", "p10", "median", "max"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for key in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808"):
+        v = q[key]
+        t.add_row(key, *(f"{v[k]:.2f}" for k in ("mean", "std", "min", "p10", "median", "max")))
+    console = Console()
+    console.print(t)
+    console.print("lowest OVRL: " + ", ".join(f"{u['id']} ({u['dnsmos_ovrl']:.2f})" for u in q["lowest_ovrl"]),
+                  highlight=False)
 
 
 @manifest.command("split", context_settings=CONTEXT)

@@ -287,14 +287,19 @@ def _check_init_architecture(spec: Spec, init: dict[str, str], cfg: dict[str, An
 # ------------------------------------------------------------------ the adapter
 class EspnetAdapter:
     name = "espnet"
-    tasks = {"asr": {"conformer_ctc"}}
+    tasks = {"asr": {"conformer_ctc"}, "tts": {"tacotron2"}}
 
     def supports(self, spec: Spec) -> None:
         why = unsupported(spec, self.name, self.tasks)
         if why:
             raise SpxError(why, where="task" if spec.task not in self.tasks else "model.family",
-                           hint="ESPnet in spx renders task asr with family conformer_ctc; use --backend nemo or speechbrain "
+                           hint="ESPnet in spx renders asr/conformer_ctc and tts/tacotron2; use another backend "
                                 f"for {spec.task}/{spec.model.family}")
+        if spec.task == "tts":
+            from spx.adapters.espnet.tts import check_tts
+
+            check_tts(spec)
+            return
         if spec.augmentation.noise is not None:
             raise SpxError("augmentation.noise is not rendered for ESPnet by spx yet", where="augmentation.noise",
                            hint="remove augmentation.noise, or pass ESPnet's preprocessor options under backends.espnet "
@@ -320,6 +325,11 @@ class EspnetAdapter:
                            hint="set the batch in one place")
 
     def render(self, spec: Spec, rd: RunDir) -> list[Step]:
+        if spec.task == "tts":
+            from spx.adapters.espnet.tts import render_tts
+
+            self.supports(spec)
+            return render_tts(spec, rd)
         from spx.manifests import read_manifest
         from spx.manifests.exporters import export_kaldi
         from spx.yamlio import atomic_write_json, atomic_write_text, dump_yaml
@@ -368,6 +378,10 @@ class EspnetAdapter:
         return steps
 
     def collect(self, rd: RunDir) -> dict[str, Any]:
+        if (rd / f"{NATIVE}/tts_commands.json").exists():
+            from spx.adapters.espnet.tts import collect_tts
+
+            return collect_tts(rd)
         out = collect_normalized(rd)
         cmds = read_json(rd / f"{NATIVE}/commands.json") or {}
         out["native"] = {"config": str(rd / f"{NATIVE}/conf/train_asr.yaml"), "derived": cmds.get("derived")}

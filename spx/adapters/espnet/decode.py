@@ -12,13 +12,9 @@ import json
 from spx.adapters.common import child
 
 
-def main(run_dir: str) -> None:
+def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
+    """The trained model as `transcribe(list of 16 kHz float arrays) -> texts` (also the TTS judge's entry point)."""
     spec, rd = child.load_run(run_dir)
-    child.set_threads(spec)
-    device = child.pick_device(spec)
-    dtype = child.precision_dtype(spec, device)
-    if device == "cpu" and dtype != "float32":
-        raise SystemExit(f"training.precision {spec.training.precision}: decoding on CPU runs in float32 only")
     summary = json.loads((rd / "train_summary.json").read_text())
     model_file = summary["exported_model"]
     if not model_file:
@@ -55,7 +51,18 @@ def main(run_dir: str) -> None:
     def beam_batch(wavs):
         return [s2t(w)[0][0] for w in wavs]  # nbest list of (text, tokens, ids, hyp): best text
 
-    speed = child.decode_and_time(rd, spec, beam_batch if beam else greedy_batch, device, dtype)
+    return beam_batch if beam else greedy_batch
+
+
+def main(run_dir: str) -> None:
+    spec, rd = child.load_run(run_dir)
+    child.set_threads(spec)
+    device = child.pick_device(spec)
+    dtype = child.precision_dtype(spec, device)
+    if device == "cpu" and dtype != "float32":
+        raise SystemExit(f"training.precision {spec.training.precision}: decoding on CPU runs in float32 only")
+    transcribe = load_transcriber(run_dir, device, dtype)
+    speed = child.decode_and_time(rd, spec, transcribe, device, dtype)
     child.progress(phase="decode", done=True, utterances=speed["utterances"])
 
 

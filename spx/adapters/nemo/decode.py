@@ -12,21 +12,14 @@ import sys
 from spx.adapters.common import child
 
 
-def main(run_dir: str) -> None:
-    spec, rd = child.load_run(run_dir)
-    child.set_threads(spec)
-    device = child.pick_device(spec)
-    try:
-        dtype_name = child.precision_dtype(spec, device)
-    except RuntimeError as exc:
-        print(f"spx nemo: error: {exc}", flush=True)
-        sys.exit(2)
-
+def load_transcriber(run_dir: str, device: str, dtype_name: str = "float32"):
+    """The restored .nemo as `transcribe(list of 16 kHz float arrays) -> texts` (also the TTS judge's entry point)."""
     import numpy as np
     import torch
 
     from nemo.collections.asr.models import ASRModel
 
+    _, rd = child.load_run(run_dir)
     summary = json.loads((rd / "train_summary.json").read_text())
     model = ASRModel.restore_from(summary["exported_model"], map_location="cpu")
     model.preprocessor.featurizer.dither = 0.0
@@ -48,6 +41,19 @@ def main(run_dir: str) -> None:
             hyps = [h[0] for h in hyps]
         return [h.text if hasattr(h, "text") else str(h) for h in hyps]
 
+    return transcribe_batch
+
+
+def main(run_dir: str) -> None:
+    spec, rd = child.load_run(run_dir)
+    child.set_threads(spec)
+    device = child.pick_device(spec)
+    try:
+        dtype_name = child.precision_dtype(spec, device)
+    except RuntimeError as exc:
+        print(f"spx nemo: error: {exc}", flush=True)
+        sys.exit(2)
+    transcribe_batch = load_transcriber(run_dir, device, dtype_name)
     speed = child.decode_and_time(rd, spec, transcribe_batch, device, dtype_name)
     print(f"spx: decoded {speed['utterances']} utterances, median {speed['median_decode_seconds']:.3f}s "
           f"for {speed['audio_seconds']:.1f}s of audio", flush=True)

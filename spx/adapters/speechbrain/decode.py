@@ -37,6 +37,13 @@ def load_model(rd, device: str):
     return modules, hparams, tokenizer, export
 
 
+def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
+    """The exported model as `transcribe(list of 16 kHz float arrays) -> texts` (also the TTS judge's entry point)."""
+    _, rd = child.load_run(run_dir)
+    modules, hparams, tokenizer, _ = load_model(rd, device)
+    return transcriber(modules, hparams, tokenizer, device, dtype)
+
+
 def main(run_dir: str) -> None:
     spec, rd = child.load_run(run_dir)
     threads = child.set_threads(spec)
