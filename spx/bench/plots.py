@@ -71,7 +71,7 @@ def training_curves(curves: dict[str, list[dict[str, Any]]]) -> str | None:
         if any(r.get("valid_loss") is not None for r in curve):
             ax.plot(ep, [r.get("valid_loss") for r in curve], ":", color=color, label=f"{key} valid")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (each toolkit's own CTC loss scale)")
+    ax.set_ylabel("loss (each toolkit's own loss scale)")  # CTC for ASR, Tacotron2 loss for TTS
     ax.set_title("Training curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -103,4 +103,36 @@ def utterance_breakdown(recipe: str, utts: list[dict[str, Any]]) -> str | None:
     ax2.set_title(f"Per-utterance errors ({recipe})")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=7)
+    return _svg(fig)
+
+
+def mos_distributions(recipe: str, dist: dict[str, dict[str, list[float]]]) -> str | None:
+    """One panel per MOS proxy: each backend's per-utterance scores (box, mean marked, every sentence a dot)."""
+    from spx.bench.results import MOS_PROXIES, TTS_METRICS
+
+    backends = sorted(b for b, per_metric in dist.items() if any(per_metric.values()))
+    metrics = [k for k in MOS_PROXIES if any(dist[b].get(k) for b in backends)]
+    if not metrics:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(min(2.6 * len(metrics), 12) + 0.6, 3.4), squeeze=False)
+    for ax, key in zip(axes[0], metrics):
+        for i, b in enumerate(backends):
+            vals = dist[b].get(key) or []
+            if not vals:
+                continue
+            color = _color(b, i)
+            ax.boxplot([vals], positions=[i], widths=0.5, showmeans=True, showfliers=False,
+                       boxprops={"color": color}, medianprops={"color": color},
+                       meanprops={"marker": "D", "markerfacecolor": color, "markeredgecolor": color, "markersize": 4})
+            # spread the dots sideways (deterministically) so equal scores stay visible
+            offsets = [0.18 * ((j % 7) / 3 - 1) for j in range(len(vals))]
+            ax.plot([i + o for o in offsets], vals, "o", ms=2.5, alpha=0.5, color=color)
+        ax.set_xticks(range(len(backends)), backends, rotation=20, fontsize=8)
+        ax.set_xlim(-0.6, len(backends) - 0.4)
+        ax.set_title(TTS_METRICS[key][0], fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("per-utterance score (1–5)")
+    fig.suptitle(f"MOS-proxy distributions ({recipe}; box: quartiles, diamond: mean)", fontsize=10)
+    fig.tight_layout()
     return _svg(fig)

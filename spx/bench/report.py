@@ -9,13 +9,22 @@ import json
 from pathlib import Path
 from typing import Any
 
+from spx.bench.results import TTS_METRICS, TTS_RATES
 from spx.yamlio import atomic_write_text
 
+# TTS columns come after the ASR ones (empty on ASR rows and the other way round): existing readers keep working.
+TTS_CSV_COLUMNS = (["task", "vocoder"] + [f"{k}{suffix}" for k in TTS_METRICS for suffix in ("", "_ci_low", "_ci_high")]
+                   + [f"judge_{k}{suffix}" for k in TTS_RATES for suffix in ("", "_ci_low", "_ci_high")]
+                   + ["judge", "synthesis_rtf"])
 CSV_COLUMNS = ["recipe", "backend", "state", "wer", "wer_ci_low", "wer_ci_high", "cer", "substitutions", "deletions",
                "insertions", "words", "utterances", "rtf", "rtfx", "rtfx_min", "rtfx_max", "decode_seconds_median",
                "audio_seconds", "device", "dtype", "batch_size", "threads", "warmup_batches", "repeats",
                "train_wall_s", "epochs", "s_per_epoch", "peak_memory_mb", "params", "seed", "normalizer", "run_dir",
-               "error", "log"]
+               "error", "log"] + TTS_CSV_COLUMNS
+COMPARISON_CSV_COLUMNS = ["recipe", "metric", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value",
+                          "utterances", "samples", "higher_is_better", "better"]
+TEX_TTS_KEYS = ("dnsmos_ovrl", "distillmos", "utmos", "wer", "mcd", "speaker_similarity")  # what fits a paper column
+GALLERY_MAX_SECONDS = 20.0  # longer clips are embedded cut (and say so): report.html stays small
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -48,7 +57,109 @@ def flat_row(r: dict[str, Any]) -> dict[str, Any]:
                rtfx_max=s.get("rtfx_max"), decode_seconds_median=s.get("median_decode_seconds"),
                audio_seconds=s.get("audio_seconds"), **{k: s.get(k) for k in ("device", "dtype", "batch_size", "threads",
                                                                              "warmup_batches", "repeats")})
+    for key, m in (r.get("tts") or {}).items():
+        col = f"judge_{key}" if key in TTS_RATES else key
+        lo, hi = m.get("ci") or (None, None)
+        out.update({col: m["value"], f"{col}_ci_low": lo, f"{col}_ci_high": hi})
+    if r.get("judge"):
+        out["judge"] = judge_str(r["judge"])
     return out
+
+
+# ---------------------------------------------------------------- TTS helpers
+def tts_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in res["rows"] if r.get("task") == "tts" and "error" not in r]
+
+
+def tts_label(key: str) -> str:
+    return TTS_RATES[key][2] if key in TTS_RATES else TTS_METRICS[key][0]
+
+
+def tts_value(key: str, v: float | None) -> str:
+    """A TTS score as the tables print it: rates in %, F0 RMSE in Hz with 1 decimal, similarities with 3."""
+    if v is None:
+        return "—"
+    if key in TTS_RATES:
+        return pct(v)
+    digits = {"f0_rmse": 1, "speaker_similarity": 3, "vde": 3}.get(key, 2)
+    return f"{v:.{digits}f}"
+
+
+def tts_cell(row: dict[str, Any], key: str, with_ci: bool = True) -> str:
+    m = (row.get("tts") or {}).get(key)
+    if not m:
+        return "—"
+    ci = m.get("ci")
+    return tts_value(key, m["value"]) + (f" [{tts_value(key, ci[0])}, {tts_value(key, ci[1])}]" if with_ci and ci else "")
+
+
+def tts_columns(rows: list[dict[str, Any]], keys: tuple[str, ...] | None = None) -> list[str]:
+    """The TTS scores at least one row has, in the report's order (MOS proxies, judge WER/CER, reference-based)."""
+    order = [k for k in TTS_METRICS if k not in ("mcd", "f0_rmse", "vde", "speaker_similarity")] + list(TTS_RATES) + \
+            ["mcd", "f0_rmse", "vde", "speaker_similarity"]
+    return [k for k in order if (keys is None or k in keys) and any(k in (r.get("tts") or {}) for r in rows)]
+
+
+def tts_diff(c: dict[str, Any], x: float) -> str:
+    """A difference of two TTS scores: points of % for rates, the metric's own unit otherwise."""
+    return f"{100 * x:+.1f}" if c["metric"] in TTS_RATES else f"{x:+.{3 if c['metric'] == 'speaker_similarity' else 2}f}"
+
+
+def judge_str(judge: Any) -> str:
+    if not judge:
+        return "—"
+    if isinstance(judge, dict):
+        if judge.get("kind") == "spx-run":
+            return f"spx run {judge.get('run_dir')} ({judge.get('backend')})"
+        how = [f"{judge.get('kind')} {judge.get('faster_whisper') or ''}".strip()]
+        how += [f"beam {judge['beam_size']}"] if judge.get("beam_size") is not None else []
+        how += [str(judge["device"])] if judge.get("device") else []
+        return f"{judge.get('model') or judge.get('path')} via {', '.join(how)}"
+    return str(judge)
+
+
+def tts_notes(res: dict[str, Any]) -> list[str]:
+    """What a reader must know to compare the TTS rows: the judge, metrics that could not run, mixed vocoders."""
+    rows = tts_rows(res)
+    notes = []
+    judges = sorted({judge_str(r.get("judge")) for r in rows if r.get("judge")})
+    if judges:
+        notes.append("Intelligibility judge: " + "; ".join(judges) + f" (text normalizer "
+                     f"{', '.join(sorted({str(r.get('judge_normalizer')) for r in rows}))}).")
+    for recipe in sorted({r["recipe"] for r in rows}):
+        vocoders = {r["backend"]: r.get("vocoder") or "unknown" for r in rows if r["recipe"] == recipe}
+        if len(set(vocoders.values())) > 1:
+            notes.append(f"{recipe}: the backends use different vocoders ("
+                         + ", ".join(f"{b}: {v}" for b, v in sorted(vocoders.items()))
+                         + "); the vocoder dominates the MOS proxies, so these rows compare systems, not acoustic models.")
+    for r in rows:
+        for metric, why in sorted((r.get("unavailable") or {}).items()):
+            notes.append(f"{r['recipe']}-{r['backend']}: {metric}: {why}.")  # metrics.json `unavailable`
+    return notes
+
+
+def audio_source(path: str | None) -> dict[str, str]:
+    """{"uri": a data: URI of the clip (16-bit FLAC), "note": ...} so report.html carries its own audio, or
+    {"missing": why} when the file is not here (e.g. re-rendering a results.json on another machine)."""
+    if not path:
+        return {"missing": "no audio path recorded"}
+    import base64
+
+    import numpy as np
+    import soundfile as sf
+
+    if not Path(path).is_file():
+        return {"missing": f"missing: {path}"}
+    try:
+        info = sf.info(path)
+        frames = min(info.frames, int(GALLERY_MAX_SECONDS * info.samplerate))
+        wav, sr = sf.read(path, frames=frames, dtype="float32")
+        buf = io.BytesIO()
+        sf.write(buf, np.clip(wav, -1.0, 1.0), sr, format="FLAC", subtype="PCM_16")
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        return {"missing": f"unreadable: {path} ({exc})"}
+    note = f"first {GALLERY_MAX_SECONDS:.0f} s of {info.duration:.1f} s" if frames < info.frames else ""
+    return {"uri": "data:audio/flac;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), "note": note}
 
 
 # ---------------------------------------------------------------- markdown
@@ -56,18 +167,23 @@ def render_md(res: dict[str, Any]) -> str:
     rows = res["rows"]
     ok = [r for r in rows if r.get("wer") is not None]
     done = [r for r in rows if "error" not in r]
+    tts = tts_rows(res)
     L = ["# spx bench report", "", f"Generated {res['generated']}. Normalizer: "
          f"`{res['scoring']['normalizer']['name']}` ({res['scoring']['normalizer']['implementation']} "
          f"{res['scoring']['normalizer'].get('version') or ''}). WER/CER are corpus level; intervals are 95% paired "
          f"bootstrap over utterances.", ""]
-    L += ["## Accuracy", "", "| Recipe | Backend | WER % | 95% CI | CER % | Sub | Del | Ins | Words | Utts |",
-          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in ok:
-        ci = r.get("wer_ci")
-        L.append(f"| {r['recipe']} | {r['backend']} | {pct(r['wer'])} | "
-                 f"{f'[{pct(ci[0])}, {pct(ci[1])}]' if ci else '—'} | {pct(r['cer'])} | {r['substitutions']} | "
-                 f"{r['deletions']} | {r['insertions']} | {r['words']} | {r['scored_utterances']} |")
-    L += ["", "## Speed", "", "| Recipe | Backend | RTFx (median) | RTFx range | RTF | Decode s (median) | Audio s | "
+    if ok or not tts:
+        L += ["## Accuracy", "", "| Recipe | Backend | WER % | 95% CI | CER % | Sub | Del | Ins | Words | Utts |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in ok:
+            ci = r.get("wer_ci")
+            L.append(f"| {r['recipe']} | {r['backend']} | {pct(r['wer'])} | "
+                     f"{f'[{pct(ci[0])}, {pct(ci[1])}]' if ci else '—'} | {pct(r['cer'])} | {r['substitutions']} | "
+                     f"{r['deletions']} | {r['insertions']} | {r['words']} | {r['scored_utterances']} |")
+        L.append("")
+    if tts:
+        L += md_tts(res, tts)
+    L += ["## Speed", "", "| Recipe | Backend | RTFx (median) | RTFx range | RTF | Decode s (median) | Audio s | "
           "Device | dtype | Batch | Threads | Warmup | Repeats |", "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in done:
         s = r.get("speed")
@@ -80,6 +196,8 @@ def render_md(res: dict[str, Any]) -> str:
     clock = sorted({(r.get("speed") or {}).get("clock") for r in done if r.get("speed")} - {None})
     if clock:
         L += ["", "Clock: " + "; ".join(clock) + "."]
+    if tts:
+        L += ["", "TTS cells: the clock covers synthesis (text → waveform) and audio seconds are the generated audio."]
     L += ["", "## Training cost", "", "| Recipe | Backend | Wall s | Epochs | s/epoch | Peak memory MB | Params |",
           "|---|---|---:|---:|---:|---:|---:|"]
     for r in done:
@@ -92,6 +210,17 @@ def render_md(res: dict[str, Any]) -> str:
             L.append(f"| {c['recipe']} | {c['a']} | {c['b']} | {pct(c['wer_a'])} | {pct(c['wer_b'])} | "
                      f"{100 * c['diff']:+.1f} | [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] | {p_str(c['p_value'])} | "
                      f"{c['utterances']} |")
+    if res.get("tts_comparisons"):
+        L += ["", "## Pairwise TTS differences (paired bootstrap)", "",
+              "A − B on the sentences both backends synthesized (rates in points of %); *better* names the backend "
+              "whose 95% interval of the difference excludes 0 (— when it does not).", "",
+              "| Recipe | Metric | A | B | A | B | A − B | 95% CI | p | Better | Utts |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+        for c in res["tts_comparisons"]:
+            L.append(f"| {c['recipe']} | {tts_label(c['metric'])} | {c['a']} | {c['b']} | {tts_value(c['metric'], c['value_a'])} | "
+                     f"{tts_value(c['metric'], c['value_b'])} | {tts_diff(c, c['diff'])} | "
+                     f"[{tts_diff(c, c['ci'][0])}, {tts_diff(c, c['ci'][1])}] | {p_str(c['p_value'])} | "
+                     f"{c['better'] or '—'} | {c['utterances']} |")
     other = [r for r in done if r.get("metrics")]
     if other:
         L += ["", "## Other metrics (non-ASR cells, from each cell's metrics.json)", ""]
@@ -100,10 +229,11 @@ def render_md(res: dict[str, Any]) -> str:
                      ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["metrics"].items()))
     failed = [r for r in rows if "error" in r]
     if failed:
-        L += ["", "## Failures", "", "| Recipe | Backend | State | Error | Log |", "|---|---|---|---|---|"]
+        L += ["", "## Failures", "", "| Recipe | Backend | Task | State | Error | Log |", "|---|---|---|---|---|---|"]
         for r in failed:
             err = (r.get("error") or "").replace("|", "\\|").replace("\n", " ")
-            L.append(f"| {r['recipe']} | {r['backend']} | {r['state']} | {err} | `{r.get('log') or r['run_dir']}` |")
+            L.append(f"| {r['recipe']} | {r['backend']} | {r.get('task') or '—'} | {r['state']} | {err} | "
+                     f"`{r.get('log') or r['run_dir']}` |")
     for recipe, dis in res["disagreements"].items():
         if not dis:
             continue
@@ -118,6 +248,24 @@ def render_md(res: dict[str, Any]) -> str:
             L.append("")
     L += ["", "## Reproducibility", ""] + [f"- {k}: {v}" for k, v in repro_lines(res)]
     return "\n".join(L) + "\n"
+
+
+def md_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> list[str]:
+    """The TTS quality table of report.md (one row per recipe x backend, vocoder disclosed) and its notes."""
+    cols = tts_columns(tts)
+    L = ["## TTS quality", "",
+         "Mean over the test sentences with a 95% bootstrap CI; MOS proxies on a 1–5 scale (higher is better), judge "
+         "WER/CER of an ASR model on the synthesized audio, MCD / F0 RMSE against the reference recording (lower is "
+         "better). Synthesis RTF = synthesis seconds / generated audio seconds.", "",
+         "| Recipe | Backend | Vocoder | " + " | ".join(tts_label(k) + (" %" if k in TTS_RATES else "") for k in cols)
+         + " | Synthesis RTF | Utts |", "|---|---|---|" + "---:|" * (len(cols) + 2)]
+    for r in tts:
+        L.append(f"| {r['recipe']} | {r['backend']} | {r.get('vocoder') or 'unknown'} | "
+                 + " | ".join(tts_cell(r, k) for k in cols)
+                 + f" | {num(r.get('synthesis_rtf'), 3)} | {r.get('utterances')} |")
+    L.append("")
+    L += [f"- {n}" for n in tts_notes(res)]
+    return L + [""]
 
 
 def alignment_text(al: list[list[str]]) -> str:
@@ -139,6 +287,9 @@ def repro_lines(res: dict[str, Any]) -> list[tuple[str, str]]:
            ("devices", ", ".join(sorted({str((r.get('speed') or {}).get('device')) for r in res['rows'] if r.get('speed')})) or "—"),
            ("seeds", ", ".join(f"{k}={v}" for k, v in (rp.get("seeds") or {}).items()) + f"; bootstrap seed {res['scoring']['bootstrap_seed']}"),
            ("bench command", " ; ".join(f"`{c}`" for c in rp.get("commands") or []) or "—")]
+    quality = {k: v for r in res["rows"] if r.get("task") == "tts" for k, v in (r.get("metric_versions") or {}).items()}
+    if quality:
+        out.append(("TTS metric versions", ", ".join(f"{k} {v}" for k, v in sorted(quality.items()))))
     for key, cmds in (rp.get("cell_commands") or {}).items():
         out.append((f"{key} commands", " && ".join(f"`{c}`" for c in cmds) or "—"))
     return out
@@ -155,6 +306,42 @@ def _tex(s: Any) -> str:
 
 def render_tex(res: dict[str, Any]) -> str:
     ok = [r for r in res["rows"] if r.get("wer") is not None]
+    tts = tts_rows(res)
+    if tts and not ok:
+        return "% spx bench: paste into a document with \\usepackage{booktabs}\n" + tex_tts(res, tts)
+    return render_tex_asr(res, ok) + (tex_tts(res, tts) if tts else "")
+
+
+def tex_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> str:
+    """booktabs tables: TTS quality per recipe x backend (vocoder disclosed) and the pairwise differences."""
+    cols = tts_columns(tts, TEX_TTS_KEYS)
+    head = " & ".join(_tex(tts_label(k) + (" (%)" if k in TTS_RATES else "")) for k in cols)
+    L = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lll" + "r" * (len(cols) + 1) + "}", r"\toprule",
+         r"Recipe & Backend & Vocoder & " + head + r" & Synth.\ RTF \\", r"\midrule"]
+    for r in tts:
+        L.append(f"{_tex(r['recipe'])} & {_tex(r['backend'])} & {_tex(r.get('vocoder') or 'unknown')} & "
+                 + " & ".join(_tex(tts_cell(r, k)).replace("—", "--") for k in cols)
+                 + f" & {num(r.get('synthesis_rtf'), 3).replace('—', '--')} \\\\")
+    judges = "; ".join(sorted({judge_str(r.get("judge")) for r in tts if r.get("judge")})) or "n/a"
+    L += [r"\bottomrule", r"\end{tabular}",
+          r"\caption{TTS quality: means over the test sentences with 95\% bootstrap CIs. MOS proxies 1--5 (higher is "
+          r"better); judge WER of " + _tex(judges) + r" on the synthesized audio; MCD against the reference "
+          r"recording. Synthesis RTF = synthesis seconds / audio seconds.}", r"\label{tab:spx-bench-tts}", r"\end{table}"]
+    comps = res.get("tts_comparisons") or []
+    if comps:
+        L += [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lllrrrl}", r"\toprule",
+              r"Recipe & Metric & A -- B & A $-$ B & 95\% CI & $p$ & Better \\", r"\midrule"]
+        for c in comps:
+            L.append(f"{_tex(c['recipe'])} & {_tex(tts_label(c['metric']))} & {_tex(c['a'])} -- {_tex(c['b'])} & "
+                     f"{tts_diff(c, c['diff'])} & [{tts_diff(c, c['ci'][0])}, {tts_diff(c, c['ci'][1])}] & "
+                     f"{p_str(c['p_value']).replace('<', '$<$')} & {_tex(c['better'] or '--')} \\\\")
+        L += [r"\bottomrule", r"\end{tabular}",
+              r"\caption{Pairwise TTS differences, paired bootstrap over the sentences both backends synthesized "
+              r"(judge WER in points of \%).}", r"\label{tab:spx-bench-tts-pairs}", r"\end{table}"]
+    return "\n".join(L) + "\n"
+
+
+def render_tex_asr(res: dict[str, Any], ok: list[dict[str, Any]]) -> str:
     L = ["% spx bench: paste into a document with \\usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
          r"\begin{tabular}{llrrrrr}", r"\toprule",
          r"Recipe & Backend & WER (\%) & 95\% CI & CER (\%) & RTFx & Params \\", r"\midrule"]
@@ -184,6 +371,20 @@ def render_csv(res: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+def render_comparisons_csv(res: dict[str, Any]) -> str:
+    """Every pairwise difference, one row each: ASR WER and the TTS scores."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COMPARISON_CSV_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for c in res["comparisons"]:
+        w.writerow({**c, "metric": "wer", "value_a": c["wer_a"], "value_b": c["wer_b"], "ci_low": c["ci"][0],
+                    "ci_high": c["ci"][1], "higher_is_better": False})
+    for c in res.get("tts_comparisons") or []:
+        w.writerow({**c, "metric": c["metric"] if c["metric"] not in TTS_RATES else f"judge_{c['metric']}",
+                    "ci_low": c["ci"][0], "ci_high": c["ci"][1]})
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------- HTML
 def render_html(res: dict[str, Any]) -> str:
     import jinja2
@@ -196,8 +397,16 @@ def render_html(res: dict[str, Any]) -> str:
         "pareto": plots.pareto(res["rows"]),
         "curves": plots.training_curves(res["curves"]),
         "breakdown": {recipe: plots.utterance_breakdown(recipe, utts) for recipe, utts in res["utterances"].items()},
+        "mos": {recipe: plots.mos_distributions(recipe, dist) for recipe, dist in (res.get("tts_distributions") or {}).items()},
     }
+    tts = tts_rows(res)
+    gallery = {recipe: [{**item, "ref_src": audio_source(item.get("ref_audio")),
+                         "srcs": {b: audio_source(path) for b, path in item["audio"].items()}} for item in items]
+               for recipe, items in (res.get("tts_gallery") or {}).items() if items}
     return env.get_template("report.html.j2").render(
+        tts=tts, tts_cols=tts_columns(tts), tts_cell=tts_cell, tts_label=tts_label, tts_value=tts_value,
+        tts_diff=tts_diff, tts_notes=tts_notes(res), tts_rates=TTS_RATES, gallery=gallery,
+        tts_comparisons=res.get("tts_comparisons") or [],
         res=res, ok=[r for r in res["rows"] if r.get("wer") is not None],
         done=[r for r in res["rows"] if "error" not in r],
         failed=[r for r in res["rows"] if "error" in r],
@@ -208,12 +417,14 @@ def render_html(res: dict[str, Any]) -> str:
 def write_report(res: dict[str, Any], out: Path, write_json: bool = True) -> dict[str, Path]:
     """Write every format into `out` (each file atomically)."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {"md": out / "report.md", "html": out / "report.html", "tex": out / "report.tex", "csv": out / "results.csv"}
+    files = {"md": out / "report.md", "html": out / "report.html", "tex": out / "report.tex", "csv": out / "results.csv",
+             "comparisons_csv": out / "comparisons.csv"}
     if write_json:
         files["json"] = out / "results.json"
         atomic_write_text(files["json"], json.dumps(res, indent=1, ensure_ascii=False, default=float) + "\n")
     atomic_write_text(files["md"], render_md(res))
     atomic_write_text(files["tex"], render_tex(res))
     atomic_write_text(files["csv"], render_csv(res))
+    atomic_write_text(files["comparisons_csv"], render_comparisons_csv(res))
     atomic_write_text(files["html"], render_html(res))
     return files

@@ -15,6 +15,19 @@ from spx.errors import SpxError
 
 SCHEMA = "spx.bench.results/1"
 DISAGREEMENTS_SHOWN = 10
+# Per-utterance TTS scores (keys of metrics.json per_utt, spx.bench.quality) the report shows, in this order:
+# key -> (label, higher is better).
+TTS_METRICS = {
+    "dnsmos_ovrl": ("DNSMOS OVRL", True), "dnsmos_sig": ("DNSMOS SIG", True), "dnsmos_bak": ("DNSMOS BAK", True),
+    "dnsmos_p808": ("DNSMOS P.808", True), "distillmos": ("DistillMOS", True), "utmos": ("UTMOS", True),
+    "mcd": ("MCD dB", False), "f0_rmse": ("F0 RMSE Hz", False), "vde": ("VDE", False),
+    "speaker_similarity": ("Speaker similarity", True),
+}
+MOS_PROXIES = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808", "distillmos", "utmos")
+TTS_COMPARED = MOS_PROXIES + ("mcd",)  # pairwise differences between backends
+# Intelligibility (judge ASR) rates: key -> (per_utt errors key, per_utt length key, label).
+TTS_RATES = {"wer": ("word_errors", "words", "judge WER"), "cer": ("char_errors", "chars", "judge CER")}
+GALLERY_SENTENCES = 5  # each clip is embedded in report.html: a few sentences keep the file small
 
 
 def _read_json(path: Path) -> Any:
@@ -119,6 +132,7 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     per_recipe: dict[str, dict[str, dict[str, Any]]] = {}
+    per_recipe_tts: dict[str, dict[str, dict[str, Any]]] = {}
     norm_used: dict[str, Any] | None = None
     for cell in cells:
         spec = cell["spec"]
@@ -139,7 +153,20 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
             row["log"] = _failure_log(cell)
             rows.append(row)
             continue
-        if spec.get("task", "asr") != "asr":  # TTS and others: their own metrics.json, speed and training cost
+        if spec.get("task") == "tts":
+            if not isinstance(cell["metrics"], dict):
+                row["error"] = "finished but wrote no metrics.json (the TTS quality scores)"
+                row["log"] = _failure_log(cell)
+                rows.append(row)
+                continue
+            samples_tts = samples or int((spec.get("eval") or {}).get("bootstrap_samples", 1000))
+            utts = _tts_row(row, cell, samples_tts, seed)
+            _speed_cost_versions(row, cell)
+            rows.append(row)
+            per_recipe_tts.setdefault(cell["recipe"], {})[cell["backend"]] = {"row": row, "samples": samples_tts,
+                                                                             "utts": utts}
+            continue
+        if spec.get("task", "asr") != "asr":  # other tasks: their own metrics.json, speed and training cost
             row["metrics"] = {k: v for k, v in (cell["metrics"] or {}).items()
                               if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if cell["speed"]:
@@ -168,19 +195,7 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
                    deletions=wc["deletions"], insertions=wc["insertions"], word_errors=wc["errors"],
                    chars=cc["ref_units"], char_errors=cc["errors"], utterances=len(hyps), scored_utterances=len(keep),
                    test_sets=test_sets)
-        if cell["speed"]:
-            try:
-                row["speed"] = scoring.speed_summary(cell["speed"])
-            except ValueError as exc:
-                row["speed_error"] = f"{Path(cell['run_dir']) / 'speed.json'}: {exc}"
-        row.update(_train_cost(cell["train_summary"], cell["curve"]))
-        env = cell["env"]
-        row["versions"] = {k: v for k, v in (env.get("packages") or {}).items()
-                           if k in ("torch", "torchaudio", "nemo-toolkit", "speechbrain", "espnet", "lightning") and v}
-        for k in ("cuda", "torch_cuda", "device_name", "gpu"):
-            if env.get(k):
-                row["versions"][k] = env[k]
-        row["command_sh"] = str(Path(cell["run_dir"]) / "command.sh")
+        _speed_cost_versions(row, cell)
         rows.append(row)
         per_recipe.setdefault(cell["recipe"], {})[cell["backend"]] = {
             "row": row, "samples": samples or int((spec.get("eval") or {}).get("bootstrap_samples", 1000)),
@@ -217,6 +232,16 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
             for u in common]
         disagreements[recipe] = _disagreements(utterances[recipe], backends) if len(backends) > 1 else []
 
+    tts_comparisons, tts_distributions, tts_gallery = [], {}, {}
+    for recipe, systems in per_recipe_tts.items():
+        backends = sorted(systems)
+        tts_comparisons += _tts_comparisons(recipe, systems, seed)
+        tts_distributions[recipe] = {b: {k: [u["scores"][k] for _, u in sorted(systems[b]["utts"].items())
+                                             if u["scores"].get(k) is not None]
+                                         for k in MOS_PROXIES if systems[b]["row"]["tts"].get(k)}
+                                     for b in backends}
+        tts_gallery[recipe] = _tts_gallery(systems, backends)
+
     return {
         "schema": SCHEMA,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -225,6 +250,9 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
         "curves": curves,
         "utterances": utterances,
         "disagreements": disagreements,
+        "tts_comparisons": tts_comparisons,
+        "tts_distributions": tts_distributions,
+        "tts_gallery": tts_gallery,
         "scoring": {
             "normalizer": norm_used or scoring.normalizer_info(normalizer_name or "whisper_english"),
             "wer": "corpus level: Σ(S+D+I) / Σ reference words over the scored utterances (normalized text)",
@@ -234,9 +262,130 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
                          "95% percentile intervals; p-value from the mean-shifted bootstrap distribution",
             "speed": "RTFx = Σ audio seconds / median decode seconds over repeats (RTF = 1/RTFx); clock and "
                      "settings from each cell's speed.json (spx.adapters.common.child.decode_and_time)",
+            "tts": "TTS cells: per-utterance scores from each cell's metrics.json (spx.bench.quality.score_tts_hyps: "
+                   "DNSMOS P.835/P.808, DistillMOS, UTMOS where configured, MCD and F0 RMSE against the reference "
+                   "recording, speaker similarity); each value is the mean over utterances with a 95% percentile "
+                   "bootstrap CI; judge WER/CER are corpus level over the judge ASR's transcripts of the synthesized "
+                   "audio; pairwise differences use the same paired bootstrap on the sentences both backends "
+                   "synthesized; synthesis RTF = synthesis seconds / generated audio seconds",
         },
         "reproducibility": _reproducibility(cells, commands or []),
     }
+
+
+def _speed_cost_versions(row: dict[str, Any], cell: dict[str, Any]) -> None:
+    """What every finished cell reports beside its scores: speed, training cost, toolkit versions, command."""
+    if cell["speed"]:
+        try:
+            row["speed"] = scoring.speed_summary(cell["speed"])
+        except ValueError as exc:
+            row["speed_error"] = f"{Path(cell['run_dir']) / 'speed.json'}: {exc}"
+    row.update(_train_cost(cell["train_summary"], cell["curve"]))
+    env = cell["env"]
+    row["versions"] = {k: v for k, v in (env.get("packages") or {}).items()
+                       if k in ("torch", "torchaudio", "nemo-toolkit", "speechbrain", "espnet", "lightning") and v}
+    for k in ("cuda", "torch_cuda", "device_name", "gpu"):
+        if env.get(k):
+            row["versions"][k] = env[k]
+    row["command_sh"] = str(Path(cell["run_dir"]) / "command.sh")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _tts_row(row: dict[str, Any], cell: dict[str, Any], samples: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Fill a TTS row from metrics.json (its corpus means, per-utterance scores for the CIs) and hyps.jsonl;
+    return the cell's utterances {test_set/id: {text, audio, ref_audio, scores}} for pairing with other backends."""
+    metrics = cell["metrics"]
+    per_utt = {u.get("id"): u for u in metrics.get("per_utt") or [] if isinstance(u, dict)}
+    utts: dict[str, dict[str, Any]] = {}
+    for h in cell["hyps"]:
+        u = per_utt.get(h.get("id"), {})
+        utts[f"{h.get('test_set', '')}/{h.get('id')}"] = {
+            "id": h.get("id"), "text": h.get("text"), "audio": h.get("audio"), "ref_audio": h.get("ref_audio"),
+            "scores": {k: float(v) for k, v in u.items() if k in TTS_METRICS and _finite(v)},
+            "counts": {k: int(u[k]) for k in ("word_errors", "words", "char_errors", "chars") if _finite(u.get(k))}}
+    ordered = sorted(utts.values(), key=lambda x: str(x["id"]))
+    tts: dict[str, dict[str, Any]] = {}
+    for key in TTS_METRICS:
+        vals = np.array([x["scores"][key] for x in ordered if key in x["scores"]])
+        value = metrics.get(key) if _finite(metrics.get(key)) else (float(vals.mean()) if vals.size else None)
+        if value is None:
+            continue
+        ci = list(scoring.percentile_ci(scoring.bootstrap_means(vals[None], samples, seed)[0])) if vals.size else None
+        tts[key] = {"value": float(value), "ci": ci, "utterances": int(vals.size)}
+    for key, (err_key, len_key, _) in TTS_RATES.items():
+        if not _finite(metrics.get(key)):
+            continue
+        scored = [x["counts"] for x in ordered if err_key in x["counts"] and x["counts"].get(len_key)]
+        ci = None
+        if scored:
+            errs = np.array([[c[err_key] for c in scored]])
+            draws = scoring.bootstrap_rates(errs, np.array([c[len_key] for c in scored]), samples, seed)[0]
+            ci = list(scoring.percentile_ci(draws))
+        tts[key] = {"value": float(metrics[key]), "ci": ci, "utterances": len(scored)}
+    intel = metrics.get("intelligibility") or {}
+    vocoder = ((cell["train_summary"] or {}).get("vocoder") or (cell["speed"] or {}).get("vocoder")
+               or (metrics.get("train") or {}).get("vocoder"))
+    row.update(tts=tts, vocoder=vocoder, judge=intel.get("judge"), judge_normalizer=intel.get("normalizer"),
+               synthesis_rtf=metrics.get("synthesis_rtf") if _finite(metrics.get("synthesis_rtf")) else None,
+               utterances=metrics.get("utterances", len(cell["hyps"])), unavailable=metrics.get("unavailable") or {},
+               metric_versions=metrics.get("versions") or {},
+               bootstrap={"samples": samples, "seed": seed, "utterances": len(utts)})
+    return utts
+
+
+def _tts_comparisons(recipe: str, systems: dict[str, dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Paired bootstrap of each MOS proxy (and MCD, judge WER) between every two backends of a recipe, on the
+    utterances both scored; `better` names the backend whose 95% interval of the difference excludes 0."""
+    out = []
+    for a, b in itertools.combinations(sorted(systems), 2):
+        ua, ub = systems[a]["utts"], systems[b]["utts"]
+        n_samples = max(systems[a]["samples"], systems[b]["samples"])
+        common = sorted(set(ua) & set(ub))
+        for key in TTS_COMPARED + ("wer",):
+            if key == "wer":
+                both = [u for u in common if ua[u]["counts"].get("words") and "word_errors" in ua[u]["counts"]
+                        and "word_errors" in ub[u]["counts"] and ua[u]["counts"]["words"] == ub[u]["counts"].get("words")]
+                if not both:
+                    continue
+                errs = np.array([[s[u]["counts"]["word_errors"] for u in both] for s in (ua, ub)])
+                words = np.array([ua[u]["counts"]["words"] for u in both])
+                values = errs.sum(axis=1) / words.sum()
+                draws = scoring.bootstrap_rates(errs, words, n_samples, seed)
+                higher_is_better = False
+            else:
+                both = [u for u in common if key in ua[u]["scores"] and key in ub[u]["scores"]]
+                if not both:
+                    continue
+                scores = np.array([[s[u]["scores"][key] for u in both] for s in (ua, ub)])
+                values = scores.mean(axis=1)
+                draws = scoring.bootstrap_means(scores, n_samples, seed)
+                higher_is_better = TTS_METRICS[key][1]
+            comp = scoring.paired_difference(float(values[0]), float(values[1]), draws[0], draws[1])
+            lo, hi = comp["ci"]
+            better = None
+            if lo > 0 or hi < 0:  # the interval excludes "no difference"
+                better = a if (lo > 0) == higher_is_better else b
+            out.append({"recipe": recipe, "metric": key, "a": a, "b": b, "value_a": float(values[0]),
+                        "value_b": float(values[1]), "utterances": len(both), "higher_is_better": higher_is_better,
+                        "better": better, **comp})
+    return out
+
+
+def _tts_gallery(systems: dict[str, dict[str, Any]], backends: list[str]) -> list[dict[str, Any]]:
+    """The first GALLERY_SENTENCES sentences every backend synthesized: audio paths (embedded by report.html) and
+    the reference recording beside them."""
+    common = sorted(set.intersection(*(set(systems[b]["utts"]) for b in backends)))
+    items = []
+    for key in common[:GALLERY_SENTENCES]:
+        first = systems[backends[0]]["utts"][key]
+        items.append({"utt": key, "text": first["text"], "ref_audio": first["ref_audio"],
+                      "audio": {b: systems[b]["utts"][key]["audio"] for b in backends},
+                      "scores": {b: {k: v for k, v in systems[b]["utts"][key]["scores"].items() if k in MOS_PROXIES}
+                                 for b in backends}})
+    return items
 
 
 def _disagreements(utts: list[dict[str, Any]], backends: list[str]) -> list[dict[str, Any]]:

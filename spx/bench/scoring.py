@@ -212,6 +212,28 @@ def bootstrap_rates(errors: np.ndarray, ref_len: np.ndarray, samples: int = 1000
         return sums[:k] / sums[k][None, :]
 
 
+def bootstrap_means(values: np.ndarray, samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Paired bootstrap of per-utterance scores (MOS proxies, MCD, ...): the same resamples of utterance
+    indices as bootstrap_rates (same seed, same draws), and each system's mean score on every resample.
+
+    values: (systems, n) scores, column j the same utterance for every system. Returns (systems, samples)."""
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    k, n = values.shape
+    if n == 0:
+        raise ValueError("no utterances to bootstrap")
+    if not np.isfinite(values).all():
+        raise ValueError("scores must be finite: leave out the utterances a metric could not score")
+    rng = np.random.default_rng(seed)
+    means = np.empty((k, samples), dtype=np.float64)
+    pos = 0
+    for idx in _resample_indices(rng, n, samples):
+        b = idx.shape[0]
+        for s in range(k):
+            means[s, pos:pos + b] = np.take(values[s], idx).mean(axis=1)
+        pos += b
+    return means
+
+
 def percentile_ci(draws: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
     a = (1 - level) / 2
     lo, hi = np.nanpercentile(draws, [100 * a, 100 * (1 - a)])
@@ -220,10 +242,10 @@ def percentile_ci(draws: np.ndarray, level: float = CI_LEVEL) -> tuple[float, fl
 
 def paired_difference(rate_a: float, rate_b: float, draws_a: np.ndarray, draws_b: np.ndarray,
                       level: float = CI_LEVEL) -> dict[str, Any]:
-    """WER(a) - WER(b) with a percentile CI and a two-sided bootstrap p-value.
+    """statistic(a) - statistic(b) (a WER, a mean MOS) with a percentile CI and a two-sided bootstrap p-value.
 
     p-value: the bootstrap distribution of the difference, shifted to mean 0 (the null hypothesis of equal
-    error rates), and the fraction of resamples at least as far from 0 as the observed difference
+    statistics), and the fraction of resamples at least as far from 0 as the observed difference
     (Efron & Tibshirani 1993, sec. 16.4), with the +1 correction so it is never exactly 0."""
     d_obs = rate_a - rate_b
     d = draws_a - draws_b
