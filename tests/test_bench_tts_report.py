@@ -103,6 +103,9 @@ def test_tts_report_in_every_format_with_an_asr_cell_and_failures(tmp_path):
     assert proc.returncode == 0, proc.stderr
     res = check_report_files(out)
     by = {(r["recipe"], r["backend"]): r for r in res["rows"]}
+    # the terminal summary has a TTS table beside the ASR one; failures are listed with their logs
+    assert "spx bench TTS results" in proc.stderr and "spx bench results" in proc.stderr
+    assert "broken_tts-espnet failed" in proc.stderr
 
     # rows: the means of the per-utterance scores, CIs around them, the vocoder, judge WER, training cost
     for backend, scores, errors in (("espnet", ESPNET, ESPNET_WORD_ERRORS),

@@ -261,21 +261,39 @@ def print_summary(res: dict[str, Any], console) -> None:
 
     from spx.bench.report import params_str, pct
 
-    t = Table(title="spx bench results", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("recipe", "backend", "WER % [95% CI]", "CER %", "RTFx", "train s", "params"):
-        t.add_column(col, justify="left" if col in ("recipe", "backend") else "right", no_wrap=True)
-    failed = []
-    for r in res["rows"]:
+    rows = res["rows"]
+    tts_rows = [r for r in rows if r.get("task") == "tts" and "error" not in r]
+    asr_rows = [r for r in rows if r not in tts_rows]
+    if asr_rows:
+        t = Table(title="spx bench results", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("recipe", "backend", "WER % [95% CI]", "CER %", "RTFx", "train s", "params"):
+            t.add_column(col, justify="left" if col in ("recipe", "backend") else "right", no_wrap=True)
+        for r in asr_rows:
+            if "error" in r:
+                t.add_row(r["recipe"], r["backend"], f"[red]{r['state']}[/]", "—", "—", "—", "—")
+                continue
+            ci = r.get("wer_ci")
+            s = r.get("speed") or {}
+            t.add_row(r["recipe"], r["backend"], pct(r.get("wer")) + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else ""),
+                      pct(r.get("cer")), f"{s['rtfx']:.1f}" if s else "—",
+                      f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else "—", params_str(r.get("params")))
+        console.print(t)
+    if tts_rows:
+        t = Table(title="spx bench TTS results", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("recipe", "backend", "vocoder", "DNSMOS OVRL", "DistillMOS", "judge WER %", "MCD dB", "synth RTF", "train s"):
+            t.add_column(col, justify="left" if col in ("recipe", "backend", "vocoder") else "right", no_wrap=True)
+
+        def num(r: dict[str, Any], key: str) -> str:
+            v = (r.get("tts") or {}).get(key, {}).get("value")
+            return "—" if v is None else (pct(v) if key == "wer" else f"{v:.2f}")
+
+        for r in tts_rows:
+            rtf = r.get("synthesis_rtf")
+            t.add_row(r["recipe"], r["backend"], str(r.get("vocoder") or "—"), num(r, "dnsmos_ovrl"), num(r, "distillmos"),
+                      num(r, "wer"), num(r, "mcd"), "—" if rtf is None else f"{rtf:.3f}",
+                      f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else "—")
+        console.print(t)
+    for r in rows:
         if "error" in r:
-            failed.append(r)
-            t.add_row(r["recipe"], r["backend"], f"[red]{r['state']}[/]", "—", "—", "—", "—")
-            continue
-        ci = r.get("wer_ci")
-        s = r.get("speed") or {}
-        t.add_row(r["recipe"], r["backend"], pct(r.get("wer")) + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci else ""),
-                  pct(r.get("cer")), f"{s['rtfx']:.1f}" if s else "—",
-                  f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else "—", params_str(r.get("params")))
-    console.print(t)
-    for r in failed:
-        console.print(f"[red]{r['recipe']}-{r['backend']} {r['state']}[/]: {r.get('error')}\n  log: {r.get('log') or r['run_dir']}",
-                      highlight=False)
+            console.print(f"[red]{r['recipe']}-{r['backend']} {r['state']}[/]: {r.get('error')}\n  log: {r.get('log') or r['run_dir']}",
+                          highlight=False)
