@@ -152,17 +152,22 @@ def test_demo_corpus_generator_writes_manifests_with_speakers(tts_multi_corpus):
 # ------------------------------------------------------------------ slow: real training and synthesis
 @pytest.fixture(scope="session")
 def trained_tts(tts_corpus, tmp_path_factory):
-    """trained_tts('espnet') -> run dir of a tiny Tacotron2 trained on the flite corpus (once per session)."""
-    root = tmp_path_factory.mktemp("tts_runs")
+    """trained_tts('espnet') -> run dir of a tiny Tacotron2 trained on the flite corpus and scored (once per
+    session). The run dirs are bench cells (trained_tts.out/runs/tacotron2-<backend>), so `spx bench --report-only`
+    reports them."""
+    from spx.launchers.local import run_here
+
+    root = tmp_path_factory.mktemp("tts_bench")
     cache: dict[str, RunDir] = {}
 
     def get(backend: str) -> RunDir:
         if backend not in cache:
-            rd = render_tts_run(tts_spec(tts_corpus, *TRAIN_OVERRIDES), backend, root / backend)
-            execute(rd)
+            rd = render_tts_run(tts_spec(tts_corpus, *TRAIN_OVERRIDES), backend, root / "runs" / f"tacotron2-{backend}")
+            run_here(rd, quiet=True)  # train, synthesize, then score as `spx run` does (metrics.json)
             cache[backend] = rd
         return cache[backend]
 
+    get.out = root
     return get
 
 
@@ -207,13 +212,38 @@ def test_tacotron2_trains_synthesizes_and_is_scored(trained_tts, tts_corpus, bac
     assert len(speed["decode_seconds"]) == 1 and speed["decode_seconds"][0] > 0 and speed["batch_size"] == 1
     assert "griffin-lim" in speed["clock"]
 
-    from spx.bench.quality import score_tts_hyps
-
-    scores = score_tts_hyps(hyps, judge=None, normalizer="whisper_english")
+    scores = json.loads((rd / "metrics.json").read_text())  # scored by spx run with the bundled whisper judge
     print(backend, {k: v for k, v in scores.items() if isinstance(v, (int, float))})
-    assert scores["synthesis_rtf"] > 0
-    assert 0 <= scores["wer"] and scores["mcd"] > 0
-    assert any(k.startswith("dnsmos") for k in scores) and "distillmos" in scores
+    assert scores["synthesis_rtf"] > 0 and scores["intelligibility"]["judge"]["kind"] == "faster-whisper"
+    assert 0 <= scores["wer"] and scores["mcd"] > 0 and 0 < scores["speaker_similarity"] <= 1
+    assert 1 <= scores["dnsmos_ovrl"] <= 5 and 1 <= scores["distillmos"] <= 5
+    assert len(scores["per_utt"]) == len(hyps)
+
+
+@pytest.mark.slow
+def test_bench_report_compares_the_tts_backends(trained_tts):
+    """The report has a TTS row per backend (MOS proxies, intelligibility, MCD, RTF), paired MOS differences and
+    an audio gallery with each backend's clip beside the reference."""
+    from conftest import run_spx
+
+    for backend in BACKENDS:
+        trained_tts(backend)
+    proc = run_spx("bench", "--report-only", "--out", trained_tts.out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((trained_tts.out / "results.json").read_text())
+    rows = {r["backend"]: r for r in res["rows"]}
+    assert set(rows) == set(BACKENDS)
+    for backend, row in rows.items():
+        assert row["task"] == "tts" and row["vocoder"] == "griffin-lim (32 iters)", row
+        for key in ("dnsmos_ovrl", "distillmos", "wer", "mcd", "speaker_similarity"):
+            assert row["tts"][key]["ci"][0] <= row["tts"][key]["value"] <= row["tts"][key]["ci"][1], (backend, key)
+        assert row["synthesis_rtf"] > 0
+    metrics = {c["metric"] for c in res["tts_comparisons"]}
+    assert {"dnsmos_ovrl", "distillmos", "mcd"} <= metrics
+    md = (trained_tts.out / "report.md").read_text()
+    assert "DNSMOS OVRL" in md and "espnet" in md and "speechbrain" in md
+    html = (trained_tts.out / "report.html").read_text()
+    assert html.count("<audio") >= 3 and "data:audio/" in html
 
 
 @pytest.mark.slow
