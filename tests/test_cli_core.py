@@ -25,7 +25,7 @@ def test_spec_validate_ok():
 
 def test_spec_unknown_key_did_you_mean(tmp_path):
     bad = tmp_path / "r.yaml"
-    bad.write_text(RECIPE.read_text().replace("  batch_size: 16", "  batch_sise: 16"))
+    bad.write_text(RECIPE.read_text().replace("  batch_size:", "  batch_sise:", 1))
     proc = run_spx("spec", "validate", bad)
     assert proc.returncode == 2
     assert "training.batch_sise" in proc.stderr and "did you mean 'training.batch_size'" in proc.stderr

@@ -48,7 +48,7 @@ def test_dry_run_renders_native_espnet_recipe(tmp_path):
     assert "normalize" not in cfg  # global_mvn only at train time (CLI of the train command)
     assert cfg["optim"] == "adam" and cfg["optim_conf"]["lr"] == 0.001 and cfg["optim_conf"]["betas"] == [0.8, 0.95]
     assert cfg["scheduler"] == "warmuplr" and cfg["scheduler_conf"]["warmup_steps"] == 50
-    assert cfg["accum_grad"] == 2 and cfg["max_epoch"] == 7 and cfg["batch_size"] == 16
+    assert cfg["accum_grad"] == 2 and cfg["max_epoch"] == 7 and cfg["batch_size"] == 8
     assert cfg["specaug_conf"]["freq_mask_width_range"] == [0, 15]
     factors = [e[2]["factor"] for e in cfg["preprocessor_conf"]["data_aug_effects"][0][1]]
     assert factors == [0.9, 1.0, 1.1]
@@ -85,13 +85,13 @@ def test_cosine_schedule_and_dynamic_batches(tmp_path):
 def test_unsupported_family_refused_before_anything_is_written(tmp_path):
     recipe = tmp_path / "tts.yaml"
     recipe.write_text(yaml.safe_dump({
-        "name": "tts", "task": "tts", "model": {"family": "tacotron2"},
+        "name": "tts", "task": "tts", "model": {"family": "vits"},
         "data": {"train": str(DEMO / "train.jsonl"), "valid": str(DEMO / "valid.jsonl"), "test": str(DEMO / "test.jsonl")}}))
     rd = tmp_path / "run"
     proc = run_spx("run", "--backend", "espnet", recipe, "--run-dir", rd, "--dry-run")
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: task: backend 'espnet' has no 'tts' support")
-    assert "tacotron2" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: model.family: spx's 'espnet' backend has no 'vits' model for task 'tts'")
+    assert "tacotron2" in proc.stderr and "Traceback" not in proc.stderr  # names what it has
     assert not rd.exists()
 
 
@@ -176,7 +176,7 @@ def _descendants(pid: int) -> list[int]:
 def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     rd = tmp_path / "resume"
     proc = subprocess.Popen([sys.executable, "-m", "spx", "run", "--backend", "espnet", str(RECIPE), "--run-dir", str(rd),
-                             "training.epochs=3", "eval.speed_repeats=1"], cwd=REPO, start_new_session=True,
+                             "training.epochs=3", "training.batch_size=16", "eval.speed_repeats=1"], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 1200

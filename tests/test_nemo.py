@@ -66,7 +66,7 @@ def test_dry_run_renders_native_config(tmp_path):
     assert model["train_ds"]["augmentor"]["speed"]["num_rates"] == 3
     assert model["decoding"] == {"strategy": "beam_batch", "beam": {"beam_size": 3, "return_best_hypothesis": True}}
     assert cfg["trainer"]["accumulate_grad_batches"] == 2 and cfg["trainer"]["precision"] == "bf16-mixed"
-    assert cfg["trainer"]["max_epochs"] == 30 and cfg["trainer"]["gradient_clip_val"] == 5.0
+    assert cfg["trainer"]["max_epochs"] == 60 and cfg["trainer"]["gradient_clip_val"] == 5.0
     assert cfg["exp_manager"]["resume_if_exists"] is True
     assert cfg["exp_manager"]["early_stopping_callback_params"]["monitor"] == "val_wer"
     steps = json.loads((rd / "steps.json").read_text())
@@ -188,7 +188,7 @@ def _resumable_checkpoint(ckpt_dir: Path, min_epoch: int) -> bool:
 def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     rd = tmp_path / "resume"
     proc = subprocess.Popen([sys.executable, "-m", "spx", "run", "--backend", "nemo", str(RECIPE), "--run-dir", str(rd),
-                             "training.epochs=4", "eval.speed_repeats=1"], cwd=REPO, start_new_session=True,
+                             "training.epochs=4", "training.batch_size=16", "eval.speed_repeats=1"], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     try:
@@ -223,7 +223,7 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
 def test_two_process_gloo_data_parallel(tmp_path):
     rd = tmp_path / "ddp"
     run_spx("run", "--backend", "nemo", RECIPE, "--run-dir", rd, "resources.devices=2", "resources.accelerator=cpu",
-            "resources.threads=1", "training.epochs=2", "eval.speed_repeats=1", check=True)
+            "resources.threads=1", "training.epochs=2", "training.batch_size=16", "eval.speed_repeats=1", check=True)
     summary = json.loads((rd / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["effective_batch"] == 16 * 2
     assert len(summary["per_rank"]) == 2 and all(r["batches"] > 0 for r in summary["per_rank"])

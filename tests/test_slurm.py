@@ -410,7 +410,7 @@ def _train(backend: str, run_dir: Path, *overrides: str) -> tuple[Path, str]:
     if why:
         pytest.skip(why)
     proc = run_spx("run", "--backend", backend, RECIPE, "--launcher", "slurm", "--run-dir", run_dir, "--force",
-                   "resources.slurm.cpus_per_task=2", *overrides, check=True)
+                   "resources.slurm.cpus_per_task=2", "training.batch_size=16", *overrides, check=True)
     job = json.loads((run_dir / "status.json").read_text())["slurm_job_id"]
     assert f"Slurm job {job}" in proc.stderr
     return run_dir, job

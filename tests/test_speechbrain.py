@@ -80,7 +80,7 @@ def test_dry_run_renders_native_hyperpyyaml(tmp_path):
     assert hp["weight_decay"] == 0.01
     assert "!name:speechbrain.nnet.schedulers.NoamScheduler" in hp["lr_annealing"] and hp["warmup_steps"] == 50
     assert hp["grad_accumulation_factor"] == 2 and hp["precision"] == "bf16" and hp["max_grad_norm"] == 2.5
-    assert hp["number_of_epochs"] == 30 and hp["decoding"] == "beam" and hp["beam_size"] == 3
+    assert hp["number_of_epochs"] == 60 and hp["decoding"] == "beam" and hp["beam_size"] == 3
     sp = hp["speed_perturb"]["!new:speechbrain.augment.time_domain.SpeedPerturb"]
     assert sp["speeds"] == [90, 100, 110]
     assert hp["freq_drop"]["!new:speechbrain.augment.freq_domain.SpectrogramDrop"]["drop_length_high"] == 15
@@ -232,7 +232,7 @@ def _finished_epochs(ckpt_dir: Path) -> int:
 def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     rd = tmp_path / "resume"
     proc = subprocess.Popen([sys.executable, "-m", "spx", "run", "--backend", "speechbrain", str(RECIPE),
-                             "--run-dir", str(rd), "training.epochs=4", "eval.speed_repeats=1"], cwd=REPO,
+                             "--run-dir", str(rd), "training.epochs=4", "training.batch_size=16", "eval.speed_repeats=1"], cwd=REPO,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 1200
     try:
@@ -268,7 +268,7 @@ def test_resume_after_kill_continues_from_checkpoint(tmp_path):
 def test_two_process_gloo_data_parallel(tmp_path):
     rd = tmp_path / "ddp"
     run_spx("run", "--backend", "speechbrain", RECIPE, "--run-dir", rd, "resources.devices=2",
-            "resources.accelerator=cpu", "resources.threads=1", "training.epochs=2", "eval.speed_repeats=1", check=True)
+            "resources.accelerator=cpu", "resources.threads=1", "training.epochs=2", "training.batch_size=16", "eval.speed_repeats=1", check=True)
     summary = json.loads((rd / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["effective_batch"] == 16 * 2
     assert summary["distributed_backend"] == "gloo"

@@ -3,7 +3,8 @@
     python -m spx.demo.generate OUT_DIR [--train 240 --valid 30 --test 40 --seed 0]
 
 Speakers are espeak-ng voice x variant x speaking-rate combinations; the test speakers are held out
-of training and validation. Sentences are 3-5 words from a small command vocabulary, so tiny models
+of training and validation. Training and validation utterances vary each speaker's pitch (-p 30..70) and rate
+(+-20 wpm), as a person's voice varies; test utterances use the held-out voices as they are. Sentences are 3-5 words from a small command vocabulary, so tiny models
 learn it in minutes. Audio: 16 kHz mono FLAC. Writes train/valid/test spx manifests beside the audio.
 """
 from __future__ import annotations
@@ -36,10 +37,11 @@ def speaker_name(voice: tuple[str, str, int]) -> str:
     return f"{lang}_{variant}_{rate}"
 
 
-def synthesize(text: str, voice: tuple[str, str, int], out: Path, tmp: Path) -> float:
+def synthesize(text: str, voice: tuple[str, str, int], out: Path, tmp: Path, pitch: int = 50, rate_delta: int = 0) -> float:
     lang, variant, rate = voice
     wav = tmp / "raw.wav"
-    subprocess.run(["espeak-ng", "-v", f"{lang}+{variant}", "-s", str(rate), "-w", str(wav), text], check=True)
+    subprocess.run(["espeak-ng", "-v", f"{lang}+{variant}", "-p", str(pitch), "-s", str(rate + rate_delta), "-w", str(wav),
+                    text], check=True)
     # 16 kHz mono, trim leading/trailing silence, pad 0.1 s each side
     subprocess.run(["sox", str(wav), "-r", "16000", "-c", "1", "-b", "16", str(out), "gain", "-n", "-1",
                     "silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%", "reverse",
@@ -61,10 +63,13 @@ def generate(out_dir: Path, n_train: int = 240, n_valid: int = 30, n_test: int =
             utts = []
             for i in range(count):
                 voice = voices[i % len(voices)]
+                vary = split != "test"
+                pitch = rng.randint(30, 70) if vary else 50
+                rate_delta = rng.randint(-20, 20) if vary else 0
                 text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 5)))
                 uid = f"{split}_{i:04d}"
                 path = audio_dir / f"{uid}.flac"
-                dur = synthesize(text, voice, path, Path(tmpd))
+                dur = synthesize(text, voice, path, Path(tmpd), pitch, rate_delta)
                 utts.append(Utterance(id=uid, audio=f"audio/{uid}.flac", duration=dur, text=text,
                                       speaker=speaker_name(voice), language="en", sample_rate=16000, channels=1))
             write_manifest(out_dir / f"{split}.jsonl", utts)
