@@ -1,6 +1,7 @@
 """NeMo backend: renders an OmegaConf config for EncDecCTCModel / EncDecCTCModelBPE (ConformerEncoder,
-Lightning trainer, exp_manager) plus NeMo JSONL manifests. No torch or NeMo import here: the toolkit
-is imported only by the child modules (prep, train, decode) that the run's steps start."""
+Lightning trainer, exp_manager) plus NeMo JSONL manifests; `task: tts` (fastspeech2 = NeMo FastPitch) is
+rendered by spx.adapters.nemo.tts. No torch or NeMo import here: the toolkit is imported only by the child
+modules (prep, train, decode, tts_*) that the run's steps start."""
 from __future__ import annotations
 
 import json
@@ -66,7 +67,7 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 class NemoAdapter:
     name = "nemo"
-    tasks = {"asr": {"conformer_ctc"}}
+    tasks = {"asr": {"conformer_ctc"}, "tts": {"fastspeech2"}}
 
     # ------------------------------------------------------------------ contract
     def supports(self, spec: Spec) -> None:
@@ -74,7 +75,13 @@ class NemoAdapter:
         if why:
             raise SpxError(f"{why}; this job is task {spec.task!r}, model.family {spec.model.family!r}",
                            where="task" if spec.task not in self.tasks else "model.family",
-                           hint="run it on a backend that has it, or use task: asr with family: conformer_ctc on nemo")
+                           hint="run it on a backend that has it; nemo has task: asr with family: conformer_ctc "
+                                "and task: tts with family: fastspeech2 (FastPitch)")
+        if spec.task == "tts":
+            from spx.adapters.nemo.tts import check_tts
+
+            check_tts(spec)
+            return
         if spec.training.precision == "fp16" and spec.resources.accelerator == "cpu":
             raise SpxError("training.precision fp16 needs a GPU, but resources.accelerator is cpu",
                            where="training.precision", hint="use bf16 or fp32 on CPU")
@@ -100,6 +107,10 @@ class NemoAdapter:
                            hint="use resources.launcher: slurm (or torchrun on each node)")
 
     def render(self, spec: Spec, run_dir: RunDir) -> list[Step]:
+        if spec.task == "tts":
+            from spx.adapters.nemo.tts import render_tts
+
+            return render_tts(spec, run_dir)
         self.supports(spec)
         from omegaconf import OmegaConf
 
@@ -141,6 +152,10 @@ class NemoAdapter:
         return steps
 
     def collect(self, run_dir: RunDir) -> dict[str, Any]:
+        if (run_dir / "native" / "tts_info.json").exists():
+            from spx.adapters.nemo.tts import collect_tts
+
+            return collect_tts(run_dir)
         out = collect_normalized(run_dir)
         out["native_config"] = str(run_dir / NATIVE_CONFIG)
         out["model_summary"] = read_json(run_dir / "native" / "model_summary.json")

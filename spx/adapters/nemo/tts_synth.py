@@ -1,0 +1,83 @@
+"""Child step `tts_synth`: the exported FastPitch (checkpoints/model.nemo) speaks the test sentences.
+
+    python -m spx.adapters.nemo.tts_synth RUN_DIR
+
+Text -> NeMo's char tokenizer (FastPitchModel.parse) -> generate_spectrogram (predicted durations and pitch) ->
+log-mel -> vocoder: Griffin-Lim through the model's own mel filterbank (torchaudio), or the HiFiGAN .nemo named by
+tts.vocoder (HifiGanModel.convert_spectrogram_to_audio). Timed by the shared protocol (synthesize_and_time).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from spx.adapters.common.child import load_run, main_guard, pick_device, precision_dtype, set_threads, \
+    synthesize_and_time
+
+
+class GriffinLim:
+    """NeMo's log-mel (natural log of slaney mel of |STFT|, + 1e-5 guard) back to a waveform: least-squares inverse
+    of the model's own filterbank, then Griffin-Lim with the same STFT settings."""
+
+    def __init__(self, featurizer, mel: dict, iters: int, device: str) -> None:
+        import torch
+        import torchaudio
+
+        self.fb = featurizer.fb[0].to(device).float()  # (n_mels, n_fft // 2 + 1)
+        self.guard = float(getattr(featurizer, "log_zero_guard_value", 1e-5))
+        self.pinv = torch.linalg.pinv(self.fb)
+        self.gl = torchaudio.transforms.GriffinLim(n_fft=mel["n_fft"], n_iter=iters, win_length=mel["win_length"],
+                                                   hop_length=mel["hop_length"], power=1.0,
+                                                   window_fn=lambda n: torch.hann_window(n, periodic=False)).to(device)
+
+    def __call__(self, log_mel):
+        mel = (log_mel.float().exp() - self.guard).clamp(min=0)
+        linear = (self.pinv @ mel).clamp(min=1e-8)
+        return self.gl(linear)
+
+
+def synth(run_dir: str) -> None:
+    spec, rd = load_run(run_dir)
+    device = pick_device(spec)
+    set_threads(spec)
+    import torch
+
+    from nemo.collections.tts.models import FastPitchModel
+
+    info = json.loads((rd / "native" / "tts_info.json").read_text())
+    summary_path = rd / "train_summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"{summary_path} is missing: run the tts_train step first")
+    exported = json.loads(summary_path.read_text())["exported_model"]
+    model = FastPitchModel.restore_from(exported, map_location=device).eval()
+    mel = info["mel"]
+    if info["vocoder"]:
+        from nemo.collections.tts.models import HifiGanModel
+
+        vocoder_model = HifiGanModel.restore_from(info["vocoder"], map_location=device).eval()
+        want = (mel["sample_rate"], mel["n_mels"])
+        pre = vocoder_model.cfg.preprocessor  # FilterbankFeatures (nfilt) or AudioToMelSpectrogramPreprocessor (features)
+        got = (int(pre.sample_rate), int(pre.get("nfilt", pre.get("features", 0))))
+        if got != want:
+            print(f"spx nemo: error: tts.vocoder {info['vocoder']} was trained on {got[1]} mels at {got[0]} Hz, "
+                  f"this FastPitch makes {want[1]} mels at {want[0]} Hz", flush=True)
+            sys.exit(2)
+
+        def vocoder(log_mel):
+            return vocoder_model.convert_spectrogram_to_audio(spec=log_mel.unsqueeze(0))[0]
+    else:
+        vocoder = GriffinLim(model.preprocessor.featurizer, mel, info["griffin_lim_iters"], device)
+    torch.manual_seed(spec.training.seed)
+
+    @torch.inference_mode()
+    def synthesize(text: str, speaker: str | None):
+        tokens = model.parse(text, normalize=False)
+        log_mel = model.generate_spectrogram(tokens=tokens)[0]
+        return vocoder(log_mel).float().cpu().numpy()
+
+    synthesize_and_time(rd, spec, synthesize, mel["sample_rate"], device, precision_dtype(spec, device),
+                        info["vocoder_name"])
+
+
+if __name__ == "__main__":
+    main_guard(synth)

@@ -1,0 +1,152 @@
+"""Child step `tts_train`: NeMo's FastPitchModel (internal aligner) on a Lightning Trainer with exp_manager.
+
+    python -m spx.adapters.nemo.tts_train RUN_DIR
+
+Reads native/tts_config.yaml (pitch statistics filled in by tts_prepare). exp_manager keeps the top-k checkpoints
+by val_loss and resumes from checkpoints/*-last.ckpt; the best checkpoint's weights are exported to
+checkpoints/model.nemo. Writes curve.jsonl (train_loss = mean of the batch losses, valid_loss = NeMo's val_loss)
+and train_summary.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from spx.adapters.common import child
+
+
+def _fail(msg: str) -> None:
+    print(f"spx nemo: error: {msg}", flush=True)
+    sys.exit(2)
+
+
+def _init_from(model, source: str) -> dict:
+    """Load a FastPitch .nemo's weights; the architecture (spec model sizes, n_mels) must match."""
+    from nemo.collections.tts.models import FastPitchModel
+
+    try:
+        src = FastPitchModel.restore_from(source, map_location="cpu")
+    except Exception as exc:  # a corrupt file, another model class: say which and stop
+        _fail(f"init_from {source!r} could not be loaded as a FastPitch model: {type(exc).__name__}: {exc}")
+    own, theirs = model.state_dict(), src.state_dict()
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in theirs.items()
+                  if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in theirs]
+    if mismatched or missing:
+        _fail(f"init_from {source!r} has a different architecture than the spec: "
+              + "; ".join(mismatched[:4] + [f"missing {k}" for k in missing[:3]])
+              + " (set model.d_model/encoder_layers/decoder_layers/heads and tts.n_mels to the source model's)")
+    model.load_state_dict(theirs, strict=True)
+    del src
+    return {"source": source, "tensors_loaded": len(theirs)}
+
+
+def main(run_dir: str) -> None:
+    t_start = time.time()
+    spec, rd = child.load_run(run_dir)
+    threads = child.set_threads(spec)
+    device = child.pick_device(spec)
+
+    import lightning.pytorch as pl
+    import torch
+    from omegaconf import OmegaConf, open_dict
+
+    from nemo.collections.tts.models import FastPitchModel
+    from nemo.utils.exp_manager import exp_manager
+
+    cfg = OmegaConf.load(rd / "native" / "tts_config.yaml")
+    spx_cfg = cfg.pop("spx")
+    if cfg.model.pitch_mean is None or cfg.model.pitch_std is None:
+        _fail("model.pitch_mean/pitch_std are not set in native/tts_config.yaml: run the tts_prepare step first")
+    pl.seed_everything(spx_cfg.seed, workers=True)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if trainer_kwargs.get("accelerator") == "auto":
+        trainer_kwargs["accelerator"] = "gpu" if device == "cuda" else "cpu"
+
+    class SpxProgress(pl.Callback):
+        """curve.jsonl row + progress line per epoch (before ModelCheckpoint saves, as in the ASR train step)."""
+
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+            self.first_epoch = 0
+            self.t0 = time.time()
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            self.first_epoch = trainer.current_epoch
+            self.t0 = time.time()
+            curve = rd / "curve.jsonl"
+            if curve.exists():  # rows of epochs the restored checkpoint does not contain are re-done: drop them
+                rows = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
+                keep = [r for r in rows if r["epoch"] <= trainer.current_epoch]
+                tmp = curve.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+                os.replace(tmp, curve)
+            if trainer.current_epoch > 0:
+                print(f"spx: resumed from checkpoint at epoch {trainer.current_epoch} (step {trainer.global_step})",
+                      flush=True)
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.losses = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            if loss is not None:
+                self.losses.append(float(loss.detach()))
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking:
+                return
+            m = trainer.callback_metrics
+            epoch = trainer.current_epoch + 1
+            row = {"epoch": epoch, "step": trainer.global_step,
+                   "train_loss": sum(self.losses) / max(1, len(self.losses)),
+                   "valid_loss": float(m["val_loss"]) if "val_loss" in m else None,
+                   "valid_mel_loss": float(m["val_mel_loss"]) if "val_mel_loss" in m else None,
+                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "time": round(time.time() - t_start, 2)}
+            child.append_curve(rd, row)
+            done, total = epoch - self.first_epoch, trainer.max_epochs if trainer.max_epochs > 0 else None
+            eta = (time.time() - self.t0) / done * (total - epoch) if total and done else None
+            child.progress(phase="train", epoch=epoch, of=total, step=trainer.global_step,
+                           train_loss=round(row["train_loss"], 4), valid_loss=row["valid_loss"],
+                           eta_s=round(eta, 1) if eta is not None else None)
+
+    callback = SpxProgress()
+    trainer = pl.Trainer(**trainer_kwargs, callbacks=[callback])
+    exp_manager(trainer, cfg.get("exp_manager"))
+    model = FastPitchModel(cfg=cfg.model, trainer=trainer)
+    init_info = _init_from(model, str(spx_cfg.init_from)) if spx_cfg.init_from else None
+    with open_dict(cfg):
+        cfg.model = model.cfg
+    OmegaConf.save(cfg, rd / "native" / "tts_config.resolved.yaml")
+
+    trainer.fit(model)
+
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") or ""
+    last = getattr(ckpt_cb, "last_model_path", "") or ""
+    if not last:
+        lasts = sorted((rd / "checkpoints").glob("*last.ckpt"), key=lambda p: p.stat().st_mtime)
+        last = str(lasts[-1]) if lasts else ""
+    if best and Path(best).is_file():
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    exported = Path(spx_cfg.exported_model)
+    tmp = exported.with_name(".model.nemo.tmp")
+    model.save_to(str(tmp))
+    os.replace(tmp, exported)
+    info = json.loads((rd / "native" / "tts_info.json").read_text())
+    child.write_train_summary(
+        rd, wall_seconds=round(time.time() - t_start, 2), epochs=trainer.current_epoch, steps=trainer.global_step,
+        params=child.count_params(model), peak_memory_mb=round(child.peak_memory_mb(device), 1),
+        last_checkpoint=last or None, best_checkpoint=best or None, exported_model=str(exported),
+        exported_from=best or "final weights", effective_batch=spec.training.batch_size * spec.training.grad_accumulation,
+        world_size=1, device=device, threads=threads, vocoder=info["vocoder_name"], init_from=init_info,
+        resumed=callback.first_epoch > 0, model_class="FastPitchModel", pitch_mean=float(cfg.model.pitch_mean),
+        pitch_std=float(cfg.model.pitch_std),
+    )
+
+
+if __name__ == "__main__":
+    child.main_guard(main)
