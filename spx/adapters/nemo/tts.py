@@ -294,15 +294,6 @@ def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
     return cfg
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_merge(base[k], v)
-        else:
-            base[k] = v
-    return base
-
-
 def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     check_tts(spec)
     from omegaconf import OmegaConf
@@ -316,6 +307,8 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     cfg = native_config(spec, run_dir)
     extra = spec.backends.get("nemo") or {}
     if extra:
+        from spx.adapters.nemo import _deep_merge  # the backends.nemo pass-through, merged as for ASR
+
         _deep_merge(cfg, json.loads(json.dumps(extra)))
     atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(cfg)))
     vocoder = resolve_vocoder(spec)
