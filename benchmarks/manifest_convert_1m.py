@@ -1,7 +1,8 @@
 """Benchmark: convert a 1M-line spx manifest into NeMo JSONL, SpeechBrain CSV and a Kaldi dir; same through lhotse.
 
 Target on the 2-core dev machine: <= 10 s and <= 500 MB peak RSS for the spx conversion.
-Each measured conversion runs in its own child process (peak RSS = that child's ru_maxrss).
+Each measured conversion runs in its own child process (peak RSS = the largest ru_maxrss of its processes, GNU
+sort included; CPU = user + system seconds of all of them).
 
     uv run python benchmarks/manifest_convert_1m.py              # 1,000,000 lines
     uv run python benchmarks/manifest_convert_1m.py --lines 100000 --skip-lhotse
@@ -130,9 +131,10 @@ def main() -> None:
             if proc.returncode != 0:
                 raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
             seconds, peak, cpu = map(float, proc.stderr.strip().splitlines()[-1].split())
-            # CPU seconds (all processes, GNU sort included) do not grow with other load the way wall time does
+            # CPU seconds (all processes, GNU sort included) do not grow with other load the way wall time does;
+            # the load average (1 min) after the run says how shared the machine was meanwhile
             print(f"{label:<36} {seconds:7.2f} s wall  {cpu:7.2f} s CPU   peak RSS {peak:6.0f} MB   "
-                  f"({proc.stdout.strip()} utterances)", flush=True)
+                  f"load {os.getloadavg()[0]:4.1f}   ({proc.stdout.strip()} utterances)", flush=True)
             shutil.rmtree(out)
             return seconds
 

@@ -1,27 +1,39 @@
 """Exporters from the spx manifest to each backend's native input. All stream; none loads audio.
 
-Each format is a *sink* (`write(utt)`, `close()`, `abort()`), so one pass over a manifest can feed several
-formats at once (`convert`). The `export_*` functions are the one-format shortcuts.
+Each format is a *sink* (`write_batch(rows)`, `write(utt)`, `close()`, `abort()`), so one pass over a manifest can
+feed several formats at once (`convert`). The `export_*` functions are the one-format shortcuts.
 Everything is written to a temp path and renamed on success: a failed export leaves nothing half-written.
+Sinks take batches of rows and write each file once per batch from preformatted lines (str.join): per-row
+Python is what the time goes to (see docs/manifests.md, Benchmark). A row is an Utterance or anything with its
+attributes (`spx.manifests.fastrow.Row`, what `convert_manifest` reads).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from itertools import islice
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 from spx.errors import SpxError
 from spx.manifests.schema import Utterance
 
 _enc = json.encoder.encode_basestring  # the C string encoder json.dumps(ensure_ascii=False) uses
 _KALDI_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+BATCH_ROWS = 256  # rows per write_batch: amortizes the calls and stays in CPU cache across sinks (4096: 30% slower)
+
+
+def _batches(rows: Iterable[Any], size: int = BATCH_ROWS) -> Iterator[list]:
+    it = iter(rows)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def kaldi_safe(name: str) -> str:
@@ -60,6 +72,12 @@ class _FileSink:
         self.fh, self._tmp = _tmp_file(self.path, self.newline)
         self.count = 0
 
+    def write(self, u: Utterance) -> None:
+        self.write_batch((u,))
+
+    def write_batch(self, rows: Sequence[Any]) -> None:
+        raise NotImplementedError
+
     def close(self) -> int:
         self.fh.close()
         os.replace(self._tmp, self.path)
@@ -91,36 +109,36 @@ def nemo_row(u: Utterance) -> dict:
     return row
 
 
+_K_OFFSET, _K_UTT_ID, _K_SPEAKER, _K_LANG = ', "offset": ', ', "utt_id": ', ', "speaker": ', ', "lang": '
+_EMPTY_JSON_STR = '""'
+_K_LABEL, _K_RATE, _K_CHANNELS, _K_NO_TEXT, _K_META = (', "label": ', ', "sample_rate": ', ', "channels": ',
+                                                      ', "spx_no_text": true', ', "spx_meta": ')
+
+
+def nemo_lines(rows: Iterable[Any]) -> str:
+    """NeMo JSONL lines of `rows`: the same bytes as `json.dumps(nemo_row(u), ensure_ascii=False)` per row,
+    formatted directly (~3x faster; tests/test_manifest_roundtrip.py checks the equality)."""
+    enc, dumps = _enc, json.dumps
+    out = []
+    append = out.append
+    for u in rows:
+        text, offset, speaker, lang, label, rate, channels, meta = (
+            u.text, u.offset, u.speaker, u.language, u.label, u.sample_rate, u.channels, u.meta)
+        append(f'{{"audio_filepath": {enc(u.audio)}, "duration": {u.duration!r}, "text": {_EMPTY_JSON_STR if text is None else enc(text)}'
+               f'{_K_OFFSET + repr(offset) if offset else ""}{_K_UTT_ID}{enc(u.id)}'
+               f'{"" if speaker is None else _K_SPEAKER + enc(speaker)}{"" if lang is None else _K_LANG + enc(lang)}'
+               f'{"" if label is None else _K_LABEL + enc(label)}{"" if rate is None else _K_RATE + str(rate)}'
+               f'{"" if channels is None else _K_CHANNELS + str(channels)}{_K_NO_TEXT if text is None else ""}'
+               f'{_K_META + dumps(meta, ensure_ascii=False) if meta else ""}}}\n')
+    return "".join(out)
+
+
 class NemoSink(_FileSink):
-    """NeMo JSONL (`audio_filepath`, `duration`, `text`, `offset`, `lang`, ...). NeMo ignores the extra keys.
+    """NeMo JSONL (`audio_filepath`, `duration`, `text`, `offset`, `lang`, ...). NeMo ignores the extra keys."""
 
-    Lines are formatted directly (same bytes as `json.dumps(nemo_row(u), ensure_ascii=False)`, 2x faster).
-    """
-
-    def write(self, u: Utterance) -> None:
-        enc = _enc
-        parts = ['{"audio_filepath": ', enc(u.audio), ', "duration": ', repr(u.duration), ', "text": ',
-                 enc(u.text) if u.text is not None else '""']
-        if u.offset:
-            parts += (', "offset": ', repr(u.offset))
-        parts += (', "utt_id": ', enc(u.id))
-        if u.speaker is not None:
-            parts += (', "speaker": ', enc(u.speaker))
-        if u.language is not None:
-            parts += (', "lang": ', enc(u.language))
-        if u.label is not None:
-            parts += (', "label": ', enc(u.label))
-        if u.sample_rate is not None:
-            parts += (', "sample_rate": ', str(u.sample_rate))
-        if u.channels is not None:
-            parts += (', "channels": ', str(u.channels))
-        if u.text is None:
-            parts.append(', "spx_no_text": true')
-        if u.meta:
-            parts += (', "spx_meta": ', json.dumps(u.meta, ensure_ascii=False))
-        parts.append("}\n")
-        self.fh.write("".join(parts))
-        self.count += 1
+    def write_batch(self, rows: Sequence[Any]) -> None:
+        self.fh.write(nemo_lines(rows))
+        self.count += len(rows)
 
 
 def export_nemo(utts: Iterable[Utterance], path: str | Path) -> int:
@@ -135,22 +153,64 @@ SB_COLUMNS = ["ID", "duration", "wav", "offset", "spk_id", "wrd", "language", "l
 SB_TEXT_COLUMNS = (("speaker", "spk_id"), ("text", "wrd"), ("language", "language"), ("label", "label"))
 
 
+_CSV_SPECIAL = re.compile(r'["\r\n]')  # with ',' (counted): the characters Python's csv writer quotes a field for
+
+
+class _CsvRowFormatter:
+    """csv.writer's own formatting of one row, for the rare rows the fast path cannot write."""
+
+    def __init__(self):
+        self._buf = io.StringIO(newline="")
+        self._writer = csv.writer(self._buf)
+
+    def __call__(self, fields: list) -> str:
+        self._buf.seek(0)
+        self._buf.truncate()
+        self._writer.writerow(fields)
+        return self._buf.getvalue()
+
+
+def speechbrain_csv_fields(u: Any) -> list:
+    """The SB_COLUMNS values of one row, as csv.writer gets them."""
+    empty = " ".join(col for key, col in SB_TEXT_COLUMNS if getattr(u, key) == "")
+    return [u.id, repr(u.duration), u.audio, repr(u.offset), u.speaker or "", u.text or "", u.language or "",
+            u.label or "", u.sample_rate or "", u.channels or "", json.dumps(u.meta, ensure_ascii=False) if u.meta else "",
+            empty]
+
+
+def speechbrain_csv_lines(rows: Iterable[Any], csv_line: _CsvRowFormatter | None = None) -> str:
+    """SpeechBrain CSV lines of `rows`: the bytes csv.writer writes for `speechbrain_csv_fields(u)`, joined directly
+    where no field needs quoting (no ',', '"', CR or LF: then a row is its fields joined by ','), else by csv.writer."""
+    csv_line = csv_line or _CsvRowFormatter()
+    special, dumps = _CSV_SPECIAL.search, json.dumps
+    out = []
+    append = out.append
+    last_column = len(SB_COLUMNS) - 1
+    for u in rows:
+        speaker, text, lang, label, meta = u.speaker, u.text, u.language, u.label, u.meta
+        empty = (" ".join(col for key, col in SB_TEXT_COLUMNS if getattr(u, key) == "")
+                 if "" in (speaker, text, lang, label) else "")
+        line = (f'{u.id},{u.duration!r},{u.audio},{u.offset!r},{speaker or ""},{text or ""},{lang or ""},{label or ""},'
+                f'{u.sample_rate or ""},{u.channels or ""},{dumps(meta, ensure_ascii=False) if meta else ""},{empty}\r\n')
+        append(csv_line(speechbrain_csv_fields(u)) if line.count(",") != last_column or special(line, 0, len(line) - 2)
+               else line)
+    return "".join(out)
+
+
 class SpeechBrainCsvSink(_FileSink):
     """SpeechBrain CSV in its LibriSpeech-recipe style (`ID,duration,wav,spk_id,wrd`) plus optional columns."""
 
     newline = ""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, header: bool = True):
         super().__init__(path)
-        self._writer = csv.writer(self.fh)
-        self._writer.writerow(SB_COLUMNS)
+        self._csv_line = _CsvRowFormatter()
+        if header:
+            self.fh.write(self._csv_line(SB_COLUMNS))
 
-    def write(self, u: Utterance) -> None:
-        empty = " ".join(col for key, col in SB_TEXT_COLUMNS if getattr(u, key) == "")
-        self._writer.writerow([u.id, repr(u.duration), u.audio, repr(u.offset), u.speaker or "",
-                               u.text or "", u.language or "", u.label or "", u.sample_rate or "", u.channels or "",
-                               json.dumps(u.meta, ensure_ascii=False) if u.meta else "", empty])
-        self.count += 1
+    def write_batch(self, rows: Sequence[Any]) -> None:
+        self.fh.write(speechbrain_csv_lines(rows, self._csv_line))
+        self.count += len(rows)
 
 
 def export_speechbrain_csv(utts: Iterable[Utterance], path: str | Path) -> int:
@@ -182,7 +242,11 @@ class SpeechBrainJsonSink(_FileSink):
         self.fh.write("{")
         self._seen: set[str] = set()
 
-    def write(self, u: Utterance) -> None:
+    def write_batch(self, rows: Sequence[Any]) -> None:
+        for u in rows:
+            self._write_one(u)
+
+    def _write_one(self, u: Any) -> None:
         if u.id in self._seen:
             raise SpxError(f"duplicate utterance id {u.id!r}", hint="ids must be unique; run `spx manifest validate`")
         self._seen.add(u.id)
@@ -206,7 +270,8 @@ _NOT_ONE_LINE = re.compile(r"[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]|^\s|\s$"
 
 def _kaldi_representable(s: str) -> bool:
     """Can `s` be the rest of a Kaldi line and read back unchanged?"""
-    return _NOT_ONE_LINE.search(s) is None
+    # fast path: every line break is non-printable and str.strip() strips what \s matches; the regex decides the rest
+    return (s.isprintable() and s.strip() == s) or _NOT_ONE_LINE.search(s) is None
 
 
 def _one_line(s: str) -> str:
@@ -222,6 +287,17 @@ def kaldi_reco_id(audio: str) -> str:
     return f"{stem}_{hashlib.blake2s(audio.encode(), digest_size=6).hexdigest()}"
 
 
+def _segments_from_utt2dur(utt2dur: Path, segments: IO[str]) -> None:
+    """Segments lines of rows without an offset (each its own recording), from their utt2dur lines."""
+    with utt2dur.open(encoding="utf-8") as src:
+        while lines := src.readlines(1 << 20):
+            segments.write("".join(f"{kid} {kid} 0.0 {dur}" for kid, dur in (line.split(" ", 1) for line in lines)))
+
+
+_K_KALDI_ID, _K_ID, _K_LANGUAGE, _K_TEXT = '{"kaldi_id": ', ', "id": ', ', "language": ', ', "text": '
+_K_NO_TEXT_KALDI, _K_META_KALDI = ', "no_text": true', ', "meta": '
+
+
 class KaldiSink:
     """Kaldi data dir: wav.scp, text, utt2spk, spk2utt, utt2dur (+ segments when offsets exist).
 
@@ -229,7 +305,8 @@ class KaldiSink:
     `spx_id_map` keeps kaldi-id -> original id and `spx_extra.jsonl` keeps what Kaldi has no file for
     (original id, speaker, language, label, ...), so spx -> Kaldi -> spx is exact. Files are sorted as Kaldi
     requires (C locale byte order). Memory stays bounded: lines are written unsorted, then GNU sort (which
-    spills to disk) orders each file, and spk2utt is derived from the sorted utt2spk.
+    spills to disk) orders each file, and spk2utt is streamed from the sorted utt2spk.
+    `segments` is written from the first row with an offset on (earlier rows are filled in from utt2dur then).
 
     With `part_dir`, the sink only writes its unsorted part (parallel export); `finish_kaldi` merges parts.
     """
@@ -242,58 +319,84 @@ class KaldiSink:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.files = {n: (self.tmp / n).open("w", encoding="utf-8", buffering=1 << 20) for n in KALDI_SORTED_FILES + ("spx_extra.jsonl",)}
         self.count = 0
-        self._recos: set[str] = set()
+        self._recos: dict[str, str] = {}  # audio -> recording id, of recordings already in this part's wav.scp
+        self._speakers: dict[str, tuple[str, str, str]] = {}  # speaker -> (Kaldi-safe, its id prefix, its extra JSON)
+        self._languages: dict[str, str] = {}  # language -> its extra JSON
         self.has_offsets = False
 
     def write(self, u: Utterance) -> None:
-        kid = kaldi_utt_id(u.id, u.speaker)
-        enc = _enc
-        extra = ['{"kaldi_id": ', enc(kid)]
-        if u.id != kid:
-            extra += (', "id": ', enc(u.id))
-        if u.speaker is not None:
-            extra += (', "speaker": ', enc(u.speaker))
-        if u.language is not None:
-            extra += (', "language": ', enc(u.language))
-        if u.label is not None:
-            extra += (', "label": ', enc(u.label))
-        if u.sample_rate is not None:
-            extra += (', "sample_rate": ', str(u.sample_rate))
-        if u.channels is not None:
-            extra += (', "channels": ', str(u.channels))
-        if u.meta:
-            extra += (', "meta": ', json.dumps(u.meta, ensure_ascii=False))
-        text = u.text
-        if text is None:
-            extra.append(', "no_text": true')
-        elif not _kaldi_representable(text):
-            extra += (', "text": ', enc(text))
-            text = _one_line(text)
-        if not _kaldi_representable(u.audio):
-            raise SpxError(f"utterance {u.id!r}: audio path {u.audio!r} cannot be written to a Kaldi wav.scp "
-                           "(leading/trailing whitespace or a line break)", hint="rename the audio file")
+        self.write_batch((u,))
+
+    def _start_segments(self) -> None:
+        self.has_offsets = True
+        (self.tmp / ".has_offsets").touch()
+        self.files["utt2dur"].flush()
+        _segments_from_utt2dur(self.tmp / "utt2dur", self.files["segments"])
+
+    def _speaker(self, speaker: str) -> tuple[str, str, str]:
+        safe = kaldi_safe(speaker)
+        entry = self._speakers[speaker] = (safe, safe + "-", _K_SPEAKER + _enc(speaker))
+        return entry
+
+    def write_batch(self, rows: Sequence[Any]) -> None:
+        if not self.has_offsets and any(u.offset for u in rows):
+            self._start_segments()
+        segments = self.has_offsets
+        enc, dumps, breaks_line, unsafe = _enc, json.dumps, _NOT_ONE_LINE.search, _KALDI_UNSAFE.search
+        speakers, languages, recos = self._speakers, self._languages, self._recos
+        wav, text_lines, utt2spk, utt2dur, id_map, seg, extra = [], [], [], [], [], [], []
+        for u in rows:
+            uid, speaker, text, audio, duration = u.id, u.speaker, u.text, u.audio, u.duration
+            kid = uid if uid and unsafe(uid) is None else kaldi_utt_id(uid, None)  # the speaker prefix follows
+            if speaker:
+                spk, prefix, speaker_json = speakers.get(speaker) or self._speaker(speaker)
+                if not kid.startswith(prefix):
+                    kid = prefix + kid
+            else:
+                spk, speaker_json = kid, ("" if speaker is None else _K_SPEAKER + '""')
+            lang, label, rate, channels, meta = u.language, u.label, u.sample_rate, u.channels, u.meta
+            if lang is not None:
+                lang_json = languages.get(lang)
+                if lang_json is None:
+                    lang_json = languages[lang] = _K_LANGUAGE + enc(lang)
+            else:
+                lang_json = ""
+            if text is None:
+                text_json, text = _K_NO_TEXT_KALDI, ""
+            elif (text.isprintable() and text.strip() == text) or breaks_line(text) is None:  # _kaldi_representable, inlined
+                text_json = ""
+            else:
+                text_json, text = _K_TEXT + enc(text), _one_line(text)
+            more = (f'{"" if uid == kid else _K_ID + enc(uid)}{speaker_json}{lang_json}'
+                    f'{"" if label is None else _K_LABEL + enc(label)}{"" if rate is None else _K_RATE + str(rate)}'
+                    f'{"" if channels is None else _K_CHANNELS + str(channels)}{_K_META_KALDI + dumps(meta, ensure_ascii=False) if meta else ""}'
+                    f'{text_json}')
+            if more:
+                extra.append(f"{_K_KALDI_ID}{enc(kid)}{more}}}\n")
+            if not ((audio.isprintable() and audio.strip() == audio) or breaks_line(audio) is None):
+                raise SpxError(f"utterance {uid!r}: audio path {audio!r} cannot be written to a Kaldi wav.scp "
+                               "(leading/trailing whitespace or a line break)", hint="rename the audio file")
+            utt2spk.append(f"{kid} {spk}\n")
+            text_lines.append(f"{kid} {text}\n")
+            utt2dur.append(f"{kid} {duration!r}\n")
+            id_map.append(f"{kid} {uid}\n")
+            offset = u.offset
+            if offset:
+                reco = recos.get(audio)
+                if reco is None:
+                    reco = recos[audio] = kaldi_reco_id(audio)
+                    wav.append(f"{reco} {audio}\n")
+                seg.append(f"{kid} {reco} {offset!r} {offset + duration!r}\n")
+            else:
+                wav.append(f"{kid} {audio}\n")
+                if segments:
+                    seg.append(f"{kid} {kid} 0.0 {duration!r}\n")
         f = self.files
-        spk = kaldi_safe(u.speaker) if u.speaker else kid
-        f["utt2spk"].write(f"{kid} {spk}\n")
-        f["text"].write(f"{kid} {text or ''}\n")
-        f["utt2dur"].write(f"{kid} {u.duration!r}\n")
-        f["spx_id_map"].write(f"{kid} {u.id}\n")
-        if len(extra) > 2:
-            extra.append("}\n")
-            f["spx_extra.jsonl"].write("".join(extra))
-        if u.offset:
-            reco = kaldi_reco_id(u.audio)
-            if reco not in self._recos:
-                self._recos.add(reco)
-                f["wav.scp"].write(f"{reco} {u.audio}\n")
-            f["segments"].write(f"{kid} {reco} {u.offset!r} {u.offset + u.duration!r}\n")
-            if not self.has_offsets:
-                self.has_offsets = True
-                (self.tmp / ".has_offsets").touch()
-        else:
-            f["segments"].write(f"{kid} {kid} 0.0 {u.duration!r}\n")  # dropped if no row has an offset
-            f["wav.scp"].write(f"{kid} {u.audio}\n")
-        self.count += 1
+        for name, lines in (("wav.scp", wav), ("text", text_lines), ("utt2spk", utt2spk), ("utt2dur", utt2dur),
+                            ("spx_id_map", id_map), ("segments", seg), ("spx_extra.jsonl", extra)):
+            if lines:
+                f[name].write("".join(lines))
+        self.count += len(rows)
 
     def _close_files(self) -> None:
         for fh in self.files.values():
@@ -314,54 +417,105 @@ class KaldiSink:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _concatenate(parts: list[Path], out: Path) -> None:
+    """Append the later parts to the first, which becomes `out` (the parts are gone after)."""
+    with parts[0].open("ab") as dst:
+        for part in parts[1:]:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 22)
+            part.unlink()
+    os.replace(parts[0], out)
+
+
 def _has_offsets(parts: list[Path]) -> bool:
     """Segments mode iff some row of some part had an offset (each part leaves a marker file)."""
     return any((part / ".has_offsets").exists() for part in parts)
 
 
-def finish_kaldi(parts: list[Path], out: Path, work: Path) -> None:
-    """Sort and merge the unsorted parts into the final Kaldi dir `out` (built in `work`, then renamed)."""
+def _sort(inputs: list[Path], output: Path, work: Path, *options: str) -> subprocess.Popen:
     sort = shutil.which("sort")
     if sort is None:
         raise SpxError("the `sort` command (GNU coreutils) is needed to write a Kaldi data dir", hint="install coreutils")
+    return subprocess.Popen([sort, "-S", "10%", "-T", str(work), *options, "-o", str(output), *map(str, inputs)],
+                            env={**os.environ, "LC_ALL": "C"}, stderr=subprocess.PIPE)
+
+
+def _wait(name: str, proc: subprocess.Popen) -> None:
+    err = proc.communicate()[1]
+    if proc.returncode != 0:
+        raise SpxError(f"sorting {name} failed: {err.decode(errors='replace').strip()}", hint="check free disk space")
+
+
+def _write_spk2utt(utt2spk: Path, spk2utt: Path, work: Path) -> None:
+    """spk2utt from the sorted utt2spk, streamed (one speaker's ids in memory at a time); adjacent equal ids
+    are collisions. When speakers are not contiguous in id order (speaker 'a' and 'a-b' interleave: 'a-a', 'a-b-x',
+    'a-c'), utt2spk is sorted by speaker once more."""
+    ordered = True
+    with utt2spk.open("rb") as src, spk2utt.open("wb", buffering=1 << 20) as dst:
+        prev_kid = speaker = None
+        kids: list[bytes] = []
+        for line in src:
+            kid, spk = line.split()
+            if kid == prev_kid:
+                raise SpxError(f"two utterances map to the Kaldi id {kid.decode()!r}",
+                               hint="ids must be unique (and unique once made Kaldi-safe); run `spx manifest validate`")
+            prev_kid = kid
+            if spk == speaker:
+                kids.append(kid)
+                continue
+            if speaker is not None and ordered:
+                ordered = spk > speaker
+                dst.write(b"%s %s\n" % (speaker, b" ".join(kids)))
+            speaker, kids = spk, [kid]
+        if speaker is not None and ordered:
+            dst.write(b"%s %s\n" % (speaker, b" ".join(kids)))
+    if ordered:
+        return
+    by_speaker = work / "utt2spk.by_speaker"
+    _wait("utt2spk", _sort([utt2spk], by_speaker, work, "-t", " ", "-k2,2", "-k1,1"))
+    with by_speaker.open("rb") as src, spk2utt.open("wb", buffering=1 << 20) as dst:
+        speaker, kids = None, []
+        for line in src:
+            kid, spk = line.split()
+            if spk != speaker:
+                if speaker is not None:
+                    dst.write(b"%s %s\n" % (speaker, b" ".join(kids)))
+                speaker, kids = spk, []
+            kids.append(kid)
+        if speaker is not None:
+            dst.write(b"%s %s\n" % (speaker, b" ".join(kids)))
+    by_speaker.unlink()
+
+
+def finish_kaldi(parts: list[Path], out: Path, work: Path) -> None:
+    """Sort and merge the unsorted parts into the final Kaldi dir `out` (built in `work`, then renamed)."""
     segments = _has_offsets(parts)
-    names = [n for n in KALDI_SORTED_FILES if segments or n != "segments"]
-    env = {**os.environ, "LC_ALL": "C"}
-    procs = []
+    if segments:
+        for part in parts:
+            if not (part / ".has_offsets").exists():
+                with (part / "segments").open("w", encoding="utf-8", buffering=1 << 20) as fh:
+                    _segments_from_utt2dur(part / "utt2dur", fh)
     sorted_dir = work / ".sorted"
     sorted_dir.mkdir(parents=True)
-    for name in names:
-        # whole-line byte order == order by id: Kaldi-safe ids only hold bytes above the separating space
-        cmd = [sort, "-S", "10%", "-T", str(work), "-o", str(sorted_dir / name)]
-        if name == "wav.scp" and segments:
-            cmd.append("-u")  # one line per recording, whichever part saw it
-        procs.append((name, subprocess.Popen(cmd + [str(p / name) for p in parts], env=env, stderr=subprocess.PIPE)))
-    failed = [(name, p.communicate()[1]) for name, p in procs if p.wait() != 0]
-    if failed:
-        raise SpxError(f"sorting {failed[0][0]} failed: {failed[0][1].decode(errors='replace').strip()}", hint="check free disk space")
-    # spk2utt from the sorted utt2spk; adjacent equal ids are collisions
-    spk2utt: dict[str, list[str]] = {}
-    prev = None
-    with (sorted_dir / "utt2spk").open(encoding="utf-8") as fh:
-        for line in fh:
-            kid, spk = line.split()
-            if kid == prev:
-                raise SpxError(f"two utterances map to the Kaldi id {kid!r}",
-                               hint="ids must be unique (and unique once made Kaldi-safe); run `spx manifest validate`")
-            prev = kid
-            lst = spk2utt.get(spk)
-            if lst is None:
-                spk2utt[spk] = [kid]
-            else:
-                lst.append(kid)
-    with (sorted_dir / "spk2utt").open("w", encoding="utf-8", buffering=1 << 20) as fh:
-        for spk in sorted(spk2utt, key=str.encode):
-            fh.write(f"{spk} {' '.join(spk2utt[spk])}\n")
-    del spk2utt
-    with (sorted_dir / "spx_extra.jsonl").open("wb") as dst:
-        for p in parts:
-            with (p / "spx_extra.jsonl").open("rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
+    # whole-line byte order == order by id: Kaldi-safe ids only hold bytes above the separating space.
+    # utt2spk first: spk2utt is streamed from it while the other sorts run.
+    names = ["utt2spk"] + [n for n in KALDI_SORTED_FILES if n != "utt2spk" and (segments or n != "segments")]
+    procs = {}
+    try:
+        for name in names:
+            # wav.scp in segments mode: one line per recording, whichever part saw it
+            options = ("-u",) if name == "wav.scp" and segments else ()
+            procs[name] = _sort([p / name for p in parts], sorted_dir / name, work, *options)
+        _wait("utt2spk", procs["utt2spk"])
+        _write_spk2utt(sorted_dir / "utt2spk", sorted_dir / "spk2utt", work)
+        for name in names[1:]:
+            _wait(name, procs[name])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    _concatenate([p / "spx_extra.jsonl" for p in parts], sorted_dir / "spx_extra.jsonl")
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     os.replace(sorted_dir, out)
@@ -388,30 +542,42 @@ SINKS = {
 
 
 def _drain(utts: Iterable[Utterance], sink) -> int:
-    try:
-        for u in utts:
-            sink.write(u)
-    except BaseException:
-        sink.abort()
-        raise
-    return sink.close()
+    return _fan_out(utts, [sink])
 
 
-def convert(utts: Iterable[Utterance], targets: dict[str, str | Path]) -> int:
-    """Write `utts` once into several formats, e.g. {"nemo": "a.json", "kaldi": "data/train"}; returns the count."""
+def _check_formats(targets: dict) -> None:
     unknown = set(targets) - set(SINKS)
     if unknown:
         raise SpxError(f"unknown export format(s) {sorted(unknown)}", hint=f"formats: {', '.join(SINKS)}")
+
+
+def _open_sinks(targets: dict[str, str | Path]) -> list:
     sinks = []
     try:
         for fmt, path in targets.items():
             sinks.append(SINKS[fmt](path))
-        n = 0
-        writes = [s.write for s in sinks]
-        for u in utts:
-            for w in writes:
-                w(u)
-            n += 1
+    except BaseException:
+        for s in sinks:
+            s.abort()
+        raise
+    return sinks
+
+
+def convert(utts: Iterable[Utterance], targets: dict[str, str | Path]) -> int:
+    """Write `utts` once into several formats, e.g. {"nemo": "a.json", "kaldi": "data/train"}; returns the count."""
+    _check_formats(targets)
+    return _fan_out(utts, _open_sinks(targets))
+
+
+def _fan_out(rows: Iterable[Any], sinks: list) -> int:
+    """Feed `rows` in batches to every sink, then close them all (or abort them all on any error)."""
+    n = 0
+    writers = [s.write_batch for s in sinks]
+    try:
+        for batch in _batches(rows):
+            for write in writers:
+                write(batch)
+            n += len(batch)
     except BaseException:
         for s in sinks:
             s.abort()
@@ -455,7 +621,7 @@ def _lines_in(path: Path, start: int, end: int):
 
 def _convert_part(path: str, start: int, end: int, index: int, parts: dict[str, str]) -> int:
     """Worker: convert the lines in [start, end) of `path` into unsorted/unjoined part files."""
-    from spx.manifests.io import parse_manifest_lines
+    from spx.manifests.io import iter_rows
 
     p = Path(path)
     first_lineno = 1
@@ -467,41 +633,19 @@ def _convert_part(path: str, start: int, end: int, index: int, parts: dict[str, 
                 first_lineno += chunk.count(b"\n")
                 remaining -= len(chunk)
     sinks = []
-    for fmt, part in parts.items():
-        if fmt == "kaldi":
-            sinks.append(KaldiSink(part, part_dir=part))
-        elif fmt == "speechbrain_csv":
-            sink = SpeechBrainCsvSink(part)
-            if index:  # the header comes from part 0 only
-                sink.fh.seek(0)
-                sink.fh.truncate()
-            sinks.append(sink)
-        else:
-            sinks.append(SINKS[fmt](part))
-    return _fan_out(parse_manifest_lines(_lines_in(p, start, end), p, True, first_lineno), sinks)
-
-
-def _fan_out(utts: Iterable[Utterance], sinks: list) -> int:
-    n = 0
-    writes = [s.write for s in sinks]
     try:
-        if len(writes) == 1:
-            w = writes[0]
-            for u in utts:
-                w(u)
-                n += 1
-        else:
-            for u in utts:
-                for w in writes:
-                    w(u)
-                n += 1
+        for fmt, part in parts.items():
+            if fmt == "kaldi":
+                sinks.append(KaldiSink(part, part_dir=part))
+            elif fmt == "speechbrain_csv":
+                sinks.append(SpeechBrainCsvSink(part, header=index == 0))  # the header comes from part 0 only
+            else:
+                sinks.append(SINKS[fmt](part))
     except BaseException:
         for s in sinks:
             s.abort()
         raise
-    for s in sinks:
-        s.close()
-    return n
+    return _fan_out(iter_rows(_lines_in(p, start, end), p, True, first_lineno), sinks)
 
 
 def convert_manifest(manifest: str | Path, targets: dict[str, str | Path], workers: int = 2) -> int:
@@ -512,17 +656,16 @@ def convert_manifest(manifest: str | Path, targets: dict[str, str | Path], worke
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
-    from spx.manifests.io import iter_manifest
+    from spx.manifests.io import iter_manifest_rows
 
     src = Path(manifest)
-    unknown = set(targets) - set(SINKS)
-    if unknown:
-        raise SpxError(f"unknown export format(s) {sorted(unknown)}", hint=f"formats: {', '.join(SINKS)}")
+    _check_formats(targets)
     if not src.is_file():
         raise SpxError(f"manifest not found: {src}", hint="check the path")
     ranges = _byte_ranges(src, workers)
     if workers <= 1 or len(ranges) <= 1 or "speechbrain_json" in targets:
-        return convert(iter_manifest(src), targets)
+        sinks = _open_sinks(targets)
+        return _fan_out(iter_manifest_rows(src), sinks)
     outs = {fmt: Path(p) for fmt, p in targets.items()}
     for o in outs.values():
         o.parent.mkdir(parents=True, exist_ok=True)
@@ -537,13 +680,7 @@ def convert_manifest(manifest: str | Path, targets: dict[str, str | Path], worke
             if fmt == "kaldi":
                 finish_kaldi(parts, out, work / "kaldi.work")
                 continue
-            tmp = work / f"{fmt}.joined"
-            with tmp.open("wb") as dst:
-                for part in parts:
-                    with part.open("rb") as fh:
-                        shutil.copyfileobj(fh, dst, 1 << 20)
-                    part.unlink()
-            os.replace(tmp, out)
+            _concatenate(parts, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return sum(counts)

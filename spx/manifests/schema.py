@@ -75,6 +75,8 @@ class Utterance:
             v = d.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise ManifestRowError(f"{key!r} must be a number of seconds, got {v!r}")
+            if isinstance(v, int) and abs(v) > 1e308:  # float() of it would overflow
+                raise ManifestRowError(f"{key!r} must be a finite number of seconds, got an integer beyond the float range")
         if not d["duration"] > 0 or d["duration"] != d["duration"] or d["duration"] == float("inf"):
             raise ManifestRowError(f"'duration' must be > 0 seconds, got {d['duration']!r}")
         if d.get("offset") is not None and d["offset"] < 0:
