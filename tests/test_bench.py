@@ -138,8 +138,8 @@ def test_bench_cell_trains(backend, trained_run):
     rd = trained_run(backend)
     metrics = json.loads((rd / "metrics.json").read_text())
     print(f"{backend}: WER {metrics['wer']:.3f} CER {metrics['cer']:.3f} RTFx {metrics.get('rtfx')}")
-    # clearly below an untrained model (WER 1.0); the product target (<= 0.15) is not yet met by every backend
-    assert metrics["wer"] < 0.5, f"{backend} WER on held-out voices: {metrics['wer']:.3f}"
+    # the product target on the 4 held-out voices (140 words); measured 0.086 nemo, 0.114 speechbrain, 0.121 espnet
+    assert metrics["wer"] <= 0.15, f"{backend} WER on held-out voices: {metrics['wer']:.3f}"
 
 
 @pytest.mark.slow

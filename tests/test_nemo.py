@@ -66,7 +66,7 @@ def test_dry_run_renders_native_config(tmp_path):
     assert model["train_ds"]["augmentor"]["speed"]["num_rates"] == 3
     assert model["decoding"] == {"strategy": "beam_batch", "beam": {"beam_size": 3, "return_best_hypothesis": True}}
     assert cfg["trainer"]["accumulate_grad_batches"] == 2 and cfg["trainer"]["precision"] == "bf16-mixed"
-    assert cfg["trainer"]["max_epochs"] == 60 and cfg["trainer"]["gradient_clip_val"] == 5.0
+    assert cfg["trainer"]["max_epochs"] == 40 and cfg["trainer"]["gradient_clip_val"] == 5.0
     assert cfg["exp_manager"]["resume_if_exists"] is True
     assert cfg["exp_manager"]["early_stopping_callback_params"]["monitor"] == "val_wer"
     steps = json.loads((rd / "steps.json").read_text())

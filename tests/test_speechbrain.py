@@ -80,7 +80,7 @@ def test_dry_run_renders_native_hyperpyyaml(tmp_path):
     assert hp["weight_decay"] == 0.01
     assert "!name:speechbrain.nnet.schedulers.NoamScheduler" in hp["lr_annealing"] and hp["warmup_steps"] == 50
     assert hp["grad_accumulation_factor"] == 2 and hp["precision"] == "bf16" and hp["max_grad_norm"] == 2.5
-    assert hp["number_of_epochs"] == 60 and hp["decoding"] == "beam" and hp["beam_size"] == 3
+    assert hp["number_of_epochs"] == 40 and hp["decoding"] == "beam" and hp["beam_size"] == 3
     sp = hp["speed_perturb"]["!new:speechbrain.augment.time_domain.SpeedPerturb"]
     assert sp["speeds"] == [90, 100, 110]
     assert hp["freq_drop"]["!new:speechbrain.augment.freq_domain.SpectrogramDrop"]["drop_length_high"] == 15
