@@ -75,7 +75,7 @@ def test_cosine_schedule_and_dynamic_batches(tmp_path):
     cfg = _native_config(rd)
     assert cfg["batch_type"] == "length" and cfg["batch_bins"] == 20 * 16000 * 2
     sc = cfg["scheduler_conf"]
-    assert cfg["scheduler"] == "CosineAnnealingWarmupRestarts" and sc["max_lr"] == 0.002 and sc["warmup_steps"] == 100
+    assert cfg["scheduler"] == "CosineAnnealingWarmupRestarts" and sc["max_lr"] == 0.004 and sc["warmup_steps"] == 100
     assert sc["first_cycle_steps"] > 100
     assert cfg["patience"] == 3 and cfg["early_stopping_criterion"] == ["valid", "loss", "min"]
     steps = json.loads((rd / "steps.json").read_text())
@@ -85,12 +85,12 @@ def test_cosine_schedule_and_dynamic_batches(tmp_path):
 def test_unsupported_family_refused_before_anything_is_written(tmp_path):
     recipe = tmp_path / "tts.yaml"
     recipe.write_text(yaml.safe_dump({
-        "name": "tts", "task": "tts", "model": {"family": "vits"},
+        "name": "tts", "task": "tts", "model": {"family": "fastspeech2"},
         "data": {"train": str(DEMO / "train.jsonl"), "valid": str(DEMO / "valid.jsonl"), "test": str(DEMO / "test.jsonl")}}))
     rd = tmp_path / "run"
     proc = run_spx("run", "--backend", "espnet", recipe, "--run-dir", rd, "--dry-run")
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: model.family: spx's 'espnet' backend has no 'vits' model for task 'tts'")
+    assert proc.stderr.startswith("error: model.family: spx's 'espnet' backend has no 'fastspeech2' model for task 'tts'")
     assert "tacotron2" in proc.stderr and "Traceback" not in proc.stderr  # names what it has
     assert not rd.exists()
 

@@ -84,7 +84,7 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[KeyPa
         if "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
         if err["type"] == "union_tag_invalid" or "tag" in err["type"]:
-            hint = "model.family must be one of conformer_ctc, tacotron2, fastspeech2, vits"
+            hint = "model.family must be one of conformer_ctc, tacotron2, fastspeech2, vits, hifigan"
     extra = len(exc.errors()) - 1
     if extra:
         msg += f" (+{extra} more problem{'s' if extra > 1 else ''})"

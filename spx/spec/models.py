@@ -49,21 +49,67 @@ class Tacotron2(Strict):
 
 class FastSpeech2(Strict):
     family: Literal["fastspeech2"] = "fastspeech2"
-    d_model: int = Field(128, ge=8)
-    encoder_layers: int = Field(2, ge=1)
-    decoder_layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
+    d_model: int = Field(128, ge=8, description="embedding and transformer width (feed-forward 4 x d_model), "
+                                                "aligner and predictor widths")
+    encoder_layers: int = Field(2, ge=1, description="transformer (FFT) blocks over the characters")
+    decoder_layers: int = Field(2, ge=1, description="transformer (FFT) blocks over the mel frames")
+    heads: int = Field(2, ge=1, description="attention heads; must divide d_model")
 
 
 class Vits(Strict):
     family: Literal["vits"] = "vits"
-    hidden_channels: int = Field(96, ge=8)
-    text_encoder_layers: int = Field(3, ge=1)
+    hidden_channels: int = Field(96, ge=8, description="text encoder / posterior encoder / flow width "
+                                                       "(2 attention heads)")
+    text_encoder_layers: int = Field(3, ge=1, description="Conformer blocks of the text encoder")
+    segment_size: int = Field(32, ge=4, description="latent frames of the random slice the waveform decoder "
+                                                    "trains on (segment_size x hop samples)")
+    decoder_channels: int = Field(128, ge=8, description="first HiFi-GAN decoder width; halves after each upsample")
+    decoder_upsample_scales: list[int] = Field([8, 8, 4], min_length=1, description="HiFi-GAN upsample rates; their "
+                                               "product must equal the STFT hop in samples")
+    decoder_resblock_kernel_sizes: list[int] = Field([3, 7, 11], min_length=1, description="kernels of the HiFi-GAN "
+                                                     "residual blocks after each upsample (dilations 1, 3, 5 each)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Vits":
+        if self.hidden_channels % 2:
+            raise ValueError(f"hidden_channels ({self.hidden_channels}) must be even (2 attention heads)")
+        if any(s < 1 for s in self.decoder_upsample_scales):
+            raise ValueError(f"decoder_upsample_scales {self.decoder_upsample_scales}: every rate must be >= 1")
+        if any(k < 1 or k % 2 == 0 for k in self.decoder_resblock_kernel_sizes):
+            raise ValueError(f"decoder_resblock_kernel_sizes {self.decoder_resblock_kernel_sizes}: kernels must be odd")
+        if self.decoder_channels >> len(self.decoder_upsample_scales) < 1:
+            raise ValueError(f"decoder_channels ({self.decoder_channels}) halves at each of the "
+                             f"{len(self.decoder_upsample_scales)} upsamples: make it at least "
+                             f"{2 ** len(self.decoder_upsample_scales)}")
+        return self
 
 
-ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits], Field(discriminator="family")]
+class HifiGan(Strict):
+    """A HiFi-GAN vocoder trained as its own job (mel -> waveform, on the audio alone); a TTS job's tts.vocoder can
+    name its run dir. Mel settings come from tts.sample_rate/n_mels and features: (they must match the acoustic model's)."""
+    family: Literal["hifigan"] = "hifigan"
+    upsample_initial_channel: int = Field(64, ge=8, description="generator width after its input conv; halves after "
+                                          "each upsample (HiFi-GAN V1: 512, V3: 256)")
+    upsample_rates: list[int] = Field([8, 8, 4], min_length=1, description="transposed-convolution strides (kernels "
+                                      "2x each); their product must equal the STFT hop in samples")
+    resblock: Literal[1, 2] = Field(2, description="residual block type: 1 (HiFi-GAN V1/V2) or 2 (V3, lighter)")
+    segment_seconds: float = Field(0.5, gt=0, description="random audio crop each training example is cut to "
+                                   "(rounded down to whole hops)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "HifiGan":
+        if any(r < 1 for r in self.upsample_rates):
+            raise ValueError(f"upsample_rates {self.upsample_rates}: every rate must be >= 1")
+        if self.upsample_initial_channel % (2 ** len(self.upsample_rates)):
+            raise ValueError(f"upsample_initial_channel ({self.upsample_initial_channel}) must be divisible by "
+                             f"2**{len(self.upsample_rates)} (it halves after each of the {len(self.upsample_rates)} "
+                             "upsamples)")
+        return self
+
+
+ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits, HifiGan], Field(discriminator="family")]
 ASR_FAMILIES = {"conformer_ctc"}
-TTS_FAMILIES = {"tacotron2", "fastspeech2", "vits"}
+TTS_FAMILIES = {"tacotron2", "fastspeech2", "vits", "hifigan"}  # hifigan: a vocoder job
 
 
 # ---------------------------------------------------------------- the rest of the job

@@ -216,26 +216,33 @@ def main_guard(fn: Callable[[str], None]) -> None:
 def synthesize_and_time(
     run_dir: RunDir,
     spec: Spec,
-    synthesize: Callable[[str, str | None], np.ndarray],
+    synthesize: Callable[[Any, str | None], np.ndarray],  # (text, or the recording when copy_synthesis; speaker)
     sample_rate: int,
     device: str,
     dtype: str,
     vocoder: str,
+    copy_synthesis: bool = False,
 ) -> dict[str, Any]:
     """The TTS synthesis protocol shared by every backend (the TTS twin of decode_and_time).
 
     One sentence at a time (autoregressive models stop per utterance, so batching would change the output);
     `eval.warmup_batches` sentences warm up; the test set is synthesized `eval.speed_repeats` times and the
     clock covers synthesize(text, speaker) only: text -> tokens -> acoustic model -> vocoder -> waveform.
+    copy_synthesis (a vocoder job): synthesize(recording, speaker) instead, the test recording loaded and resampled
+    before the clock; the clock covers recording -> mel -> vocoder -> waveform.
     Waveforms (and audio_seconds) come from the first repeat; they go to run_dir/synth/<id>.wav.
     """
     import soundfile as sf
 
     items = test_utterances(spec)
     texts = [clean_transcript(u.text or "", spec.tokenizer.lowercase) for _, u in items]
-    for (name, u), t in zip(items, texts):
-        if not t:
-            raise RuntimeError(f"test utterance {u.id!r} of {name} has no text to synthesize")
+    if copy_synthesis:  # the vocoder's input is the recording; its text is kept for the intelligibility judge
+        inputs: list[Any] = [load_audio(u, sample_rate) for _, u in items]
+    else:
+        for (name, u), t in zip(items, texts):
+            if not t:
+                raise RuntimeError(f"test utterance {u.id!r} of {name} has no text to synthesize")
+        inputs = texts
     speakers = [u.speaker for _, u in items]
 
     def sync() -> None:
@@ -245,7 +252,7 @@ def synthesize_and_time(
             torch.cuda.synchronize()
 
     for i in range(min(spec.eval.warmup_batches, len(items))):
-        synthesize(texts[i], speakers[i])
+        synthesize(inputs[i], speakers[i])
     sync()
     out_dir = run_dir / "synth"
     out_dir.mkdir(exist_ok=True)
@@ -256,7 +263,7 @@ def synthesize_and_time(
         total = 0.0
         for i in range(len(items)):
             t0 = time.perf_counter()
-            wav = synthesize(texts[i], speakers[i])
+            wav = synthesize(inputs[i], speakers[i])
             sync()
             dt = time.perf_counter() - t0
             total += dt
@@ -288,8 +295,10 @@ def synthesize_and_time(
         "audio_seconds": float(sum(r["duration"] for r in rows)),
         "decode_seconds": totals,
         "median_decode_seconds": statistics.median(totals),
-        "clock": f"text -> waveform per sentence (tokenize + acoustic model + vocoder: {vocoder}); "
-                 "audio_seconds = generated seconds of the first repeat",
+        "clock": (f"recording -> waveform per utterance (mel + vocoder: {vocoder}; audio loaded before the clock); "
+                  if copy_synthesis else
+                  f"text -> waveform per sentence (tokenize + acoustic model + vocoder: {vocoder}); ")
+                 + "audio_seconds = generated seconds of the first repeat",
         "utterances": len(items),
         "vocoder": vocoder,
     }

@@ -1,10 +1,11 @@
-"""ESPnet TTS (Tacotron2): the spec -> ESPnet's own `conf/train_tts.yaml` (tts: tacotron2), a Kaldi-style data
-dir and `espnet2.bin.tts_train` commands (collect_stats -> aggregate_stats_dirs -> tts_train --resume true),
-then `espnet2.bin.tts_inference.Text2Speech` (Griffin-Lim unless tts.vocoder names a vocoder).
+"""ESPnet TTS (Tacotron2, VITS): the spec -> ESPnet's own `conf/train_tts.yaml` (tts: tacotron2, or tts: vits for the
+gan_tts task: tts_vits.py), a Kaldi-style data dir and `espnet2.bin.tts_train` / `gan_tts_train` commands
+(collect_stats -> aggregate_stats_dirs -> train --resume true), then `espnet2.bin.tts_inference.Text2Speech`
+(Griffin-Lim unless tts.vocoder names a vocoder; VITS outputs the waveform itself).
 
 render_tts writes run_dir/native/:
   conf/train_tts.yaml   ESPnet training config (architecture numbers from `model:`, fbank from `features:`/`tts:`)
-  conf/griffin_lim.yaml Griffin-Lim settings for Text2Speech (griffin_lim_iters)
+  conf/griffin_lim.yaml Griffin-Lim settings for Text2Speech (griffin_lim_iters; not for VITS)
   tts_tokens.txt        the character token list (fixed inventory: fine-tuning works across corpora)
   tts_commands.json     the exact espnet2 argv lists (module first, paths relative to the run dir)
   tts_run.sh            the same commands as a shell script (ESPnet alone reproduces the run)
@@ -35,7 +36,7 @@ EXP = "checkpoints"  # tts_train --output_dir: checkpoint.pth, N epoch.pth, conf
 TOKENS = f"{NATIVE}/tts_tokens.txt"
 CONF = f"{NATIVE}/conf/train_tts.yaml"
 GL_CONF = f"{NATIVE}/conf/griffin_lim.yaml"
-TTS_FAMILIES = {"tacotron2"}
+TTS_FAMILIES = {"tacotron2", "vits"}
 # the characters clean_transcript keeps: one fixed inventory, so a checkpoint fine-tunes on any corpus
 CHARACTERS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
 SPACE = "<space>"  # ESPnet's char tokenizer writes a space as <space>
@@ -48,13 +49,18 @@ def token_list() -> list[str]:
 def check_tts(spec: Spec) -> None:
     """Raise SpxError before anything runs when ESPnet cannot render this TTS job."""
     if spec.model.family not in TTS_FAMILIES:
-        raise SpxError(f"backend 'espnet' has no {spec.model.family!r} TTS model in spx (it has: tacotron2)",
-                       where="model.family", hint="use family: tacotron2, or another backend")
+        raise SpxError(f"backend 'espnet' has no {spec.model.family!r} TTS model in spx (it has: "
+                       f"{', '.join(sorted(TTS_FAMILIES))})", where="model.family",
+                       hint="use family tacotron2 or vits, or another backend")
     t = spec.training
     if t.batch_size is None:
         raise SpxError("TTS jobs batch by utterances", where="training.batch_size", hint="set training.batch_size")
     if t.precision != "fp32":
         raise SpxError("TTS jobs train in fp32 in spx", where="training.precision", hint="set precision: fp32")
+    if spec.model.family == "vits":
+        from spx.adapters.espnet.tts_vits import check_vits
+
+        check_vits(spec)
 
 
 def speaker_table(spec: Spec) -> dict[str, int]:
@@ -71,7 +77,8 @@ def speaker_table(spec: Spec) -> dict[str, int]:
         for u in read_manifest(path):
             if u.speaker not in table:
                 raise SpxError(f"row {u.id!r} has speaker {u.speaker!r}, which is not in the training set",
-                               where=path, hint="a speaker-id Tacotron2 can only speak as its training speakers")
+                               where=path, hint="a speaker-id model (Tacotron2, VITS) can only speak as its "
+                                                "training speakers")
     return table
 
 
@@ -107,8 +114,9 @@ def resolve_init_from(init_from: str) -> str:
     p = Path(init_from).expanduser()
     if p.is_dir():
         summary = p / "train_summary.json"
-        if summary.exists() and json.loads(summary.read_text()).get("best_checkpoint"):
-            p = Path(json.loads(summary.read_text())["best_checkpoint"])
+        recorded = json.loads(summary.read_text()) if summary.exists() else {}
+        if recorded.get("exported_model") or recorded.get("best_checkpoint"):
+            p = Path(recorded.get("exported_model") or recorded["best_checkpoint"])
         else:
             for cand in (p / "valid.loss.best.pth", p / EXP / "valid.loss.best.pth", p / "latest.pth"):
                 if cand.exists():
@@ -169,6 +177,14 @@ def train_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[di
 
 
 def native_commands(spec: Spec, speakers: dict[str, int]) -> dict[str, list[str]]:
+    """The espnet2 argv lists: one data layout and stats step for every family; the training entry point and
+    feature normalization are the family's (VITS: gan_tts_train on the raw linear spectrogram, as ESPnet's egs)."""
+    from spx.adapters.espnet.tts_vits import ENTRY as GAN_TTS_ENTRY
+
+    vits = spec.model.family == "vits"
+    entry = GAN_TTS_ENTRY if vits else "espnet2.bin.tts_train"
+    normalize = ["--normalize", "none"] if vits else [
+        "--normalize", "global_mvn", "--normalize_conf", f"stats_file={STATS}/train/feats_stats.npz"]
     common = ["--use_preprocessor", "true", "--token_type", "char", "--token_list", TOKENS, "--cleaner", "none",
               "--g2p", "none", "--use_matplotlib", "false"]
     for split in ("train", "valid"):
@@ -177,15 +193,14 @@ def native_commands(spec: Spec, speakers: dict[str, int]) -> dict[str, list[str]
         if speakers:
             common += [f"--{split}_data_path_and_name_and_type", f"{DATA}/{split}/utt2sid,sids,text_int"]
     cmds = {
-        "collect_stats": ["espnet2.bin.tts_train", "--collect_stats", "true", "--config", CONF, *common,
+        "collect_stats": [entry, "--collect_stats", "true", "--config", CONF, *common,
                           "--normalize", "none", "--write_collected_feats", "false",
                           "--train_shape_file", f"{DATA}/train/wav.scp", "--valid_shape_file", f"{DATA}/valid/wav.scp",
                           "--batch_type", "unsorted", "--batch_size", "8", "--ngpu", "0", "--num_workers", "0",
                           "--output_dir", f"{STATS}/logdir/stats.1"],
         "aggregate_stats_dirs": ["espnet2.bin.aggregate_stats_dirs", "--input_dir", f"{STATS}/logdir/stats.1",
                                  "--output_dir", STATS],
-        "tts_train": ["espnet2.bin.tts_train", "--config", CONF, *common,
-                      "--normalize", "global_mvn", "--normalize_conf", f"stats_file={STATS}/train/feats_stats.npz",
+        "tts_train": [entry, "--config", CONF, *common, *normalize,
                       "--train_shape_file", f"{STATS}/train/text_shape", "--train_shape_file", f"{STATS}/train/speech_shape",
                       "--valid_shape_file", f"{STATS}/valid/text_shape", "--valid_shape_file", f"{STATS}/valid/speech_shape",
                       "--fold_length", "150", "--fold_length", "204800",
@@ -203,15 +218,24 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     train = read_manifest(spec.data.train)
     if not train:
         raise SpxError("the training manifest is empty", where=spec.data.train)
-    cfg, derived = train_config(spec, len(train), speakers)
+    family = {"synth_model": "checkpoints/valid.loss.best.pth", "loss_key": "loss",
+              "vocoder_name": vocoder_name(spec, vocoder)}
+    if spec.model.family == "vits":
+        from spx.adapters.espnet import tts_vits
+
+        cfg, derived = tts_vits.vits_config(spec, len(train), speakers)
+        family = {"synth_model": tts_vits.SYNTH_MODEL, "loss_key": tts_vits.LOSS_KEY, "vocoder_name": tts_vits.VOCODER}
+    else:
+        cfg, derived = train_config(spec, len(train), speakers)
     cmds = native_commands(spec, speakers)
     (run_dir / NATIVE / "conf").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONF, f"# Generated by spx from {run_dir / 'spec.yaml'}\n" + dump_yaml(cfg))
-    atomic_write_text(run_dir / GL_CONF, dump_yaml({"griffin_lim_iters": spec.tts.griffin_lim_iters}))
+    if spec.model.family != "vits":
+        atomic_write_text(run_dir / GL_CONF, dump_yaml({"griffin_lim_iters": spec.tts.griffin_lim_iters}))
     atomic_write_text(run_dir / TOKENS, "\n".join(token_list()) + "\n")
     atomic_write_json(run_dir / NATIVE / "tts_commands.json", {
         "commands": cmds, "derived": derived, "speakers": speakers, "mel": mel_settings(spec), "vocoder": vocoder,
-        "vocoder_name": vocoder_name(spec, vocoder), "init_from": cmds["tts_train"][-1] if spec.init_from else None})
+        "family": spec.model.family, **family, "init_from": cmds["tts_train"][-1] if spec.init_from else None})
     lines = ["#!/usr/bin/env bash", "# ESPnet's own commands for this TTS run (run from the run dir, after tts_prepare "
              "wrote native/tts_data). spx adds --ngpu at run time.", "set -euo pipefail"]
     lines += [shlex.join(["python", "-m", *argv]) for argv in cmds.values()]

@@ -1,12 +1,13 @@
 """Child step `tts_prepare`: the Kaldi-style data dirs (wav.scp, text, utt2spk, utt2sid) and the feature statistics
-and shape files, by ESPnet's own entry points (tts_train --collect_stats, aggregate_stats_dirs) run in this one
-process with the argv lists render wrote to native/tts_commands.json.
+and shape files, by ESPnet's own entry points (tts_train or, for VITS, gan_tts_train --collect_stats;
+aggregate_stats_dirs) run in this one process with the argv lists render wrote to native/tts_commands.json.
 
 Audio that is not already a whole file at tts.sample_rate (other rate, a segment, a piped command) is written
 as 16-bit WAV at tts.sample_rate under native/tts_data/wav/ first, as ESPnet's format_wav_scp would.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -51,12 +52,10 @@ def main(run_dir: str) -> None:
         write_data_dir(rd, manifest, split, spec.tts.sample_rate, speakers, spec.tokenizer.lowercase)
     child.progress(phase="prepare", done="data dirs")
 
-    from espnet2.bin import aggregate_stats_dirs, tts_train
-
-    for name, entry in (("collect_stats", tts_train.main), ("aggregate_stats_dirs", aggregate_stats_dirs.main)):
-        argv = native["commands"][name]
+    for name in ("collect_stats", "aggregate_stats_dirs"):
+        argv = native["commands"][name]  # module first: espnet2.bin.tts_train or gan_tts_train (VITS)
         print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
-        entry(cmd=argv[1:])
+        importlib.import_module(argv[0]).main(cmd=argv[1:])
         child.progress(phase="prepare", done=name)
     if not Path(rd / "native/tts_stats/train/feats_stats.npz").exists():
         raise SystemExit("collect_stats wrote no native/tts_stats/train/feats_stats.npz")

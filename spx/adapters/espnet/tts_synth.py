@@ -1,6 +1,7 @@
-"""Child step `tts_synth`: synthesize the test sentences with espnet2.bin.tts_inference.Text2Speech from the best
-checkpoint (valid.loss.best.pth), Griffin-Lim (native/conf/griffin_lim.yaml) unless tts.vocoder names a
-ParallelWaveGAN-family vocoder; timed by the shared protocol (synthesize_and_time)."""
+"""Child step `tts_synth`: synthesize the test sentences with espnet2.bin.tts_inference.Text2Speech from the model
+render chose (Tacotron2: valid.loss.best.pth; VITS: latest.pth), Griffin-Lim (native/conf/griffin_lim.yaml) unless
+tts.vocoder names a ParallelWaveGAN-family vocoder, none for VITS (it outputs the waveform); timed by the shared
+protocol (synthesize_and_time)."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ def main(run_dir: str) -> None:
     device = child.pick_device(spec)
     dtype = child.precision_dtype(spec, device)
     native = json.loads((rd / "native/tts_commands.json").read_text())
-    model = rd / "checkpoints/valid.loss.best.pth"
+    model = rd / native["synth_model"]
     if not model.exists():
         raise SystemExit(f"no {model}: run the tts_train step first")
 
@@ -27,10 +28,11 @@ def main(run_dir: str) -> None:
     from espnet2.bin.tts_inference import Text2Speech
 
     voc = native["vocoder"]
+    end_to_end = native["family"] == "vits"
     tts = Text2Speech(train_config=str(rd / "checkpoints/config.yaml"), model_file=str(model),
-                      vocoder_config=voc["config"] if voc else str(rd / GL_CONF),
+                      vocoder_config=voc["config"] if voc else (None if end_to_end else str(rd / GL_CONF)),
                       vocoder_file=voc["file"] if voc else None, device=device, dtype=dtype, seed=spec.training.seed)
-    if tts.vocoder is None:
+    if tts.tts.require_vocoder and tts.vocoder is None:
         raise SystemExit("Text2Speech built no vocoder (Griffin-Lim needs the fbank settings in the model config)")
     speakers = native["speakers"]
     fs = tts.fs

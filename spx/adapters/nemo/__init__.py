@@ -67,7 +67,7 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 class NemoAdapter:
     name = "nemo"
-    tasks = {"asr": {"conformer_ctc"}, "tts": {"fastspeech2"}}
+    tasks = {"asr": {"conformer_ctc"}, "tts": {"fastspeech2", "hifigan"}}
 
     # ------------------------------------------------------------------ contract
     def supports(self, spec: Spec) -> None:
@@ -76,7 +76,7 @@ class NemoAdapter:
             raise SpxError(f"{why}; this job is task {spec.task!r}, model.family {spec.model.family!r}",
                            where="task" if spec.task not in self.tasks else "model.family",
                            hint="run it on a backend that has it; nemo has task: asr with family: conformer_ctc "
-                                "and task: tts with family: fastspeech2 (FastPitch)")
+                                "and task: tts with family: fastspeech2 (FastPitch) or hifigan (a vocoder job)")
         if spec.task == "tts":
             from spx.adapters.nemo.tts import check_tts
 

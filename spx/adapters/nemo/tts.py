@@ -27,7 +27,7 @@ from spx.rundir import RunDir, Step
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
-TTS_FAMILIES = {"fastspeech2"}
+TTS_FAMILIES = {"fastspeech2", "hifigan"}
 CONFIG = "native/tts_config.yaml"
 INFO = "native/tts_info.json"
 # spec scheduler -> NeMo scheduler (as for ASR); TTS maps only these two
@@ -48,10 +48,15 @@ def mel_settings(spec: Spec) -> dict[str, Any]:
 
 def check_tts(spec: Spec) -> None:
     """Raise SpxError before anything runs when NeMo's FastPitch cannot render this TTS job."""
+    if spec.model.family == "hifigan":
+        from spx.adapters.nemo.vocoder import check_vocoder_job
+
+        check_vocoder_job(spec)
+        return
     m, t, mel = spec.model, spec.training, mel_settings(spec)
     if m.family not in TTS_FAMILIES:
-        raise SpxError(f"backend 'nemo' has no {m.family!r} TTS model in spx (it has: fastspeech2 = NeMo FastPitch; "
-                       "NeMo 3.0 ships no Tacotron2/VITS)", where="model.family",
+        raise SpxError(f"backend 'nemo' has no {m.family!r} TTS model in spx (it has: fastspeech2 = NeMo FastPitch, "
+                       "hifigan = NeMo HifiGanModel vocoder; NeMo 3.0 ships no Tacotron2/VITS)", where="model.family",
                        hint="use family: fastspeech2 on nemo, or run tacotron2 on espnet/speechbrain")
     if m.d_model % m.heads:
         raise SpxError(f"model.d_model={m.d_model} is not divisible by model.heads={m.heads} (FastPitch's "
@@ -92,10 +97,19 @@ def resolve_vocoder(spec: Spec) -> str | None:
     if voc is None:
         return None
     p = Path(voc).expanduser()
+    if p.is_dir():  # an spx nemo hifigan run: its train_summary.json names the exported .nemo
+        summary = read_json(p / "train_summary.json") or {}
+        exported = summary.get("exported_model")
+        if summary.get("model_class") != "HifiGanModel" or not exported or not Path(exported).is_file():
+            raise SpxError(f"tts.vocoder {voc!r} is not a finished spx nemo hifigan run (no exported HifiGanModel "
+                           ".nemo in its train_summary.json)", where="tts.vocoder",
+                           hint="finish that vocoder run first (spx run --backend nemo recipes/hifigan.yaml), or "
+                                "give its checkpoints/model.nemo")
+        p = Path(exported)
     if p.suffix != ".nemo" or not p.is_file():
         raise SpxError(f"tts.vocoder {voc!r} is not a NeMo HiFiGAN .nemo file", where="tts.vocoder",
-                       hint="give a local HifiGanModel .nemo (its mel settings must match tts.n_mels/sample_rate and "
-                            "features:), or leave tts.vocoder unset for Griffin-Lim")
+                       hint="give a local HifiGanModel .nemo or an spx nemo hifigan run dir (its mel settings must "
+                            "match tts.n_mels/sample_rate and features:), or leave tts.vocoder unset for Griffin-Lim")
     return str(p.resolve())
 
 
@@ -103,8 +117,8 @@ def vocoder_name(spec: Spec, vocoder: str | None) -> str:
     return vocoder or f"griffin-lim ({spec.tts.griffin_lim_iters} iters)"
 
 
-def resolve_init_from(init_from: str) -> str:
-    """A FastPitch .nemo, or an spx nemo TTS run dir (its train_summary.json names the exported .nemo)."""
+def resolve_init_from(init_from: str, what: str = "FastPitch") -> str:
+    """A FastPitch (or HiFi-GAN) .nemo, or an spx nemo TTS run dir (its train_summary.json names the exported .nemo)."""
     p = Path(init_from).expanduser()
     if p.is_dir():
         exported = (read_json(p / "train_summary.json") or {}).get("exported_model")
@@ -113,7 +127,7 @@ def resolve_init_from(init_from: str) -> str:
                            hint="finish that run first (tts_train exports checkpoints/model.nemo), or pass a .nemo file")
         return str(Path(exported).resolve())
     if p.suffix != ".nemo" or not p.is_file():
-        raise SpxError(f"init_from {init_from!r} is not an existing FastPitch .nemo file", where="init_from",
+        raise SpxError(f"init_from {init_from!r} is not an existing {what} .nemo file", where="init_from",
                        hint="pass a .nemo (a nemo TTS run's checkpoints/model.nemo) or the spx nemo TTS run dir")
     return str(p.resolve())
 
@@ -250,6 +264,21 @@ def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
         },
         "optim": optim,
     }
+    trainer, exp_manager = trainer_and_exp_manager(spec, rd)
+    cfg: dict[str, Any] = {
+        "name": spec.name,
+        "model": model,
+        "trainer": trainer,
+        "exp_manager": exp_manager,
+        "spx": {"seed": t.seed, "threads": spec.resources.threads, "exported_model": str(rd / "checkpoints/model.nemo"),
+                "init_from": resolve_init_from(spec.init_from) if spec.init_from else None},
+    }
+    return cfg
+
+
+def trainer_and_exp_manager(spec: Spec, rd: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One Lightning process; exp_manager keeps the top-k checkpoints by val_loss and resumes from *-last.ckpt."""
+    t = spec.training
     accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu"}[spec.resources.accelerator]
     trainer = {
         "devices": 1, "num_nodes": 1, "accelerator": accelerator, "strategy": "auto",
@@ -283,18 +312,14 @@ def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
                            where="training.early_stopping.monitor", hint="use valid_loss")
         exp_manager["early_stopping_callback_params"] = {"monitor": "val_loss", "mode": "min",
                                                          "patience": t.early_stopping.patience, "min_delta": 0.0}
-    cfg: dict[str, Any] = {
-        "name": spec.name,
-        "model": model,
-        "trainer": trainer,
-        "exp_manager": exp_manager,
-        "spx": {"seed": t.seed, "threads": spec.resources.threads, "exported_model": str(ckpt_dir / "model.nemo"),
-                "init_from": resolve_init_from(spec.init_from) if spec.init_from else None},
-    }
-    return cfg
+    return trainer, exp_manager
 
 
 def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
+    if spec.model.family == "hifigan":
+        from spx.adapters.nemo.vocoder import render_vocoder_job
+
+        return render_vocoder_job(spec, run_dir)
     check_tts(spec)
     from omegaconf import OmegaConf
 

@@ -1,10 +1,12 @@
-"""Child step `tts_synth`: the exported FastPitch (checkpoints/model.nemo) speaks the test sentences.
+"""Child step `tts_synth`: the exported FastPitch (checkpoints/model.nemo) speaks the test sentences; for a vocoder
+job the exported HifiGanModel re-synthesizes the test recordings (copy synthesis).
 
     python -m spx.adapters.nemo.tts_synth RUN_DIR
 
 Text -> NeMo's char tokenizer (FastPitchModel.parse) -> generate_spectrogram (predicted durations and pitch) ->
 log-mel -> vocoder: Griffin-Lim through the model's own mel filterbank (torchaudio), or the HiFiGAN .nemo named by
-tts.vocoder (HifiGanModel.convert_spectrogram_to_audio). Timed by the shared protocol (synthesize_and_time).
+tts.vocoder (HifiGanModel.convert_spectrogram_to_audio). Vocoder job: recording -> the model's own mel preprocessor
+-> generator. Timed by the shared protocol (synthesize_and_time).
 """
 from __future__ import annotations
 
@@ -49,8 +51,10 @@ def synth(run_dir: str) -> None:
     if not summary_path.exists():
         raise RuntimeError(f"{summary_path} is missing: run the tts_train step first")
     exported = json.loads(summary_path.read_text())["exported_model"]
-    model = FastPitchModel.restore_from(exported, map_location=device).eval()
     mel = info["mel"]
+    if info.get("model_class") == "HifiGanModel":
+        return _copy_synthesis(spec, rd, exported, mel, device, info["vocoder_name"])
+    model = FastPitchModel.restore_from(exported, map_location=device).eval()
     if info["vocoder"]:
         from nemo.collections.tts.models import HifiGanModel
 
@@ -77,6 +81,24 @@ def synth(run_dir: str) -> None:
 
     synthesize_and_time(rd, spec, synthesize, mel["sample_rate"], device, precision_dtype(spec, device),
                         info["vocoder_name"])
+
+
+def _copy_synthesis(spec, rd, exported: str, mel: dict, device: str, vocoder_name: str) -> None:
+    import torch
+
+    from nemo.collections.tts.models import HifiGanModel
+
+    model = HifiGanModel.restore_from(exported, map_location=device).eval()
+    torch.manual_seed(spec.training.seed)
+
+    @torch.inference_mode()
+    def synthesize(recording, speaker: str | None):
+        audio = torch.from_numpy(recording).to(device).unsqueeze(0)
+        log_mel, _ = model.audio_to_melspec_precessor(audio, torch.tensor([audio.shape[1]], device=device))
+        return model.convert_spectrogram_to_audio(spec=log_mel)[0].float().cpu().numpy()
+
+    synthesize_and_time(rd, spec, synthesize, mel["sample_rate"], device, precision_dtype(spec, device),
+                        vocoder_name, copy_synthesis=True)
 
 
 if __name__ == "__main__":

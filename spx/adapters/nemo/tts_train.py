@@ -1,11 +1,13 @@
-"""Child step `tts_train`: NeMo's FastPitchModel (internal aligner) on a Lightning Trainer with exp_manager.
+"""Child step `tts_train`: NeMo's FastPitchModel (internal aligner) or HifiGanModel (vocoder job) on a Lightning
+Trainer with exp_manager.
 
     python -m spx.adapters.nemo.tts_train RUN_DIR
 
-Reads native/tts_config.yaml (pitch statistics filled in by tts_prepare). exp_manager keeps the top-k checkpoints
-by val_loss and resumes from checkpoints/*-last.ckpt; the best checkpoint's weights are exported to
-checkpoints/model.nemo. Writes curve.jsonl (train_loss = mean of the batch losses, valid_loss = NeMo's val_loss)
-and train_summary.json.
+Reads native/tts_config.yaml (FastPitch: pitch statistics filled in by tts_prepare; the model class is its
+spx.model_class). exp_manager keeps the top-k checkpoints by val_loss and resumes from checkpoints/*-last.ckpt; the
+best checkpoint's weights are exported to checkpoints/model.nemo. Writes curve.jsonl (train_loss = mean of the batch
+losses: FastPitch's loss, HiFi-GAN's generator loss g_loss with its mel L1 beside it as train_mel_l1; valid_loss =
+NeMo's val_loss) and train_summary.json.
 """
 from __future__ import annotations
 
@@ -23,14 +25,18 @@ def _fail(msg: str) -> None:
     sys.exit(2)
 
 
-def _init_from(model, source: str) -> dict:
-    """Load a FastPitch .nemo's weights; the architecture (spec model sizes, n_mels) must match."""
-    from nemo.collections.tts.models import FastPitchModel
+def _model_class(name: str):
+    from nemo.collections.tts.models import FastPitchModel, HifiGanModel
 
+    return {"FastPitchModel": FastPitchModel, "HifiGanModel": HifiGanModel}[name]
+
+
+def _init_from(model, source: str) -> dict:
+    """Load a .nemo's weights into the same model class; the architecture (spec model sizes, n_mels) must match."""
     try:
-        src = FastPitchModel.restore_from(source, map_location="cpu")
+        src = type(model).restore_from(source, map_location="cpu")
     except Exception as exc:  # a corrupt file, another model class: say which and stop
-        _fail(f"init_from {source!r} could not be loaded as a FastPitch model: {type(exc).__name__}: {exc}")
+        _fail(f"init_from {source!r} could not be loaded as a {type(model).__name__}: {type(exc).__name__}: {exc}")
     own, theirs = model.state_dict(), src.state_dict()
     mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in theirs.items()
                   if k in own and own[k].shape != v.shape]
@@ -38,7 +44,7 @@ def _init_from(model, source: str) -> dict:
     if mismatched or missing:
         _fail(f"init_from {source!r} has a different architecture than the spec: "
               + "; ".join(mismatched[:4] + [f"missing {k}" for k in missing[:3]])
-              + " (set model.d_model/encoder_layers/decoder_layers/heads and tts.n_mels to the source model's)")
+              + " (set the model sizes under model: and tts.n_mels to the source model's)")
     model.load_state_dict(theirs, strict=True)
     del src
     return {"source": source, "tensors_loaded": len(theirs)}
@@ -54,12 +60,15 @@ def main(run_dir: str) -> None:
     import torch
     from omegaconf import OmegaConf, open_dict
 
-    from nemo.collections.tts.models import FastPitchModel
     from nemo.utils.exp_manager import exp_manager
 
     cfg = OmegaConf.load(rd / "native" / "tts_config.yaml")
     spx_cfg = cfg.pop("spx")
-    if cfg.model.pitch_mean is None or cfg.model.pitch_std is None:
+    model_class = spx_cfg.get("model_class", "FastPitchModel")
+    is_fastpitch = model_class == "FastPitchModel"
+    # Lightning's global_step counts optimizer steps: HiFi-GAN steps two (discriminator, generator) per batch
+    optimizer_steps_per_batch = 1 if is_fastpitch else 2
+    if is_fastpitch and (cfg.model.pitch_mean is None or cfg.model.pitch_std is None):
         _fail("model.pitch_mean/pitch_std are not set in native/tts_config.yaml: run the tts_prepare step first")
     pl.seed_everything(spx_cfg.seed, workers=True)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -89,10 +98,14 @@ def main(run_dir: str) -> None:
                       flush=True)
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.losses = []
+            self.losses, self.mel_l1 = [], []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if loss is None:  # HiFi-GAN optimizes by hand and returns nothing: read what it logged for this step
+                loss = trainer.callback_metrics.get("g_loss")
+                if "g_l1_loss" in trainer.callback_metrics:
+                    self.mel_l1.append(float(trainer.callback_metrics["g_l1_loss"]))
             if loss is not None:
                 self.losses.append(float(loss.detach()))
 
@@ -101,22 +114,23 @@ def main(run_dir: str) -> None:
                 return
             m = trainer.callback_metrics
             epoch = trainer.current_epoch + 1
-            row = {"epoch": epoch, "step": trainer.global_step,
+            row = {"epoch": epoch, "step": trainer.global_step // optimizer_steps_per_batch,
                    "train_loss": sum(self.losses) / max(1, len(self.losses)),
                    "valid_loss": float(m["val_loss"]) if "val_loss" in m else None,
                    "valid_mel_loss": float(m["val_mel_loss"]) if "val_mel_loss" in m else None,
+                   **({"train_mel_l1": sum(self.mel_l1) / len(self.mel_l1)} if self.mel_l1 else {}),
                    "lr": trainer.optimizers[0].param_groups[0]["lr"], "time": round(time.time() - t_start, 2)}
             child.append_curve(rd, row)
             done, total = epoch - self.first_epoch, trainer.max_epochs if trainer.max_epochs > 0 else None
             eta = (time.time() - self.t0) / done * (total - epoch) if total and done else None
-            child.progress(phase="train", epoch=epoch, of=total, step=trainer.global_step,
+            child.progress(phase="train", epoch=epoch, of=total, step=row["step"],
                            train_loss=round(row["train_loss"], 4), valid_loss=row["valid_loss"],
                            eta_s=round(eta, 1) if eta is not None else None)
 
     callback = SpxProgress()
     trainer = pl.Trainer(**trainer_kwargs, callbacks=[callback])
     exp_manager(trainer, cfg.get("exp_manager"))
-    model = FastPitchModel(cfg=cfg.model, trainer=trainer)
+    model = _model_class(model_class)(cfg=cfg.model, trainer=trainer)
     init_info = _init_from(model, str(spx_cfg.init_from)) if spx_cfg.init_from else None
     with open_dict(cfg):
         cfg.model = model.cfg
@@ -138,13 +152,14 @@ def main(run_dir: str) -> None:
     os.replace(tmp, exported)
     info = json.loads((rd / "native" / "tts_info.json").read_text())
     child.write_train_summary(
-        rd, wall_seconds=round(time.time() - t_start, 2), epochs=trainer.current_epoch, steps=trainer.global_step,
+        rd, wall_seconds=round(time.time() - t_start, 2), epochs=trainer.current_epoch,
+        steps=trainer.global_step // optimizer_steps_per_batch,
         params=child.count_params(model), peak_memory_mb=round(child.peak_memory_mb(device), 1),
         last_checkpoint=last or None, best_checkpoint=best or None, exported_model=str(exported),
         exported_from=best or "final weights", effective_batch=spec.training.batch_size * spec.training.grad_accumulation,
         world_size=1, device=device, threads=threads, vocoder=info["vocoder_name"], init_from=init_info,
-        resumed=callback.first_epoch > 0, model_class="FastPitchModel", pitch_mean=float(cfg.model.pitch_mean),
-        pitch_std=float(cfg.model.pitch_std),
+        resumed=callback.first_epoch > 0, model_class=model_class,
+        **({"pitch_mean": float(cfg.model.pitch_mean), "pitch_std": float(cfg.model.pitch_std)} if is_fastpitch else {}),
     )
 
 

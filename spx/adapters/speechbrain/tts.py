@@ -1,4 +1,5 @@
-"""SpeechBrain TTS (Tacotron2): the spec becomes a SpeechBrain-native recipe (hyperpyyaml + a Brain subclass).
+"""SpeechBrain TTS (Tacotron2; FastSpeech2 in tts_fastspeech2.py): the spec becomes a SpeechBrain-native recipe
+(hyperpyyaml + a Brain subclass).
 
 render_tts writes run_dir/native/:
   tts_hparams.yaml  generated hyperpyyaml: speechbrain.lobes.models.Tacotron2.Tacotron2 (or spx's
@@ -22,7 +23,7 @@ from spx.rundir import RunDir, Step
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
-TTS_FAMILIES = {"tacotron2"}
+TTS_FAMILIES = {"tacotron2", "fastspeech2"}
 # the characters clean_transcript keeps: one fixed inventory, so a checkpoint fine-tunes on any corpus
 SYMBOLS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
 
@@ -31,8 +32,14 @@ def check_tts(spec: Spec) -> None:
     """Raise SpxError before anything runs when SpeechBrain cannot render this TTS job."""
     m = spec.model
     if m.family not in TTS_FAMILIES:
-        raise SpxError(f"backend 'speechbrain' has no {m.family!r} TTS model in spx (it has: tacotron2)",
-                       where="model.family", hint="use family: tacotron2, or another backend")
+        raise SpxError(f"backend 'speechbrain' has no {m.family!r} TTS model in spx (it has: tacotron2, fastspeech2)",
+                       where="model.family", hint="use family: tacotron2 or fastspeech2, or another backend")
+    if m.family == "fastspeech2":
+        from spx.adapters.speechbrain.tts_fastspeech2 import check_fastspeech2
+
+        check_fastspeech2(spec)
+        _check_training(spec, "speechbrain")
+        return
     if m.embedding_dim != m.encoder_dim:
         raise SpxError(f"SpeechBrain's Tacotron2 uses one width for the character embedding and the encoder, "
                        f"but model.embedding_dim={m.embedding_dim} and model.encoder_dim={m.encoder_dim}",
@@ -184,6 +191,10 @@ checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
 
 
 def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
+    if spec.model.family == "fastspeech2":
+        from spx.adapters.speechbrain.tts_fastspeech2 import render_fastspeech2
+
+        return render_fastspeech2(spec, run_dir)
     check_tts(spec)
     native = run_dir / "native"
     native.mkdir(parents=True, exist_ok=True)

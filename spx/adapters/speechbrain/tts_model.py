@@ -85,10 +85,17 @@ class HifiganVocoder:
     """A SpeechBrain HiFi-GAN (a folder with hyperparams.yaml + generator.ckpt, e.g. a local copy of
     speechbrain/tts-hifigan-*), loaded with speechbrain.inference.vocoders.HIFIGAN."""
 
-    def __init__(self, source: str, device: str, savedir: Path):
+    def __init__(self, source: str, device: str, savedir: Path, mel: dict[str, Any]):
         from speechbrain.inference.vocoders import HIFIGAN
 
         self.model = HIFIGAN.from_hparams(source=source, savedir=str(savedir), run_opts={"device": device})
+        generator = self.model.hparams.generator
+        n_mels = generator.conv_pre.in_channels
+        hop = int(np.prod([up.conv.stride[0] for up in generator.ups]))
+        if (n_mels, hop) != (mel["n_mels"], mel["hop_length"]):
+            raise RuntimeError(f"tts.vocoder {source} reads {n_mels} mels with a hop of {hop} samples; the acoustic "
+                               f"model makes {mel['n_mels']} mels with a hop of {mel['hop_length']}: the vocoder must be "
+                               "trained on the same mel settings (tts.n_mels, features.hop_length_ms)")
 
     def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
         return self.model.decode_batch(log_mel.unsqueeze(0)).reshape(-1)

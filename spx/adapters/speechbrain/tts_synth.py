@@ -29,7 +29,7 @@ def synth(run_dir: str) -> None:
     model.to(device).eval()
     mel = info["mel"]
     if info["vocoder"]:
-        vocoder = HifiganVocoder(info["vocoder"], device, rd / "native" / "vocoder")
+        vocoder = HifiganVocoder(info["vocoder"], device, rd / "native" / "vocoder", mel)
     else:
         vocoder = GriffinLimVocoder(mel, info["griffin_lim_iters"], device)
     speakers = info["speakers"]

@@ -1,0 +1,200 @@
+"""NeMo HiFi-GAN vocoder as its own spx job (`task: tts`, `model.family: hifigan`): NeMo's `HifiGanModel` (generator +
+multi-period and multi-scale discriminators, mel L1 x 45 + adversarial + feature-matching losses) trained on the audio
+of the manifests alone, in the layout of NeMo's own `examples/tts/conf/hifigan/hifigan.yaml` (FilterbankFeatures with
+the acoustic model's mel settings, `VocoderDataset` random crops), on a Lightning Trainer with exp_manager.
+
+The exported `checkpoints/model.nemo` is what a FastPitch job's `tts.vocoder` names (the run dir or the file).
+The test step is copy synthesis: each test recording -> its mel -> the generator -> a waveform, timed by the shared
+synthesis protocol and scored like any TTS run (MOS proxies, MCD/F0 against the recording, judge WER).
+
+Writes run_dir/native/: tts_config.yaml (model / trainer / exp_manager / spx), vocoder_train.json, vocoder_valid.json
+(NeMo manifests: audio_filepath, duration), tts_info.json. Steps: tts_train, tts_synth. No torch or NeMo import here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from spx.adapters.nemo.tts import CONFIG, INFO, mel_settings, trainer_and_exp_manager
+from spx.errors import SpxError
+from spx.manifests import read_manifest
+from spx.rundir import RunDir, Step
+from spx.spec import Spec
+from spx.yamlio import atomic_write_json, atomic_write_text
+
+MODEL_CLASS = "HifiGanModel"
+# dilations per residual block type, as in NeMo's generator configs v1 (type 1) and v3 (type 2)
+RESBLOCKS = {1: ([3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]]), 2: ([3, 5, 7], [[1, 2], [2, 6], [3, 12]])}
+
+
+def segment_samples(spec: Spec) -> int:
+    hop = mel_settings(spec)["hop_length"]
+    return int(spec.model.segment_seconds * spec.tts.sample_rate) // hop * hop
+
+
+def check_vocoder_job(spec: Spec) -> None:
+    """Raise SpxError before anything runs when NeMo's HifiGanModel cannot render this job."""
+    m, t, mel = spec.model, spec.training, mel_settings(spec)
+    if math.prod(m.upsample_rates) != mel["hop_length"]:
+        raise SpxError(f"model.upsample_rates {m.upsample_rates} multiply to {math.prod(m.upsample_rates)}, but the mel "
+                       f"hop is {mel['hop_length']} samples (features.hop_length_ms {spec.features.hop_length_ms} at "
+                       f"{spec.tts.sample_rate} Hz): the generator must make one hop of audio per mel frame",
+                       where="model.upsample_rates", hint="e.g. [8, 8, 4] for a 256-sample hop, [8, 5, 4] for 160")
+    if mel["n_fft"] < mel["win_length"]:
+        raise SpxError(f"features.n_fft={mel['n_fft']} is shorter than the window ({mel['win_length']} samples)",
+                       where="features.n_fft", hint="use n_fft >= the window length in samples")
+    if segment_samples(spec) < 4 * mel["hop_length"]:
+        raise SpxError(f"model.segment_seconds {m.segment_seconds} is under 4 mel hops", where="model.segment_seconds",
+                       hint="use e.g. 0.5 (NeMo's recipe crops 8192 samples at 22.05 kHz)")
+    if t.batch_size is None:
+        raise SpxError("the vocoder job batches by utterance crops", where="training.batch_size",
+                       hint="set training.batch_size")
+    if t.grad_clip is not None or t.grad_accumulation != 1:
+        raise SpxError("NeMo's HifiGanModel steps its generator and discriminator optimizers by hand (Lightning manual "
+                       "optimization), where the Trainer can neither clip gradients nor accumulate them",
+                       where="training.grad_clip" if t.grad_clip is not None else "training.grad_accumulation",
+                       hint="set training.grad_clip: null and training.grad_accumulation: 1")
+    if t.scheduler.name not in {"cosine", "constant"}:
+        raise SpxError(f"training.scheduler {t.scheduler.name!r} is not mapped for the nemo vocoder",
+                       where="training.scheduler.name", hint="use cosine (with warmup_steps) or constant")
+    if t.precision != "fp32":
+        raise SpxError("the vocoder job trains in fp32 in spx", where="training.precision", hint="set precision: fp32")
+    if spec.freeze:
+        raise SpxError("freeze is not mapped for the NeMo vocoder in spx", where="freeze", hint="remove freeze")
+    if spec.tts.vocoder:
+        raise SpxError("tts.vocoder names the vocoder of an acoustic model; this job *is* a vocoder",
+                       where="tts.vocoder", hint="remove tts.vocoder from the hifigan recipe")
+    if spec.resources.devices * spec.resources.nodes > 1:
+        raise SpxError("the NeMo vocoder job runs as one process in spx", where="resources.devices",
+                       hint="set resources.devices: 1 and resources.nodes: 1")
+    if spec.init_from:
+        resolve_vocoder_init(spec.init_from)
+
+
+def resolve_vocoder_init(init_from: str) -> str:
+    """A HifiGanModel .nemo, or an spx nemo hifigan run dir (its train_summary.json names the exported .nemo)."""
+    from spx.adapters.nemo.tts import resolve_init_from
+
+    return resolve_init_from(init_from, what="HiFi-GAN")
+
+
+def _audio_manifest(src: str, dst: Path, lo: float | None = None, hi: float | None = None) -> int:
+    rows = []
+    for u in read_manifest(src):
+        if (lo is not None and u.duration < lo) or (hi is not None and u.duration > hi):
+            continue
+        if u.offset:
+            raise SpxError(f"row {u.id!r} is a segment (offset {u.offset}); NeMo's VocoderDataset reads whole files",
+                           where=src, hint="cut the segments into their own audio files first")
+        rows.append({"audio_filepath": str(Path(u.audio).resolve()), "duration": u.duration, "utt_id": u.id})
+    if not rows:
+        raise SpxError("no usable utterances (empty manifest, or all shorter than the training crop / filtered by "
+                       "data.min/max_duration)", where=src, hint="check the manifest, model.segment_seconds and "
+                                                                 "data.min_duration/max_duration")
+    atomic_write_text(dst, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return len(rows)
+
+
+def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
+    m, t, mel = spec.model, spec.training, mel_settings(spec)
+    native = rd / "native"
+    kernels, dilations = RESBLOCKS[m.resblock]
+    seg = segment_samples(spec)  # validation crops too: equal lengths, so the batched mel L1 compares like with like
+
+    def dataset(manifest: Path, n_segments: int, train: bool) -> dict[str, Any]:
+        return {
+            "dataset": {"_target_": "nemo.collections.tts.data.dataset.VocoderDataset",
+                        "manifest_filepath": str(manifest), "sample_rate": mel["sample_rate"],
+                        "n_segments": n_segments, "min_duration": n_segments / mel["sample_rate"],
+                        "max_duration": spec.data.max_duration if train else None, "trim": False},
+            "dataloader_params": {"drop_last": False, "shuffle": train, "batch_size": t.batch_size,
+                                  "num_workers": t.num_workers},
+        }
+
+    optim: dict[str, Any] = {"_target_": {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW",
+                                          "sgd": "torch.optim.SGD"}[t.optimizer.name],
+                             "lr": t.optimizer.lr, "weight_decay": t.optimizer.weight_decay}
+    if t.optimizer.name == "sgd":
+        optim["momentum"] = 0.9
+    else:
+        optim["betas"] = list(t.optimizer.betas)
+    sched: dict[str, Any] = {"name": "CosineAnnealing" if t.scheduler.name == "cosine" else "WarmupPolicy",
+                             "warmup_steps": t.scheduler.warmup_steps}
+    if t.scheduler.name == "cosine":
+        sched["min_lr"] = t.scheduler.min_lr
+    optim["sched"] = sched
+    model: dict[str, Any] = {
+        # the mel the generator hears: the same settings spx gives NeMo FastPitch (log of slaney mel magnitude, +1e-5);
+        # exact_pad as in NeMo's hifigan.yaml, so a crop of k hops has exactly k frames
+        "preprocessor": {
+            "_target_": "nemo.collections.asr.parts.preprocessing.features.FilterbankFeatures",
+            "nfilt": mel["n_mels"], "lowfreq": 0, "highfreq": int(mel["f_max"]), "n_fft": mel["n_fft"],
+            "n_window_size": mel["win_length"], "n_window_stride": mel["hop_length"], "pad_to": 0, "pad_value": 0.0,
+            "sample_rate": mel["sample_rate"], "window": "hann", "normalize": None, "preemph": None, "dither": 0.0,
+            "frame_splicing": 1, "log": True, "log_zero_guard_type": "add", "log_zero_guard_value": 1e-05,
+            "mag_power": 1.0, "use_grads": False, "exact_pad": True,
+        },
+        "generator": {
+            "_target_": "nemo.collections.tts.modules.hifigan_modules.Generator",
+            "resblock": m.resblock, "upsample_rates": list(m.upsample_rates),
+            "upsample_kernel_sizes": [2 * r for r in m.upsample_rates],
+            "upsample_initial_channel": m.upsample_initial_channel,
+            "resblock_kernel_sizes": kernels, "resblock_dilation_sizes": dilations,
+            "initial_input_size": mel["n_mels"],
+        },
+        "train_ds": dataset(native / "vocoder_train.json", seg, True),
+        "validation_ds": dataset(native / "vocoder_valid.json", seg, False),
+        "optim": optim,
+        "l1_loss_factor": 45,
+        "denoise_strength": 0.0025,
+    }
+    trainer, exp_manager = trainer_and_exp_manager(spec, rd)
+    trainer["gradient_clip_val"] = None  # manual optimization (checked in check_vocoder_job)
+    if t.max_steps:
+        # Lightning counts both optimizers' steps in global_step: one batch = 2; the schedule counts batches
+        trainer["max_steps"] = 2 * t.max_steps
+        model["max_steps"] = t.max_steps
+    else:
+        model["max_epochs"] = trainer["max_epochs"]
+    return {
+        "name": spec.name,
+        "model": model,
+        "trainer": trainer,
+        "exp_manager": exp_manager,
+        "spx": {"seed": t.seed, "threads": spec.resources.threads, "exported_model": str(rd / "checkpoints/model.nemo"),
+                "init_from": resolve_vocoder_init(spec.init_from) if spec.init_from else None,
+                "model_class": MODEL_CLASS},
+    }
+
+
+def render_vocoder_job(spec: Spec, run_dir: RunDir) -> list[Step]:
+    check_vocoder_job(spec)
+    from omegaconf import OmegaConf
+
+    native = run_dir / "native"
+    native.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    seg_seconds = segment_samples(spec) / spec.tts.sample_rate
+    lo = max(seg_seconds, spec.data.min_duration or 0.0)
+    _audio_manifest(spec.data.train, native / "vocoder_train.json", lo, spec.data.max_duration)
+    _audio_manifest(spec.data.valid, native / "vocoder_valid.json", seg_seconds)
+    cfg = native_config(spec, run_dir)
+    extra = spec.backends.get("nemo") or {}
+    if extra:
+        from spx.adapters.nemo import _deep_merge  # the backends.nemo pass-through, merged as for ASR
+
+        _deep_merge(cfg, json.loads(json.dumps(extra)))
+    atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    atomic_write_json(run_dir / INFO, {
+        "model": f"{MODEL_CLASS} (copy synthesis of the test recordings)", "model_class": MODEL_CLASS,
+        "mel": mel_settings(spec), "vocoder": None, "vocoder_name": f"hifigan (this run, {MODEL_CLASS})",
+        "init_from": cfg["spx"]["init_from"],
+    })
+    py = sys.executable
+    return [
+        Step("tts_train", [py, "-m", "spx.adapters.nemo.tts_train", str(run_dir)], log="train.log"),
+        Step("tts_synth", [py, "-m", "spx.adapters.nemo.tts_synth", str(run_dir)]),
+    ]

@@ -1,0 +1,220 @@
+"""TTS on SpeechBrain: FastSpeech2 with its internal aligner (family fastspeech2, recipes/fastpitch.yaml, the recipe
+NeMo FastPitch runs). Rendering (fast) and a real prepare -> train -> synthesize -> score run (slow)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO
+from spx.errors import SpxError
+from spx.rundir import RunDir
+from spx.spec import load_spec
+from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures)
+
+RECIPE = REPO / "recipes" / "fastpitch.yaml"
+# CI scale: ~3 s of pitch/energy extraction, ~1 min of training (16 epochs x 13 steps of batch 8) on 2 CPU cores
+TRAIN_OVERRIDES = ["training.epochs=16", "training.batch_size=8", "eval.speed_repeats=1", "eval.warmup_batches=1",
+                   "resources.threads=1"]
+RECIPE_PARAMS = 751_955  # FastSpeech2WithAlignment at the recipe sizes (d_model 64, 2 + 2 layers, 2 heads, 80 mels)
+
+
+def fastspeech2_spec(corpus: Path, *overrides: str, recipe: Path = RECIPE):
+    data = [f"data.train={corpus / 'train.jsonl'}", f"data.valid={corpus / 'valid.jsonl'}",
+            f"data.test={corpus / 'test.jsonl'}"]
+    return load_spec(recipe, [*data, *overrides])
+
+
+def render(spec, run_dir: Path, backend: str = "speechbrain") -> RunDir:
+    from spx.runner import render_run
+
+    return render_run(spec, backend, run_dir, force=True)
+
+
+def load_hparams(rd: RunDir) -> dict:
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(rd / "native/tts_hparams.yaml") as fh:
+        return load_hyperpyyaml(fh)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+HIFIGAN_HPARAMS = """generator: !new:speechbrain.lobes.models.HifiGAN.HifiganGenerator
+    in_channels: 80
+    out_channels: 1
+    resblock_type: "1"
+    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    resblock_kernel_sizes: [3, 7, 11]
+    upsample_kernel_sizes: [16, 16, 4, 4]
+    upsample_initial_channel: 32
+    upsample_factors: [8, 8, 2, 2]  # = the recipe's hop of 256 samples
+    inference_padding: 5
+    cond_channels: 0
+    conv_post_bias: True
+modules:
+    generator: !ref <generator>
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        generator: !ref <generator>
+"""
+
+
+def untrained_speechbrain_hifigan(folder: Path) -> Path:
+    """A SpeechBrain HiFi-GAN folder in the layout of speechbrain/tts-hifigan-* (hyperparams.yaml + generator.ckpt),
+    with untrained weights: no model hub here, and it exercises the vocoder path, not its quality."""
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+
+    folder.mkdir(parents=True)
+    (folder / "hyperparams.yaml").write_text(HIFIGAN_HPARAMS)
+    torch.save(load_hyperpyyaml(HIFIGAN_HPARAMS)["generator"].state_dict(), folder / "generator.ckpt")
+    return folder
+
+
+# ------------------------------------------------------------------ fast: rendering
+def test_hparams_build_fastspeech2_with_the_spec_architecture(tts_multi_corpus, tmp_path):
+    spec = fastspeech2_spec(tts_multi_corpus, "model.d_model=48", "model.encoder_layers=3", "model.decoder_layers=1",
+                            "model.heads=4")
+    rd = render(spec, tmp_path / "run")
+    hp = load_hparams(rd)
+    model = hp["model"]
+    from speechbrain.lobes.models.FastSpeech2 import FastSpeech2WithAlignment
+
+    assert isinstance(model, FastSpeech2WithAlignment) and model.alignment_prior_scaling == 1.0
+    assert model.encPreNet.token_embedding.Embedding.embedding_dim == 48
+    assert model.encPreNet.token_embedding.Embedding.num_embeddings == 39  # a-z, 0-9, apostrophe, space + padding
+    assert len(model.encoder.layers) == 3 and len(model.decoder.layers) == 1
+    for stack in (model.encoder, model.decoder):
+        attention = stack.layers[0].self_att.att
+        assert (attention.embed_dim, attention.num_heads) == (48, 4)
+        assert stack.layers[0].pos_ffn[0].conv.out_channels == 4 * 48  # d_ffn = 4 x d_model, as NeMo's FFT blocks
+    assert model.aligner.key_layer[0].conv.in_channels == 48 and model.linear.w.out_features == 80
+    assert model.enc_num_head == model.dec_num_head == 4
+    mel = hp["mel_spectrogram"].keywords
+    assert (mel["sample_rate"], mel["n_mels"], mel["n_fft"], mel["win_length"], mel["hop_length"]) == (
+        16000, 80, 1024, 1024, 256)
+    assert type(hp["criterion"]).__name__ == "LossWithAlignment"
+    assert type(hp["collate_fn"]).__name__ == "TextMelCollateWithAlignment"
+    # 12 training rows, batch 16, 40 epochs: 40 planned updates for the warmup + cosine schedule
+    sched = hp["lr_annealing"]
+    assert (sched.shape, sched.lr0, sched.warmup_steps, sched.total_steps) == ("cosine", 0.002, 20, 40)
+    assert set(hp["checkpointer"].recoverables) == {"model", "lr_annealing", "counter"}
+    assert [s["name"] for s in json.loads((rd / "steps.json").read_text())] == ["tts_prepare", "tts_train", "tts_synth"]
+    info = json.loads((rd / "native/tts_info.json").read_text())
+    assert info["model"] == "FastSpeech2WithAlignment" and info["vocoder_name"] == "griffin-lim (32 iters)"
+
+
+def test_recipe_sizes_build_a_tiny_model(tts_multi_corpus, tmp_path):
+    from spx.adapters.common.child import count_params
+
+    model = load_hparams(render(fastspeech2_spec(tts_multi_corpus), tmp_path / "run"))["model"]
+    assert count_params(model) == RECIPE_PARAMS
+    wider = load_hparams(render(fastspeech2_spec(tts_multi_corpus, "model.d_model=96"), tmp_path / "wide"))["model"]
+    assert count_params(wider) > RECIPE_PARAMS
+
+
+def test_backends_speechbrain_overrides_reach_the_model_the_children_build(tts_multi_corpus, tmp_path):
+    from spx.adapters.speechbrain.tts_train import load_hparams as child_hparams
+
+    spec = fastspeech2_spec(tts_multi_corpus, "backends.speechbrain.alignment_prior_scaling=0",
+                            "backends.speechbrain.ffn_cnn_kernel_size_list=[9,1]")
+    model = child_hparams(render(spec, tmp_path / "run"))["model"]
+    assert model.alignment_prior_scaling == 0  # SpeechBrain's aligner without the prior
+    assert model.encoder.layers[0].pos_ffn[0].conv.kernel_size == (9,)  # SpeechBrain's recipe FFN kernels
+
+
+def test_the_fastpitch_recipe_renders_on_nemo_and_speechbrain(tts_multi_corpus, tmp_path):
+    spec = fastspeech2_spec(tts_multi_corpus)
+    for backend in ("nemo", "speechbrain"):
+        rd = render(spec, tmp_path / backend, backend)
+        assert [s["name"] for s in json.loads((rd / "steps.json").read_text())] == [
+            "tts_prepare", "tts_train", "tts_synth"]
+
+
+@pytest.mark.parametrize("override, match", [
+    ("tts.multi_speaker=true", "no speaker input"),
+    ("model.heads=3", "not divisible by model.heads"),
+    ("features.n_fft=512", "shorter than the window"),
+    ("freeze=[encoder]", "freeze is not mapped"),
+    ("resources.devices=2", "one process"),
+    ("training.precision=bf16", "fp32"),
+    ("training.scheduler.name=noam", "not mapped for TTS on speechbrain"),
+    ("tts.vocoder=/no/such/hifigan", "tts.vocoder"),
+    ("init_from=/no/such/model.ckpt", "init_from"),
+])
+def test_what_speechbrain_fastspeech2_cannot_do_is_one_clear_error_before_anything_runs(tts_multi_corpus, tmp_path,
+                                                                                        override, match):
+    spec = fastspeech2_spec(tts_multi_corpus, override)
+    with pytest.raises(SpxError, match=match):
+        render(spec, tmp_path / "run")
+    assert not (tmp_path / "run" / "steps.json").exists()
+
+
+def test_init_from_a_run_of_another_family_is_refused(tts_multi_corpus, tmp_path):
+    tacotron = render(fastspeech2_spec(tts_multi_corpus, recipe=REPO / "recipes" / "tacotron2.yaml"), tmp_path / "t2")
+    spec = fastspeech2_spec(tts_multi_corpus, f"init_from={tacotron.path}")
+    with pytest.raises(SpxError, match="speechbrain tacotron2 run, not a speechbrain fastspeech2"):
+        render(spec, tmp_path / "run")
+
+
+# ------------------------------------------------------------------ slow: real training and synthesis
+@pytest.mark.slow
+def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(tts_corpus, tmp_path):
+    from spx.launchers.execute import execute
+    from spx.launchers.local import run_here
+
+    rd = render(fastspeech2_spec(tts_corpus, *TRAIN_OVERRIDES), tmp_path / "fastspeech2-speechbrain")
+    run_here(rd, quiet=True)  # tts_prepare, tts_train, tts_synth, then scoring as `spx run` does (metrics.json)
+
+    stats = json.loads((rd / "native/pitch_stats.json").read_text())
+    assert 80 < stats["pitch_mean"] < 600 and stats["pitch_std"] > 0
+    n_frames = len(np.load(sorted((rd / "native/sup_data/pitch").glob("train_*.npy"))[0]))
+    assert n_frames > 10
+    curve = read_jsonl(rd / "curve.jsonl")
+    assert len(curve) == 16
+    assert curve[-1]["train_loss"] < 0.5 * curve[0]["train_loss"], curve
+    assert curve[-1]["valid_loss"] < curve[0]["valid_loss"], curve
+    assert curve[-1]["train_parts"]["aligner_loss"] < curve[0]["train_parts"]["aligner_loss"], curve
+    summary = json.loads((rd / "train_summary.json").read_text())
+    assert summary["model_class"] == "FastSpeech2WithAlignment" and summary["params"] == RECIPE_PARAMS
+    assert summary["vocoder"] == "griffin-lim (32 iters)" and Path(summary["exported_model"]).is_file()
+
+    hyps = read_jsonl(rd / "hyps.jsonl")
+    refs = {r["id"]: r for r in read_jsonl(tts_corpus / "test.jsonl")[1:]}
+    assert sorted(h["id"] for h in hyps) == sorted(refs)
+    hop_seconds = 0.016
+    for h in hyps:
+        wav, sr = sf.read(h["audio"])
+        assert sr == 16000 and len(wav) / sr == pytest.approx(h["duration"])
+        assert np.sqrt(np.mean(wav ** 2)) > 1e-3, f"{h['id']}: silent output"
+        # predicted durations: at least a word, at most 30 frames per character (a tiny model is not yet exact)
+        assert 0.2 < h["duration"] <= 30 * len(h["text"]) * hop_seconds, (h["id"], h["duration"], h["text"])
+        assert h["synth_time"] > 0 and Path(h["ref_audio"]).exists()
+    speed = json.loads((rd / "speed.json").read_text())
+    assert speed["audio_seconds"] == pytest.approx(sum(h["duration"] for h in hyps))
+    assert "griffin-lim" in speed["clock"] and speed["batch_size"] == 1
+
+    scores = json.loads((rd / "metrics.json").read_text())
+    print("speechbrain fastspeech2", {k: v for k, v in scores.items() if isinstance(v, (int, float))})
+    assert 1 <= scores["dnsmos_ovrl"] <= 5 and 1 <= scores["distillmos"] <= 5
+    assert scores["mcd"] > 0 and scores["synthesis_rtf"] > 0 and len(scores["per_utt"]) == len(hyps)
+
+    # fine-tune one epoch from the trained run: it starts from the trained model's loss, not from scratch; it speaks
+    # through a SpeechBrain HiFi-GAN folder (tts.vocoder) instead of Griffin-Lim
+    hifigan = untrained_speechbrain_hifigan(tmp_path / "hifigan")
+    ft = render(fastspeech2_spec(tts_corpus, *TRAIN_OVERRIDES, "training.epochs=1", f"init_from={rd.path}",
+                                 f"tts.vocoder={hifigan}"), tmp_path / "fine-tune")
+    execute(ft)
+    ft_curve = read_jsonl(ft / "curve.jsonl")
+    assert len(ft_curve) == 1 and ft_curve[0]["train_loss"] < 0.5 * curve[0]["train_loss"], (ft_curve, curve[0])
+    assert json.loads((ft / "train_summary.json").read_text())["init_from"] == summary["exported_model"]
+    assert json.loads((ft / "speed.json").read_text())["vocoder"] == str(hifigan)
+    for h in read_jsonl(ft / "hyps.jsonl"):
+        wav, sr = sf.read(h["audio"])
+        assert sr == 16000 and len(wav) > 0.2 * sr and np.isfinite(wav).all()
