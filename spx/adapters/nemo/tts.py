@@ -315,27 +315,32 @@ def trainer_and_exp_manager(spec: Spec, rd: RunDir) -> tuple[dict[str, Any], dic
     return trainer, exp_manager
 
 
+def write_config(spec: Spec, run_dir: RunDir, cfg: dict[str, Any]) -> dict[str, Any]:
+    """backends.nemo deep-merged untouched (as for ASR), then native/tts_config.yaml written atomically."""
+    from omegaconf import OmegaConf
+
+    extra = spec.backends.get("nemo") or {}
+    if extra:
+        from spx.adapters.nemo import _deep_merge
+
+        _deep_merge(cfg, json.loads(json.dumps(extra)))
+    atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    return cfg
+
+
 def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     if spec.model.family == "hifigan":
         from spx.adapters.nemo.vocoder import render_vocoder_job
 
         return render_vocoder_job(spec, run_dir)
     check_tts(spec)
-    from omegaconf import OmegaConf
-
     native = run_dir / "native"
     native.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     lower = spec.tokenizer.lowercase
     _manifest(spec.data.train, native / "tts_train.json", lower, spec.data.min_duration, spec.data.max_duration)
     _manifest(spec.data.valid, native / "tts_valid.json", lower)
-    cfg = native_config(spec, run_dir)
-    extra = spec.backends.get("nemo") or {}
-    if extra:
-        from spx.adapters.nemo import _deep_merge  # the backends.nemo pass-through, merged as for ASR
-
-        _deep_merge(cfg, json.loads(json.dumps(extra)))
-    atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    cfg = write_config(spec, run_dir, native_config(spec, run_dir))
     vocoder = resolve_vocoder(spec)
     atomic_write_json(run_dir / INFO, {
         "model": "FastPitchModel (learn_alignment)", "mel": mel_settings(spec), "vocoder": vocoder,

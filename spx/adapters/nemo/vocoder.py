@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.nemo.tts import CONFIG, INFO, mel_settings, trainer_and_exp_manager
+from spx.adapters.nemo.tts import INFO, mel_settings, trainer_and_exp_manager, write_config
 from spx.errors import SpxError
 from spx.manifests import read_manifest
 from spx.rundir import RunDir, Step
@@ -172,8 +172,6 @@ def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
 
 def render_vocoder_job(spec: Spec, run_dir: RunDir) -> list[Step]:
     check_vocoder_job(spec)
-    from omegaconf import OmegaConf
-
     native = run_dir / "native"
     native.mkdir(parents=True, exist_ok=True)
     (run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -181,13 +179,7 @@ def render_vocoder_job(spec: Spec, run_dir: RunDir) -> list[Step]:
     lo = max(seg_seconds, spec.data.min_duration or 0.0)
     _audio_manifest(spec.data.train, native / "vocoder_train.json", lo, spec.data.max_duration)
     _audio_manifest(spec.data.valid, native / "vocoder_valid.json", seg_seconds)
-    cfg = native_config(spec, run_dir)
-    extra = spec.backends.get("nemo") or {}
-    if extra:
-        from spx.adapters.nemo import _deep_merge  # the backends.nemo pass-through, merged as for ASR
-
-        _deep_merge(cfg, json.loads(json.dumps(extra)))
-    atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    cfg = write_config(spec, run_dir, native_config(spec, run_dir))
     atomic_write_json(run_dir / INFO, {
         "model": f"{MODEL_CLASS} (copy synthesis of the test recordings)", "model_class": MODEL_CLASS,
         "mel": mel_settings(spec), "vocoder": None, "vocoder_name": f"hifigan (this run, {MODEL_CLASS})",

@@ -10,30 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from spx.adapters.common.child import (load_run, main_guard, pick_device, precision_dtype, set_threads,
-                                       synthesize_and_time)
-from spx.adapters.speechbrain.tts_model import GriffinLimVocoder, HifiganVocoder, encode_text, load_native
-from spx.adapters.speechbrain.tts_train import load_hparams
+from spx.adapters.common.child import main_guard, precision_dtype, synthesize_and_time
+from spx.adapters.speechbrain.tts_model import encode_text
+from spx.adapters.speechbrain.tts_synth import load_for_synthesis
 
 
 def synth(run_dir: str) -> None:
-    spec, rd = load_run(run_dir)
-    device = pick_device(spec)
-    set_threads(spec)
-    info = load_native(rd / "native")
-    hp = load_hparams(rd)
-    best = hp["checkpointer"].find_checkpoint(min_key="loss")
-    if best is None:
-        raise RuntimeError(f"no checkpoint under {rd / 'checkpoints'}: run the tts_train step first")
-    model = hp["model"]
-    model.load_state_dict(torch.load(best.path / "model.ckpt", map_location="cpu"))
-    model.to(device).eval()
+    spec, rd, device, info, model, vocoder = load_for_synthesis(run_dir)
     mel = info["mel"]
-    if info["vocoder"]:
-        vocoder = HifiganVocoder(info["vocoder"], device, rd / "native" / "vocoder", mel)
-    else:
-        vocoder = GriffinLimVocoder(mel, info["griffin_lim_iters"], device)
-    torch.manual_seed(spec.training.seed)
 
     @torch.inference_mode()
     def synthesize(text: str, speaker: str | None):

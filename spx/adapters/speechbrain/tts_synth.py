@@ -15,7 +15,9 @@ from spx.adapters.speechbrain.tts_model import GriffinLimVocoder, HifiganVocoder
 from spx.adapters.speechbrain.tts_train import load_hparams
 
 
-def synth(run_dir: str) -> None:
+def load_for_synthesis(run_dir: str):
+    """(spec, run dir, device, native info, the best checkpoint's model in eval mode, vocoder): what every
+    SpeechBrain TTS synth step starts from."""
     spec, rd = load_run(run_dir)
     device = pick_device(spec)
     set_threads(spec)
@@ -32,8 +34,14 @@ def synth(run_dir: str) -> None:
         vocoder = HifiganVocoder(info["vocoder"], device, rd / "native" / "vocoder", mel)
     else:
         vocoder = GriffinLimVocoder(mel, info["griffin_lim_iters"], device)
-    speakers = info["speakers"]
     torch.manual_seed(spec.training.seed)
+    return spec, rd, device, info, model, vocoder
+
+
+def synth(run_dir: str) -> None:
+    spec, rd, device, info, model, vocoder = load_for_synthesis(run_dir)
+    mel = info["mel"]
+    speakers = info["speakers"]
 
     @torch.inference_mode()
     def synthesize(text: str, speaker: str | None):
