@@ -132,7 +132,10 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
         """curve.jsonl row + progress line per epoch; keeps frozen modules in eval mode."""
 
         def __init__(self) -> None:
-            self.losses: list[float] = []
+            # summed on the loss's device and read once per epoch: a float() per step would make the host
+            # wait for the GPU every step, which a plain NeMo run does not do
+            self.loss_sum = None
+            self.loss_count = 0
             self.t0 = time.time()
             self.first_epoch = 0
 
@@ -157,7 +160,7 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
                           f"(step {trainer.global_step})", flush=True)
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.losses = []
+            self.loss_sum, self.loss_count = None, 0
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             for _, mod in frozen:
@@ -166,7 +169,9 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
             if loss is not None:
-                self.losses.append(float(loss.detach()))
+                loss = loss.detach().float()  # fp32 sum under bf16/fp16 too
+                self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+                self.loss_count += 1
             rank_batches["batches"] += 1
             rank_batches["samples"] += int(batch[0].shape[0])
 
@@ -180,7 +185,7 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
             row = {
                 "epoch": epoch,
                 "step": trainer.global_step,
-                "train_loss": sum(self.losses) / max(1, len(self.losses)),
+                "train_loss": float(self.loss_sum) / self.loss_count if self.loss_count else 0.0,
                 "valid_loss": float(m["val_loss"]) if "val_loss" in m else None,
                 "valid_wer": float(m["val_wer"]) if "val_wer" in m else None,
                 "lr": trainer.optimizers[0].param_groups[0]["lr"],
