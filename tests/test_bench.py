@@ -138,7 +138,6 @@ def test_bench_cell_trains(backend, trained_run):
     rd = trained_run(backend)
     metrics = json.loads((rd / "metrics.json").read_text())
     print(f"{backend}: WER {metrics['wer']:.3f} CER {metrics['cer']:.3f} RTFx {metrics.get('rtfx')}")
-    # the product target on the 4 held-out voices (140 words); measured 0.086 nemo, 0.114 speechbrain, 0.121 espnet
     # product target 0.15 is met at 1 thread (NeMo 0.086, SB 0.114, ESPnet 0.121); CI threads give SB up to 0.18
     assert metrics["wer"] < 0.25, f"{backend} WER on held-out voices: {metrics['wer']:.3f}"
 
