@@ -68,6 +68,7 @@ def test_dry_run_renders_native_hyperpyyaml(tmp_path):
     assert tr["encoder_module"] == "conformer" and tr["num_decoder_layers"] == 0 and hp["d_model"] == 64
     cnn = hp["CNN"]["!new:speechbrain.lobes.models.convolution.ConvolutionFrontEnd"]
     assert cnn["num_blocks"] == 3 and cnn["strides"] == [2, 2, 2]  # subsampling 8
+    assert cnn["dropout"] == 0.0  # dropout after the front end only, as NeMo and ESPnet
     assert tr["input_size"] == 8 * 32  # 64 mels halved three times x 32 channels
     fb = hp["compute_features"]["!new:speechbrain.lobes.features.Fbank"]
     assert hp["n_mels"] == 64 and fb["hop_length"] == 12.0 and fb["win_length"] == 25.0 and fb["n_fft"] == 512
