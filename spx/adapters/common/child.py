@@ -184,6 +184,21 @@ def append_curve(run_dir: RunDir, row: dict[str, Any]) -> None:
         fh.write(json.dumps(row, default=float) + "\n")
 
 
+def keep_curve_through(run_dir: RunDir, epoch: int) -> list[dict[str, Any]]:
+    """On a (re)start: rows of epochs after `epoch` (the restored checkpoint's; 0 when training from scratch) were
+    never saved with a checkpoint and are re-done, so they are dropped (rewritten atomically). Returns the rows kept."""
+    curve = run_dir / "curve.jsonl"
+    if not curve.exists():
+        return []
+    rows = [json.loads(line) for line in curve.read_text(encoding="utf-8").splitlines() if line.strip()]
+    keep = [r for r in rows if r["epoch"] <= epoch]
+    if len(keep) != len(rows):
+        tmp = curve.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+        os.replace(tmp, curve)
+    return keep
+
+
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         import torch

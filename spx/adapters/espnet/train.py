@@ -147,10 +147,7 @@ def main(run_dir: str) -> None:
     # resume: drop curve rows of an epoch that never reached its checkpoint (killed between log and save)
     latest = rd / "checkpoints/latest.pth"
     done_epoch = int(os.readlink(latest).split("epoch")[0]) if latest.is_symlink() else 0
-    curve_rows = [r for r in read_jsonl(rd / "curve.jsonl") if r["epoch"] <= done_epoch] if rank == 0 else []
-    if rank == 0:
-        with open(rd / "curve.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in curve_rows)
+    curve_rows = child.keep_curve_through(rd, done_epoch) if rank == 0 else []
     start_step = curve_rows[-1]["step"] if curve_rows else 0
 
     counter: dict[str, int] = {}

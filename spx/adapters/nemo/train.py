@@ -146,15 +146,7 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
                   f"{trainer.current_epoch + 1} (global step {trainer.global_step}), "
                   f"{trainer.num_training_batches} batches per epoch on this rank", flush=True)
             if trainer.global_rank == 0:
-                # rows of epochs the restored checkpoint does not contain are re-done: drop them
-                curve = rd / "curve.jsonl"
-                if curve.exists():
-                    rows = [json.loads(l) for l in curve.read_text().splitlines() if l.strip()]
-                    keep = [r for r in rows if r["epoch"] <= trainer.current_epoch]
-                    if len(keep) != len(rows) or trainer.current_epoch == 0:
-                        tmp = curve.with_suffix(".tmp")
-                        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-                        os.replace(tmp, curve)
+                child.keep_curve_through(rd, trainer.current_epoch)
                 if trainer.current_epoch > 0:
                     print(f"spx: resumed from checkpoint at epoch {trainer.current_epoch} "
                           f"(step {trainer.global_step})", flush=True)

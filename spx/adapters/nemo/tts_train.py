@@ -86,13 +86,7 @@ def main(run_dir: str) -> None:
         def on_train_start(self, trainer, pl_module) -> None:
             self.first_epoch = trainer.current_epoch
             self.t0 = time.time()
-            curve = rd / "curve.jsonl"
-            if curve.exists():  # rows of epochs the restored checkpoint does not contain are re-done: drop them
-                rows = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
-                keep = [r for r in rows if r["epoch"] <= trainer.current_epoch]
-                tmp = curve.with_suffix(".tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-                os.replace(tmp, curve)
+            child.keep_curve_through(rd, trainer.current_epoch)
             if trainer.current_epoch > 0:
                 print(f"spx: resumed from checkpoint at epoch {trainer.current_epoch} (step {trainer.global_step})",
                       flush=True)

@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 
 import speechbrain as sb
-from spx.adapters.base import read_jsonl
 from spx.adapters.common import child
-from spx.adapters.speechbrain import EXPORT_INFO, export_info
+from spx.adapters.speechbrain import EXPORT_INFO
 from spx.adapters.speechbrain.model import (
     MODULE_FILES, Tokenizer, apply_freeze, ctc_decoder, encode_log_probs, load_exported, load_hparams,
-    make_tokenizer, module_map,
+    make_tokenizer,
 )
 from spx.manifests import Utterance
 
@@ -70,10 +69,8 @@ class CTCBrain(sb.Brain):
         if done:
             log(f"resumed from checkpoint {self.checkpointer.find_checkpoint().path} at epoch {done} "
                 f"(optimizer step {self.optimizer_step})")
-            if RANK == 0:  # rows of epochs after the checkpoint were never saved: drop them
-                curve = self.run_dir / "curve.jsonl"
-                rows = [r for r in read_jsonl(curve) if r["epoch"] <= done]
-                curve.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            if RANK == 0:
+                rows = child.keep_curve_through(self.run_dir, done)
                 self.prior_seconds = float(rows[-1]["time"]) if rows else 0.0
         if hasattr(self.scheduler, "set_initial"):
             self.scheduler.set_initial(self.optimizer)
@@ -261,7 +258,6 @@ def main(run_dir: str) -> None:
     brain.rank_batches = 0
     brain.rank_updates = 0
     brain.t0 = time.time()
-    summary_path = rd / "train_summary.json"
     brain.prior_seconds = 0.0
     train_loader = brain.make_dataloader(train, stage=sb.Stage.TRAIN, **loader_kwargs(hparams, train))
     valid_loader = brain.make_dataloader(valid, stage=sb.Stage.VALID, ckpt_prefix=None,

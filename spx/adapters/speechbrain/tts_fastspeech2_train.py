@@ -17,11 +17,11 @@ import numpy as np
 import speechbrain as sb
 import torch
 
-from spx.adapters.common.child import (append_curve, count_params, load_audio, load_run, main_guard, peak_memory_mb,
-                                       pick_device, progress, set_threads, write_train_summary)
+from spx.adapters.common.child import (append_curve, keep_curve_through, load_audio, load_run, main_guard, pick_device,
+                                       progress, set_threads)
 from spx.adapters.speechbrain.tts_fastspeech2_prepare import mel_and_energy, split_rows, sup_file
 from spx.adapters.speechbrain.tts_model import encode_text, load_native
-from spx.adapters.speechbrain.tts_train import load_hparams
+from spx.adapters.speechbrain.tts_train import fit_and_summarize, load_hparams
 
 
 def build_items(rd, spec, hp: dict, info: dict, split: str, rows: list, pitch_stats: dict) -> list[dict]:
@@ -66,10 +66,7 @@ class FastSpeech2Brain(sb.Brain):
     def on_fit_start(self):
         super().on_fit_start()  # builds the optimizer and recovers the last checkpoint (resume)
         done = self.hparams.epoch_counter.current
-        curve = self.run_dir / "curve.jsonl"
-        if curve.exists():  # rows of epochs after the restored checkpoint were never saved with it: drop them
-            rows = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
-            curve.write_text("".join(json.dumps(r) + "\n" for r in rows if r["epoch"] <= done))
+        keep_curve_through(self.run_dir, done)
         if done:
             print(f"spx: resumed from checkpoint at epoch {done} (optimizer step {self.optimizer_step})", flush=True)
         self.resumed_from_epoch = done
@@ -133,32 +130,13 @@ def train(run_dir: str) -> None:
     valid_loader = torch.utils.data.DataLoader(splits["valid"], batch_size=hp["batch_size"],
                                                collate_fn=hp["collate_fn"])
 
-    if info["init_from"]:
-        state = torch.load(info["init_from"], map_location="cpu")
-        hp["model"].load_state_dict(state)  # strict: a mismatched architecture fails here, loudly
-        progress(phase="init_from", checkpoint=info["init_from"])
-    run_opts = {"device": device, "noprogressbar": True, "max_grad_norm": spec.training.grad_clip or 1e9,
-                "grad_accumulation_factor": spec.training.grad_accumulation}
-    brain = FastSpeech2Brain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp, run_opts=run_opts,
-                             checkpointer=hp["checkpointer"])
-    brain.run_dir = rd
-    brain.train_loss, brain.train_parts = float("nan"), {}
-    brain.loss_sums, brain.loss_batches = {}, {}
-    brain.fit(hp["epoch_counter"], train_loader, valid_loader)
+    def prepare(brain: FastSpeech2Brain) -> None:
+        brain.train_loss, brain.train_parts = float("nan"), {}
+        brain.loss_sums, brain.loss_batches = {}, {}
 
-    ckpt = hp["checkpointer"]
-    best = ckpt.find_checkpoint(min_key="loss")
-    last = ckpt.find_checkpoint()
-    write_train_summary(
-        rd, wall_seconds=round(time.time() - started, 2), epochs=hp["epoch_counter"].current,
-        steps=brain.optimizer_step, params=count_params(hp["model"]), peak_memory_mb=round(peak_memory_mb(device), 1),
-        last_checkpoint=str(last.path) if last else None, best_checkpoint=str(best.path) if best else None,
-        exported_model=str(best.path / "model.ckpt") if best else None,
-        effective_batch=hp["batch_size"] * spec.training.grad_accumulation, world_size=1, device=device,
-        threads=threads, vocoder=info["vocoder_name"], init_from=info["init_from"],
-        resumed=brain.resumed_from_epoch > 0, model_class="FastSpeech2WithAlignment",
-        pitch_mean=pitch_stats["pitch_mean"], pitch_std=pitch_stats["pitch_std"],
-    )
+    fit_and_summarize(FastSpeech2Brain, spec, rd, hp, info, (train_loader, valid_loader), started, device, threads,
+                      prepare, model_class="FastSpeech2WithAlignment", pitch_mean=pitch_stats["pitch_mean"],
+                      pitch_std=pitch_stats["pitch_std"])
 
 
 if __name__ == "__main__":

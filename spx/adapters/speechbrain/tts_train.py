@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
 import speechbrain as sb
 
-from spx.adapters.common.child import (append_curve, count_params, load_audio, load_run, main_guard, peak_memory_mb,
-                                       pick_device, progress, set_threads, write_train_summary)
+from spx.adapters.common.child import (append_curve, count_params, keep_curve_through, load_audio, load_run, main_guard,
+                                       peak_memory_mb, pick_device, progress, set_threads, write_train_summary)
 from spx.adapters.speechbrain.tts_model import compute_mel, encode_text, load_native
 from spx.manifests import read_manifest
 
@@ -73,6 +73,8 @@ class TacotronBrain(sb.Brain):
 
     def on_fit_start(self):
         super().on_fit_start()  # builds the optimizer and recovers the last checkpoint (resume)
+        self.resumed_from_epoch = self.hparams.epoch_counter.current
+        keep_curve_through(self.run_dir, self.resumed_from_epoch)
         # the stop token is one positive frame per utterance: weight it like ESPnet's Tacotron2 (bce_pos_weight 5)
         self.hparams.criterion.bce_loss = torch.nn.BCEWithLogitsLoss(
             pos_weight=torch.tensor(self.hparams.gate_pos_weight, device=self.device))
@@ -135,20 +137,32 @@ def train(run_dir: str) -> None:
                                                collate_fn=collate, generator=gen, num_workers=spec.training.num_workers)
     valid_loader = torch.utils.data.DataLoader(valid_items, batch_size=hp["batch_size"], collate_fn=collate)
 
+    per_epoch = math.ceil(len(train_items) / hp["batch_size"] / spec.training.grad_accumulation)
+
+    def prepare(brain: TacotronBrain) -> None:
+        brain.multi_speaker = bool(info["speakers"])
+        brain.train_loss = float("nan")
+        brain.total_steps = spec.training.max_steps or per_epoch * hp["epochs"]
+
+    fit_and_summarize(TacotronBrain, spec, rd, hp, info, (train_loader, valid_loader), started, device, threads,
+                      prepare, model_class="Tacotron2")
+
+
+def fit_and_summarize(brain_class: type, spec, rd, hp: dict, info: dict, loaders: tuple, started: float, device: str,
+                      threads: int, prepare: Callable[[sb.Brain], None], **summary_fields: Any) -> sb.Brain:
+    """What every SpeechBrain acoustic-model train step does once its data is ready: init_from (strict), the Brain,
+    fit (resuming from the last checkpoint), and train_summary.json naming the best checkpoint by valid loss."""
     if info["init_from"]:
         state = torch.load(info["init_from"], map_location="cpu")
         hp["model"].load_state_dict(state)  # strict: a mismatched architecture fails here, loudly
         progress(phase="init_from", checkpoint=info["init_from"])
     run_opts = {"device": device, "noprogressbar": True, "max_grad_norm": spec.training.grad_clip or 1e9,
                 "grad_accumulation_factor": spec.training.grad_accumulation}
-    brain = TacotronBrain(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp, run_opts=run_opts,
-                          checkpointer=hp["checkpointer"])
-    brain.multi_speaker = bool(info["speakers"])
+    brain = brain_class(modules=hp["modules"], opt_class=hp["opt_class"], hparams=hp, run_opts=run_opts,
+                        checkpointer=hp["checkpointer"])
     brain.run_dir = rd
-    brain.train_loss = float("nan")
-    per_epoch = math.ceil(len(train_items) / hp["batch_size"] / spec.training.grad_accumulation)
-    brain.total_steps = spec.training.max_steps or per_epoch * hp["epochs"]
-    brain.fit(hp["epoch_counter"], train_loader, valid_loader)
+    prepare(brain)
+    brain.fit(hp["epoch_counter"], *loaders)
 
     ckpt = hp["checkpointer"]
     best = ckpt.find_checkpoint(min_key="loss")
@@ -157,10 +171,12 @@ def train(run_dir: str) -> None:
         rd, wall_seconds=round(time.time() - started, 2), epochs=hp["epoch_counter"].current,
         steps=brain.optimizer_step, params=count_params(hp["model"]), peak_memory_mb=round(peak_memory_mb(device), 1),
         last_checkpoint=str(last.path) if last else None, best_checkpoint=str(best.path) if best else None,
-        exported_model=str(best.path / "model.ckpt") if best else None, effective_batch=hp["batch_size"]
-        * spec.training.grad_accumulation, world_size=1, device=device, threads=threads,
-        vocoder=info["vocoder_name"], init_from=info["init_from"],
+        exported_model=str(best.path / "model.ckpt") if best else None,
+        effective_batch=hp["batch_size"] * spec.training.grad_accumulation, world_size=1, device=device,
+        threads=threads, vocoder=info["vocoder_name"], init_from=info["init_from"],
+        resumed=brain.resumed_from_epoch > 0, **summary_fields,
     )
+    return brain
 
 
 if __name__ == "__main__":
