@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures, shared by the TTS modules)
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "conformer_ctc.yaml"
 DEMO = REPO / "spx" / "demo" / "corpus"
+TACOTRON2_RECIPE = REPO / "recipes" / "tacotron2.yaml"
+# CI scale: a couple of minutes of training per backend on 2 CPU cores
+# one thread: the autoregressive decoder is step-bound, and a second OpenMP thread only contends on 2 cores
+TACOTRON2_TRAIN_OVERRIDES = ["training.epochs=12", "eval.speed_repeats=1", "eval.warmup_batches=1",
+                             "resources.threads=1"]
 
 
 def run_spx(*args: str, cwd: Path | None = None, timeout: float = 1800, env: dict | None = None,
@@ -53,4 +60,68 @@ def trained_run(bench_dir):
             cache[backend] = rd
         return cache[backend]
 
+    return get
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def corpus_args(corpus: Path) -> list[str]:
+    """The overrides that point a recipe at a test corpus's train/valid/test manifests."""
+    return [f"data.train={corpus / 'train.jsonl'}", f"data.valid={corpus / 'valid.jsonl'}",
+            f"data.test={corpus / 'test.jsonl'}"]
+
+
+def tts_spec(corpus: Path, *overrides: str, recipe: Path = TACOTRON2_RECIPE):
+    """A TTS recipe (Tacotron2 unless told) on a test corpus's train/valid/test manifests."""
+    from spx.spec import load_spec
+
+    return load_spec(recipe, [*corpus_args(corpus), *overrides])
+
+
+def synthesized_test_set(rd: Path, corpus: Path, sample_rate: int = 16000) -> list[tuple]:
+    """(hyps.jsonl row, waveform) per synthesized test sentence of a TTS run, after the checks every acoustic model's
+    run must pass: one wav per test utterance, at the sample rate, as long as its row says, and not silent."""
+    import numpy as np
+    import soundfile as sf
+
+    hyps = read_jsonl(rd / "hyps.jsonl")
+    refs = [r["id"] for r in read_jsonl(corpus / "test.jsonl")[1:]]  # line 1 is the manifest header
+    assert sorted(h["id"] for h in hyps) == sorted(refs)
+    out = []
+    for h in hyps:
+        wav, sr = sf.read(h["audio"])
+        assert sr == sample_rate and len(wav) / sr == pytest.approx(h["duration"])
+        assert np.sqrt(np.mean(wav ** 2)) > 1e-3, f"{h['id']}: silent output"
+        out.append((h, wav))
+    return out
+
+
+def render_tts_run(spec, backend: str, run_dir: Path):
+    from spx.runner import render_run
+
+    return render_run(spec, backend, run_dir, force=True)
+
+
+@pytest.fixture(scope="session")
+def trained_tts(tts_corpus, tmp_path_factory):
+    """trained_tts('espnet') -> run dir of a tiny Tacotron2 trained on the flite corpus and scored (once per
+    session; tests/test_tts.py checks it, tests/test_espnet_fastspeech2.py uses the espnet one as duration teacher).
+    The run dirs are bench cells (trained_tts.out/runs/tacotron2-<backend>), so `spx bench --report-only` reports
+    them."""
+    from spx.launchers.local import run_here
+
+    root = tmp_path_factory.mktemp("tts_bench")
+    cache: dict = {}
+
+    def get(backend: str):
+        if backend not in cache:
+            rd = render_tts_run(tts_spec(tts_corpus, *TACOTRON2_TRAIN_OVERRIDES), backend,
+                                root / "runs" / f"tacotron2-{backend}")
+            run_here(rd, quiet=True)  # train, synthesize, then score as `spx run` does (metrics.json)
+            cache[backend] = rd
+        return cache[backend]
+
+    get.out = root
     return get

@@ -85,12 +85,12 @@ def test_cosine_schedule_and_dynamic_batches(tmp_path):
 def test_unsupported_family_refused_before_anything_is_written(tmp_path):
     recipe = tmp_path / "tts.yaml"
     recipe.write_text(yaml.safe_dump({
-        "name": "tts", "task": "tts", "model": {"family": "fastspeech2"},
+        "name": "tts", "task": "tts", "model": {"family": "hifigan"},  # ESPnet 202511 trains no standalone vocoder
         "data": {"train": str(DEMO / "train.jsonl"), "valid": str(DEMO / "valid.jsonl"), "test": str(DEMO / "test.jsonl")}}))
     rd = tmp_path / "run"
     proc = run_spx("run", "--backend", "espnet", recipe, "--run-dir", rd, "--dry-run")
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: model.family: spx's 'espnet' backend has no 'fastspeech2' model for task 'tts'")
+    assert proc.stderr.startswith("error: model.family: spx's 'espnet' backend has no 'hifigan' model for task 'tts'")
     assert "tacotron2" in proc.stderr and "Traceback" not in proc.stderr  # names what it has
     assert not rd.exists()
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import yaml
 
-from conftest import REPO
+from conftest import REPO, read_jsonl, synthesized_test_set
 from spx.errors import SpxError
 from spx.rundir import RunDir
 from spx.spec import load_spec
-from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures)
 
 RECIPE = REPO / "recipes" / "fastpitch.yaml"
 # CI scale: ~1.5 min of pitch extraction + NeMo imports, ~1.5 min of training (6 epochs x 13 steps) on 2 CPU cores
@@ -33,9 +30,6 @@ def render(spec, run_dir: Path) -> RunDir:
 
     return render_run(spec, "nemo", run_dir, force=True)
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------ fast: rendering
@@ -117,13 +111,9 @@ def test_fastpitch_trains_synthesizes_and_is_scored(tts_corpus, tmp_path):
     assert Path(summary["best_checkpoint"]).exists() and Path(summary["exported_model"]).is_file()
     assert summary["model_class"] == "FastPitchModel"
 
-    hyps = read_jsonl(rd / "hyps.jsonl")
-    refs = {r["id"]: r for r in read_jsonl(tts_corpus / "test.jsonl")[1:]}
-    assert sorted(h["id"] for h in hyps) == sorted(refs)
-    for h in hyps:
-        wav, sr = sf.read(h["audio"])
-        assert sr == 16000 and len(wav) / sr == pytest.approx(h["duration"])
-        assert np.sqrt(np.mean(wav ** 2)) > 1e-3, f"{h['id']}: silent output"
+    synthesized = synthesized_test_set(rd, tts_corpus)
+    hyps = [h for h, _ in synthesized]
+    for h, wav in synthesized:
         # plausible length: FastPitch's predicted durations give at least a word, at most max_token_duration
         # (75 frames) per input character (+ NeMo's padding spaces)
         assert 0.2 < h["duration"] <= 75 * (len(h["text"]) + 2) * 0.016, (h["id"], h["duration"])

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO
+from conftest import REPO, read_jsonl, synthesized_test_set
 from spx.errors import SpxError
 from spx.rundir import RunDir
 from spx.spec import load_spec
-from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures)
 
 RECIPE = REPO / "recipes" / "fastpitch.yaml"
 # CI scale: ~3 s of pitch/energy extraction, ~1 min of training (16 epochs x 13 steps of batch 8) on 2 CPU cores
@@ -40,9 +39,6 @@ def load_hparams(rd: RunDir) -> dict:
     with open(rd / "native/tts_hparams.yaml") as fh:
         return load_hyperpyyaml(fh)
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 HIFIGAN_HPARAMS = """generator: !new:speechbrain.lobes.models.HifiGAN.HifiganGenerator
@@ -185,14 +181,10 @@ def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(tts_corpus, tmp
     assert summary["model_class"] == "FastSpeech2WithAlignment" and summary["params"] == RECIPE_PARAMS
     assert summary["vocoder"] == "griffin-lim (32 iters)" and Path(summary["exported_model"]).is_file()
 
-    hyps = read_jsonl(rd / "hyps.jsonl")
-    refs = {r["id"]: r for r in read_jsonl(tts_corpus / "test.jsonl")[1:]}
-    assert sorted(h["id"] for h in hyps) == sorted(refs)
+    synthesized = synthesized_test_set(rd, tts_corpus)
+    hyps = [h for h, _ in synthesized]
     hop_seconds = 0.016
-    for h in hyps:
-        wav, sr = sf.read(h["audio"])
-        assert sr == 16000 and len(wav) / sr == pytest.approx(h["duration"])
-        assert np.sqrt(np.mean(wav ** 2)) > 1e-3, f"{h['id']}: silent output"
+    for h, wav in synthesized:
         # predicted durations: at least a word, at most 30 frames per character (a tiny model is not yet exact)
         assert 0.2 < h["duration"] <= 30 * len(h["text"]) * hop_seconds, (h["id"], h["duration"], h["text"])
         assert h["synth_time"] > 0 and Path(h["ref_audio"]).exists()

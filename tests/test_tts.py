@@ -4,35 +4,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import yaml
 
-from conftest import REPO
+from conftest import TACOTRON2_TRAIN_OVERRIDES as TRAIN_OVERRIDES
+from conftest import read_jsonl, render_tts_run, synthesized_test_set, tts_spec
 from spx.errors import SpxError
 from spx.launchers.execute import execute
 from spx.rundir import RunDir
 from spx.spec import load_spec
-from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures)
 
-RECIPE = REPO / "recipes" / "tacotron2.yaml"
+# the session fixtures tts_corpus, tts_multi_corpus and trained_tts (the Tacotron2 trained once per session, also the
+# ESPnet FastSpeech2 tests' duration teacher) live in conftest.py
 BACKENDS = ("espnet", "speechbrain")
-# CI scale: a couple of minutes of training per backend on 2 CPU cores
-# one thread: the autoregressive decoder is step-bound, and a second OpenMP thread only contends on 2 cores
-TRAIN_OVERRIDES = ["training.epochs=12", "eval.speed_repeats=1", "eval.warmup_batches=1", "resources.threads=1"]
-
-
-def tts_spec(corpus: Path, *overrides: str):
-    data = [f"data.train={corpus / 'train.jsonl'}", f"data.valid={corpus / 'valid.jsonl'}",
-            f"data.test={corpus / 'test.jsonl'}"]
-    return load_spec(RECIPE, [*data, *overrides])
-
-
-def render_tts_run(spec, backend: str, run_dir: Path) -> RunDir:
-    from spx.runner import render_run
-
-    return render_run(spec, backend, run_dir, force=True)
 
 
 # ------------------------------------------------------------------ fast: rendering
@@ -150,27 +135,6 @@ def test_demo_corpus_generator_writes_manifests_with_speakers(tts_multi_corpus):
 
 
 # ------------------------------------------------------------------ slow: real training and synthesis
-@pytest.fixture(scope="session")
-def trained_tts(tts_corpus, tmp_path_factory):
-    """trained_tts('espnet') -> run dir of a tiny Tacotron2 trained on the flite corpus and scored (once per
-    session). The run dirs are bench cells (trained_tts.out/runs/tacotron2-<backend>), so `spx bench --report-only`
-    reports them."""
-    from spx.launchers.local import run_here
-
-    root = tmp_path_factory.mktemp("tts_bench")
-    cache: dict[str, RunDir] = {}
-
-    def get(backend: str) -> RunDir:
-        if backend not in cache:
-            rd = render_tts_run(tts_spec(tts_corpus, *TRAIN_OVERRIDES), backend, root / "runs" / f"tacotron2-{backend}")
-            run_here(rd, quiet=True)  # train, synthesize, then score as `spx run` does (metrics.json)
-            cache[backend] = rd
-        return cache[backend]
-
-    get.out = root
-    return get
-
-
 def max_synth_seconds(rd: RunDir, backend: str, text: str, hop_seconds: float) -> float:
     """The decoder's length cap: ESPnet Text2Speech maxlenratio 10 x (characters + eos); SpeechBrain
     max_decoder_steps (3x the longest training utterance)."""
@@ -178,9 +142,6 @@ def max_synth_seconds(rd: RunDir, backend: str, text: str, hop_seconds: float) -
         return 10 * (len(text) + 1) * hop_seconds
     return json.loads((rd / "native/tts_info.json").read_text())["max_decoder_steps"] * hop_seconds
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.slow
@@ -195,15 +156,11 @@ def test_tacotron2_trains_synthesizes_and_is_scored(trained_tts, tts_corpus, bac
     assert summary["vocoder"] == "griffin-lim (32 iters)" and summary["params"] > 0
     assert Path(summary["best_checkpoint"]).exists()
 
-    hyps = read_jsonl(rd / "hyps.jsonl")
-    refs = {r["id"]: r for r in read_jsonl(tts_corpus / "test.jsonl")[1:]}
-    assert sorted(h["id"] for h in hyps) == sorted(refs)
+    synthesized = synthesized_test_set(rd, tts_corpus)
+    hyps = [h for h, _ in synthesized]
     spec = load_spec(rd / "spec.yaml")
     hop_seconds = spec.features.hop_length_ms / 1000
-    for h in hyps:
-        wav, sr = sf.read(h["audio"])
-        assert sr == 16000 and len(wav) / sr == pytest.approx(h["duration"])
-        assert np.sqrt(np.mean(wav ** 2)) > 1e-3, f"{h['id']}: silent output"
+    for h, wav in synthesized:
         # plausible length: at least a word, at most the decoder's length cap (a tiny model may not stop early)
         assert 0.2 < h["duration"] <= max_synth_seconds(rd, backend, h["text"], hop_seconds) + 0.1, (h["id"], h["duration"])
         assert h["synth_time"] > 0 and h["text"] and Path(h["ref_audio"]).exists()

@@ -245,6 +245,13 @@ class TTSSettings(Strict):
     n_mels: int = Field(80, ge=8)
     sample_rate: int = Field(22050, ge=8000)
     multi_speaker: bool = False
+    duration_teacher: str | None = Field(
+        None, description="ESPnet FastSpeech2 only (model.family fastspeech2 on espnet): the ESPnet Tacotron2 whose "
+                          "teacher-forced attention gives each character its duration in frames, as ESPnet's egs2 "
+                          "recipes do. An spx espnet tacotron2 run dir (its best checkpoint and "
+                          "checkpoints/config.yaml) or an ESPnet Tacotron2 *.pth with config.yaml beside it; it must "
+                          "use this job's character tokens and mel settings. Backends with an internal aligner (nemo, "
+                          "speechbrain) refuse it")
     judge: str | None = Field(None, description="intelligibility judge: an spx ASR run dir or a faster-whisper "
                                                 "model name/path; unset = the bundled whisper tiny.en")
 

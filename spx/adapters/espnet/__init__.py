@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import shlex
 import sys
@@ -287,14 +286,14 @@ def _check_init_architecture(spec: Spec, init: dict[str, str], cfg: dict[str, An
 # ------------------------------------------------------------------ the adapter
 class EspnetAdapter:
     name = "espnet"
-    tasks = {"asr": {"conformer_ctc"}, "tts": {"tacotron2", "vits"}}
+    tasks = {"asr": {"conformer_ctc"}, "tts": {"tacotron2", "fastspeech2", "vits"}}
 
     def supports(self, spec: Spec) -> None:
         why = unsupported(spec, self.name, self.tasks)
         if why:
             raise SpxError(why, where="task" if spec.task not in self.tasks else "model.family",
-                           hint="ESPnet in spx renders asr/conformer_ctc and tts/tacotron2, tts/vits; use another backend "
-                                f"for {spec.task}/{spec.model.family}")
+                           hint="ESPnet in spx renders asr/conformer_ctc and tts/tacotron2, tts/fastspeech2, tts/vits; "
+                                f"use another backend for {spec.task}/{spec.model.family}")
         if spec.task == "tts":
             from spx.adapters.espnet.tts import check_tts
 

@@ -1,12 +1,14 @@
-"""ESPnet TTS (Tacotron2, VITS): the spec -> ESPnet's own `conf/train_tts.yaml` (tts: tacotron2, or tts: vits for the
-gan_tts task: tts_vits.py), a Kaldi-style data dir and `espnet2.bin.tts_train` / `gan_tts_train` commands
-(collect_stats -> aggregate_stats_dirs -> train --resume true), then `espnet2.bin.tts_inference.Text2Speech`
-(Griffin-Lim unless tts.vocoder names a vocoder; VITS outputs the waveform itself).
+"""ESPnet TTS (Tacotron2, FastSpeech2, VITS): the spec -> ESPnet's own `conf/train_tts.yaml` (tts: tacotron2;
+tts: fastspeech2 trained on a Tacotron2 teacher's durations: tts_fastspeech2.py; or tts: vits for the gan_tts task:
+tts_vits.py), a Kaldi-style data dir and `espnet2.bin.tts_train` / `gan_tts_train` commands (FastSpeech2: teacher-forced
+`tts_inference` for the durations first; then collect_stats -> aggregate_stats_dirs -> train --resume true), then
+`espnet2.bin.tts_inference.Text2Speech` (Griffin-Lim unless tts.vocoder names a vocoder; VITS outputs the waveform).
 
 render_tts writes run_dir/native/:
   conf/train_tts.yaml   ESPnet training config (architecture numbers from `model:`, fbank from `features:`/`tts:`)
   conf/griffin_lim.yaml Griffin-Lim settings for Text2Speech (griffin_lim_iters; not for VITS)
   tts_tokens.txt        the character token list (fixed inventory: fine-tuning works across corpora)
+  teacher/teacher_config.yaml  FastSpeech2 only: the duration teacher's config, statistics path made absolute
   tts_commands.json     the exact espnet2 argv lists (module first, paths relative to the run dir)
   tts_run.sh            the same commands as a shell script (ESPnet alone reproduces the run)
 The child steps (tts_prepare, tts_train, tts_synth) run those argv lists through each entry point's
@@ -36,7 +38,7 @@ EXP = "checkpoints"  # tts_train --output_dir: checkpoint.pth, N epoch.pth, conf
 TOKENS = f"{NATIVE}/tts_tokens.txt"
 CONF = f"{NATIVE}/conf/train_tts.yaml"
 GL_CONF = f"{NATIVE}/conf/griffin_lim.yaml"
-TTS_FAMILIES = {"tacotron2", "vits"}
+TTS_FAMILIES = {"tacotron2", "fastspeech2", "vits"}
 # the characters clean_transcript keeps: one fixed inventory, so a checkpoint fine-tunes on any corpus
 CHARACTERS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
 SPACE = "<space>"  # ESPnet's char tokenizer writes a space as <space>
@@ -51,7 +53,7 @@ def check_tts(spec: Spec) -> None:
     if spec.model.family not in TTS_FAMILIES:
         raise SpxError(f"backend 'espnet' has no {spec.model.family!r} TTS model in spx (it has: "
                        f"{', '.join(sorted(TTS_FAMILIES))})", where="model.family",
-                       hint="use family tacotron2 or vits, or another backend")
+                       hint="use family tacotron2, fastspeech2 or vits, or another backend")
     t = spec.training
     if t.batch_size is None:
         raise SpxError("TTS jobs batch by utterances", where="training.batch_size", hint="set training.batch_size")
@@ -61,6 +63,14 @@ def check_tts(spec: Spec) -> None:
         from spx.adapters.espnet.tts_vits import check_vits
 
         check_vits(spec)
+    if spec.model.family == "fastspeech2":
+        from spx.adapters.espnet.tts_fastspeech2 import check_fastspeech2
+
+        check_fastspeech2(spec)
+    elif spec.tts.duration_teacher is not None:
+        raise SpxError(f"tts.duration_teacher is set, but ESPnet {spec.model.family} learns its alignment itself "
+                       "(only FastSpeech2 trains on a teacher's durations)", where="tts.duration_teacher",
+                       hint="remove tts.duration_teacher, or use model.family fastspeech2")
 
 
 def speaker_table(spec: Spec) -> dict[str, int]:
@@ -135,13 +145,39 @@ def mel_settings(spec: Spec) -> dict[str, Any]:
             "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "fmin": 0, "fmax": sr // 2}
 
 
-def train_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from spx.adapters.espnet import _scheduler, deep_merge  # the ASR adapter's mapping of training.scheduler
+def fbank_conf(spec: Spec) -> dict[str, Any]:
+    """`feats_extract: fbank` settings (Tacotron2, FastSpeech2; a duration teacher must have the same)."""
+    mel = mel_settings(spec)
+    return {k: mel[k] for k in ("fs", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "fmax")}
 
-    m, t = spec.model, spec.training
+
+def training_settings(spec: Spec, n_train: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The training part of an ESPnet tts config (optimizer, scheduler, epochs, batches, checkpoints), shared by
+    Tacotron2 and FastSpeech2, and what spx derived (step counts) for the record."""
+    from spx.adapters.espnet import _scheduler  # the ASR adapter's mapping of training.scheduler
+
+    t = spec.training
     steps_per_epoch = math.ceil(math.ceil(n_train / t.batch_size) / t.grad_accumulation)
     epochs = t.epochs if t.max_steps is None else math.ceil(t.max_steps / steps_per_epoch)
     total_steps = t.max_steps or steps_per_epoch * epochs
+    optim_conf: dict[str, Any] = {"lr": t.optimizer.lr, "weight_decay": t.optimizer.weight_decay}
+    if t.optimizer.name != "sgd":
+        optim_conf["betas"] = list(t.optimizer.betas)
+    settings: dict[str, Any] = {
+        "optim": t.optimizer.name, "optim_conf": optim_conf, **_scheduler(spec, total_steps),
+        "max_epoch": epochs, "batch_type": "sorted", "batch_size": t.batch_size, "accum_grad": t.grad_accumulation,
+        "grad_clip": t.grad_clip or -1, "seed": t.seed, "num_workers": t.num_workers,
+        "keep_nbest_models": t.keep_checkpoints, "best_model_criterion": [["valid", "loss", "min"]],
+        # ESPnet stops on epochs: max_steps is rounded up to whole epochs
+        "num_iters_per_epoch": None, "log_interval": 10,
+    }
+    return settings, {"steps_per_epoch": steps_per_epoch, "epochs": epochs, "total_steps": total_steps}
+
+
+def train_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from spx.adapters.espnet import deep_merge
+
+    m = spec.model
     tts_conf: dict[str, Any] = {
         "embed_dim": m.embedding_dim, "elayers": 1, "eunits": m.encoder_dim, "econv_layers": m.encoder_layers,
         "econv_chans": m.encoder_dim, "econv_filts": 5, "atype": "location", "adim": m.attention_dim,
@@ -154,34 +190,25 @@ def train_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[di
     }
     if speakers:
         tts_conf.update(spks=len(speakers), spk_embed_integration_type="add")
-    optim_conf: dict[str, Any] = {"lr": t.optimizer.lr, "weight_decay": t.optimizer.weight_decay}
-    if t.optimizer.name != "sgd":
-        optim_conf["betas"] = list(t.optimizer.betas)
-    mel = mel_settings(spec)
+    training, derived = training_settings(spec, n_train)
     cfg: dict[str, Any] = {
         "tts": "tacotron2", "tts_conf": tts_conf,
-        "feats_extract": "fbank",
-        "feats_extract_conf": {k: mel[k] for k in ("fs", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "fmax")},
+        "feats_extract": "fbank", "feats_extract_conf": fbank_conf(spec),
         "token_type": "char", "cleaner": None, "g2p": None,
-        "optim": t.optimizer.name, "optim_conf": optim_conf, **_scheduler(spec, total_steps),
-        "max_epoch": epochs, "batch_type": "sorted", "batch_size": t.batch_size, "accum_grad": t.grad_accumulation,
-        "grad_clip": t.grad_clip or -1, "seed": t.seed, "num_workers": t.num_workers,
-        "keep_nbest_models": t.keep_checkpoints, "best_model_criterion": [["valid", "loss", "min"]],
-        "num_iters_per_epoch": None, "log_interval": 10,
+        **training,
     }
-    if t.max_steps is not None:
-        cfg["num_iters_per_epoch"] = None  # ESPnet stops on epochs: max_steps is rounded up to whole epochs
-    cfg = deep_merge(cfg, spec.backends.get("espnet", {}))
-    derived = {"steps_per_epoch": steps_per_epoch, "epochs": epochs, "total_steps": total_steps}
-    return cfg, derived
+    return deep_merge(cfg, spec.backends.get("espnet", {})), derived
 
 
 def native_commands(spec: Spec, speakers: dict[str, int]) -> dict[str, list[str]]:
     """The espnet2 argv lists: one data layout and stats step for every family; the training entry point and
-    feature normalization are the family's (VITS: gan_tts_train on the raw linear spectrogram, as ESPnet's egs)."""
+    feature normalization are the family's (VITS: gan_tts_train on the raw linear spectrogram, as ESPnet's egs;
+    FastSpeech2: the teacher's durations first, then pitch and energy beside the mel)."""
+    from spx.adapters.espnet import tts_fastspeech2 as fs2
     from spx.adapters.espnet.tts_vits import ENTRY as GAN_TTS_ENTRY
 
     vits = spec.model.family == "vits"
+    fastspeech2 = spec.model.family == "fastspeech2"
     entry = GAN_TTS_ENTRY if vits else "espnet2.bin.tts_train"
     normalize = ["--normalize", "none"] if vits else [
         "--normalize", "global_mvn", "--normalize_conf", f"stats_file={STATS}/train/feats_stats.npz"]
@@ -192,20 +219,27 @@ def native_commands(spec: Spec, speakers: dict[str, int]) -> dict[str, list[str]
                    f"--{split}_data_path_and_name_and_type", f"{DATA}/{split}/wav.scp,speech,sound"]
         if speakers:
             common += [f"--{split}_data_path_and_name_and_type", f"{DATA}/{split}/utt2sid,sids,text_int"]
-    cmds = {
+        if fastspeech2:
+            common += fs2.data_options(split)
+    stats_options = fs2.stats_options() if fastspeech2 else ["--write_collected_feats", "false"]
+    cmds: dict[str, list[str]] = {}
+    if fastspeech2:
+        cmds.update(fs2.teacher_commands(spec, fs2.resolve_duration_teacher(spec.tts.duration_teacher)["model"],
+                                         speakers))
+    cmds.update({
         "collect_stats": [entry, "--collect_stats", "true", "--config", CONF, *common,
-                          "--normalize", "none", "--write_collected_feats", "false",
+                          "--normalize", "none", *stats_options,
                           "--train_shape_file", f"{DATA}/train/wav.scp", "--valid_shape_file", f"{DATA}/valid/wav.scp",
                           "--batch_type", "unsorted", "--batch_size", "8", "--ngpu", "0", "--num_workers", "0",
                           "--output_dir", f"{STATS}/logdir/stats.1"],
         "aggregate_stats_dirs": ["espnet2.bin.aggregate_stats_dirs", "--input_dir", f"{STATS}/logdir/stats.1",
                                  "--output_dir", STATS],
-        "tts_train": [entry, "--config", CONF, *common, *normalize,
+        "tts_train": [entry, "--config", CONF, *common, *normalize, *(fs2.train_options() if fastspeech2 else []),
                       "--train_shape_file", f"{STATS}/train/text_shape", "--train_shape_file", f"{STATS}/train/speech_shape",
                       "--valid_shape_file", f"{STATS}/valid/text_shape", "--valid_shape_file", f"{STATS}/valid/speech_shape",
                       "--fold_length", "150", "--fold_length", "204800",
                       "--resume", "true", "--output_dir", EXP, "--use_tensorboard", "false"],
-    }
+    })
     if spec.init_from:
         cmds["tts_train"] += ["--init_param", resolve_init_from(spec.init_from)]
     return cmds
@@ -220,25 +254,43 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
         raise SpxError("the training manifest is empty", where=spec.data.train)
     family = {"synth_model": "checkpoints/valid.loss.best.pth", "loss_key": "loss",
               "vocoder_name": vocoder_name(spec, vocoder)}
+    teacher: dict[str, Any] | None = None
     if spec.model.family == "vits":
         from spx.adapters.espnet import tts_vits
 
         cfg, derived = tts_vits.vits_config(spec, len(train), speakers)
         family = {"synth_model": tts_vits.SYNTH_MODEL, "loss_key": tts_vits.LOSS_KEY, "vocoder_name": tts_vits.VOCODER}
+    elif spec.model.family == "fastspeech2":
+        from spx.adapters.espnet import tts_fastspeech2 as fs2
+
+        fs2.check_teacher_speakers(spec, speakers)
+        cfg, derived = fs2.fastspeech2_config(spec, len(train), speakers)
+        teacher, teacher_cfg = fs2.teacher_config(spec)
+        family["synth_model"] = fs2.SYNTH_MODEL
     else:
         cfg, derived = train_config(spec, len(train), speakers)
     cmds = native_commands(spec, speakers)
     (run_dir / NATIVE / "conf").mkdir(parents=True, exist_ok=True)
+    if teacher is not None:
+        (run_dir / fs2.TEACHER_DIR).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / fs2.TEACHER_CONFIG, f"# The duration teacher's {teacher['config']}, written by spx "
+                          "with its statistics path made absolute\n" + dump_yaml(teacher_cfg))
     atomic_write_text(run_dir / CONF, f"# Generated by spx from {run_dir / 'spec.yaml'}\n" + dump_yaml(cfg))
     if spec.model.family != "vits":
         atomic_write_text(run_dir / GL_CONF, dump_yaml({"griffin_lim_iters": spec.tts.griffin_lim_iters}))
     atomic_write_text(run_dir / TOKENS, "\n".join(token_list()) + "\n")
     atomic_write_json(run_dir / NATIVE / "tts_commands.json", {
         "commands": cmds, "derived": derived, "speakers": speakers, "mel": mel_settings(spec), "vocoder": vocoder,
-        "family": spec.model.family, **family, "init_from": cmds["tts_train"][-1] if spec.init_from else None})
+        "family": spec.model.family, **family, "init_from": cmds["tts_train"][-1] if spec.init_from else None,
+        "duration_teacher": teacher})
     lines = ["#!/usr/bin/env bash", "# ESPnet's own commands for this TTS run (run from the run dir, after tts_prepare "
              "wrote native/tts_data). spx adds --ngpu at run time.", "set -euo pipefail"]
-    lines += [shlex.join(["python", "-m", *argv]) for argv in cmds.values()]
+    for name, argv in cmds.items():
+        lines.append(shlex.join(["python", "-m", *argv]))
+        if name.startswith("teacher_durations_"):  # the teacher's durations become the data dir's durations file
+            split = name.removeprefix("teacher_durations_")
+            lines.append(shlex.join(["cp", f"{argv[argv.index('--output_dir') + 1]}/durations/durations",
+                                     f"{DATA}/{split}/durations"]))
     atomic_write_text(run_dir / NATIVE / "tts_run.sh", "\n".join(lines) + "\n")
     py = sys.executable
     return [

@@ -2,6 +2,10 @@
 and shape files, by ESPnet's own entry points (tts_train or, for VITS, gan_tts_train --collect_stats;
 aggregate_stats_dirs) run in this one process with the argv lists render wrote to native/tts_commands.json.
 
+FastSpeech2 first runs its duration teacher (tts_inference --use_teacher_forcing true on train and valid) and puts
+its durations into the data dirs (`durations`), checked to cover every token and to sum to each utterance's frame
+count as ESPnet requires; collect_stats then also extracts the token-averaged pitch and energy.
+
 Audio that is not already a whole file at tts.sample_rate (other rate, a segment, a piped command) is written
 as 16-bit WAV at tts.sample_rate under native/tts_data/wav/ first, as ESPnet's format_wav_scp would.
 """
@@ -16,6 +20,7 @@ from pathlib import Path
 from spx.adapters.common import child
 from spx.adapters.espnet.tts import DATA
 from spx.manifests import read_manifest
+from spx.yamlio import atomic_write_text
 
 
 def write_data_dir(rd, manifest: str, split: str, sample_rate: int, speakers: dict[str, int], lowercase: bool) -> None:
@@ -43,6 +48,56 @@ def write_data_dir(rd, manifest: str, split: str, sample_rate: int, speakers: di
             (out / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def frame_count(n_samples: int, mel: dict) -> int:
+    """Frames of ESPnet's fbank (Stft, center=True) for n_samples: what teacher durations must sum to."""
+    pad = mel["n_fft"] // 2
+    return (n_samples + 2 * pad - mel["n_fft"]) // mel["hop_length"] + 1
+
+
+def read_kaldi(path: Path) -> dict[str, str]:
+    rows = (line.split(maxsplit=1) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {r[0]: (r[1] if len(r) > 1 else "") for r in rows}
+
+
+def install_durations(rd, teacher_out: Path, split: str, mel: dict) -> None:
+    """The teacher's durations -> native/tts_data/<split>/durations, after checking each utterance has one per token
+    (+ <sos/eos>) summing to its frame count (ESPnet's token averaging and length regulator assume exactly that)."""
+    import soundfile as sf
+
+    data = rd / DATA / split
+    found = teacher_out / "durations/durations"
+    if not found.exists():
+        raise SystemExit(f"the duration teacher wrote no {found} (is it an attention model run with teacher forcing?)")
+    durations = {k: [int(x) for x in v.split()] for k, v in read_kaldi(found).items()}
+    texts, wavs = read_kaldi(data / "text"), read_kaldi(data / "wav.scp")
+    missing = sorted(set(texts) - set(durations))
+    if missing:
+        raise SystemExit(f"the duration teacher gave no durations for {len(missing)} {split} utterance(s) "
+                         f"(first: {missing[0]!r}); see {teacher_out}")
+    bad = []
+    for utt, text in texts.items():
+        tokens = len(text)  # char tokens: one per character, a space is <space>
+        frames = frame_count(sf.info(wavs[utt]).frames, mel)
+        d = durations[utt]
+        if len(d) != tokens + 1 or sum(d) != frames:
+            bad.append(f"{utt}: {len(d)} durations for {tokens} tokens + <sos/eos>, summing to {sum(d)} for "
+                       f"{frames} frames")
+    if bad:
+        raise SystemExit(f"{len(bad)} {split} utterance(s) have teacher durations that do not match their tokens "
+                         f"and frames, which ESPnet FastSpeech2 requires (does the teacher use this job's tokens, "
+                         f"mel settings and reduction factor 1?):\n  " + "\n  ".join(bad[:5]))
+    atomic_write_text(data / "durations", "".join(f"{u} {' '.join(map(str, durations[u]))}\n" for u in sorted(texts)))
+
+
+def run_teacher(rd, native: dict, device: str) -> None:
+    for split in ("train", "valid"):
+        argv = native["commands"][f"teacher_durations_{split}"] + ["--ngpu", "1" if device == "cuda" else "0"]
+        print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
+        importlib.import_module(argv[0]).main(cmd=argv[1:])
+        install_durations(rd, Path(argv[argv.index("--output_dir") + 1]), split, native["mel"])
+        child.progress(phase="prepare", done=f"teacher durations ({split})")
+
+
 def main(run_dir: str) -> None:
     spec, rd = child.load_run(run_dir)
     os.chdir(rd.path)  # the native argv lists are relative to the run dir
@@ -51,14 +106,19 @@ def main(run_dir: str) -> None:
     for split, manifest in (("train", spec.data.train), ("valid", spec.data.valid)):
         write_data_dir(rd, manifest, split, spec.tts.sample_rate, speakers, spec.tokenizer.lowercase)
     child.progress(phase="prepare", done="data dirs")
+    if native["family"] == "fastspeech2":
+        child.set_threads(spec)
+        run_teacher(rd, native, child.pick_device(spec))
 
     for name in ("collect_stats", "aggregate_stats_dirs"):
         argv = native["commands"][name]  # module first: espnet2.bin.tts_train or gan_tts_train (VITS)
         print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
         importlib.import_module(argv[0]).main(cmd=argv[1:])
         child.progress(phase="prepare", done=name)
-    if not Path(rd / "native/tts_stats/train/feats_stats.npz").exists():
-        raise SystemExit("collect_stats wrote no native/tts_stats/train/feats_stats.npz")
+    wanted = ["feats"] + (["pitch", "energy"] if native["family"] == "fastspeech2" else [])
+    for feat in wanted:
+        if not Path(rd / f"native/tts_stats/train/{feat}_stats.npz").exists():
+            raise SystemExit(f"collect_stats wrote no native/tts_stats/train/{feat}_stats.npz")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Child step `tts_synth`: synthesize the test sentences with espnet2.bin.tts_inference.Text2Speech from the model
-render chose (Tacotron2: valid.loss.best.pth; VITS: latest.pth), Griffin-Lim (native/conf/griffin_lim.yaml) unless
+render chose (Tacotron2, FastSpeech2: valid.loss.best.pth; VITS: latest.pth), Griffin-Lim (native/conf/griffin_lim.yaml) unless
 tts.vocoder names a ParallelWaveGAN-family vocoder, none for VITS (it outputs the waveform); timed by the shared
 protocol (synthesize_and_time)."""
 from __future__ import annotations

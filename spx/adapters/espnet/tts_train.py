@@ -102,6 +102,7 @@ def main(run_dir: str) -> None:
         effective_batch=spec.training.batch_size * spec.training.grad_accumulation, world_size=1, device=device,
         threads=threads, vocoder=native["vocoder_name"], init_from=native["init_from"],
         native_config=str(exp / "config.yaml"),
+        duration_teacher=(native.get("duration_teacher") or {}).get("model"),  # FastSpeech2's durations came from it
     )
 
 

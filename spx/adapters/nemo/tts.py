@@ -48,6 +48,10 @@ def mel_settings(spec: Spec) -> dict[str, Any]:
 
 def check_tts(spec: Spec) -> None:
     """Raise SpxError before anything runs when NeMo's FastPitch cannot render this TTS job."""
+    if spec.tts.duration_teacher is not None:
+        raise SpxError("tts.duration_teacher is set, but NeMo FastPitch learns its durations with its internal aligner "
+                       "(learn_alignment: true) and takes no teacher", where="tts.duration_teacher",
+                       hint="remove tts.duration_teacher for the nemo backend (it is for ESPnet FastSpeech2)")
     if spec.model.family == "hifigan":
         from spx.adapters.nemo.vocoder import check_vocoder_job
 

@@ -13,11 +13,11 @@ Writes run_dir/native/: tts_config.yaml (model / trainer / exp_manager / spx), v
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from spx.adapters.common import hifigan
 from spx.adapters.nemo.tts import INFO, mel_settings, trainer_and_exp_manager, write_config
 from spx.errors import SpxError
 from spx.manifests import read_manifest
@@ -26,50 +26,21 @@ from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
 MODEL_CLASS = "HifiGanModel"
-# dilations per residual block type, as in NeMo's generator configs v1 (type 1) and v3 (type 2)
-RESBLOCKS = {1: ([3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]]), 2: ([3, 5, 7], [[1, 2], [2, 6], [3, 12]])}
 
 
 def segment_samples(spec: Spec) -> int:
-    hop = mel_settings(spec)["hop_length"]
-    return int(spec.model.segment_seconds * spec.tts.sample_rate) // hop * hop
+    return hifigan.segment_samples(spec, mel_settings(spec)["hop_length"])
 
 
 def check_vocoder_job(spec: Spec) -> None:
     """Raise SpxError before anything runs when NeMo's HifiGanModel cannot render this job."""
-    m, t, mel = spec.model, spec.training, mel_settings(spec)
-    if math.prod(m.upsample_rates) != mel["hop_length"]:
-        raise SpxError(f"model.upsample_rates {m.upsample_rates} multiply to {math.prod(m.upsample_rates)}, but the mel "
-                       f"hop is {mel['hop_length']} samples (features.hop_length_ms {spec.features.hop_length_ms} at "
-                       f"{spec.tts.sample_rate} Hz): the generator must make one hop of audio per mel frame",
-                       where="model.upsample_rates", hint="e.g. [8, 8, 4] for a 256-sample hop, [8, 5, 4] for 160")
-    if mel["n_fft"] < mel["win_length"]:
-        raise SpxError(f"features.n_fft={mel['n_fft']} is shorter than the window ({mel['win_length']} samples)",
-                       where="features.n_fft", hint="use n_fft >= the window length in samples")
-    if segment_samples(spec) < 4 * mel["hop_length"]:
-        raise SpxError(f"model.segment_seconds {m.segment_seconds} is under 4 mel hops", where="model.segment_seconds",
-                       hint="use e.g. 0.5 (NeMo's recipe crops 8192 samples at 22.05 kHz)")
-    if t.batch_size is None:
-        raise SpxError("the vocoder job batches by utterance crops", where="training.batch_size",
-                       hint="set training.batch_size")
+    t = spec.training
+    hifigan.check_hifigan_job(spec, mel_settings(spec), "NeMo")
     if t.grad_clip is not None or t.grad_accumulation != 1:
         raise SpxError("NeMo's HifiGanModel steps its generator and discriminator optimizers by hand (Lightning manual "
                        "optimization), where the Trainer can neither clip gradients nor accumulate them",
                        where="training.grad_clip" if t.grad_clip is not None else "training.grad_accumulation",
                        hint="set training.grad_clip: null and training.grad_accumulation: 1")
-    if t.scheduler.name not in {"cosine", "constant"}:
-        raise SpxError(f"training.scheduler {t.scheduler.name!r} is not mapped for the nemo vocoder",
-                       where="training.scheduler.name", hint="use cosine (with warmup_steps) or constant")
-    if t.precision != "fp32":
-        raise SpxError("the vocoder job trains in fp32 in spx", where="training.precision", hint="set precision: fp32")
-    if spec.freeze:
-        raise SpxError("freeze is not mapped for the NeMo vocoder in spx", where="freeze", hint="remove freeze")
-    if spec.tts.vocoder:
-        raise SpxError("tts.vocoder names the vocoder of an acoustic model; this job *is* a vocoder",
-                       where="tts.vocoder", hint="remove tts.vocoder from the hifigan recipe")
-    if spec.resources.devices * spec.resources.nodes > 1:
-        raise SpxError("the NeMo vocoder job runs as one process in spx", where="resources.devices",
-                       hint="set resources.devices: 1 and resources.nodes: 1")
     if spec.init_from:
         resolve_vocoder_init(spec.init_from)
 
@@ -101,7 +72,7 @@ def _audio_manifest(src: str, dst: Path, lo: float | None = None, hi: float | No
 def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
     m, t, mel = spec.model, spec.training, mel_settings(spec)
     native = rd / "native"
-    kernels, dilations = RESBLOCKS[m.resblock]
+    kernels, dilations = hifigan.RESBLOCKS[m.resblock]
     seg = segment_samples(spec)  # validation crops too: equal lengths, so the batched mel L1 compares like with like
 
     def dataset(manifest: Path, n_segments: int, train: bool) -> dict[str, Any]:

@@ -77,7 +77,7 @@ FRONTEND_CHANNELS = [64, 32, 32]
 
 class SpeechBrainAdapter:
     name = "speechbrain"
-    tasks: dict[str, set[str]] = {"asr": {"conformer_ctc"}, "tts": {"tacotron2", "fastspeech2"}}
+    tasks: dict[str, set[str]] = {"asr": {"conformer_ctc"}, "tts": {"tacotron2", "fastspeech2", "hifigan"}}
 
     # ---------------------------------------------------------------- contract
     def supports(self, spec: Spec) -> None:

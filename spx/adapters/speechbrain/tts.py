@@ -1,5 +1,5 @@
-"""SpeechBrain TTS (Tacotron2; FastSpeech2 in tts_fastspeech2.py): the spec becomes a SpeechBrain-native recipe
-(hyperpyyaml + a Brain subclass).
+"""SpeechBrain TTS (Tacotron2; FastSpeech2 in tts_fastspeech2.py; the HiFi-GAN vocoder job in vocoder.py): the spec
+becomes a SpeechBrain-native recipe (hyperpyyaml + a Brain subclass).
 
 render_tts writes run_dir/native/:
   tts_hparams.yaml  generated hyperpyyaml: speechbrain.lobes.models.Tacotron2.Tacotron2 (or spx's
@@ -23,7 +23,7 @@ from spx.rundir import RunDir, Step
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
-TTS_FAMILIES = {"tacotron2", "fastspeech2"}
+TTS_FAMILIES = {"tacotron2", "fastspeech2", "hifigan"}  # hifigan: a vocoder job
 # the characters clean_transcript keeps: one fixed inventory, so a checkpoint fine-tunes on any corpus
 SYMBOLS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
 
@@ -32,8 +32,18 @@ def check_tts(spec: Spec) -> None:
     """Raise SpxError before anything runs when SpeechBrain cannot render this TTS job."""
     m = spec.model
     if m.family not in TTS_FAMILIES:
-        raise SpxError(f"backend 'speechbrain' has no {m.family!r} TTS model in spx (it has: tacotron2, fastspeech2)",
-                       where="model.family", hint="use family: tacotron2 or fastspeech2, or another backend")
+        raise SpxError(f"backend 'speechbrain' has no {m.family!r} TTS model in spx (it has: tacotron2, fastspeech2, "
+                       "hifigan = a vocoder job)", where="model.family",
+                       hint="use family: tacotron2 or fastspeech2, or another backend")
+    if spec.tts.duration_teacher is not None and m.family != "fastspeech2":  # fastspeech2 says why in its own check
+        raise SpxError(f"tts.duration_teacher is set, but a SpeechBrain {m.family} job takes no duration teacher",
+                       where="tts.duration_teacher", hint="remove tts.duration_teacher (it gives ESPnet FastSpeech2 its "
+                                                          "durations)")
+    if m.family == "hifigan":
+        from spx.adapters.speechbrain.vocoder import check_vocoder_job
+
+        check_vocoder_job(spec)
+        return
     if m.family == "fastspeech2":
         from spx.adapters.speechbrain.tts_fastspeech2 import check_fastspeech2
 
@@ -49,6 +59,7 @@ def check_tts(spec: Spec) -> None:
                        f"{m.reduction_factor} is not supported there", where="model.reduction_factor",
                        hint="use reduction_factor: 1 to compare across backends")
     _check_training(spec, "speechbrain")
+    resolve_vocoder(spec)  # before anything is written
 
 
 def _check_training(spec: Spec, backend: str) -> None:
@@ -88,14 +99,22 @@ def speaker_table(spec: Spec) -> dict[str, int]:
 
 
 def resolve_vocoder(spec: Spec) -> str | None:
+    """The SpeechBrain HiFi-GAN folder tts.vocoder names: a folder with hyperparams.yaml + generator.ckpt, or an spx
+    speechbrain hifigan run dir (its exported folder; its mel settings are checked against this job's here)."""
+    from spx.adapters.speechbrain.vocoder import check_vocoder_mels, exported_vocoder
+
     voc = spec.tts.vocoder
     if voc is None:
         return None
     p = Path(voc).expanduser()
+    if (p / "spec.yaml").is_file() or (p / "train_summary.json").is_file():  # an spx run dir
+        p = exported_vocoder(p, voc, "tts.vocoder")
     if not (p / "hyperparams.yaml").exists():
         raise SpxError(f"tts.vocoder {voc!r} is not a SpeechBrain HiFi-GAN folder (no hyperparams.yaml)",
                        where="tts.vocoder", hint="give a local SpeechBrain vocoder folder "
-                       "(hyperparams.yaml + generator.ckpt), or leave tts.vocoder unset for Griffin-Lim")
+                       "(hyperparams.yaml + generator.ckpt), an spx speechbrain hifigan run dir, or leave tts.vocoder "
+                       "unset for Griffin-Lim")
+    check_vocoder_mels(spec, p)
     return str(p.resolve())
 
 
@@ -195,6 +214,10 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
         from spx.adapters.speechbrain.tts_fastspeech2 import render_fastspeech2
 
         return render_fastspeech2(spec, run_dir)
+    if spec.model.family == "hifigan":
+        from spx.adapters.speechbrain.vocoder import render_vocoder_job
+
+        return render_vocoder_job(spec, run_dir)
     check_tts(spec)
     native = run_dir / "native"
     native.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,10 @@ def check_fastspeech2(spec: Spec) -> None:
     from spx.adapters.speechbrain.tts import mel_settings, resolve_vocoder
 
     m, mel = spec.model, mel_settings(spec)
+    if spec.tts.duration_teacher is not None:
+        raise SpxError("tts.duration_teacher is set, but SpeechBrain's FastSpeech2WithAlignment learns its durations "
+                       "with its internal aligner and takes no teacher", where="tts.duration_teacher",
+                       hint="remove tts.duration_teacher for the speechbrain backend (it is for ESPnet FastSpeech2)")
     if m.d_model % m.heads:
         raise SpxError(f"model.d_model={m.d_model} is not divisible by model.heads={m.heads} (SpeechBrain's "
                        "multi-head attention splits d_model across the heads)", where="model.heads",

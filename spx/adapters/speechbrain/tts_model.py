@@ -83,7 +83,9 @@ class GriffinLimVocoder:
 
 class HifiganVocoder:
     """A SpeechBrain HiFi-GAN (a folder with hyperparams.yaml + generator.ckpt, e.g. a local copy of
-    speechbrain/tts-hifigan-*), loaded with speechbrain.inference.vocoders.HIFIGAN."""
+    speechbrain/tts-hifigan-*, or the export of an spx speechbrain hifigan run), loaded with
+    speechbrain.inference.vocoders.HIFIGAN. One hop of audio per mel frame: HifiganGenerator.inference replicates
+    `inference_padding` frames at each end, whose audio is cut off again."""
 
     def __init__(self, source: str, device: str, savedir: Path, mel: dict[str, Any]):
         from speechbrain.inference.vocoders import HIFIGAN
@@ -96,6 +98,9 @@ class HifiganVocoder:
             raise RuntimeError(f"tts.vocoder {source} reads {n_mels} mels with a hop of {hop} samples; the acoustic "
                                f"model makes {mel['n_mels']} mels with a hop of {mel['hop_length']}: the vocoder must be "
                                "trained on the same mel settings (tts.n_mels, features.hop_length_ms)")
+        self.hop = hop
+        self.padding = int(getattr(generator, "inference_padding", 0)) * hop
 
     def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
-        return self.model.decode_batch(log_mel.unsqueeze(0)).reshape(-1)
+        wav = self.model.decode_batch(log_mel.unsqueeze(0)).reshape(-1)
+        return wav[self.padding: self.padding + log_mel.size(-1) * self.hop]
