@@ -44,3 +44,21 @@ def test_spec_schema_is_json_schema():
     proc = run_spx("spec", "schema")
     schema = json.loads(proc.stdout)
     assert "properties" in schema and "training" in schema["properties"]
+
+
+def test_relative_paths_in_a_recipe_resolve_against_its_folder(tmp_path):
+    """data paths always; init_from, tts.vocoder, tts.duration_teacher, tts.judge when the path exists there (else
+    they stay names: a hub model, a whisper size)."""
+    from spx.spec import load_spec
+
+    recipes, runs = tmp_path / "recipes", tmp_path / "runs"
+    recipes.mkdir()
+    (runs / "hifigan").mkdir(parents=True)
+    (runs / "tacotron2").mkdir()
+    recipe = recipes / "fastpitch.yaml"
+    recipe.write_text((REPO / "recipes" / "fastpitch.yaml").read_text())
+    spec = load_spec(recipe, ["tts.vocoder=../runs/hifigan", "tts.duration_teacher=../runs/tacotron2",
+                              "tts.judge=tiny.en", "init_from=nvidia/some_hub_model"])
+    assert spec.tts.vocoder == str(runs / "hifigan") and spec.tts.duration_teacher == str(runs / "tacotron2")
+    assert spec.tts.judge == "tiny.en" and spec.init_from == "nvidia/some_hub_model"
+    assert spec.data.train == str((recipes / "../runs/tts_demo_corpus/train.jsonl").resolve())

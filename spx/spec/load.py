@@ -13,6 +13,8 @@ from spx.spec.models import Spec
 from spx.yamlio import KeyPath, dump_yaml, load_yaml_file
 
 PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("augmentation", "noise", "manifest"))
+# a local path or a name (hub model, whisper size): resolved against the recipe's folder only when it exists there
+PATH_OR_NAME_KEYS = (("init_from",), ("tts", "vocoder"), ("tts", "duration_teacher"), ("tts", "judge"))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -101,9 +103,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         value = node[path[-1]]
         resolve = lambda v: str((base / v).resolve()) if isinstance(v, str) and "://" not in v else v  # noqa: E731
         node[path[-1]] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
-    init = data.get("init_from")
-    if isinstance(init, str) and (base / init).exists():
-        data["init_from"] = str((base / init).resolve())
+    for path in PATH_OR_NAME_KEYS:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(path[-1]) if isinstance(node, dict) else None
+        if isinstance(value, str) and (base / value).exists():
+            node[path[-1]] = str((base / value).resolve())
 
 
 def spec_from_data(data: Any, source: str, lines: dict[KeyPath, int] | None = None,
