@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-system-deps.sh
 python3 -m pip install -q uv
 python3 -m uv sync --frozen --extra test
-exec python3 -m uv run --frozen --extra test pytest "$@"
+# two workers (pytest-xdist): the tests that share a trained model run as one group (tests/conftest.py)
+exec python3 -m uv run --frozen --extra test pytest -n "${SPX_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder --durations=30 "$@"

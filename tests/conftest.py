@@ -1,4 +1,9 @@
-"""Shared fixtures. Trained models are made once per session and shared by every test that needs one."""
+"""Shared fixtures. Trained models are made once per test run and shared by every test that needs one.
+
+`bash scripts/test.sh` runs the suite on two pytest-xdist workers (`--dist loadgroup`): the tests that share a
+trained model form one group, so they run on one worker, and every shared model is built under a file lock in
+the run's common temp folder, so it is built once even when tests on both workers need it.
+"""
 from __future__ import annotations
 
 import json
@@ -8,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
+
+from shared_artifacts import shared_dir
 
 from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures, shared by the TTS modules)
 
@@ -19,6 +27,40 @@ TACOTRON2_RECIPE = REPO / "recipes" / "tacotron2.yaml"
 # one thread: the autoregressive decoder is step-bound, and a second OpenMP thread only contends on 2 cores
 TACOTRON2_TRAIN_OVERRIDES = ["training.epochs=12", "eval.speed_repeats=1", "eval.warmup_batches=1",
                              "resources.threads=1"]
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on a 2-core machine: one intra-op thread per training, or they thrash each other
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+# tests that use one of these fixtures run as one xdist group (one worker, in order): the group's tests share
+# what the fixture builds, and the Slurm tests one cluster
+SHARED_GROUPS = {"tts_models": {"trained_tts"}, "slurm": {"slurm_cluster"}}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the xdist_group marks into scopes
+def pytest_collection_modifyitems(config, items):
+    """Longest first, so that the short tests fill in around them on the two workers: the ASR bench cells (each
+    its own unit, so the workers build them side by side), the TTS group, the Slurm group, the other slow tests,
+    the tests that use a bench cell (by then built: they wait on its lock otherwise), then the fast tests."""
+    def group_of(item) -> str | None:
+        return next((g for g, fixtures in SHARED_GROUPS.items() if fixtures & set(item.fixturenames)), None)
+
+    def rank(item) -> int:
+        group = group_of(item)
+        if item.originalname == "test_bench_cell_trains":
+            return 0
+        if group:
+            return 1 + list(SHARED_GROUPS).index(group)
+        if not item.get_closest_marker("slow"):
+            return 5
+        return 4 if {"trained_run", "bench_dir"} & set(item.fixturenames) else 3
+
+    for item in items:
+        if group := group_of(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=rank)  # stable: collection order within a rank
 
 
 def run_spx(*args: str, cwd: Path | None = None, timeout: float = 1800, env: dict | None = None,
@@ -38,8 +80,8 @@ def demo_corpus() -> Path:
 
 @pytest.fixture(scope="session")
 def bench_dir(tmp_path_factory) -> Path:
-    """One bench output folder for the session: backend tests train into its cells, the bench test reuses them."""
-    return tmp_path_factory.mktemp("bench")
+    """One bench output folder for the run: backend tests train into its cells, the bench test reuses them."""
+    return shared_dir(tmp_path_factory, "bench")
 
 
 def cell_dir(bench_dir: Path, recipe_stem: str, backend: str) -> Path:
@@ -54,13 +96,19 @@ def trained_run(bench_dir):
     def get(backend: str) -> Path:
         if backend not in cache:
             rd = cell_dir(bench_dir, RECIPE.stem, backend)
-            status = rd / "status.json"
-            if not (status.exists() and json.loads(status.read_text()).get("state") == "finished"):
-                run_spx("run", "--backend", backend, RECIPE, "--run-dir", rd, "--force", check=True)
+            rd.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(rd) + ".lock"):
+                if not _finished(rd):
+                    run_spx("run", "--backend", backend, RECIPE, "--run-dir", rd, "--force", check=True)
             cache[backend] = rd
         return cache[backend]
 
     return get
+
+
+def _finished(rd: Path) -> bool:
+    status = rd / "status.json"
+    return status.exists() and json.loads(status.read_text()).get("state") == "finished"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -111,15 +159,21 @@ def trained_tts(tts_corpus, tmp_path_factory):
     The run dirs are bench cells (trained_tts.out/runs/tacotron2-<backend>), so `spx bench --report-only` reports
     them."""
     from spx.launchers.local import run_here
+    from spx.rundir import RunDir
 
-    root = tmp_path_factory.mktemp("tts_bench")
+    root = shared_dir(tmp_path_factory, "tts_bench")
     cache: dict = {}
 
     def get(backend: str):
         if backend not in cache:
-            rd = render_tts_run(tts_spec(tts_corpus, *TACOTRON2_TRAIN_OVERRIDES), backend,
-                                root / "runs" / f"tacotron2-{backend}")
-            run_here(rd, quiet=True)  # train, synthesize, then score as `spx run` does (metrics.json)
+            path = root / "runs" / f"tacotron2-{backend}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock"):
+                if _finished(path):  # built by the other xdist worker
+                    rd = RunDir(path)
+                else:
+                    rd = render_tts_run(tts_spec(tts_corpus, *TACOTRON2_TRAIN_OVERRIDES), backend, path)
+                    run_here(rd, quiet=True)  # train, synthesize, then score as `spx run` does (metrics.json)
             cache[backend] = rd
         return cache[backend]
 

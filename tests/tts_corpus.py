@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shared_artifacts import build_once, shared_dir
 from spx.demo.tts_corpus import generate_tts_corpus
 
 # ~100 s of training speech: a tiny Tacotron2 trains on it in a couple of minutes on 2 CPU cores
@@ -22,13 +23,13 @@ def make_tts_corpus(out_dir: Path, voices: tuple[str, ...] = ("slt",)) -> Path:
 
 @pytest.fixture(scope="session")
 def tts_corpus(tmp_path_factory) -> Path:
-    return make_tts_corpus(tmp_path_factory.mktemp("tts_corpus"))
+    return build_once(shared_dir(tmp_path_factory, "tts_corpus"), make_tts_corpus)
 
 
 @pytest.fixture(scope="session")
 def tts_multi_corpus(tmp_path_factory) -> Path:
-    return generate_tts_corpus(tmp_path_factory.mktemp("tts_multi_corpus"), n_train=12, n_valid=4, n_test=4,
-                               voices=("slt", "rms"))
+    return build_once(shared_dir(tmp_path_factory, "tts_multi_corpus"),
+                      lambda out: generate_tts_corpus(out, n_train=12, n_valid=4, n_test=4, voices=("slt", "rms")))
 
 
 if __name__ == "__main__":
