@@ -345,3 +345,28 @@ def test_cli_rejects_bad_recipes(tmp_path, name):
     proc = run_spx("spec", "validate", p)
     assert_cli_error(proc)
     assert f"{p}" in proc.stderr
+
+
+@pytest.mark.parametrize("recipe, old, new, line_of, message", [
+    ("fastpitch.yaml", "heads: 2 ", "heads: 3 ", "model:", "d_model (64) is not divisible by heads (3)"),
+    ("fastpitch.yaml", "n_fft: 1024", "n_fft: 512", "n_fft: 512", "n_fft (512) is shorter than the window (1024 samples"),
+    ("conformer_ctc.yaml", "n_mels: 80\n", "n_mels: 80\n  n_fft: 256\n", "n_fft: 256", "is shorter than the window (400"),
+])
+def test_checks_every_backend_shares_point_at_the_recipe_line(recipe, old, new, line_of, message):
+    """Rules that hold on every backend (attention heads, STFT window) are spec errors at the key's line, before
+    any adapter is asked."""
+    text = (RECIPE.parent / recipe).read_text()
+    assert old in text, f"{recipe} changed: update this test's replacement"
+    bad = text.replace(old, new, 1)
+    with pytest.raises(SpxError) as e:
+        load_text(bad)
+    assert_one_clear_error(e.value)
+    assert message in str(e.value), str(e.value)
+    assert e.value.where == f"recipe.yaml:{bad.splitlines().index(next(l for l in bad.splitlines() if line_of in l)) + 1}"
+
+
+def test_unset_n_fft_is_the_power_of_two_that_covers_the_window():
+    assert load_text(BASE_TEXT).features.n_fft == 512  # 25 ms at 16 kHz = 400 samples
+    data = {"task": "tts", "model": {"family": "tacotron2"}, "data": BASE_DATA["data"]}
+    assert spec_from_data(data, "tts.yaml", base=RECIPE.parent).features.n_fft == 1024  # 25 ms at 22.05 kHz = 551
+    assert spec_from_data(data, "tts.yaml", overrides=["features.n_fft=600"], base=RECIPE.parent).features.n_fft == 600

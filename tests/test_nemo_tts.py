@@ -68,7 +68,6 @@ def test_fastpitch_config_carries_the_spec_architecture(tts_multi_corpus, tmp_pa
 
 @pytest.mark.parametrize("override, match", [
     ("tts.multi_speaker=true", "tts.multi_speaker"),
-    ("model.heads=3", "not divisible by model.heads"),
     ("features.hop_length_ms=10.0", "hop_length_ms = win_length_ms / 4"),
     ("tts.vocoder=/no/such/hifigan.nemo", "tts.vocoder"),
     ("init_from=/no/such/fastpitch.nemo", "init_from"),

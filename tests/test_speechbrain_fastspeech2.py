@@ -135,8 +135,6 @@ def test_the_fastpitch_recipe_renders_on_nemo_and_speechbrain(tts_multi_corpus, 
 
 @pytest.mark.parametrize("override, match", [
     ("tts.multi_speaker=true", "no speaker input"),
-    ("model.heads=3", "not divisible by model.heads"),
-    ("features.n_fft=512", "shorter than the window"),
     ("freeze=[encoder]", "freeze is not mapped"),
     ("resources.devices=2", "one process"),
     ("training.precision=bf16", "fp32"),

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from spx.errors import SpxError
-from spx.spec.models import Spec
+from spx.spec.models import ASR_FAMILIES, TTS_FAMILIES, Spec, SpecKeyError
 from spx.yamlio import KeyPath, dump_yaml, load_yaml_file
 
 PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("augmentation", "noise", "manifest"))
@@ -56,6 +56,10 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model if isinstance(model, type) else None
 
 
+# discriminated unions add the family tag (e.g. 'conformer_ctc') to an error's loc; it is dropped for the user
+FAMILY_TAGS = tuple(sorted(ASR_FAMILIES)) + tuple(sorted(TTS_FAMILIES))
+
+
 def _line_for(loc: tuple[Any, ...], lines: dict[KeyPath, int]) -> int | None:
     for n in range(len(loc), -1, -1):
         if loc[:n] in lines:
@@ -65,8 +69,10 @@ def _line_for(loc: tuple[Any, ...], lines: dict[KeyPath, int]) -> int | None:
 
 def format_validation_error(exc: ValidationError, source: str, lines: dict[KeyPath, int]) -> SpxError:
     err = exc.errors()[0]
-    # discriminated unions add the tag (e.g. 'conformer_ctc') to loc; drop it for the user
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("conformer_ctc", "tacotron2", "fastspeech2", "vits")))
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in FAMILY_TAGS))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, SpecKeyError):  # a check across sections names the key to fix
+        loc = tuple(cause.key.split("."))
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = _line_for(loc, lines)
     where = f"{source}:{line}" if line else source
@@ -86,7 +92,7 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[KeyPa
         if "input" in err and not isinstance(err["input"], (dict, list)):
             msg += f" (got {err['input']!r})"
         if err["type"] == "union_tag_invalid" or "tag" in err["type"]:
-            hint = "model.family must be one of conformer_ctc, tacotron2, fastspeech2, vits, hifigan"
+            hint = f"model.family must be one of {', '.join(FAMILY_TAGS)}"
     extra = len(exc.errors()) - 1
     if extra:
         msg += f" (+{extra} more problem{'s' if extra > 1 else ''})"

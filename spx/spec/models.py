@@ -10,6 +10,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class SpecKeyError(ValueError):
+    """A cross-section check's error that names the key to fix, so that the message points at that key's line."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 # ---------------------------------------------------------------- model families
 class ConformerEncoder(Strict):
     layers: int = Field(2, ge=1, description="number of Conformer blocks")
@@ -54,6 +62,13 @@ class FastSpeech2(Strict):
     encoder_layers: int = Field(2, ge=1, description="transformer (FFT) blocks over the characters")
     decoder_layers: int = Field(2, ge=1, description="transformer (FFT) blocks over the mel frames")
     heads: int = Field(2, ge=1, description="attention heads; must divide d_model")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FastSpeech2":
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) is not divisible by heads ({self.heads}): multi-head "
+                             "attention splits d_model across the heads")
+        return self
 
 
 class Vits(Strict):
@@ -119,7 +134,8 @@ class Features(Strict):
     sample_rate: int = Field(16000, ge=8000)
     win_length_ms: float = Field(25.0, gt=0)
     hop_length_ms: float = Field(10.0, gt=0)
-    n_fft: int = Field(512, ge=64)
+    n_fft: int | None = Field(None, ge=64, description="STFT size in samples; unset = the smallest power of two "
+                                                      "that covers the window (512 for 25 ms at 16 kHz)")
 
 
 class Tokenizer(Strict):
@@ -288,6 +304,15 @@ class Spec(Strict):
         for item in self.freeze:
             if item not in ("encoder", "feature_extractor") and not item.startswith("encoder.layers:"):
                 raise ValueError(f"freeze item {item!r}: use 'encoder', 'feature_extractor' or 'encoder.layers:N'")
+        rate, rate_key = (self.tts.sample_rate, "tts.sample_rate") if self.task == "tts" else (
+            self.features.sample_rate, "features.sample_rate")
+        window = int(round(self.features.win_length_ms * rate / 1000))  # the window in samples, as every backend
+        if self.features.n_fft is None:
+            self.features.n_fft = 1 << (window - 1).bit_length()
+        if self.features.n_fft < window:
+            raise SpecKeyError("features.n_fft", f"n_fft ({self.features.n_fft}) is shorter than the window ({window} "
+                            f"samples: features.win_length_ms {self.features.win_length_ms} at {rate_key} {rate}); "
+                            "use an n_fft of at least the window length")
         return self
 
     @property

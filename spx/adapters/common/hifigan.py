@@ -27,9 +27,6 @@ def check_hifigan_job(spec: Spec, mel: dict[str, Any], toolkit: str) -> None:
                        f"hop is {hop} samples (features.hop_length_ms {spec.features.hop_length_ms} at "
                        f"{spec.tts.sample_rate} Hz): the generator must make one hop of audio per mel frame",
                        where="model.upsample_rates", hint="e.g. [8, 8, 4] for a 256-sample hop, [8, 5, 4] for 160")
-    if mel["n_fft"] < mel["win_length"]:
-        raise SpxError(f"features.n_fft={mel['n_fft']} is shorter than the window ({mel['win_length']} samples)",
-                       where="features.n_fft", hint="use n_fft >= the window length in samples")
     if segment_samples(spec, hop) < 4 * hop:
         raise SpxError(f"model.segment_seconds {m.segment_seconds} is under 4 mel hops", where="model.segment_seconds",
                        hint="use e.g. 0.5 (the toolkits' recipes crop 8192 samples at 22.05 kHz)")

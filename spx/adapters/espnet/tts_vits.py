@@ -43,10 +43,6 @@ def check_vits(spec: Spec) -> None:
     if spec.freeze:
         raise SpxError("freeze is not rendered for ESPnet VITS by spx", where="freeze",
                        hint="remove freeze (init_from alone fine-tunes every weight)")
-    if spec.features.n_fft < int(round(spec.features.win_length_ms * spec.tts.sample_rate / 1000)):
-        raise SpxError(f"features.n_fft {spec.features.n_fft} is shorter than the window "
-                       f"({spec.features.win_length_ms} ms at {spec.tts.sample_rate} Hz)", where="features.n_fft",
-                       hint="n_fft must be at least the window length in samples")
 
 
 def _discriminator(channels: int) -> dict[str, Any]:

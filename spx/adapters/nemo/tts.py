@@ -62,10 +62,6 @@ def check_tts(spec: Spec) -> None:
         raise SpxError(f"backend 'nemo' has no {m.family!r} TTS model in spx (it has: fastspeech2 = NeMo FastPitch, "
                        "hifigan = NeMo HifiGanModel vocoder; NeMo 3.0 ships no Tacotron2/VITS)", where="model.family",
                        hint="use family: fastspeech2 on nemo, or run tacotron2 on espnet/speechbrain")
-    if m.d_model % m.heads:
-        raise SpxError(f"model.d_model={m.d_model} is not divisible by model.heads={m.heads} (FastPitch's "
-                       "FFTransformer uses d_head = d_model / heads)", where="model.heads",
-                       hint="pick heads that divide d_model, e.g. d_model: 64, heads: 2")
     if spec.tts.multi_speaker:
         raise SpxError("tts.multi_speaker is not rendered for NeMo FastPitch in spx yet (it needs speaker ids in the "
                        "manifests and NeMo's speaker embedding table)", where="tts.multi_speaker",
@@ -76,9 +72,6 @@ def check_tts(spec: Spec) -> None:
         raise SpxError(f"NeMo FastPitch needs features.hop_length_ms = win_length_ms / 4 (pitch frames must match mel "
                        f"frames), got win {spec.features.win_length_ms} ms, hop {spec.features.hop_length_ms} ms",
                        where="features.hop_length_ms", hint="e.g. win_length_ms: 64.0, hop_length_ms: 16.0")
-    if mel["n_fft"] < mel["win_length"]:
-        raise SpxError(f"features.n_fft={mel['n_fft']} is shorter than the window ({mel['win_length']} samples)",
-                       where="features.n_fft", hint="use n_fft >= the window length in samples")
     if t.batch_size is None:
         raise SpxError("TTS jobs batch by utterances", where="training.batch_size", hint="set training.batch_size")
     if t.scheduler.name not in SCHEDULERS:
