@@ -17,11 +17,10 @@ import numpy as np
 import speechbrain as sb
 import torch
 
-from spx.adapters.common.child import (append_curve, keep_curve_through, load_audio, load_run, main_guard, pick_device,
-                                       progress, set_threads)
+from spx.adapters.common.child import append_curve, load_audio, main_guard, progress
 from spx.adapters.speechbrain.tts_fastspeech2_prepare import mel_and_energy, split_rows, sup_file
-from spx.adapters.speechbrain.tts_model import encode_text, load_native
-from spx.adapters.speechbrain.tts_train import fit_and_summarize, load_hparams
+from spx.adapters.speechbrain.tts_model import encode_text
+from spx.adapters.speechbrain.tts_train import fit_and_summarize, note_resume, start_job
 
 
 def build_items(rd, spec, hp: dict, info: dict, split: str, rows: list, pitch_stats: dict) -> list[dict]:
@@ -65,11 +64,7 @@ class FastSpeech2Brain(sb.Brain):
 
     def on_fit_start(self):
         super().on_fit_start()  # builds the optimizer and recovers the last checkpoint (resume)
-        done = self.hparams.epoch_counter.current
-        keep_curve_through(self.run_dir, done)
-        if done:
-            print(f"spx: resumed from checkpoint at epoch {done} (optimizer step {self.optimizer_step})", flush=True)
-        self.resumed_from_epoch = done
+        note_resume(self)
         self.hparams.lr_annealing.set_initial(self.optimizer)
 
     def on_stage_start(self, stage, epoch=None):
@@ -108,16 +103,11 @@ class FastSpeech2Brain(sb.Brain):
 
 
 def train(run_dir: str) -> None:
-    spec, rd = load_run(run_dir)
-    device = pick_device(spec)
-    threads = set_threads(spec)
-    torch.manual_seed(spec.training.seed)
-    info = load_native(rd / "native")
+    spec, rd, device, threads, info, hp = start_job(run_dir)
     stats_path = rd / "native" / "pitch_stats.json"
     if not stats_path.exists():
         raise RuntimeError(f"{stats_path} is missing: run the tts_prepare step first")
     pitch_stats = json.loads(stats_path.read_text())
-    hp = load_hparams(rd)
     started = time.time()
     splits = {split: build_items(rd, spec, hp, info, split, rows, pitch_stats)
               for split, rows in split_rows(spec).items()}

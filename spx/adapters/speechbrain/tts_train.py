@@ -28,6 +28,27 @@ def load_hparams(rd) -> dict:
         return load_hyperpyyaml(fh, overrides=info.get("backend_overrides") or None)
 
 
+def start_job(run_dir: str):
+    """What every SpeechBrain TTS/vocoder train step starts with: (spec, rd, device, threads, native info, hparams),
+    torch seeded from the spec."""
+    spec, rd = load_run(run_dir)
+    device = pick_device(spec)
+    threads = set_threads(spec)
+    torch.manual_seed(spec.training.seed)
+    return spec, rd, device, threads, load_native(rd / "native"), load_hparams(rd)
+
+
+def note_resume(brain: sb.Brain) -> int:
+    """Call after Brain.on_fit_start recovered the last checkpoint: the epochs already done (0 on a fresh start),
+    with curve.jsonl trimmed to them and brain.resumed_from_epoch set (train_summary.json records it)."""
+    done = brain.hparams.epoch_counter.current
+    keep_curve_through(brain.run_dir, done)
+    if done:
+        print(f"spx: resumed from checkpoint at epoch {done} (optimizer step {brain.optimizer_step})", flush=True)
+    brain.resumed_from_epoch = done
+    return done
+
+
 def build_items(manifest: str, info: dict, lowercase: bool) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
     items = []
     for u in read_manifest(manifest):
@@ -73,8 +94,7 @@ class TacotronBrain(sb.Brain):
 
     def on_fit_start(self):
         super().on_fit_start()  # builds the optimizer and recovers the last checkpoint (resume)
-        self.resumed_from_epoch = self.hparams.epoch_counter.current
-        keep_curve_through(self.run_dir, self.resumed_from_epoch)
+        note_resume(self)
         # the stop token is one positive frame per utterance: weight it like ESPnet's Tacotron2 (bce_pos_weight 5)
         self.hparams.criterion.bce_loss = torch.nn.BCEWithLogitsLoss(
             pos_weight=torch.tensor(self.hparams.gate_pos_weight, device=self.device))
@@ -122,12 +142,7 @@ class TacotronBrain(sb.Brain):
 
 
 def train(run_dir: str) -> None:
-    spec, rd = load_run(run_dir)
-    device = pick_device(spec)
-    threads = set_threads(spec)
-    torch.manual_seed(spec.training.seed)
-    info = load_native(rd / "native")
-    hp = load_hparams(rd)
+    spec, rd, device, threads, info, hp = start_job(run_dir)
     started = time.time()
     train_items = build_items(spec.data.train, info, spec.tokenizer.lowercase)
     valid_items = build_items(spec.data.valid, info, spec.tokenizer.lowercase)

@@ -23,10 +23,9 @@ import time
 import speechbrain as sb
 import torch
 
-from spx.adapters.common.child import (append_curve, count_params, keep_curve_through, load_audio, load_run, main_guard,
-                                       peak_memory_mb, pick_device, progress, set_threads, write_train_summary)
-from spx.adapters.speechbrain.tts_model import load_native
-from spx.adapters.speechbrain.tts_train import load_hparams
+from spx.adapters.common.child import (append_curve, count_params, load_audio, main_guard, peak_memory_mb, progress,
+                                       write_train_summary)
+from spx.adapters.speechbrain.tts_train import note_resume, start_job
 from spx.adapters.speechbrain.vocoder import EXPORT_INFO, MODEL_CLASS, audio_rows
 from spx.yamlio import atomic_write_json
 
@@ -64,11 +63,7 @@ class HifiGanBrain(sb.Brain):
 
     def on_fit_start(self):
         super().on_fit_start()  # builds the optimizers and recovers the last checkpoint (resume)
-        done = self.hparams.epoch_counter.current
-        keep_curve_through(self.run_dir, done)
-        if done:
-            print(f"spx: resumed from checkpoint at epoch {done} (step {self.optimizer_step})", flush=True)
-        self.resumed_from_epoch = done
+        note_resume(self)
         for name, opt in self.optimizers_dict.items():
             self.annealing(name).set_initial(opt)
 
@@ -173,12 +168,7 @@ def export_generator(rd, checkpoint_dir, info: dict) -> str:
 
 
 def train(run_dir: str) -> None:
-    spec, rd = load_run(run_dir)
-    device = pick_device(spec)
-    threads = set_threads(spec)
-    torch.manual_seed(spec.training.seed)
-    info = load_native(rd / "native")
-    hp = load_hparams(rd)
+    spec, rd, device, threads, info, hp = start_job(run_dir)
     started = time.time()
     audio = {split: [torch.from_numpy(load_audio(u, info["mel"]["sample_rate"])) for u in audio_rows(spec, split)]
              for split in ("train", "valid")}
