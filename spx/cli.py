@@ -83,10 +83,18 @@ def run(recipe, overrides, backend, run_dir, launcher, dry_run, resume, force, a
 
 @cli.command("exec", context_settings=CONTEXT, hidden=True)
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-def exec_(run_dir):
+@click.option("--until-timed", is_flag=True,
+              help="Stop before the first step that measures speed (state 'waiting'); `spx bench --jobs` uses it.")
+def exec_(run_dir, until_timed):
     """Run RUN_DIR's steps here (used inside Slurm jobs and by the local launcher), then score it."""
-    from spx.launchers.local import run_here
     from spx.rundir import RunDir
+
+    if until_timed:
+        from spx.launchers.execute import execute
+
+        execute(RunDir(run_dir), on_progress=lambda step, fields: None, until_timed=True)  # progress: in the step logs
+        return
+    from spx.launchers.local import run_here
 
     run_here(RunDir(run_dir))
 

@@ -29,7 +29,8 @@ from typing import Any, Literal
 from spx.errors import SpxError
 from spx.yamlio import atomic_write_json
 
-State = Literal["rendered", "submitted", "running", "finished", "failed", "interrupted", "cancelled"]
+# waiting: its steps up to the first timed one are done (`spx bench` runs the timed steps one cell at a time)
+State = Literal["rendered", "submitted", "running", "waiting", "finished", "failed", "interrupted", "cancelled"]
 LaunchMode = Literal["single", "torchrun", "self"]
 
 
@@ -38,13 +39,16 @@ class Step:
     """One command of a run. `launch` says how it runs with several processes:
     single   - always one process (data prep, decoding, stats);
     torchrun - spx starts one process per device (torchrun / srun), the toolkit reads RANK/WORLD_SIZE;
-    self     - the toolkit spawns its own processes from its own options (e.g. ESPnet --ngpu)."""
+    self     - the toolkit spawns its own processes from its own options (e.g. ESPnet --ngpu).
+    `timed`: the step measures speed (RTF/RTFx), so `spx bench` runs it alone on the machine, never beside another
+    cell's training."""
 
     name: str
     argv: list[str]
     launch: LaunchMode = "single"
     log: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    timed: bool = False
 
     @property
     def log_path(self) -> str:

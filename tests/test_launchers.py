@@ -120,3 +120,60 @@ def test_logs_of_a_step_that_does_not_exist_is_a_clear_error(tmp_path):
     rd = make_run_dir(tmp_path / "rd", [Step("train", [PY, "-c", "pass"])])
     res = run_spx("logs", rd.path, "--step", "nope")
     assert res.returncode == 2 and "has no step 'nope'" in res.stderr and "steps: train" in res.stderr
+
+
+def _interval_step(name: str, seconds: float, timed: bool = False, fail: bool = False) -> Step:
+    """A step that records when it ran (start, end) in <run dir>/<name>.interval, then optionally fails."""
+    code = ("import json, sys, time; t0 = time.time(); time.sleep(float(sys.argv[2])); "
+            "open(sys.argv[1] + '.interval', 'w').write(json.dumps([t0, time.time()])); sys.exit(int(sys.argv[3]))")
+    return Step(name, [PY, "-c", code, name, str(seconds), "3" if fail else "0"], timed=timed)
+
+
+def test_bench_trains_cells_side_by_side_and_times_each_cell_alone(tmp_path):
+    """`spx bench --jobs 2`: the untimed steps of two cells overlap; a timed step never overlaps anything, and a
+    cell that fails beside another leaves the other's result."""
+    from rich.console import Console
+
+    from spx.bench.runner import MatrixView, _train_side_by_side
+    from spx.launchers.execute import execute
+
+    cells = {name: make_run_dir(tmp_path / name, [_interval_step("train", 2.0, fail=name == "c"),
+                                                  _interval_step("decode", 0.5, timed=True)])
+             for name in ("a", "b", "c")}
+    failures = []
+    todo = [("recipe.yaml", "speechbrain", rd.path, rd) for rd in cells.values()]
+    view = MatrixView([("recipe", "speechbrain", rd.path) for rd in cells.values()])
+    ready = _train_side_by_side(todo, 2, view, Console(file=open(os.devnull, "w")),
+                                lambda cell, backend, recipe, exc: failures.append((cell.name, str(exc))))
+    assert [item[2].name for item in ready] == ["a", "b"]
+    assert [name for name, _ in failures] == ["c"] and "exited with" in failures[0][1]
+    assert cells["c"].status()["state"] == "failed"
+    for name in ("a", "b"):
+        st = cells[name].status()
+        assert st["state"] == "waiting" and st["step"] == "decode" and st["completed_steps"] == ["train"]
+        assert not (cells[name] / "decode.interval").exists()
+    for _, _, _, rd in ready:  # what run_bench does next: the remaining (timed) steps, one cell at a time
+        assert execute(rd, on_progress=lambda step, fields: None) is True
+    span = {(name, step): json.loads((cells[name] / f"{step}.interval").read_text())
+            for name in ("a", "b") for step in ("train", "decode")}
+    span["c", "train"] = json.loads((cells["c"] / "train.interval").read_text())  # it ran, then exited 3
+    (a0, a1), (b0, b1) = span["a", "train"], span["b", "train"]
+    assert a0 < b1 and b0 < a1, "the two trainings did not run side by side"
+    for key, (t0, t1) in span.items():
+        if key[1] == "decode":
+            assert all(t1 <= o0 or o1 <= t0 for other, (o0, o1) in span.items() if other != key), \
+                f"{key}: a timed step overlapped another step"
+
+
+def test_parallel_cells_default():
+    from spx.bench.runner import parallel_cells
+    from spx.spec import load_spec
+    from conftest import RECIPE
+
+    one_thread = load_spec(RECIPE, ["resources.accelerator=cpu", "resources.threads=1"])
+    all_threads = load_spec(RECIPE, ["resources.accelerator=cpu", "resources.threads=null"])
+    two_procs = load_spec(RECIPE, ["resources.accelerator=cpu", "resources.threads=1", "resources.devices=2"])
+    cores = os.cpu_count() or 1
+    assert parallel_cells([one_thread] * 3) == max(1, min(3, cores))
+    assert parallel_cells([one_thread, all_threads]) == 1  # torch takes every core when threads is unset
+    assert parallel_cells([one_thread, two_procs]) == 1

@@ -31,13 +31,16 @@ def _backends(value: str) -> list[str]:
 @click.option("--from", "from_json", type=click.Path(dir_okay=False, path_type=Path),
               help="Re-render the report from a results.json; runs nothing.")
 @click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="Run cells here one after another, or submit them to Slurm (a final job writes the report).")
+              help="Run cells here, or submit them to Slurm (a final job writes the report).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Cells trained side by side here [default: on CPU with resources.threads set, as many as the "
+                   "cores hold; else 1]. Speed is always measured one cell at a time.")
 @click.option("--report-only", is_flag=True, help="Write the report from the cells already in --out; runs nothing.")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Spec override applied to every recipe (repeatable), e.g. -o training.epochs=5.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result rows as JSON at the end.")
-def bench(recipes, backends, out, force, from_json, launcher, report_only, overrides, seed, as_json):
+def bench(recipes, backends, out, force, from_json, launcher, report_only, overrides, seed, as_json, jobs):
     """Run RECIPES x backends, score them one way, and write one comparison report.
 
     With no RECIPES, runs the tiny conformer_ctc recipe on the embedded demo corpus (test voices held out).
@@ -61,7 +64,8 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
     else:
         out = out or Path("bench_out")
         res, failed = run_bench(list(recipes), _backends(backends), out, force=force, launcher=launcher,
-                                report_only=report_only, overrides=list(overrides), seed=seed, argv=sys.argv)
+                                report_only=report_only, overrides=list(overrides), seed=seed, argv=sys.argv,
+                                jobs=jobs)
     if as_json:
         import json
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
 import traceback
@@ -120,17 +121,19 @@ class MatrixView:
             except (OSError, json.JSONDecodeError):
                 st = {}
             state = self.note.get(cell) or st.get("state", "pending")
-            color = {"finished": "green", "failed": "red", "running": "yellow", "skipped": "cyan"}.get(state, "white")
+            color = {"finished": "green", "failed": "red", "running": "yellow", "waiting": "blue",
+                     "skipped": "cyan"}.get(state, "white")
             elapsed = f"{time.time() - self.started[cell]:.0f}s" if cell in self.started and state == "running" else ""
-            step = st.get("step") if state == "running" else ""
+            step = st.get("step") if state in ("running", "waiting") else ""
             t.add_row(f"{recipe}-{backend}", f"[{color}]{state}[/]", step or "", self._progress(cell, step), elapsed)
         return t
 
 
 def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool = False, launcher: str = "local",
               report_only: bool = False, overrides: list[str] | None = None, seed: int = 0,
-              argv: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Run the matrix and write the report; returns (results, names of the cells that failed in this call)."""
+              argv: list[str] | None = None, jobs: int | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Run the matrix and write the report; returns (results, names of the cells that failed in this call).
+    jobs: cells trained side by side (None: parallel_cells); the timed steps always run one cell at a time."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -163,33 +166,118 @@ def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool =
     from spx.rundir import RunDir
     from spx.runner import render_run
 
+    if jobs is None:
+        jobs = parallel_cells([spec for _, spec, _, _ in matrix])
+        command += f" --jobs {jobs}"  # the recorded command says what ran, whatever machine re-runs it
     view = MatrixView([(r.stem, b, c) for r, _, b, c in matrix])
     t_all = time.time()
     failed_now: list[str] = []
+
+    def failed(cell: Path, backend: str, recipe: Path, exc: BaseException) -> None:
+        _record_failure(cell, backend, recipe, exc)
+        failed_now.append(cell.name)
+        st = RunDir(cell).status()
+        console.log(f"[red]{cell.name}: failed[/]: {st.get('error')} (log: {st.get('log')})")
+
     with Live(view, console=console, refresh_per_second=2, transient=False):
+        todo = []
         for recipe, spec, backend, cell in matrix:
             skip, why = (False, "--force") if force else finished_with_same_spec(cell, spec)
             if skip:
                 view.note[cell] = "skipped"
                 console.log(f"{cell.name}: finished earlier, skipped (--force re-runs it)")
                 continue
-            view.started[cell] = time.time()
             console.log(f"{cell.name}: running ({why})")
             try:
-                rd = render_run(spec, backend, cell, force=True)
-                run_here(rd, quiet=True)
-                console.log(f"{cell.name}: finished in {time.time() - view.started[cell]:.0f}s")
-            except KeyboardInterrupt:
-                console.log(f"{cell.name}: interrupted; writing the report of what finished")
-                write_bench_report(out, seed, [command], console)
-                raise
+                todo.append((recipe, backend, cell, render_run(spec, backend, cell, force=True)))
             except Exception as exc:  # one cell failing never loses the others: record it, go on
-                _record_failure(cell, backend, recipe, exc)
-                failed_now.append(cell.name)
-                st = RunDir(cell).status()
-                console.log(f"[red]{cell.name}: failed[/]: {st.get('error')} (log: {st.get('log')})")
+                failed(cell, backend, recipe, exc)
+        try:
+            if jobs > 1 and len(todo) > 1:
+                console.log(f"training {min(jobs, len(todo))} cells side by side; each speed measurement runs alone")
+                todo = _train_side_by_side(todo, jobs, view, console, failed)
+            for recipe, backend, cell, rd in todo:  # the remaining steps (all of them when jobs == 1), one cell at a time
+                view.started[cell] = time.time()
+                try:
+                    run_here(rd, quiet=True)
+                    console.log(f"{cell.name}: finished in {time.time() - view.started[cell]:.0f}s")
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # one cell failing never loses the others: record it, go on
+                    failed(cell, backend, recipe, exc)
+        except KeyboardInterrupt:
+            console.log("interrupted; writing the report of what finished")
+            write_bench_report(out, seed, [command], console)
+            raise
     console.log(f"matrix done in {time.time() - t_all:.0f}s")
     return write_bench_report(out, seed, [command], console), failed_now
+
+
+def gpu_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU to its processes (checked without importing torch)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def parallel_cells(specs: list) -> int:
+    """How many cells `spx bench` trains side by side when --jobs is not given: on CPU, with resources.threads
+    set, as many as the cores hold; otherwise (a GPU, several processes per cell, or threads unset, where torch
+    takes every core) one at a time."""
+    cores = os.cpu_count() or 1
+    for spec in specs:
+        r = spec.resources
+        on_gpu = r.accelerator == "gpu" or (r.accelerator == "auto" and gpu_visible())
+        if r.threads is None or on_gpu or r.devices * r.nodes > 1:
+            return 1
+    return max(1, min(len(specs), cores // max(spec.resources.threads for spec in specs)))
+
+
+def _train_side_by_side(todo: list, jobs: int, view: "MatrixView", console, failed) -> list:
+    """Run each cell's steps up to its first timed one (`spx exec --until-timed`), `jobs` cells at a time, as child
+    processes; returns the cells that got there, in matrix order. Failures are recorded through `failed`."""
+    import signal
+    import subprocess
+    import sys
+
+    queue, running, ready = list(todo), {}, []
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                item = queue.pop(0)
+                cell = item[2]
+                log_path = cell / "logs" / "bench_exec.log"
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                log = log_path.open("a", encoding="utf-8")
+                view.started[cell] = time.time()
+                proc = subprocess.Popen([sys.executable, "-m", "spx", "exec", "--until-timed", str(cell)],
+                                        stdout=log, stderr=subprocess.STDOUT)
+                running[proc] = (item, log, log_path)
+            time.sleep(0.5)
+            for proc in [p for p in running if p.poll() is not None]:
+                (recipe, backend, cell, rd), log, log_path = running.pop(proc)
+                log.close()
+                if proc.returncode == 0:
+                    console.log(f"{cell.name}: trained in {time.time() - view.started[cell]:.0f}s")
+                    ready.append((recipe, backend, cell, rd))
+                else:
+                    failed(cell, backend, recipe, RuntimeError(
+                        f"`spx exec --until-timed` exited with {proc.returncode}; see {log_path}"))
+    except KeyboardInterrupt:
+        # the children share the terminal's process group and got the same Ctrl-C; each stops its step
+        for proc, (_, log, _) in running.items():
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            log.close()
+        raise
+    order = [item[2] for item in todo]
+    return sorted(ready, key=lambda item: order.index(item[2]))
 
 
 def _submit_slurm(matrix, out: Path, force: bool, seed: int, console) -> dict[str, Any]:

@@ -51,8 +51,9 @@ def _print_progress(step: str, fields: dict) -> None:
     print(f"[{step}] " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
 
 
-def execute(rd: RunDir, on_progress: ProgressFn | None = None, echo: bool = False) -> None:
-    """Run every not-yet-completed step; raise RunFailed naming the step and its log on failure."""
+def execute(rd: RunDir, on_progress: ProgressFn | None = None, echo: bool = False, until_timed: bool = False) -> bool:
+    """Run every not-yet-completed step; raise RunFailed naming the step and its log on failure. With until_timed,
+    stop before the first step that measures speed (state 'waiting'). Returns whether every step is done."""
     on_progress = on_progress or _print_progress
     steps = rd.read_steps()
     done = set(rd.completed_steps())
@@ -63,6 +64,9 @@ def execute(rd: RunDir, on_progress: ProgressFn | None = None, echo: bool = Fals
     for step in steps:
         if step.name in done:
             continue
+        if until_timed and step.timed:
+            rd.set_status("waiting", step=step.name, exec_seconds=round(time.time() - started, 1))
+            return False
         argv = wrap_command(step, devices, nodes)
         rd.set_status("running", step=step.name)
         log_path = rd / step.log_path
@@ -103,6 +107,7 @@ def execute(rd: RunDir, on_progress: ProgressFn | None = None, echo: bool = Fals
         done.add(step.name)
         rd.set_status("running", completed_steps=[s.name for s in steps if s.name in done])
     rd.set_status("running", step=None, exec_seconds=round(time.time() - started, 1))
+    return True
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -372,7 +372,7 @@ class EspnetAdapter:
             Step("prepare", [py, "-m", "spx.adapters.espnet.prepare", str(rd)]),
             Step("train", [py, "-m", "spx.adapters.espnet.train", str(rd)],
                  launch="torchrun" if derived["world_size"] > 1 else "single", log="train.log"),
-            Step("decode", [py, "-m", "spx.adapters.espnet.decode", str(rd)]),
+            Step("decode", [py, "-m", "spx.adapters.espnet.decode", str(rd)], timed=True),
         ]
         return steps
 

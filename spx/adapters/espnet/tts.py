@@ -296,7 +296,7 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     return [
         Step("tts_prepare", [py, "-m", "spx.adapters.espnet.tts_prepare", str(run_dir)]),
         Step("tts_train", [py, "-m", "spx.adapters.espnet.tts_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", "spx.adapters.espnet.tts_synth", str(run_dir)]),
+        Step("tts_synth", [py, "-m", "spx.adapters.espnet.tts_synth", str(run_dir)], timed=True),
     ]
 
 

@@ -148,7 +148,7 @@ class NemoAdapter:
         OmegaConf.save(OmegaConf.create(cfg), native / "config.yaml")
 
         steps.append(Step("train", [py, "-m", "spx.adapters.nemo.train", str(run_dir)], launch="torchrun", log="train.log"))
-        steps.append(Step("decode", [py, "-m", "spx.adapters.nemo.decode", str(run_dir)]))
+        steps.append(Step("decode", [py, "-m", "spx.adapters.nemo.decode", str(run_dir)], timed=True))
         return steps
 
     def collect(self, run_dir: RunDir) -> dict[str, Any]:

@@ -348,7 +348,7 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     return [
         Step("tts_prepare", [py, "-m", "spx.adapters.nemo.tts_prepare", str(run_dir)], log="logs/tts_prepare.log"),
         Step("tts_train", [py, "-m", "spx.adapters.nemo.tts_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", "spx.adapters.nemo.tts_synth", str(run_dir)]),
+        Step("tts_synth", [py, "-m", "spx.adapters.nemo.tts_synth", str(run_dir)], timed=True),
     ]
 
 

@@ -194,7 +194,7 @@ class SpeechBrainAdapter:
             env["OMP_NUM_THREADS"] = "1"
         return [
             Step("train", [py, "-m", f"{MODULE}.train", str(run_dir)], launch="torchrun", log="train.log", env=env),
-            Step("decode", [py, "-m", f"{MODULE}.decode", str(run_dir)]),
+            Step("decode", [py, "-m", f"{MODULE}.decode", str(run_dir)], timed=True),
         ]
 
     def collect(self, run_dir: RunDir) -> dict[str, Any]:

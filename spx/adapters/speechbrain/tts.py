@@ -241,7 +241,7 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     py = sys.executable
     return [
         Step("tts_train", [py, "-m", "spx.adapters.speechbrain.tts_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", "spx.adapters.speechbrain.tts_synth", str(run_dir)]),
+        Step("tts_synth", [py, "-m", "spx.adapters.speechbrain.tts_synth", str(run_dir)], timed=True),
     ]
 
 

@@ -238,5 +238,5 @@ def render_fastspeech2(spec: Spec, run_dir: RunDir) -> list[Step]:
     return [
         Step("tts_prepare", [py, "-m", f"{CHILD}_prepare", str(run_dir)], log="logs/tts_prepare.log"),
         Step("tts_train", [py, "-m", f"{CHILD}_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", f"{CHILD}_synth", str(run_dir)]),
+        Step("tts_synth", [py, "-m", f"{CHILD}_synth", str(run_dir)], timed=True),
     ]

@@ -303,5 +303,5 @@ def render_vocoder_job(spec: Spec, run_dir: RunDir) -> list[Step]:
     py = sys.executable
     return [
         Step("tts_train", [py, "-m", f"{CHILD}_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", f"{CHILD}_synth", str(run_dir)]),
+        Step("tts_synth", [py, "-m", f"{CHILD}_synth", str(run_dir)], timed=True),
     ]
