@@ -110,3 +110,19 @@ class RunDir:
 
     def completed_steps(self) -> list[str]:
         return list(self.status().get("completed_steps", []))
+
+
+def require_same_job(path: str, backend: str, family: str, where: str = "init_from") -> None:
+    """Fine-tuning starts from the same job: when `path` is an spx run dir, it must be a `backend` run of model
+    family `family`. Other paths (a native checkpoint) are left to the toolkit's strict load."""
+    import yaml
+
+    p = Path(path).expanduser()
+    if not (p / "spec.yaml").is_file():
+        return
+    source = yaml.safe_load((p / "spec.yaml").read_text()) or {}
+    theirs = ((p / "backend").read_text().strip() if (p / "backend").is_file() else None,
+              (source.get("model") or {}).get("family"))
+    if theirs != (backend, family):
+        raise SpxError(f"{where} {path!r} is an spx run of {theirs[0]} {theirs[1]}, not of {backend} {family}",
+                       where=where, hint="fine-tune from a run of the same backend and family")

@@ -268,3 +268,12 @@ def test_fastspeech2_from_teacher_durations_trains_synthesizes_and_is_scored(tra
     assert scores["synthesis_rtf"] > 0 and scores["mcd"] > 0 and 0 <= scores["wer"]
     assert 1 <= scores["dnsmos_ovrl"] <= 5 and 1 <= scores["distillmos"] <= 5
     assert len(scores["per_utt"]) == len(hyps)
+
+
+def test_init_from_a_run_of_another_family_is_refused(tts_multi_corpus, teacher, tmp_path):
+    """init_from names an spx run dir of another family (here the Tacotron2 teacher run): one clear error."""
+    tacotron = render_tts_run(tts_spec(tts_multi_corpus), "espnet", tmp_path / "t2")
+    spec = fs2_spec(tts_multi_corpus, f"tts.duration_teacher={teacher}", f"init_from={tacotron.path}")
+    with pytest.raises(SpxError, match="is an spx run of espnet tacotron2, not of espnet fastspeech2"):
+        render_tts_run(spec, "espnet", tmp_path / "run")
+    assert not (tmp_path / "run" / "steps.json").exists()

@@ -153,7 +153,7 @@ def test_what_speechbrain_fastspeech2_cannot_do_is_one_clear_error_before_anythi
 def test_init_from_a_run_of_another_family_is_refused(tts_multi_corpus, tmp_path):
     tacotron = render(fastspeech2_spec(tts_multi_corpus, recipe=REPO / "recipes" / "tacotron2.yaml"), tmp_path / "t2")
     spec = fastspeech2_spec(tts_multi_corpus, f"init_from={tacotron.path}")
-    with pytest.raises(SpxError, match="speechbrain tacotron2 run, not a speechbrain fastspeech2"):
+    with pytest.raises(SpxError, match="is an spx run of speechbrain tacotron2, not of speechbrain fastspeech2"):
         render(spec, tmp_path / "run")
 
 

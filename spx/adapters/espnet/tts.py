@@ -27,7 +27,7 @@ from typing import Any
 from spx.adapters.base import collect_normalized
 from spx.errors import SpxError
 from spx.manifests import read_manifest
-from spx.rundir import RunDir, Step
+from spx.rundir import RunDir, Step, require_same_job
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text, dump_yaml
 
@@ -241,6 +241,7 @@ def native_commands(spec: Spec, speakers: dict[str, int]) -> dict[str, list[str]
                       "--resume", "true", "--output_dir", EXP, "--use_tensorboard", "false"],
     })
     if spec.init_from:
+        require_same_job(spec.init_from, "espnet", spec.model.family)
         cmds["tts_train"] += ["--init_param", resolve_init_from(spec.init_from)]
     return cmds
 

@@ -23,7 +23,7 @@ from spx.adapters.base import collect_normalized, read_json
 from spx.adapters.common.child import clean_transcript
 from spx.errors import SpxError
 from spx.manifests import read_manifest
-from spx.rundir import RunDir, Step
+from spx.rundir import RunDir, Step, require_same_job
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
@@ -86,6 +86,7 @@ def check_tts(spec: Spec) -> None:
                        where="resources.devices", hint="set resources.devices: 1 and resources.nodes: 1")
     resolve_vocoder(spec)
     if spec.init_from:
+        require_same_job(spec.init_from, "nemo", spec.model.family)
         resolve_init_from(spec.init_from)
 
 

@@ -21,7 +21,7 @@ from spx.adapters.common import hifigan
 from spx.adapters.nemo.tts import INFO, mel_settings, trainer_and_exp_manager, write_config
 from spx.errors import SpxError
 from spx.manifests import read_manifest
-from spx.rundir import RunDir, Step
+from spx.rundir import RunDir, Step, require_same_job
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
@@ -42,6 +42,7 @@ def check_vocoder_job(spec: Spec) -> None:
                        where="training.grad_clip" if t.grad_clip is not None else "training.grad_accumulation",
                        hint="set training.grad_clip: null and training.grad_accumulation: 1")
     if spec.init_from:
+        require_same_job(spec.init_from, "nemo", "hifigan")
         resolve_vocoder_init(spec.init_from)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from spx.adapters.base import collect_normalized
 from spx.errors import SpxError
 from spx.manifests import read_manifest
-from spx.rundir import RunDir, Step
+from spx.rundir import RunDir, Step, require_same_job
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
@@ -223,6 +223,8 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     native.mkdir(parents=True, exist_ok=True)
     speakers = speaker_table(spec)
     vocoder = resolve_vocoder(spec)
+    if spec.init_from:
+        require_same_job(spec.init_from, "speechbrain", spec.model.family)
     init_from = resolve_init_from(spec.init_from) if spec.init_from else None
     mel = mel_settings(spec)
     train = read_manifest(spec.data.train)

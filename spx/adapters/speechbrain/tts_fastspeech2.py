@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 from spx.errors import SpxError
 from spx.manifests import read_manifest
-from spx.rundir import RunDir, Step
+from spx.rundir import RunDir, Step, require_same_job
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
@@ -59,16 +58,7 @@ def resolve_fastspeech2_init(init_from: str) -> str:
     A run dir of another family is refused here; a bare checkpoint of another shape fails the strict load."""
     from spx.adapters.speechbrain.tts import resolve_init_from
 
-    p = Path(init_from).expanduser()
-    if (p / "spec.yaml").is_file():
-        import yaml
-
-        source = yaml.safe_load((p / "spec.yaml").read_text()) or {}
-        family = (source.get("model") or {}).get("family")
-        backend = (p / "backend").read_text().strip() if (p / "backend").is_file() else None
-        if family != "fastspeech2" or backend != "speechbrain":
-            raise SpxError(f"init_from {init_from!r} is a {backend} {family} run, not a speechbrain fastspeech2 one",
-                           where="init_from", hint="fine-tune from a run of the same backend and family")
+    require_same_job(init_from, "speechbrain", "fastspeech2")
     return resolve_init_from(init_from)
 
 
