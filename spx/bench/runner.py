@@ -201,8 +201,6 @@ def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool =
                 try:
                     run_here(rd, quiet=True)
                     console.log(f"{cell.name}: finished in {time.time() - view.started[cell]:.0f}s")
-                except KeyboardInterrupt:
-                    raise
                 except Exception as exc:  # one cell failing never loses the others: record it, go on
                     failed(cell, backend, recipe, exc)
         except KeyboardInterrupt:
