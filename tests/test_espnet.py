@@ -43,13 +43,13 @@ def test_dry_run_renders_native_espnet_recipe(tmp_path):
     assert (enc["num_blocks"], enc["output_size"], enc["attention_heads"], enc["linear_units"]) == (3, 64, 2, 192)
     assert (enc["cnn_module_kernel"], enc["input_layer"], enc["dropout_rate"]) == (9, "conv2d8", 0.2)
     assert enc["macaron_style"] is False  # backends.espnet pass-through wins
-    assert cfg["frontend"] == "default" and cfg["frontend_conf"]["n_mels"] == 80
+    assert cfg["frontend"] == "default" and cfg["frontend_conf"]["n_mels"] == 40
     assert cfg["frontend_conf"]["hop_length"] == 160 and cfg["frontend_conf"]["win_length"] == 400
     assert "normalize" not in cfg  # global_mvn only at train time (CLI of the train command)
     assert cfg["optim"] == "adam" and cfg["optim_conf"]["lr"] == 0.001 and cfg["optim_conf"]["betas"] == [0.8, 0.95]
     assert cfg["scheduler"] == "warmuplr" and cfg["scheduler_conf"]["warmup_steps"] == 50
     assert cfg["accum_grad"] == 2 and cfg["max_epoch"] == 7 and cfg["batch_size"] == 8
-    assert cfg["specaug_conf"]["freq_mask_width_range"] == [0, 15]
+    assert cfg["specaug_conf"]["freq_mask_width_range"] == [0, 8]
     factors = [e[2]["factor"] for e in cfg["preprocessor_conf"]["data_aug_effects"][0][1]]
     assert factors == [0.9, 1.0, 1.1]
     cmds = json.loads((rd / "native" / "commands.json").read_text())["commands"]

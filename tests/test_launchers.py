@@ -174,6 +174,7 @@ def test_parallel_cells_default():
     all_threads = load_spec(RECIPE, ["resources.accelerator=cpu", "resources.threads=null"])
     two_procs = load_spec(RECIPE, ["resources.accelerator=cpu", "resources.threads=1", "resources.devices=2"])
     cores = os.cpu_count() or 1
-    assert parallel_cells([one_thread] * 3) == max(1, min(3, cores))
+    assert parallel_cells([one_thread] * 3) == min(3, 2 * cores)  # two 1-thread trainings per core
+    assert parallel_cells([one_thread] * 9) == min(9, 2 * cores)
     assert parallel_cells([one_thread, all_threads]) == 1  # torch takes every core when threads is unset
     assert parallel_cells([one_thread, two_procs]) == 1

@@ -350,7 +350,7 @@ def test_cli_rejects_bad_recipes(tmp_path, name):
 @pytest.mark.parametrize("recipe, old, new, line_of, message", [
     ("fastpitch.yaml", "heads: 2 ", "heads: 3 ", "model:", "d_model (64) is not divisible by heads (3)"),
     ("fastpitch.yaml", "n_fft: 1024", "n_fft: 512", "n_fft: 512", "n_fft (512) is shorter than the window (1024 samples"),
-    ("conformer_ctc.yaml", "n_mels: 80\n", "n_mels: 80\n  n_fft: 256\n", "n_fft: 256", "is shorter than the window (400"),
+    ("conformer_ctc.yaml", "n_mels: 40\n", "n_mels: 40\n  n_fft: 256\n", "n_fft: 256", "is shorter than the window (400"),
 ])
 def test_checks_every_backend_shares_point_at_the_recipe_line(recipe, old, new, line_of, message):
     """Rules that hold on every backend (attention heads, STFT window) are spec errors at the key's line, before

@@ -84,7 +84,7 @@ def test_dry_run_renders_native_hyperpyyaml(tmp_path):
     assert hp["number_of_epochs"] == 40 and hp["decoding"] == "beam" and hp["beam_size"] == 3
     sp = hp["speed_perturb"]["!new:speechbrain.augment.time_domain.SpeedPerturb"]
     assert sp["speeds"] == [90, 100, 110]
-    assert hp["freq_drop"]["!new:speechbrain.augment.freq_domain.SpectrogramDrop"]["drop_length_high"] == 15
+    assert hp["freq_drop"]["!new:speechbrain.augment.freq_domain.SpectrogramDrop"]["drop_length_high"] == 8
     stopper = hp["epoch_counter"]["!new:speechbrain.utils.epoch_loop.EpochCounterWithStopper"]
     assert stopper["limit_to_stop"] == {"!ref": "<early_stopping_patience>"} and hp["early_stopping_patience"] == 3
     assert hp["early_stopping_monitor"] == "valid_wer"

@@ -33,8 +33,8 @@ def _backends(value: str) -> list[str]:
 @click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
               help="Run cells here, or submit them to Slurm (a final job writes the report).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Cells trained side by side here [default: on CPU with resources.threads set, as many as the "
-                   "cores hold; else 1]. Speed is always measured one cell at a time.")
+              help="Cells trained side by side here [default: on CPU with resources.threads set, two trainings "
+                   "per core; else 1]. Speed is always measured one cell at a time.")
 @click.option("--report-only", is_flag=True, help="Write the report from the cells already in --out; runs nothing.")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Spec override applied to every recipe (repeatable), e.g. -o training.epochs=5.")
