@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import REPO, run_spx
 from spx.rundir import RunDir, Step

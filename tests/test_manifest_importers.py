@@ -93,7 +93,7 @@ def test_kaldi_segments_and_reco2dur(tmp_path, wavs):
     long = sorted(wavs)[0]
     (d / "wav.scp").write_text(f"rec1 {wavs[long]}\n")
     total = true_duration(wavs[long])
-    (d / "segments").write_text(f"rec1-a rec1 0.00 0.50\nrec1-b rec1 0.50 -1\n")
+    (d / "segments").write_text("rec1-a rec1 0.00 0.50\nrec1-b rec1 0.50 -1\n")
     (d / "reco2dur").write_text(f"rec1 {total}\n")
     (d / "text").write_text("rec1-a he hoped\nrec1-b there would be stew\n")
     (d / "utt2spk").write_text("rec1-a s1\nrec1-b s1\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RECIPE, REPO, run_spx
+from conftest import RECIPE, run_spx
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 
