@@ -33,7 +33,11 @@ def main() -> int:
     start = time.perf_counter()
     rc = subprocess.run(cmd, check=False).returncode
     wall = time.perf_counter() - start
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results_file = out / "results.json"
+    if not results_file.exists():
+        print(f"spx bench exited with {rc} and wrote no {results_file}: see its output above")
+        return 1
+    results = json.loads(results_file.read_text(encoding="utf-8"))
     print(f"\nwhole bench: {wall:.0f} s wall (target <= {TARGET_WALL_S:.0f} s), exit code {rc}, report in {out}")
     ok = rc == 0 and wall <= TARGET_WALL_S
     for row in results["rows"]:

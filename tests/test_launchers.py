@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from conftest import REPO, run_spx
 from spx.rundir import RunDir, Step
 from test_slurm import make_run_dir, wait_until

@@ -262,7 +262,8 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
                          "95% percentile intervals; p-value from the mean-shifted bootstrap distribution",
             "speed": "RTFx = Σ audio seconds / median decode seconds over repeats (RTF = 1/RTFx); clock and "
                      "settings from each cell's speed.json (spx.adapters.common.child.decode_and_time); spx bench runs "
-                     "each timed step alone on the machine, after the trainings (which `--jobs N` runs N side by side, so training wall times are shared-core times)",
+                     "each timed step alone on the machine, after the trainings (which `--jobs N` runs N side by side, "
+                     "so training wall times are shared-core times)",
             "tts": "TTS cells: per-utterance scores from each cell's metrics.json (spx.bench.quality.score_tts_hyps: "
                    "DNSMOS P.835/P.808, DistillMOS, UTMOS where configured, MCD and F0 RMSE against the reference "
                    "recording, speaker similarity); each value is the mean over utterances with a 95% percentile "
