@@ -1,0 +1,259 @@
+"""Whisper's English text normalizer, ~10x faster and with byte-identical output.
+
+`whisper_normalizer.english.EnglishTextNormalizer` runs 60 `re.sub` calls per string (53 contraction and title
+patterns, each looked up in `re`'s pattern cache), a per-character generator for symbols and diacritics and a
+per-word state machine for numbers: ~0.18 ms per utterance, 18 s per 100k. `FastEnglishTextNormalizer` runs the
+same steps in the same order with the package's own tables and sub-normalizers, and skips only work that
+provably changes nothing:
+
+- a replacer pattern (`\\bwon't\\b`, `'s\\b`, ...) is a literal between word-boundary anchors, so it cannot match a
+  string that does not contain the literal: `re.sub` would return the string unchanged, and is not called;
+- the symbol/diacritic step maps every character of the NFKD string on its own, so it runs as one `str.translate`
+  whose table is filled on first sight of a character by the package's own `remove_symbols_and_diacritics`;
+- the number normalizer is the identity up to whitespace (`" ".join(s.split())`) on a string with no digit, no
+  "half" and no word of its vocabulary (`EnglishNumberNormalizer.words`): every word then takes the
+  "non-numeric word" branch and is yielded as it is, `preprocess` and `postprocess` match nothing. Any other
+  string goes through the package's own `EnglishNumberNormalizer`.
+
+tests/test_normalizer_fast_path.py compares the output with the package's on thousands of varied strings. The
+steps of `EnglishTextNormalizer.__call__` are restated here, so the fast path is used only with the
+whisper-normalizer versions it was verified against (VERIFIED_VERSIONS); any other version gets the package's
+own normalizer (same output, package speed) and `normalizer_info` says which one ran.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from importlib import metadata
+from typing import Callable, Sequence
+
+from spx.errors import SpxError
+
+VERIFIED_VERSIONS = ("0.1.15",)
+_LITERAL_CHARS = re.compile(r"[\w ']+")
+
+
+def installed_version() -> str | None:
+    try:
+        return metadata.version("whisper-normalizer")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def fast_path_available() -> bool:
+    return installed_version() in VERIFIED_VERSIONS
+
+
+class _SymbolTable(dict):
+    """str.translate table of `remove_symbols_and_diacritics(c, keep)` for each character c of an NFKD string,
+    each computed by the package's own function the first time the character is seen (NFKD(c) == c for every
+    character of an NFKD string, so the function sees c itself)."""
+
+    def __init__(self, keep: str):
+        super().__init__()
+        from whisper_normalizer.basic import remove_symbols_and_diacritics
+
+        self._one = lambda c: remove_symbols_and_diacritics(c, keep=keep)
+
+    def __missing__(self, code: int) -> str:
+        out = self[code] = self._one(chr(code))
+        return out
+
+
+def _alternatives(pattern: str) -> tuple[str, ...] | None:
+    """The literals of a `\\b(a|b|c)\\b` pattern (one must occur for a match), or None for any other pattern."""
+    m = re.fullmatch(r"\\b\((.*)\)\\b", pattern)
+    words = m.group(1).split("|") if m else []
+    return tuple(words) if words and all(_LITERAL_CHARS.fullmatch(w) for w in words) else None
+
+
+class FastEnglishTextNormalizer:
+    """`EnglishTextNormalizer()(s)`, same output, without the work that cannot change it (module docstring)."""
+
+    def __init__(self):
+        import unicodedata
+
+        from whisper_normalizer.english import EnglishTextNormalizer
+
+        package = EnglishTextNormalizer()
+        self._nfkd = lambda s: unicodedata.normalize("NFKD", s)
+        self._brackets = re.compile(r"[<\[][^>\]]*[>\]]")
+        self._parentheses = re.compile(r"\(([^)]+?)\)")
+        self._ignore = re.compile(package.ignore_patterns)
+        self._ignore_needs_one_of = _alternatives(package.ignore_patterns)
+        self._space_apostrophe = re.compile(r"\s+'")
+        # (literal the pattern cannot match without, or None: always run; compiled pattern; replacement)
+        self._replacers = []
+        for pattern, replacement in package.replacers.items():
+            literal = pattern.replace(r"\b", "")
+            must_contain = literal if _LITERAL_CHARS.fullmatch(literal) else None
+            self._replacers.append((must_contain, re.compile(pattern), replacement))
+        self._digit_commas = re.compile(r"(\d),(\d)")
+        self._periods = re.compile(r"\.([^0-9]|$)")
+        self._symbols = _SymbolTable(keep=".%$¢€£")
+        self._numbers = package.standardize_numbers
+        self._number_words = frozenset(package.standardize_numbers.words)
+        self._number_prefixes = frozenset(package.standardize_numbers.prefixes)
+        self._arabic_number = re.compile(r"^\d+(\.\d+)?$")  # EnglishNumberNormalizer.process_words' test
+        self._digit = re.compile(r"\d")
+        self._spellings = package.standardize_spellings
+        # process_words is a pure function of its word list: runs ("and",), ("one",), ("1",) repeat endlessly
+        self._number_run = functools.lru_cache(maxsize=1 << 16)(
+            lambda run: tuple(w for w in package.standardize_numbers.process_words(list(run)) if w is not None))
+        self._lone_prefix = re.compile(r"[.$¢€£]([^0-9])")
+        self._lone_percent = re.compile(r"([^0-9])%")
+        self._spaces = re.compile(r"\s+")
+
+    def _is_number_token(self, word: str) -> bool:
+        """Whether EnglishNumberNormalizer.process_words treats the word as (part of) a number: a word of its
+        vocabulary, or an arabic number after an optional sign/currency prefix."""
+        if word in self._number_words:
+            return True
+        bare = word[1:] if word[0] in self._number_prefixes else word
+        return self._arabic_number.match(bare) is not None
+
+    def standardize_numbers(self, s: str) -> str:
+        """EnglishNumberNormalizer()(s), with process_words run only on the runs of number tokens.
+
+        process_words is a left-to-right state machine; a word that is no number token is yielded as it is and
+        leaves the state as at the start (no value, no prefix, no skip), and such a word as a neighbour (prev or
+        next) takes the same branches as the list's ends (None). So the output is the concatenation of
+        process_words over the maximal runs of number tokens, with the other words between them unchanged."""
+        numbers = self._numbers
+        may_have_arabic = "half" in s or self._digit.search(s) is not None
+        if may_have_arabic:
+            s = numbers.preprocess(s)  # without a digit or "half" it returns s (or "" for blank s)
+        words = s.split()
+        out: list[str] = []
+        run: list[str] = []
+        ran = False
+        for word in words:
+            if word in self._number_words or (may_have_arabic and self._is_number_token(word)):
+                run.append(word)
+                continue
+            if run:
+                out.extend(self._number_run(tuple(run)))
+                run, ran = [], True
+            out.append(word)
+        if run:
+            out.extend(self._number_run(tuple(run)))
+            ran = True
+        s = " ".join(out)
+        # postprocess's patterns all need an ASCII digit, which only preprocess'd text or a number run can hold
+        return numbers.postprocess(s) if may_have_arabic or ran else s
+
+    def __call__(self, s: str) -> str:
+        s = s.lower()
+        if "<" in s or "[" in s:
+            s = self._brackets.sub("", s)
+        if "(" in s:
+            s = self._parentheses.sub("", s)
+        if self._ignore_needs_one_of is None or any(w in s for w in self._ignore_needs_one_of):
+            s = self._ignore.sub("", s)
+        if "'" in s:
+            s = self._space_apostrophe.sub("'", s)
+        for must_contain, pattern, replacement in self._replacers:
+            if must_contain is None or must_contain in s:
+                s = pattern.sub(replacement, s)
+        if "," in s:
+            s = self._digit_commas.sub(r"\1\2", s)
+        if "." in s:
+            s = self._periods.sub(r" \1", s)
+        s = self._nfkd(s).translate(self._symbols)
+        s = self.standardize_numbers(s)
+        s = self._spellings(s)
+        if "." in s or "$" in s or "¢" in s or "€" in s or "£" in s:
+            s = self._lone_prefix.sub(r" \1", s)
+        if "%" in s:
+            s = self._lone_percent.sub(r"\1 ", s)
+        return self._spaces.sub(" ", s)
+
+
+# ---------------------------------------------------------------- many strings: memo and processes
+NAMES = ("whisper_english", "basic", "none")
+MEMO_MAX = 1_000_000  # normalized strings kept per normalizer (a 100k-utterance bench holds ~200k)
+PARALLEL_MIN = 20_000  # below this many new strings a second process costs more than it saves (~0.3 s to start)
+
+_normalizers: dict[str, Callable[[str], str]] = {}
+_memo: dict[str, dict[str, str]] = {}
+
+
+def normalizer(name: str) -> Callable[[str], str]:
+    """The named normalizer (built once per process): whisper_english is FastEnglishTextNormalizer where the
+    installed whisper-normalizer is a verified version, else the package's EnglishTextNormalizer."""
+    norm = _normalizers.get(name)
+    if norm is None:
+        if name == "whisper_english":
+            if fast_path_available():
+                norm = FastEnglishTextNormalizer()
+            else:
+                from whisper_normalizer.english import EnglishTextNormalizer
+
+                norm = EnglishTextNormalizer()
+        elif name == "basic":
+            from whisper_normalizer.basic import BasicTextNormalizer
+
+            norm = BasicTextNormalizer()
+        elif name == "none":
+            norm = str
+        else:
+            raise SpxError(f"unknown normalizer {name!r}", hint=f"eval.normalizer is one of: {', '.join(NAMES)}")
+        _normalizers[name] = norm
+    return norm
+
+
+def forget() -> None:
+    """Drop the remembered normalizations (benchmarks time cold runs with it)."""
+    _memo.clear()
+
+
+def normalize_chunk(name: str, texts: Sequence[str]) -> list[str]:
+    """Normalize, then collapse whitespace (one space between words, none at the ends)."""
+    norm = normalizer(name)
+    return [" ".join(norm(t).split()) for t in texts]
+
+
+def worker_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def normalize_all(texts: Sequence[str | None], name: str, processes: int | None = None,
+                  parallel_min: int = PARALLEL_MIN) -> list[str]:
+    """Normalize many strings (None as ""), in order. Each distinct string is normalized once per process and
+    remembered, so the references every cell of a bench shares, and hypotheses equal to their reference, cost a
+    dict look-up. When at least `parallel_min` strings are new, they are split across `processes` (default: the
+    usable cores) processes; this process normalizes the first part itself."""
+    normalizer(name)  # an unknown name fails here, before any process starts
+    memo = _memo.setdefault(name, {})
+    texts = [t or "" for t in texts]
+    new = list(dict.fromkeys(t for t in texts if t not in memo))
+    processes = worker_count() if processes is None else processes
+    if processes > 1 and len(new) >= parallel_min:
+        done = _normalize_in_processes(name, new, processes)
+    else:
+        done = normalize_chunk(name, new)
+    memo.update(zip(new, done))
+    out = [memo[t] for t in texts]
+    if len(memo) > MEMO_MAX:
+        memo.clear()
+    return out
+
+
+def _normalize_in_processes(name: str, texts: list[str], processes: int) -> list[str]:
+    """Contiguous parts, order kept: parts 1.. in spawned processes (a clean interpreter each: no fork of a
+    process that may hold threads), part 0 here while they start."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = -(-len(texts) // processes)
+    parts = [texts[i:i + size] for i in range(0, len(texts), size)]
+    with ProcessPoolExecutor(len(parts) - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(normalize_chunk, name, part) for part in parts[1:]]
+        out = normalize_chunk(name, parts[0])
+        for f in futures:
+            out += f.result()
+    return out
