@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 from importlib.resources import files
 from pathlib import Path
 
@@ -116,6 +117,16 @@ def test_fast_english_normalizer_gives_the_package_output_on_generated_text(toke
     assert outcome(FAST, s) == outcome(PACKAGE, s)
 
 
+def test_symbol_table_equals_the_package_function_for_every_character():
+    """The translate table's premise: the package's remove_symbols_and_diacritics, applied to a whole string,
+    is its per-character result over the string's NFKD form (planes 0 and 1, surrogates aside)."""
+    from whisper_normalizer.basic import remove_symbols_and_diacritics
+
+    chars = "".join(chr(c) for c in range(0x20000) if not 0xD800 <= c <= 0xDFFF)
+    want = remove_symbols_and_diacritics(chars, keep=".%$¢€£")
+    assert unicodedata.normalize("NFKD", chars).translate(FAST._symbols) == want
+
+
 def test_number_normalizer_runs_equal_the_whole_sentence():
     """standardize_numbers runs the package's process_words on runs of number tokens only; number-dense text is
     where that could differ from one pass over all words."""
@@ -144,6 +155,15 @@ def test_normalizer_info_says_whether_the_fast_path_ran():
     assert info["fast_path"] is (info["version"] in normalize.VERIFIED_VERSIONS)
     assert isinstance(scoring.normalizer("whisper_english"), normalize.FastEnglishTextNormalizer) is info["fast_path"]
     assert "fast_path" not in scoring.normalizer_info("basic")
+
+
+def test_an_unverified_package_version_gets_the_package_normalizer(monkeypatch):
+    monkeypatch.setattr(normalize, "VERIFIED_VERSIONS", ("0.0.0",))
+    monkeypatch.setattr(normalize, "_normalizers", {})
+    monkeypatch.setattr(normalize, "_memo", {})
+    assert type(scoring.normalizer("whisper_english")) is EnglishTextNormalizer
+    assert scoring.normalizer_info("whisper_english")["fast_path"] is False
+    assert scoring.normalize_all(["Mr. Smith's colour"], "whisper_english") == ["mister smith is color"]
 
 
 @pytest.mark.parametrize("text, expected", [  # one case per shortcut: where each pre-check must not skip

@@ -1,24 +1,28 @@
-"""Whisper's English text normalizer, ~10x faster and with byte-identical output.
+"""Text normalization for scoring: Whisper's English normalizer on an exact fast path, remembered results, and
+large inputs split across processes.
 
-`whisper_normalizer.english.EnglishTextNormalizer` runs 60 `re.sub` calls per string (53 contraction and title
+`whisper_normalizer.english.EnglishTextNormalizer` runs ~60 `re.sub` calls per string (53 contraction and title
 patterns, each looked up in `re`'s pattern cache), a per-character generator for symbols and diacritics and a
-per-word state machine for numbers: ~0.18 ms per utterance, 18 s per 100k. `FastEnglishTextNormalizer` runs the
-same steps in the same order with the package's own tables and sub-normalizers, and skips only work that
-provably changes nothing:
+per-word state machine for numbers. `FastEnglishTextNormalizer` runs the same steps in the same order with the
+package's own tables and sub-normalizers (~6x faster on English text: benchmarks/scoring_100k.py) and skips only
+work that cannot change the output:
 
-- a replacer pattern (`\\bwon't\\b`, `'s\\b`, ...) is a literal between word-boundary anchors, so it cannot match a
-  string that does not contain the literal: `re.sub` would return the string unchanged, and is not called;
-- the symbol/diacritic step maps every character of the NFKD string on its own, so it runs as one `str.translate`
-  whose table is filled on first sight of a character by the package's own `remove_symbols_and_diacritics`;
-- the number normalizer is the identity up to whitespace (`" ".join(s.split())`) on a string with no digit, no
-  "half" and no word of its vocabulary (`EnglishNumberNormalizer.words`): every word then takes the
-  "non-numeric word" branch and is yielded as it is, `preprocess` and `postprocess` match nothing. Any other
-  string goes through the package's own `EnglishNumberNormalizer`.
+- a substitution whose pattern cannot match without a literal the string lacks is not called (`re.sub` would
+  return the string unchanged): the 53 replacers (`\\bwon't\\b`, `'s\\b`: literals between word-boundary
+  anchors), the fillers, brackets, parentheses, commas, periods, lone currency and percent signs;
+- the symbol/diacritic step maps each character of the NFKD string on its own, so it runs as one `str.translate`
+  whose table is filled, on first sight of a character, by the package's own `remove_symbols_and_diacritics`
+  (NFKD(c) == c for every character NFKD outputs, checked for every code point: the function sees c itself);
+- the number normalizer's `process_words` runs on the runs of number tokens only (standardize_numbers says why
+  that is exact), each distinct run once; `preprocess` only where a digit or "half" occurs, `postprocess` only
+  where "1", "$", "€" or "£" occurs (its patterns need one);
+- the final whitespace squeeze only where a substitution after the spelling step (which joins words with single
+  spaces) ran.
 
 tests/test_normalizer_fast_path.py compares the output with the package's on thousands of varied strings. The
 steps of `EnglishTextNormalizer.__call__` are restated here, so the fast path is used only with the
 whisper-normalizer versions it was verified against (VERIFIED_VERSIONS); any other version gets the package's
-own normalizer (same output, package speed) and `normalizer_info` says which one ran.
+own normalizer (same output, package speed) and `normalizer_info` records which one ran.
 """
 from __future__ import annotations
 
@@ -81,7 +85,9 @@ class FastEnglishTextNormalizer:
         self._brackets = re.compile(r"[<\[][^>\]]*[>\]]")
         self._parentheses = re.compile(r"\(([^)]+?)\)")
         self._ignore = re.compile(package.ignore_patterns)
-        self._ignore_needs_one_of = _alternatives(package.ignore_patterns)
+        fillers = _alternatives(package.ignore_patterns)  # the pattern cannot match without one of them
+        # (an unforeseen pattern: the empty regex, which always matches, so the substitution always runs)
+        self._filler_hint = re.compile("|".join(map(re.escape, fillers or ())))
         self._space_apostrophe = re.compile(r"\s+'")
         # (literal the pattern cannot match without, or None: always run; compiled pattern; replacement)
         self._replacers = []
@@ -97,7 +103,7 @@ class FastEnglishTextNormalizer:
         self._number_prefixes = frozenset(package.standardize_numbers.prefixes)
         self._arabic_number = re.compile(r"^\d+(\.\d+)?$")  # EnglishNumberNormalizer.process_words' test
         self._digit = re.compile(r"\d")
-        self._spellings = package.standardize_spellings
+        self._spellings = package.standardize_spellings.mapping  # EnglishSpellingNormalizer: word -> word
         # process_words is a pure function of its word list: runs ("and",), ("one",), ("1",) repeat endlessly
         self._number_run = functools.lru_cache(maxsize=1 << 16)(
             lambda run: tuple(w for w in package.standardize_numbers.process_words(list(run)) if w is not None))
@@ -107,11 +113,12 @@ class FastEnglishTextNormalizer:
 
     def _is_number_token(self, word: str) -> bool:
         """Whether EnglishNumberNormalizer.process_words treats the word as (part of) a number: a word of its
-        vocabulary, or an arabic number after an optional sign/currency prefix."""
+        vocabulary, or an arabic number after an optional sign/currency prefix (its regex starts with \\d, a
+        Unicode decimal digit, which is what str.isdecimal tests)."""
         if word in self._number_words:
             return True
         bare = word[1:] if word[0] in self._number_prefixes else word
-        return self._arabic_number.match(bare) is not None
+        return bare[:1].isdecimal() and self._arabic_number.match(bare) is not None
 
     def standardize_numbers(self, s: str) -> str:
         """EnglishNumberNormalizer()(s), with process_words run only on the runs of number tokens.
@@ -125,23 +132,24 @@ class FastEnglishTextNormalizer:
         if may_have_arabic:
             s = numbers.preprocess(s)  # without a digit or "half" it returns s (or "" for blank s)
         words = s.split()
+        if not may_have_arabic and self._number_words.isdisjoint(words):
+            return " ".join(words)
+        is_number = self._is_number_token if may_have_arabic else self._number_words.__contains__
         out: list[str] = []
         run: list[str] = []
-        ran = False
         for word in words:
-            if word in self._number_words or (may_have_arabic and self._is_number_token(word)):
+            if is_number(word):
                 run.append(word)
                 continue
             if run:
-                out.extend(self._number_run(tuple(run)))
-                run, ran = [], True
+                out += self._number_run(tuple(run))
+                run = []
             out.append(word)
         if run:
-            out.extend(self._number_run(tuple(run)))
-            ran = True
+            out += self._number_run(tuple(run))
         s = " ".join(out)
-        # postprocess's patterns all need an ASCII digit, which only preprocess'd text or a number run can hold
-        return numbers.postprocess(s) if may_have_arabic or ran else s
+        # postprocess's three patterns each need "$", "€", "£" or "1": without them it changes nothing
+        return numbers.postprocess(s) if "1" in s or "$" in s or "€" in s or "£" in s else s
 
     def __call__(self, s: str) -> str:
         s = s.lower()
@@ -149,7 +157,7 @@ class FastEnglishTextNormalizer:
             s = self._brackets.sub("", s)
         if "(" in s:
             s = self._parentheses.sub("", s)
-        if self._ignore_needs_one_of is None or any(w in s for w in self._ignore_needs_one_of):
+        if self._filler_hint.search(s):
             s = self._ignore.sub("", s)
         if "'" in s:
             s = self._space_apostrophe.sub("'", s)
@@ -162,12 +170,17 @@ class FastEnglishTextNormalizer:
             s = self._periods.sub(r" \1", s)
         s = self._nfkd(s).translate(self._symbols)
         s = self.standardize_numbers(s)
-        s = self._spellings(s)
-        if "." in s or "$" in s or "¢" in s or "€" in s or "£" in s:
+        spellings = self._spellings
+        s = " ".join([spellings.get(word, word) for word in s.split()])  # EnglishSpellingNormalizer.__call__
+        # s is words joined by single spaces: the final whitespace squeeze can only change what the two
+        # substitutions before it changed
+        lone_symbols = "." in s or "$" in s or "¢" in s or "€" in s or "£" in s
+        if lone_symbols:
             s = self._lone_prefix.sub(r" \1", s)
         if "%" in s:
             s = self._lone_percent.sub(r"\1 ", s)
-        return self._spaces.sub(" ", s)
+            lone_symbols = True
+        return self._spaces.sub(" ", s) if lone_symbols else s
 
 
 # ---------------------------------------------------------------- many strings: memo and processes

@@ -51,6 +51,13 @@ def normalize_all(texts: Sequence[str | None], name: str, processes: int | None 
     return normalize.normalize_all(texts, name, processes=processes)
 
 
+def normalize_pairs(refs: Sequence[str | None], hyps: Sequence[str | None], name: str,
+                    processes: int | None = None) -> tuple[list[str], list[str]]:
+    """normalize_all of references and hypotheses in one call (one set of processes for both)."""
+    both = normalize_all([*refs, *hyps], name, processes=processes)
+    return both[:len(refs)], both[len(refs):]
+
+
 # ---------------------------------------------------------------- error counts
 @dataclass
 class UttErrors:
@@ -272,8 +279,7 @@ def speed_summary(speed: dict[str, Any]) -> dict[str, Any]:
 def score_hyps(hyps: list[dict[str, Any]], norm_name: str) -> dict[str, Any]:
     """Corpus WER/CER of a run's hyps.jsonl rows with the named normalizer."""
     rows = [h for h in hyps if (h.get("ref") or "").strip()]
-    refs = normalize_all([h.get("ref") or "" for h in rows], norm_name)
-    out = normalize_all([h.get("hyp") or "" for h in rows], norm_name)
+    refs, out = normalize_pairs([h.get("ref") for h in rows], [h.get("hyp") for h in rows], norm_name)
     keep = [i for i, r in enumerate(refs) if r]
     m = error_counts([refs[i] for i in keep], [out[i] for i in keep])
     m["utterances"] = len(hyps)
