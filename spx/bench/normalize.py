@@ -95,6 +95,10 @@ class FastEnglishTextNormalizer:
             literal = pattern.replace(r"\b", "")
             must_contain = literal if _LITERAL_CHARS.fullmatch(literal) else None
             self._replacers.append((must_contain, re.compile(pattern), replacement))
+        # most need an apostrophe, and no replacement writes one: a string without one skips them all
+        no_apostrophe = [r for r in self._replacers if r[0] is None or "'" not in r[0]]
+        writes_apostrophe = any("'" in r for r in package.replacers.values())
+        self._replacers_no_apostrophe = self._replacers if writes_apostrophe else no_apostrophe
         self._digit_commas = re.compile(r"(\d),(\d)")
         self._periods = re.compile(r"\.([^0-9]|$)")
         self._symbols = _SymbolTable(keep=".%$¢€£")
@@ -161,7 +165,8 @@ class FastEnglishTextNormalizer:
             s = self._ignore.sub("", s)
         if "'" in s:
             s = self._space_apostrophe.sub("'", s)
-        for must_contain, pattern, replacement in self._replacers:
+        replacers = self._replacers if "'" in s else self._replacers_no_apostrophe
+        for must_contain, pattern, replacement in replacers:
             if must_contain is None or must_contain in s:
                 s = pattern.sub(replacement, s)
         if "," in s:
