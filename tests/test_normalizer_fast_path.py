@@ -22,6 +22,7 @@ from whisper_normalizer.basic import BasicTextNormalizer
 from whisper_normalizer.english import EnglishNumberNormalizer, EnglishTextNormalizer
 
 from spx.bench import normalize, scoring
+from spx.errors import SpxError
 
 DEMO = Path(__file__).resolve().parents[1] / "spx" / "demo" / "corpus"
 PACKAGE = EnglishTextNormalizer()
@@ -148,6 +149,14 @@ def test_normalize_all_equals_the_package_string_by_string_cold_warm_and_in_two_
     normalize.forget()
     got = normalize.normalize_all(rows, "whisper_english", processes=2, parallel_min=100)
     assert got == expected["whisper_english"]
+
+
+def test_scoring_processes_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("SPX_SCORING_PROCESSES", "1")
+    assert normalize.worker_count() == 1
+    monkeypatch.setenv("SPX_SCORING_PROCESSES", "two")
+    with pytest.raises(SpxError, match="SPX_SCORING_PROCESSES='two' is not a positive integer"):
+        scoring.normalize_all(["a"], "basic")
 
 
 def test_normalizer_info_says_whether_the_fast_path_ran():

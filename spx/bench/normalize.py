@@ -232,26 +232,41 @@ def normalize_chunk(name: str, texts: Sequence[str]) -> list[str]:
     return [" ".join(norm(t).split()) for t in texts]
 
 
+PROCESSES_ENV = "SPX_SCORING_PROCESSES"
+
+
 def worker_count() -> int:
+    """Processes for large inputs: $SPX_SCORING_PROCESSES (1 keeps everything in this process), else the usable
+    cores."""
+    raw = os.environ.get(PROCESSES_ENV)
+    if raw is None:
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SpxError(f"{PROCESSES_ENV}={raw!r} is not a positive integer", hint=f"e.g. {PROCESSES_ENV}=1")
+    return n
 
 
 def normalize_all(texts: Sequence[str | None], name: str, processes: int | None = None,
                   parallel_min: int = PARALLEL_MIN) -> list[str]:
     """Normalize many strings (None as ""), in order. Each distinct string is normalized once per process and
     remembered, so the references every cell of a bench shares, and hypotheses equal to their reference, cost a
-    dict look-up. When at least `parallel_min` strings are new, they are split across `processes` (default: the
-    usable cores) processes; this process normalizes the first part itself."""
+    dict look-up. When at least `parallel_min` strings are new, they are split across up to `processes`
+    (default: worker_count()) processes, each part at least parallel_min / 2 strings; this process normalizes the
+    first part itself."""
     normalizer(name)  # an unknown name fails here, before any process starts
     memo = _memo.setdefault(name, {})
     texts = [t or "" for t in texts]
     new = list(dict.fromkeys(t for t in texts if t not in memo))
-    processes = worker_count() if processes is None else processes
-    if processes > 1 and len(new) >= parallel_min:
-        done = _normalize_in_processes(name, new, processes)
+    parts = min(worker_count() if processes is None else processes, 2 * len(new) // max(parallel_min, 1))
+    if parts > 1:
+        done = _normalize_in_processes(name, new, parts)
     else:
         done = normalize_chunk(name, new)
     memo.update(zip(new, done))
