@@ -151,6 +151,14 @@ def test_normalize_all_equals_the_package_string_by_string_cold_warm_and_in_two_
     assert got == expected["whisper_english"]
 
 
+def test_chunks_normalized_in_another_process_come_back_in_order(monkeypatch):
+    monkeypatch.setattr(normalize, "CHUNK", 300)
+    rows = SAMPLE[:3000]
+    want = normalize.normalize_chunk("whisper_english", rows)
+    assert normalize._normalize_in_processes("whisper_english", rows, 2, work_here=False) == want  # all there
+    assert normalize._normalize_in_processes("whisper_english", rows, 2) == want  # shared (mostly here)
+
+
 def test_scoring_processes_setting_is_checked(monkeypatch):
     monkeypatch.setenv("SPX_SCORING_PROCESSES", "1")
     assert normalize.worker_count() == 1

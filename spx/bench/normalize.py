@@ -191,7 +191,8 @@ class FastEnglishTextNormalizer:
 # ---------------------------------------------------------------- many strings: memo and processes
 NAMES = ("whisper_english", "basic", "none")
 MEMO_MAX = 500_000  # strings remembered per normalizer: 100k utterances x 3 backends are ~320k (~55 MB)
-PARALLEL_MIN = 40_000  # below this many new strings another process costs more than it saves (0.2-0.6 s to start)
+PARALLEL_MIN = 50_000  # new strings from which another process pays off (it takes 0.3-0.5 s to start)
+CHUNK = 5_000  # strings per piece of work shared between processes (~0.1 s)
 
 _normalizers: dict[str, Callable[[str], str]] = {}
 _memo: dict[str, dict[str, str]] = {}
@@ -276,17 +277,23 @@ def normalize_all(texts: Sequence[str | None], name: str, processes: int | None 
     return out
 
 
-def _normalize_in_processes(name: str, texts: list[str], processes: int) -> list[str]:
-    """Contiguous parts, order kept: parts 1.. in spawned processes (a clean interpreter each: no fork of a
-    process that may hold threads), part 0 here while they start."""
+def _normalize_in_processes(name: str, texts: list[str], processes: int, work_here: bool = True) -> list[str]:
+    """Chunks of CHUNK strings, order kept: `processes - 1` spawned processes (a clean interpreter each: no fork
+    of a process that may hold threads) take chunks from the front, this process from the back, each chunk done
+    once (a chunk no process has started is cancelled there and done here). While the others start, or where
+    the machine has no idle core, this process simply does more of the work (none with work_here=False)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    size = -(-len(texts) // processes)
-    parts = [texts[i:i + size] for i in range(0, len(texts), size)]
-    with ProcessPoolExecutor(len(parts) - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(normalize_chunk, name, part) for part in parts[1:]]
-        out = normalize_chunk(name, parts[0])
-        for f in futures:
-            out += f.result()
+    chunks = [texts[i:i + CHUNK] for i in range(0, len(texts), CHUNK)]
+    here: dict[int, list[str]] = {}
+    with ProcessPoolExecutor(processes - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(normalize_chunk, name, chunk) for chunk in chunks]
+        for i in range(len(chunks) - 1, -1, -1) if work_here else ():
+            if not futures[i].cancel():  # started (or queued) in another process
+                break
+            here[i] = normalize_chunk(name, chunks[i])
+        out: list[str] = []
+        for i, f in enumerate(futures):
+            out += here[i] if i in here else f.result()
     return out
