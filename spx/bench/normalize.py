@@ -191,7 +191,7 @@ class FastEnglishTextNormalizer:
 # ---------------------------------------------------------------- many strings: memo and processes
 NAMES = ("whisper_english", "basic", "none")
 MEMO_MAX = 500_000  # strings remembered per normalizer: 100k utterances x 3 backends are ~320k (~55 MB)
-PARALLEL_MIN = 50_000  # new strings from which another process pays off (it takes 0.3-0.5 s to start)
+PARALLEL_MIN = 100_000  # new strings from which other processes pay off: starting one costs ~0.5 s CPU
 CHUNK = 5_000  # strings per piece of work shared between processes (~0.1 s)
 
 _normalizers: dict[str, Callable[[str], str]] = {}
