@@ -10,6 +10,7 @@ whitespace; plus hypothesis-generated strings from the same tokens and arbitrary
 from __future__ import annotations
 
 import json
+import os
 import random
 import unicodedata
 from importlib.resources import files
@@ -159,7 +160,13 @@ def test_chunks_normalized_in_another_process_come_back_in_order(monkeypatch):
     assert normalize._normalize_in_processes("whisper_english", rows, 2) == want  # shared (mostly here)
 
 
-def test_scoring_processes_setting_is_checked(monkeypatch):
+def test_scoring_processes_setting_is_checked_and_busy_cores_are_left_alone(monkeypatch):
+    monkeypatch.delenv("SPX_SCORING_PROCESSES", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # only this process running
+    assert normalize.worker_count() == cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 3.0, 1.0, 1.0))  # every core busy
+    assert normalize.worker_count() == 1
     monkeypatch.setenv("SPX_SCORING_PROCESSES", "1")
     assert normalize.worker_count() == 1
     monkeypatch.setenv("SPX_SCORING_PROCESSES", "two")
