@@ -58,6 +58,9 @@ def _yaml_error(exc: yaml.YAMLError, text: str, source: str, hint: str) -> SpxEr
     mark = getattr(exc, "problem_mark", None)
     where = f"{source}:{mark.line + 1}" if mark else source
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    if context and problem.startswith("but "):  # "expected a single document in the stream, but found another document"
+        problem = f"{context}, {problem}"
     return SpxError(f"invalid YAML: {problem}", hint=hint, where=where)
 
 
