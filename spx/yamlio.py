@@ -17,7 +17,7 @@ KeyPath = tuple[Any, ...]
 # instead of a RecursionError, minutes of parsing, or an alias bomb's billions of values.
 MAX_YAML_BYTES = 1 << 20      # 1 MiB
 MAX_YAML_DEPTH = 64           # mappings and lists inside each other, aliases followed
-MAX_YAML_VALUES = 100_000     # values in the document, each alias counted as a copy of its anchor
+MAX_YAML_VALUES = 20_000      # values in the document, each alias counted as a copy of its anchor
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 

@@ -1,6 +1,7 @@
 """Streaming read/write of spx manifests (never the whole file in memory)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -91,10 +92,7 @@ def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
     """The file's lines with a UTF-8 byte order mark (Windows editors write one) taken off the first."""
     lines = iter(lines)
     first = next(lines, None)
-    if first is None:
-        return
-    yield first.removeprefix(UTF8_BOM)
-    yield from lines
+    return iter(()) if first is None else itertools.chain((first.removeprefix(UTF8_BOM),), lines)  # C speed per row
 
 
 def check_header(row: Any, p: Path, lineno: int) -> bool:
