@@ -1,6 +1,7 @@
 """Safe YAML reading that remembers the line of every key, and atomic file writing."""
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import tempfile
@@ -166,11 +167,13 @@ def load_yaml_file(path: str | Path) -> tuple[Any, dict[KeyPath, int]]:
     if len(raw) > MAX_YAML_BYTES:
         raise SpxError(f"{p.stat().st_size / 2**20:.1f} MiB, more than the {MAX_YAML_BYTES // 2**20} MiB a recipe may hold",
                        where=str(p), hint="is this really a recipe?")
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise SpxError(f"not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})", hint="save the file as UTF-8",
+        offset = bom + exc.start  # in the file
+        line = raw.count(b"\n", 0, offset) + 1
+        raise SpxError(f"not UTF-8 text (byte {offset}: {raw[offset:offset + 1]!r})", hint="save the file as UTF-8",
                        where=f"{p}:{line}") from None
     return load_yaml_with_lines(text, str(p))
 

@@ -435,6 +435,7 @@ STRICT_RECIPES: dict[str, tuple[bytes, int | None, str]] = {
                     "(U+001B) is not allowed"),
     "invalid UTF-8": (BASE_TEXT.replace("name: conformer_ctc_tiny", "name: caf\udce9").encode("utf-8", "surrogateescape"),
                       line_of(BASE_TEXT, "name:"), "not UTF-8 text"),
+    "invalid UTF-8 after a BOM": (b"\xef\xbb\xbfa: 1\nb: \xe9\n", 2, "not UTF-8 text (byte 11: b'\\xe9')"),  # offsets count the BOM
     "UTF-16 file": (BASE_TEXT.encode("utf-16"), 1, "not UTF-8 text (byte 0"),
     "tab indentation": (BASE_TEXT.replace("  epochs: 40", "\tepochs: 40", 1).encode(), line_of(BASE_TEXT, "  epochs:"), "invalid YAML"),
     "recipe is a list": (b"- task: asr\n- model: {}\n", None, "a recipe must be a YAML mapping, got list"),
