@@ -28,6 +28,8 @@ def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = Fals
     """Create the run directory: resolved spec, manifests, native config and data, exact commands."""
     adapter = get_adapter(backend)
     adapter.supports(spec)  # says clearly, before anything is written, when a backend lacks the job
+    from spx.manifests.io import check_run_manifests
+    check_run_manifests(spec)  # an empty or all-filtered manifest: one line naming data.*, before anything is written
     rd = RunDir(run_dir)
     if rd.path.exists() and any(rd.path.iterdir()):
         if not force:
