@@ -63,7 +63,8 @@ def score_audio(directory, ref_dir, text_manifest, judge, metrics, normalizer, t
     """
     import os
 
-    from spx.bench.quality import THREADS_ENV, score_audio_files
+    from spx.bench.quality import score_audio_files
+    from spx.bench.threads import THREADS_ENV
     from spx.bench.quality_audio import audio_files
 
     if threads is not None:

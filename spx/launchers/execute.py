@@ -39,10 +39,6 @@ def wrap_command(step: Step, devices: int, nodes: int) -> list[str]:
         return list(step.argv)
     if step.argv[:2] != [step.argv[0], "-m"]:
         raise ValueError(f"torchrun step {step.name!r} must be 'python -m module ...'")
-    if nodes > 1 and os.environ.get("SLURM_JOB_ID"):
-        from spx.launchers.slurm import multinode_torchrun
-
-        return multinode_torchrun(step, devices, nodes)
     return [step.argv[0], "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
             "--nnodes=1", *step.argv[1:]]
 
