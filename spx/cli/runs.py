@@ -1,4 +1,4 @@
-"""`spx status`, `spx logs`, `spx cancel`: the same for local, torchrun and Slurm runs.
+"""`spx status`, `spx logs`, `spx cancel`: the same for local (torchrun steps included) and Slurm runs.
 
 Local runs record the pid of the spx process running them in status.json; Slurm runs record the job id.
 Only click is imported at module level (the CLI imports this module for `spx --help`).
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from spx.cli.common import CONTEXT, echo_json
+
 TERMINAL = ("finished", "failed", "cancelled", "interrupted")
 
 
@@ -107,7 +108,6 @@ def status(run_dirs, as_json):
     """
     rows = [_row(p) for p in _run_dirs(run_dirs)]
     if as_json:
-        from spx.cli import echo_json
 
         echo_json(rows)
         return

@@ -6,16 +6,10 @@ from pathlib import Path
 
 import click
 
+from spx.cli.common import CONTEXT, echo_json
 from spx.errors import SpxError
 from spx.registry import BACKEND_NAMES
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def echo_json(data) -> None:
-    import json
-
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 @click.group(context_settings=CONTEXT)
@@ -171,15 +165,14 @@ def doctor(as_json):
 
 
 def _register_commands() -> None:
-    """Command groups that live beside the code they drive (each module keeps its imports lazy). Every one is
-    spx's own: a missing module or command is a broken install, so it raises instead of vanishing from --help."""
-    import importlib
+    """The command groups, one module each in this package (each keeps its imports lazy)."""
+    from spx.cli import bench, manifest, runs, score
 
-    for module, names in (("spx.manifests.cli", ("manifest",)), ("spx.bench.cli", ("bench",)), ("spx.bench.score_cli", ("score",)),
-                          ("spx.launchers.cli", ("status", "logs", "cancel"))):
-        mod = importlib.import_module(module)
-        for name in names:
-            cli.add_command(getattr(mod, name))
+    cli.add_command(manifest.manifest)
+    cli.add_command(bench.bench)
+    cli.add_command(score.score)
+    for command in (runs.status, runs.logs, runs.cancel):
+        cli.add_command(command)
 
 
 _register_commands()
