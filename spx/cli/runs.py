@@ -60,12 +60,9 @@ def current_status(rd) -> dict:
 
 
 def _launcher(rd) -> str:
-    import yaml
-
-    try:
-        return (yaml.safe_load((rd / "spec.yaml").read_text()) or {}).get("resources", {}).get("launcher", "local")
-    except FileNotFoundError:
+    if not (rd / "spec.yaml").is_file():
         return "?"
+    return rd.spec.resources.launcher
 
 
 def _row(path: Path) -> dict:

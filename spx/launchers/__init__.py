@@ -13,9 +13,7 @@ from spx.rundir import RunDir
 
 
 def launcher_name(rd: RunDir) -> str:
-    import yaml
-
-    return yaml.safe_load((rd / "spec.yaml").read_text()).get("resources", {}).get("launcher", "local")
+    return rd.spec.resources.launcher
 
 
 def launch(rd: RunDir) -> dict[str, Any] | None:

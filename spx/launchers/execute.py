@@ -22,10 +22,7 @@ ProgressFn = Callable[[str, dict], None]
 
 
 def world_size(rd: RunDir) -> tuple[int, int]:
-    import yaml
-
-    res = yaml.safe_load((rd / "spec.yaml").read_text()).get("resources", {})
-    return int(res.get("devices", 1)), int(res.get("nodes", 1))
+    return rd.spec.resources.devices, rd.spec.resources.nodes
 
 
 def wrap_command(step: Step, devices: int, nodes: int) -> list[str]:
