@@ -67,9 +67,6 @@ def finalize_run(rd: RunDir) -> dict:
 
     adapter = get_adapter(rd.backend)
     result = adapter.collect(rd)
-    import yaml
-
-    spec = Spec.model_validate(yaml.safe_load((rd / "spec.yaml").read_text()))
-    metrics = score_run(result, spec)
+    metrics = score_run(result, rd.spec)
     atomic_write_json(rd / "metrics.json", metrics)
     return metrics
