@@ -62,6 +62,8 @@ def audio_plan(utt: Utterance, sample_rate: int, where: str | None = None) -> tu
     """Reasons (a subset of REASONS, in that order) why `utt` must be materialized; () = it is read as is."""
     if utt.is_piped:
         return ("pipe",) + (("segment",) if utt.offset else ())
+    if not os.path.isfile(utt.audio):
+        raise SpxError(f"audio file not found: {utt.audio}", where=where, hint="check the path in the manifest")
     import soundfile
 
     try:
