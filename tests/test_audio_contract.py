@@ -210,3 +210,13 @@ def test_validate_features_reports_the_plan(forms, tmp_path):
     text = run_spx("manifest", "validate", src, "--features", RECIPE)
     assert "2 rows read as is, 9 materialized (2 pipe, 2 codec, 4 rate, 1 channels, 2 segment)" in text.stdout
     assert f"{src}:5: segment: segment: cut the segment;" in text.stdout
+
+
+def test_kaldiio_reading_the_pipe_gives_the_materialized_samples(forms, tmp_path):
+    """ESPnet reads a piped wav.scp through kaldiio (a shell, every epoch); spx materializes the pipe instead.
+    Both ways give the same samples, so the choice changes no feature."""
+    kaldiio = pytest.importorskip("kaldiio")
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"pipe {forms['utts']['pipe'].audio}\n")
+    rate, samples = kaldiio.load_scp(str(scp))["pipe"]
+    assert rate == RATE and np.array_equal(samples.astype(np.float32) / 32768, _materialized(forms["utts"]["pipe"], tmp_path))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -222,7 +223,8 @@ def materialize(utts: Sequence[Utterance], sample_rate: int, cache_dir: str | Pa
     if len(jobs) < _INLINE_BELOW or workers <= 1:
         results = [_materialize_safe(j) for j in _progress(jobs, len(jobs), progress)]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # forkserver: the caller may hold threads (a bench's live display), which a fork would copy mid-lock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             chunk = max(1, min(64, len(jobs) // (workers * 8)))
             results = list(_progress(pool.map(_materialize_safe, jobs, chunksize=chunk), len(jobs), progress))
     out = []
