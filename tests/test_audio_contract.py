@@ -50,6 +50,7 @@ def forms(tmp_path_factory) -> dict:
         "flac16k": Utterance("flac16k", str(d / "ref16k.flac"), n),
         "stereo": Utterance("stereo", str(d / "stereo.wav"), n),
         "segment": Utterance("segment", str(d / "long.wav"), n, offset=n),
+        "segment_at_0": Utterance("segment_at_0", str(d / "long.wav"), n),  # Kaldi segments from 0.0
         "pipe": Utterance("pipe", f"sox {d / 'ref16k.wav'} -t wav - |", n),
         "pipe_segment": Utterance("pipe_segment", f"sox {d / 'long.wav'} -t flac - |", n, offset=2 * n),
         "wav8k": Utterance("wav8k", str(d / "r8k.wav"), n),
@@ -61,8 +62,8 @@ def forms(tmp_path_factory) -> dict:
     return {"dir": d, "ref": ref, "utts": utts}
 
 
-LOSSLESS_16K = ["wav16k", "flac16k", "stereo", "segment", "pipe", "pipe_segment"]
-PLANS = {"wav16k": (), "flac16k": (), "stereo": ("channels",), "segment": ("segment",), "pipe": ("pipe",),
+LOSSLESS_16K = ["wav16k", "flac16k", "stereo", "segment", "segment_at_0", "pipe", "pipe_segment"]
+PLANS = {"wav16k": (), "flac16k": (), "stereo": ("channels",), "segment": ("segment",), "segment_at_0": ("segment",), "pipe": ("pipe",),
          "pipe_segment": ("pipe", "segment"), "wav8k": ("rate",), "wav22k": ("rate",), "wav48k": ("rate",),
          "mp3_48k": ("codec", "rate"), "opus": ("codec",)}
 
@@ -151,8 +152,8 @@ def _manifest(path: Path, utts: list[Utterance]) -> Path:
 def test_conform_manifest_points_every_row_at_readable_audio(forms, tmp_path):
     src = _manifest(tmp_path / "mixed.jsonl", list(forms["utts"].values()))
     summary = conform_manifest(src, tmp_path / "out.jsonl", RATE, tmp_path / "cache", progress=False)
-    assert summary["rows"] == 11 and summary["as_is"] == 2 and summary["materialized"] == 9
-    assert summary["reasons"] == {"pipe": 2, "codec": 2, "rate": 4, "channels": 1, "segment": 2}
+    assert summary["rows"] == 12 and summary["as_is"] == 2 and summary["materialized"] == 10
+    assert summary["reasons"] == {"pipe": 2, "codec": 2, "rate": 4, "channels": 1, "segment": 3}
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()[1:]]
     for row in out:
         info = sf.info(row["audio"])
@@ -186,7 +187,7 @@ def test_render_fails_before_training_and_run_dir_manifests_conform(forms, tmp_p
     spec = load_spec(RECIPE, [f"data.train={good}", f"data.valid={good}", f"data.test={good}"])
     rd = render_run(spec, "espnet", tmp_path / "bench" / "runs" / "cell", force=True)
     audio = json.loads((rd.path / "manifests" / "audio.json").read_text())
-    assert audio["manifests"]["train.jsonl"]["materialized"] == 9
+    assert audio["manifests"]["train.jsonl"]["materialized"] == 10
     assert audio["manifests"]["train.jsonl"]["cache"] == str(tmp_path / "bench" / ".spx_audio_cache")
     data = rd.path / "native" / "data" / "train"
     assert not (data / "segments").exists() and not [ln for ln in (data / "wav.scp").read_text().splitlines()
@@ -195,7 +196,7 @@ def test_render_fails_before_training_and_run_dir_manifests_conform(forms, tmp_p
     spec = load_spec(RECIPE, [f"data.train={good}", f"data.valid={good}", f"data.test={bad}"])
     with pytest.raises(SpxError) as err:
         render_run(spec, "nemo", tmp_path / "bench" / "runs" / "cell2", force=True)
-    assert err.value.where == f"{bad}:13 (row 'gone')"
+    assert err.value.where == f"{bad}:14 (row 'gone')"
     assert json.loads((tmp_path / "bench" / "runs" / "cell2" / "status.json").read_text())["state"] == "failed"
 
 
@@ -203,12 +204,12 @@ def test_validate_features_reports_the_plan(forms, tmp_path):
     src = _manifest(tmp_path / "mixed.jsonl", list(forms["utts"].values()))
     proc = run_spx("manifest", "validate", src, "--features", RECIPE, "--json")
     contract = json.loads(proc.stdout)["audio_contract"]
-    assert contract["sample_rate"] == RATE and contract["as_is"] == 2 and contract["materialized"] == 9
-    assert contract["reasons"] == {"pipe": 2, "codec": 2, "rate": 4, "channels": 1, "segment": 2}
+    assert contract["sample_rate"] == RATE and contract["as_is"] == 2 and contract["materialized"] == 10
+    assert contract["reasons"] == {"pipe": 2, "codec": 2, "rate": 4, "channels": 1, "segment": 3}
     assert contract["examples"][0] == {"line": 4, "id": "stereo", "reasons": ["channels"],
                                        "action": contract["examples"][0]["action"]}
     text = run_spx("manifest", "validate", src, "--features", RECIPE)
-    assert "2 rows read as is, 9 materialized (2 pipe, 2 codec, 4 rate, 1 channels, 2 segment)" in text.stdout
+    assert "2 rows read as is, 10 materialized (2 pipe, 2 codec, 4 rate, 1 channels, 3 segment)" in text.stdout
     assert f"{src}:5: segment: segment: cut the segment;" in text.stdout
 
 

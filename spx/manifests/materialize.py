@@ -7,7 +7,7 @@ API (stable; `tests/test_audio_contract.py` and the parity tests use it):
         Opens the file's header (not a pipe: pipes are run when materialized); SpxError naming `where` if unreadable.
     decode_utterance(utt, sample_rate, where=None) -> np.ndarray
         The reference decode: float32 mono at `sample_rate` of [offset, offset + duration) (the whole file when offset
-        is 0). Pipes run through `audioinfo.run_pipe` (no shell); soundfile first, ffmpeg for what it cannot read;
+        is 0 and the file is not longer than `duration`). Pipes run through `audioinfo.run_pipe` (no shell); soundfile first, ffmpeg for what it cannot read;
         stereo -> mean of the channels; resampling with soxr (HQ).
     materialize(utts, sample_rate, cache_dir, workers=2, wheres=None, progress=True) -> list[Utterance]
         Decode each utterance into the shared content-addressed cache (16-bit PCM mono WAV at `sample_rate`) and
@@ -21,7 +21,7 @@ API (stable; `tests/test_audio_contract.py` and the parity tests use it):
         $SPX_AUDIO_CACHE, else `.spx_audio_cache/` beside the run dir's parent (shared by all cells of a bench).
 
 One rule for every backend: a row is read as is only if it is a plain WAV or FLAC file at the spec's rate, mono, and
-not a segment (offset 0); anything else (pipe, other codec, other rate, several channels, segment) is materialized.
+not a segment (offset 0, the file no longer than the row's duration); anything else (pipe, other codec, other rate, several channels, segment) is materialized.
 """
 from __future__ import annotations
 
@@ -45,10 +45,12 @@ from spx.manifests.audioinfo import audio_info, parallel_map, run_pipe
 from spx.manifests.schema import Utterance
 
 REASONS = ("pipe", "codec", "rate", "channels", "segment")
-AS_IS_FORMATS = ("WAV", "FLAC")  # lossless containers every backend's loader reads the same way
+AS_IS_FORMATS = ("WAV", "WAVEX", "FLAC")  # lossless containers every backend's loader reads the same way
 CACHE_ENV = "SPX_AUDIO_CACHE"
 CACHE_VERSION = "1"  # bump when the decode changes, so old cache entries are not reused
-SEGMENT_END_TOLERANCE_S = 0.05  # a segment may end this far past the recording (rounded durations)
+# rounded durations: a segment may end this far past its recording, and a row whose file is longer than its
+# duration by more than this is a segment starting at 0 (Kaldi `segments` from 0.0), not the whole file
+SEGMENT_TOLERANCE_S = 0.05
 _INLINE_BELOW = 8  # fewer rows than this are materialized without a process pool
 
 
@@ -73,7 +75,7 @@ def audio_plan(utt: Utterance, sample_rate: int, where: str | None = None) -> tu
     except Exception:  # not for libsndfile: ffprobe reads the header, or audio_info raises one SpxError naming `where`
         ai = audio_info(utt.audio, where=where)
         fmt, rate, channels, length = "other", ai.sample_rate, ai.channels, ai.duration
-    if utt.offset and utt.offset + utt.duration > length + SEGMENT_END_TOLERANCE_S:
+    if utt.offset and utt.offset + utt.duration > length + SEGMENT_TOLERANCE_S:
         raise SpxError(f"segment [{utt.offset}, {utt.offset + utt.duration}] s ends past the end of {utt.audio} "
                        f"({length:.3f} s)", where=where, hint="fix the row's offset/duration (Kaldi segments file)")
     reasons = []
@@ -83,7 +85,7 @@ def audio_plan(utt: Utterance, sample_rate: int, where: str | None = None) -> tu
         reasons.append("rate")
     if channels != 1:
         reasons.append("channels")
-    if utt.offset:
+    if utt.offset or length > utt.duration + SEGMENT_TOLERANCE_S:
         reasons.append("segment")
     return tuple(reasons)
 
@@ -119,16 +121,15 @@ def _read_any(source: str | bytes, where: str | None) -> tuple[np.ndarray, int]:
 
 
 def decode_utterance(utt: Utterance, sample_rate: int, where: str | None = None) -> np.ndarray:
-    """Float32 mono at `sample_rate` of the utterance (its segment when offset > 0; the whole file otherwise)."""
-    if utt.is_piped:
-        data, rate = _read_any(run_pipe(utt.audio, where=where), where)
-        if utt.offset:
-            start = int(round(utt.offset * rate))
-            data = data[start:start + int(round(utt.duration * rate))]
-    elif utt.offset:
+    """Float32 mono at `sample_rate` of the utterance: [offset, offset + duration) when it is a segment (offset > 0,
+    or the audio is longer than `duration` by more than SEGMENT_TOLERANCE_S), else the whole audio."""
+    if utt.offset and not utt.is_piped:
         data, rate = _read_segment(utt, where)
     else:
-        data, rate = _read_any(utt.audio, where)
+        data, rate = _read_any(run_pipe(utt.audio, where=where) if utt.is_piped else utt.audio, where)
+        if utt.offset or len(data) > (utt.duration + SEGMENT_TOLERANCE_S) * rate:  # a segment: cut it
+            start = int(round(utt.offset * rate))
+            data = data[start:start + int(round(utt.duration * rate))]
     wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if len(wav) == 0:
         raise SpxError(f"utterance {utt.id!r} has no audio samples (offset {utt.offset}, duration {utt.duration})",
@@ -170,8 +171,8 @@ def cache_key(utt: Utterance, sample_rate: int) -> str:
         stamps = [_stamp(t) for t in tokens if os.path.isfile(t)]
     else:
         stamps = [_stamp(utt.audio)]
-    text = "\0".join([CACHE_VERSION, utt.audio, *stamps, repr(float(utt.offset)),
-                      repr(float(utt.duration)) if utt.offset or utt.is_piped else "", str(sample_rate)])
+    text = "\0".join([CACHE_VERSION, utt.audio, *stamps, repr(float(utt.offset)), repr(float(utt.duration)),
+                      str(sample_rate)])
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
