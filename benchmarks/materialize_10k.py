@@ -4,7 +4,8 @@ A few espeak-ng sentences are converted with sox/ffmpeg into 8/22.05/48 kHz WAV,
 stereo WAV, Kaldi segments of long recordings and piped `sox ... |` commands; hard links give each utterance its own
 path (so each is decoded: the cache key is the path + size + mtime). `conform_manifest` then runs in a child process,
 twice: the first run materializes everything (2 worker processes, as `spx run`), the second finds every file in the
-cache. Printed: wall time and peak RSS (largest process: the child or one of its pool workers).
+cache. Printed: wall time, CPU time (user + system of all its processes: the fair figure on a shared machine, with
+the 1-minute load average) and peak RSS (largest process: the child or one of its pool workers).
 
     uv run python benchmarks/materialize_10k.py                 # 10,000 utterances
     uv run python benchmarks/materialize_10k.py --utts 1000 --workers 2
@@ -70,7 +71,10 @@ def make_manifest(d: Path, n: int) -> Path:
         if form == "segment":  # the j-th copy of sentence i in the long recording: distinct segments
             j = 1 + (k // (len(FORMS) * len(SENTENCES))) % 10
             offset = round(j * sum(lengths) + sum(lengths[:i]), 4)
-            rows.append({"id": uid, "audio": str(src), "offset": offset, "duration": round(seconds, 4)})
+            copy = links / f"long_{k // (len(FORMS) * len(SENTENCES) * 10)}.wav"  # a new recording every 40 segments
+            if not copy.exists():
+                os.link(src, copy)
+            rows.append({"id": uid, "audio": str(copy), "offset": offset, "duration": round(seconds, 4)})
             continue
         link = links / f"{uid}{src.suffix}"
         os.link(src, link)
@@ -82,12 +86,15 @@ def make_manifest(d: Path, n: int) -> Path:
 
 
 def measure(manifest: Path, out: Path, cache: Path, workers: int) -> tuple[float, float, dict]:
-    """(wall seconds, peak RSS MB of the child or its largest pool worker, summary) of conform_manifest in a fresh
-    child process."""
+    """(wall seconds, peak RSS MB of the child or its largest pool worker, summary with cpu_s: user + system seconds
+    of the child, its workers and the pipes' commands) of conform_manifest in a fresh child process."""
     code = ("import json, resource, sys; from spx.manifests.materialize import conform_manifest; "
             "s = conform_manifest(sys.argv[1], sys.argv[2], 16000, sys.argv[3], workers=int(sys.argv[4])); "
-            "s['peak_kib'] = max(resource.getrusage(w).ru_maxrss for w in "
-            "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)); print(json.dumps(s))")
+            # stop the forkserver (it reaped the pool workers) and reap it, so RUSAGE_CHILDREN holds the workers
+            "from multiprocessing import forkserver; forkserver._forkserver._stop(); "
+            "u = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]; "
+            "s['peak_kib'] = max(r.ru_maxrss for r in u); s['cpu_s'] = sum(r.ru_utime + r.ru_stime for r in u); "
+            "print(json.dumps(s))")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, str(manifest), str(out), str(cache), str(workers)],
                           stdout=subprocess.PIPE, text=True, check=True)
@@ -114,11 +121,13 @@ def main() -> None:
         cache = work / "cache"
         wall, peak, summary = measure(manifest, work / "out1.jsonl", cache, args.workers)
         audio_s = sum(json.loads(line)["duration"] for line in (work / "out1.jsonl").read_text().splitlines()[1:])
-        print(f"first run:  {wall:.1f} s ({args.utts / wall:.0f} utt/s, {audio_s / wall:.0f}x real time), "
+        print(f"first run:  {wall:.1f} s wall, {summary['cpu_s']:.1f} s CPU ({args.utts / wall:.0f} utt/s, "
+              f"{audio_s / wall:.0f}x real time; load {os.getloadavg()[0]:.1f}), "
               f"peak RSS {peak:.0f} MB; as is {summary['as_is']}, materialized {summary['materialized']} "
               f"{summary['reasons']}, written {summary['cache_written']}")
         wall2, peak2, summary2 = measure(manifest, work / "out2.jsonl", cache, args.workers)
-        print(f"second run: {wall2:.1f} s (all cache hits: reused {summary2['cache_reused']}, "
+        print(f"second run: {wall2:.1f} s wall, {summary2['cpu_s']:.1f} s CPU (load {os.getloadavg()[0]:.1f}; all cache "
+              f"hits: reused {summary2['cache_reused']}, "
               f"written {summary2['cache_written']}), peak RSS {peak2:.0f} MB")
         size = sum(p.stat().st_size for p in cache.rglob("*.wav"))
         print(f"cache: {size / 1e6:.0f} MB for {audio_s / 3600:.2f} h of 16 kHz mono 16-bit audio; workers {args.workers}")

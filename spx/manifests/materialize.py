@@ -9,9 +9,10 @@ API (stable; `tests/test_audio_contract.py` and the parity tests use it):
         The reference decode: float32 mono at `sample_rate` of [offset, offset + duration) (the whole file when offset
         is 0 and the file is not longer than `duration`). Pipes run through `audioinfo.run_pipe` (no shell); soundfile first, ffmpeg for what it cannot read;
         stereo -> mean of the channels; resampling with soxr (HQ).
-    materialize(utts, sample_rate, cache_dir, workers=2, wheres=None, progress=True) -> list[Utterance]
+    materialize(utts, sample_rate, cache_dir, workers=2, wheres=None, progress=True, stats=None) -> list[Utterance]
         Decode each utterance into the shared content-addressed cache (16-bit PCM mono WAV at `sample_rate`) and
-        return rows pointing at the cached files (offset 0, duration of the written audio). A cached file is reused.
+        return rows pointing at the cached files (offset 0, duration of the written audio). A cached file is reused;
+        `stats` (a dict) counts 'written' and 'reused' rows.
     conform_manifest(src, dst, sample_rate, cache_dir, workers=2) -> dict
         Copy manifest `src` to `dst` with every row readable as is (the rows that are not are materialized first);
         returns the summary recorded in the run dir's manifests/audio.json.
@@ -181,19 +182,23 @@ def _stamp(path: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _materialize_one(args: tuple[Utterance, int, str, str | None]) -> tuple[str, float, bool]:
-    """(cached path, its duration in seconds, whether this call wrote it)."""
+def cache_path(utt: Utterance, sample_rate: int, cache_dir: str | Path) -> Path:
+    key = cache_key(utt, sample_rate)
+    return Path(cache_dir) / key[:2] / f"{key}.wav"
+
+
+def _materialize_one(args: tuple[Utterance, int, str, str | None]) -> tuple[float, bool]:
+    """Decode one utterance into its cache path: (duration in seconds, whether this call wrote the file)."""
     import soundfile
 
-    utt, sample_rate, cache_dir, where = args
-    key = cache_key(utt, sample_rate)
-    path = Path(cache_dir) / key[:2] / f"{key}.wav"
-    if path.is_file():
-        return str(path), soundfile.info(str(path)).frames / sample_rate, False
+    utt, sample_rate, target, where = args
+    path = Path(target)
+    if path.is_file():  # another bench cell wrote it meanwhile
+        return soundfile.info(target).frames / sample_rate, False
     wav = decode_utterance(utt, sample_rate, where)
     np.clip(wav, -1.0, 32767 / 32768, out=wav)  # resampling may overshoot; PCM_16 must not wrap around
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".wav")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".wav")
     os.close(fd)
     try:
         soundfile.write(tmp, wav, sample_rate, subtype="PCM_16", format="WAV")
@@ -201,10 +206,10 @@ def _materialize_one(args: tuple[Utterance, int, str, str | None]) -> tuple[str,
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return str(path), len(wav) / sample_rate, True
+    return len(wav) / sample_rate, True
 
 
-def _materialize_safe(args: tuple[Utterance, int, str, str | None]) -> tuple[str, float, bool] | SpxError:
+def _materialize_safe(args: tuple[Utterance, int, str, str | None]) -> tuple[float, bool] | SpxError:
     try:
         return _materialize_one(args)
     except SpxError as exc:
@@ -216,11 +221,29 @@ def _materialize_safe(args: tuple[Utterance, int, str, str | None]) -> tuple[str
 def materialize(utts: Sequence[Utterance], sample_rate: int, cache_dir: str | Path, workers: int = 2,
                 wheres: Sequence[str | None] | None = None, progress: bool = True,
                 stats: dict[str, int] | None = None) -> list[Utterance]:
-    """Rows pointing at the cached 16-bit mono WAVs of `utts` (same order); `stats` gets 'written' and 'reused'."""
-    cache_dir = str(Path(cache_dir).resolve())
+    """Rows pointing at the cached 16-bit mono WAVs of `utts` (same order); `stats` gets 'written' and 'reused'.
+    Cache hits are resolved here; only the misses go to the `workers` processes (each distinct one once)."""
+    import soundfile
+
+    cache = Path(cache_dir).resolve()
     wheres = list(wheres) if wheres is not None else [None] * len(utts)
-    jobs = [(u, sample_rate, cache_dir, w) for u, w in zip(utts, wheres)]
-    results: list[Any] = []
+    paths = []
+    for utt, where in zip(utts, wheres):
+        try:
+            paths.append(cache_path(utt, sample_rate, cache))
+        except OSError as exc:  # the file vanished since its header was read
+            raise SpxError(f"cannot read {exc.filename}: {exc.strerror}", where=where) from None
+    durations: dict[Path, float] = {}
+    wrote: set[Path] = set()
+    misses: dict[Path, int] = {}
+    for i, path in enumerate(paths):
+        if path in durations or path in misses:
+            continue
+        if path.is_file():
+            durations[path] = soundfile.info(str(path)).frames / sample_rate
+        else:
+            misses[path] = i
+    jobs = [(utts[i], sample_rate, str(path), wheres[i]) for path, i in misses.items()]
     if len(jobs) < _INLINE_BELOW or workers <= 1:
         results = [_materialize_safe(j) for j in _progress(jobs, len(jobs), progress)]
     else:
@@ -228,15 +251,20 @@ def materialize(utts: Sequence[Utterance], sample_rate: int, cache_dir: str | Pa
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             chunk = max(1, min(64, len(jobs) // (workers * 8)))
             results = list(_progress(pool.map(_materialize_safe, jobs, chunksize=chunk), len(jobs), progress))
-    out = []
-    for utt, res in zip(utts, results):
+    for path, res in zip(misses, results):
         if isinstance(res, SpxError):
             raise res
-        path, duration, wrote = res
+        durations[path] = res[0]
+        if res[1]:
+            wrote.add(path)
+    out = []
+    for utt, path in zip(utts, paths):
         if stats is not None:
-            stats["written" if wrote else "reused"] = stats.get("written" if wrote else "reused", 0) + 1
-        out.append(replace(utt, audio=path, offset=0.0, duration=round(duration, 6), sample_rate=sample_rate,
-                           channels=1, meta=dict(utt.meta)))
+            kind = "written" if path in wrote else "reused"
+            stats[kind] = stats.get(kind, 0) + 1
+            wrote.discard(path)  # a duplicate row of the same audio reuses the file written for the first
+        out.append(replace(utt, audio=str(path), offset=0.0, duration=round(durations[path], 6),
+                           sample_rate=sample_rate, channels=1, meta=dict(utt.meta)))
     return out
 
 
