@@ -66,3 +66,18 @@ def test_two_renders_at_once_make_the_corpus_once(tmp_path):
     assert sizes == {"train": 100, "valid": 10, "test": 10}
     for backend in ("espnet", "speechbrain"):  # each run copied the corpus's manifests
         assert len(list(iter_manifest(tmp_path / backend / "manifests" / "train.jsonl"))) == 100
+
+
+def test_bench_dry_run_renders_the_tts_cells_and_leaves_earlier_cells_alone(tmp_path):
+    """`spx bench --dry-run` (the README's TTS bench form): new cells rendered, an earlier cell untouched."""
+    earlier = tmp_path / "out" / "runs" / "tacotron2-espnet"
+    earlier.mkdir(parents=True)
+    (earlier / "status.json").write_text('{"state": "failed"}')
+    proc = spx("bench", TACOTRON2, "--backends", "espnet,speechbrain", "--out", tmp_path / "out", "--dry-run",
+               env=spx_env(tmp_path / "cache"), cwd=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "tacotron2-espnet: would be re-run (previous state failed); left as it is" in err
+    assert sorted(p.name for p in earlier.iterdir()) == ["status.json"]
+    assert "spx.adapters.speechbrain.tts_train" in out and (tmp_path / "out/runs/tacotron2-speechbrain/command.sh").exists()
+    assert not (tmp_path / "out" / "report.md").exists()

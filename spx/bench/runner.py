@@ -296,7 +296,10 @@ def _render_only(matrix, force: bool, console) -> dict[str, Any]:
         if skip:
             console.print(f"{cell.name}: finished earlier, would be skipped (--force re-runs it)", highlight=False)
             continue
-        rd = render_run(spec, backend, cell, force=True)
+        if cell.exists() and any(cell.iterdir()):  # a dry run never overwrites what an earlier run left
+            console.print(f"{cell.name}: would be re-run ({why}); left as it is", highlight=False)
+            continue
+        rd = render_run(spec, backend, cell)
         console.print(f"rendered {rd.path} ({why})", highlight=False)
         print((rd / "command.sh").read_text(), flush=True)
     return {"rows": []}
