@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from spx.adapters import get_adapter
+from spx.demo.resolve import ensure_demo_data
 from spx.envinfo import environment
 from spx.errors import SpxError
 from spx.manifests import iter_manifest, write_manifest
@@ -36,6 +37,7 @@ def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = Fals
     """Create the run directory: resolved spec, manifests, native config and data, exact commands."""
     adapter = get_adapter(backend)
     adapter.supports(spec)  # says clearly, before anything is written, when a backend lacks the job
+    ensure_demo_data([spec.data.train, spec.data.valid, *spec.test_sets])  # spx-demo:// corpora, made on first use
     from spx.manifests.io import check_run_manifests
     check_run_manifests(spec)  # an empty or all-filtered manifest: one line naming data.*, before anything is written
     rd = RunDir(run_dir)

@@ -101,6 +101,8 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[KeyPa
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    from spx.demo.resolve import demo_path, is_demo_path  # spx-demo://tts/train.jsonl: the demo corpus (no I/O)
+
     for path in PATH_KEYS:
         node: Any = data
         for part in path[:-1]:
@@ -108,7 +110,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         if not isinstance(node, dict) or path[-1] not in node:
             continue
         value = node[path[-1]]
-        resolve = lambda v: str((base / v).resolve()) if isinstance(v, str) and "://" not in v else v  # noqa: E731
+        resolve = lambda v: (demo_path(v, ".".join(path)) if is_demo_path(v) else  # noqa: E731
+                             str((base / v).resolve()) if isinstance(v, str) and "://" not in v else v)
         node[path[-1]] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
     for path in PATH_OR_NAME_KEYS:
         node = data
