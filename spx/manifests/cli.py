@@ -133,7 +133,12 @@ def export(fmt, manifest_path, output, also, workers, as_json):
 @click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True, help="Threads reading audio headers.")
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="Problems listed (all are counted).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_text, allow_pipes, workers, limit, as_json):
+@click.option("--features", "features_recipe", type=click.Path(dir_okay=False),
+              help="Also report, per reason (pipe, codec, rate, channels, segment), the rows that a run of this recipe "
+                   "reads not as they are but materialized at its features.sample_rate, mono (the audio contract; "
+                   "writes nothing).")
+def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_text, allow_pipes, workers, limit, as_json,
+             features_recipe):
     """Check MANIFEST: schema, duplicate ids, durations, missing/unreadable audio, duration and sample-rate
     mismatches, empty or non-UTF-8 text, characters outside --vocab. Lists every problem with its line;
     exits 2 if there is any.
@@ -142,6 +147,7 @@ def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_tex
     Examples:
       spx manifest validate train.jsonl
       spx manifest validate train.jsonl --sample-rate 16000 --vocab "abcdefghijklmnopqrstuvwxyz'" --json
+      spx manifest validate train.jsonl --features recipes/conformer_ctc.yaml   # what a run will materialize
     """
     from pathlib import Path
 
@@ -153,9 +159,12 @@ def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_tex
     opts = ValidateOptions(check_audio=not no_audio, duration_tolerance=tolerance, sample_rate=sample_rate,
                            vocabulary=vocab, require_text=require_text, allow_pipes=allow_pipes, workers=workers, limit=limit)
     report = validate_manifest(manifest_path, opts)
+    contract = _audio_contract(manifest_path, features_recipe, workers) if features_recipe else None
     if as_json:
-        _echo_json(report.to_json())
+        _echo_json({**report.to_json(), **({"audio_contract": contract} if contract else {})})
     else:
+        if contract:
+            _echo_audio_contract(manifest_path, contract)
         for p in report.problems:
             click.echo(f"{manifest_path}:{p.line}: {p.kind}: {p.message}")
         click.echo(f"{manifest_path}: {report.utterances} utterances, " +
@@ -164,6 +173,29 @@ def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_tex
         total = sum(v for k, v in report.counts.items() if k != "piped_not_checked")
         raise SpxError(f"{total} problem(s) in {report.utterances} utterances", where=manifest_path,
                        hint="each is listed above with its line" + (f" (first {limit})" if total > limit else ""))
+
+
+def _audio_contract(manifest_path: str, recipe: str, workers: int) -> dict:
+    """What a run of `recipe` does with each row's audio (spx/manifests/materialize.py), writing nothing."""
+    from spx.errors import SpxError
+    from spx.manifests.materialize import plan_manifest
+    from spx.spec import load_spec
+
+    spec = load_spec(recipe)
+    if spec.task == "tts":
+        raise SpxError(f"{recipe} is a TTS recipe: its adapters re-write the audio themselves at tts.sample_rate",
+                       where="--features", hint="give an ASR recipe, or use --sample-rate to check the rate")
+    return plan_manifest(manifest_path, spec.features.sample_rate, workers=workers)
+
+
+def _echo_audio_contract(manifest_path: str, contract: dict) -> None:
+    reasons = ", ".join(f"{n} {r}" for r, n in contract["reasons"].items())
+    click.echo(f"{manifest_path}: audio contract ({contract['sample_rate']} Hz, mono): {contract['as_is']} rows read as "
+               f"is, {contract['materialized']} materialized" + (f" ({reasons})" if reasons else "") +
+               (f", {contract['unreadable']} unreadable" if contract["unreadable"] else ""))
+    for ex in contract["examples"]:
+        what = f"unreadable: {ex['error']}" if "error" in ex else f"{'+'.join(ex['reasons'])}: {ex['action']}"
+        click.echo(f"{manifest_path}:{ex['line']}: {ex['id']}: {what}")
 
 
 @manifest.command("stats", context_settings=CONTEXT)
