@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ MIN_DECODE_SNR_DB = 25.0
 def _reference_manifest(audio_forms: Path, out: Path) -> Path:
     """reference.jsonl with the resampled/lossy rows replaced by spx's own 16 kHz mono decoding of the form (checked
     against the independent decoding on the way)."""
-    from spx.manifests import Utterance, read_manifest, write_manifest
+    from spx.manifests import read_manifest, write_manifest
     from spx.manifests.materialize import decode_utterance
 
     index = json.loads((audio_forms / "index.json").read_text())
@@ -60,11 +61,12 @@ def _reference_manifest(audio_forms: Path, out: Path) -> Path:
         else:
             n = min(len(decoded), len(independent))
             assert abs(len(decoded) - len(independent)) <= 2, f"{ref.id}: {len(decoded)} vs {len(independent)} samples"
-            snrs[ref.id] = 10 * np.log10(np.sum(independent[:n] ** 2) / np.sum((independent[:n] - decoded[:n]) ** 2))
+            noise = np.sum((independent[:n] - decoded[:n]) ** 2)  # 0 where both decoded without resampling
+            snrs[ref.id] = 10 * np.log10(np.sum(independent[:n] ** 2) / noise) if noise else np.inf
             assert snrs[ref.id] >= MIN_DECODE_SNR_DB, f"{ref.id}: spx's decoding is {snrs[ref.id]:.1f} dB off the audio"
             path = out / f"{ref.id}.wav"
             sf.write(path, decoded, 16000, subtype="PCM_16")
-            ref = Utterance(**{**ref.__dict__, "audio": str(path), "duration": len(decoded) / 16000})
+            ref = replace(ref, audio=str(path), duration=len(decoded) / 16000)
         rows.append(ref)
     print("spx decoding vs independent decoding, SNR dB:", {k: round(float(v), 1) for k, v in snrs.items()})
     write_manifest(out / "reference.jsonl", rows)
@@ -152,17 +154,19 @@ def _espnet_features(rd: Path) -> dict[str, np.ndarray]:
     config = yaml.safe_load((rd / "native" / "conf" / "train_asr.yaml").read_text())
     assert config["frontend"] == "default", config["frontend"]
     frontend = DefaultFrontend(**config["frontend_conf"]).eval()
-    train = json.loads((rd / "native" / "commands.json").read_text())["commands"]["train"]
+    train = json.loads((rd / "native" / "commands.json").read_text())["commands"]["asr_train"]
     out = {}
     for split, flag in (("forms", "--train_data_path_and_name_and_type"),
                         ("reference", "--valid_data_path_and_name_and_type")):
         path, name, kind = train[train.index(flag) + 1].split(",")
-        dataset = ESPnetDataset([(str(rd / path), name, kind)])  # as asr_train reads it (paths relative to the run dir)
+        data = rd / path  # as asr_train reads it (its paths are relative to the run dir)
+        dataset = ESPnetDataset([(str(data), name, kind)])
+        original_id = dict(line.split() for line in (data.parent / "spx_id_map").read_text().splitlines())
         for uid in dataset.loader_dict[name].keys():
             speech = torch.from_numpy(np.asarray(dataset[uid][1][name], dtype=np.float32))
             with torch.no_grad():
                 feats, _ = frontend(speech[None], torch.tensor([speech.shape[0]]))
-            out[f"{split}/{uid}"] = feats[0].numpy()
+            out[f"{split}/{original_id[uid]}"] = feats[0].numpy()
     return out
 
 
