@@ -7,11 +7,12 @@ API (stable; `tests/test_audio_contract.py` and the parity tests use it):
         Opens the file's header (not a pipe: pipes are run when materialized); SpxError naming `where` if unreadable.
     decode_utterance(utt, sample_rate, where=None) -> np.ndarray
         The reference decode: float32 mono at `sample_rate` of [offset, offset + duration) (the whole file when offset
-        is 0). Pipes run through `audioinfo.run_pipe` (no shell); soundfile first, ffmpeg for what it cannot read;
+        is 0 and the file is not longer than `duration`). Pipes run through `audioinfo.run_pipe` (no shell); soundfile first, ffmpeg for what it cannot read;
         stereo -> mean of the channels; resampling with soxr (HQ).
-    materialize(utts, sample_rate, cache_dir, workers=2, wheres=None, progress=True) -> list[Utterance]
+    materialize(utts, sample_rate, cache_dir, workers=2, wheres=None, progress=True, stats=None) -> list[Utterance]
         Decode each utterance into the shared content-addressed cache (16-bit PCM mono WAV at `sample_rate`) and
-        return rows pointing at the cached files (offset 0, duration of the written audio). A cached file is reused.
+        return rows pointing at the cached files (offset 0, duration of the written audio). A cached file is reused;
+        `stats` (a dict) counts 'written' and 'reused' rows.
     conform_manifest(src, dst, sample_rate, cache_dir, workers=2) -> dict
         Copy manifest `src` to `dst` with every row readable as is (the rows that are not are materialized first);
         returns the summary recorded in the run dir's manifests/audio.json.
@@ -21,12 +22,13 @@ API (stable; `tests/test_audio_contract.py` and the parity tests use it):
         $SPX_AUDIO_CACHE, else `.spx_audio_cache/` beside the run dir's parent (shared by all cells of a bench).
 
 One rule for every backend: a row is read as is only if it is a plain WAV or FLAC file at the spec's rate, mono, and
-not a segment (offset 0); anything else (pipe, other codec, other rate, several channels, segment) is materialized.
+not a segment (offset 0, the file no longer than the row's duration); anything else (pipe, other codec, other rate, several channels, segment) is materialized.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -44,10 +46,12 @@ from spx.manifests.audioinfo import audio_info, parallel_map, run_pipe
 from spx.manifests.schema import Utterance
 
 REASONS = ("pipe", "codec", "rate", "channels", "segment")
-AS_IS_FORMATS = ("WAV", "FLAC")  # lossless containers every backend's loader reads the same way
+AS_IS_FORMATS = ("WAV", "WAVEX", "FLAC")  # lossless containers every backend's loader reads the same way
 CACHE_ENV = "SPX_AUDIO_CACHE"
 CACHE_VERSION = "1"  # bump when the decode changes, so old cache entries are not reused
-SEGMENT_END_TOLERANCE_S = 0.05  # a segment may end this far past the recording (rounded durations)
+# rounded durations: a segment may end this far past its recording, and a row whose file is longer than its
+# duration by more than this is a segment starting at 0 (Kaldi `segments` from 0.0), not the whole file
+SEGMENT_TOLERANCE_S = 0.05
 _INLINE_BELOW = 8  # fewer rows than this are materialized without a process pool
 
 
@@ -62,6 +66,8 @@ def audio_plan(utt: Utterance, sample_rate: int, where: str | None = None) -> tu
     """Reasons (a subset of REASONS, in that order) why `utt` must be materialized; () = it is read as is."""
     if utt.is_piped:
         return ("pipe",) + (("segment",) if utt.offset else ())
+    if not os.path.isfile(utt.audio):
+        raise SpxError(f"audio file not found: {utt.audio}", where=where, hint="check the path in the manifest")
     import soundfile
 
     try:
@@ -70,7 +76,7 @@ def audio_plan(utt: Utterance, sample_rate: int, where: str | None = None) -> tu
     except Exception:  # not for libsndfile: ffprobe reads the header, or audio_info raises one SpxError naming `where`
         ai = audio_info(utt.audio, where=where)
         fmt, rate, channels, length = "other", ai.sample_rate, ai.channels, ai.duration
-    if utt.offset and utt.offset + utt.duration > length + SEGMENT_END_TOLERANCE_S:
+    if utt.offset and utt.offset + utt.duration > length + SEGMENT_TOLERANCE_S:
         raise SpxError(f"segment [{utt.offset}, {utt.offset + utt.duration}] s ends past the end of {utt.audio} "
                        f"({length:.3f} s)", where=where, hint="fix the row's offset/duration (Kaldi segments file)")
     reasons = []
@@ -80,7 +86,7 @@ def audio_plan(utt: Utterance, sample_rate: int, where: str | None = None) -> tu
         reasons.append("rate")
     if channels != 1:
         reasons.append("channels")
-    if utt.offset:
+    if utt.offset or length > utt.duration + SEGMENT_TOLERANCE_S:
         reasons.append("segment")
     return tuple(reasons)
 
@@ -116,16 +122,15 @@ def _read_any(source: str | bytes, where: str | None) -> tuple[np.ndarray, int]:
 
 
 def decode_utterance(utt: Utterance, sample_rate: int, where: str | None = None) -> np.ndarray:
-    """Float32 mono at `sample_rate` of the utterance (its segment when offset > 0; the whole file otherwise)."""
-    if utt.is_piped:
-        data, rate = _read_any(run_pipe(utt.audio, where=where), where)
-        if utt.offset:
-            start = int(round(utt.offset * rate))
-            data = data[start:start + int(round(utt.duration * rate))]
-    elif utt.offset:
+    """Float32 mono at `sample_rate` of the utterance: [offset, offset + duration) when it is a segment (offset > 0,
+    or the audio is longer than `duration` by more than SEGMENT_TOLERANCE_S), else the whole audio."""
+    if utt.offset and not utt.is_piped:
         data, rate = _read_segment(utt, where)
     else:
-        data, rate = _read_any(utt.audio, where)
+        data, rate = _read_any(run_pipe(utt.audio, where=where) if utt.is_piped else utt.audio, where)
+        if utt.offset or len(data) > (utt.duration + SEGMENT_TOLERANCE_S) * rate:  # a segment: cut it
+            start = int(round(utt.offset * rate))
+            data = data[start:start + int(round(utt.duration * rate))]
     wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if len(wav) == 0:
         raise SpxError(f"utterance {utt.id!r} has no audio samples (offset {utt.offset}, duration {utt.duration})",
@@ -167,8 +172,8 @@ def cache_key(utt: Utterance, sample_rate: int) -> str:
         stamps = [_stamp(t) for t in tokens if os.path.isfile(t)]
     else:
         stamps = [_stamp(utt.audio)]
-    text = "\0".join([CACHE_VERSION, utt.audio, *stamps, repr(float(utt.offset)),
-                      repr(float(utt.duration)) if utt.offset or utt.is_piped else "", str(sample_rate)])
+    text = "\0".join([CACHE_VERSION, utt.audio, *stamps, repr(float(utt.offset)), repr(float(utt.duration)),
+                      str(sample_rate)])
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -177,19 +182,23 @@ def _stamp(path: str) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def _materialize_one(args: tuple[Utterance, int, str, str | None]) -> tuple[str, float, bool]:
-    """(cached path, its duration in seconds, whether this call wrote it)."""
+def cache_path(utt: Utterance, sample_rate: int, cache_dir: str | Path) -> Path:
+    key = cache_key(utt, sample_rate)
+    return Path(cache_dir) / key[:2] / f"{key}.wav"
+
+
+def _materialize_one(args: tuple[Utterance, int, str, str | None]) -> tuple[float, bool]:
+    """Decode one utterance into its cache path: (duration in seconds, whether this call wrote the file)."""
     import soundfile
 
-    utt, sample_rate, cache_dir, where = args
-    key = cache_key(utt, sample_rate)
-    path = Path(cache_dir) / key[:2] / f"{key}.wav"
-    if path.is_file():
-        return str(path), soundfile.info(str(path)).frames / sample_rate, False
+    utt, sample_rate, target, where = args
+    path = Path(target)
+    if path.is_file():  # another bench cell wrote it meanwhile
+        return soundfile.info(target).frames / sample_rate, False
     wav = decode_utterance(utt, sample_rate, where)
     np.clip(wav, -1.0, 32767 / 32768, out=wav)  # resampling may overshoot; PCM_16 must not wrap around
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=".wav")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".wav")
     os.close(fd)
     try:
         soundfile.write(tmp, wav, sample_rate, subtype="PCM_16", format="WAV")
@@ -197,10 +206,10 @@ def _materialize_one(args: tuple[Utterance, int, str, str | None]) -> tuple[str,
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return str(path), len(wav) / sample_rate, True
+    return len(wav) / sample_rate, True
 
 
-def _materialize_safe(args: tuple[Utterance, int, str, str | None]) -> tuple[str, float, bool] | SpxError:
+def _materialize_safe(args: tuple[Utterance, int, str, str | None]) -> tuple[float, bool] | SpxError:
     try:
         return _materialize_one(args)
     except SpxError as exc:
@@ -212,26 +221,50 @@ def _materialize_safe(args: tuple[Utterance, int, str, str | None]) -> tuple[str
 def materialize(utts: Sequence[Utterance], sample_rate: int, cache_dir: str | Path, workers: int = 2,
                 wheres: Sequence[str | None] | None = None, progress: bool = True,
                 stats: dict[str, int] | None = None) -> list[Utterance]:
-    """Rows pointing at the cached 16-bit mono WAVs of `utts` (same order); `stats` gets 'written' and 'reused'."""
-    cache_dir = str(Path(cache_dir).resolve())
+    """Rows pointing at the cached 16-bit mono WAVs of `utts` (same order); `stats` gets 'written' and 'reused'.
+    Cache hits are resolved here; only the misses go to the `workers` processes (each distinct one once)."""
+    import soundfile
+
+    cache = Path(cache_dir).resolve()
     wheres = list(wheres) if wheres is not None else [None] * len(utts)
-    jobs = [(u, sample_rate, cache_dir, w) for u, w in zip(utts, wheres)]
-    results: list[Any] = []
+    paths = []
+    for utt, where in zip(utts, wheres):
+        try:
+            paths.append(cache_path(utt, sample_rate, cache))
+        except OSError as exc:  # the file vanished since its header was read
+            raise SpxError(f"cannot read {exc.filename}: {exc.strerror}", where=where) from None
+    durations: dict[Path, float] = {}
+    wrote: set[Path] = set()
+    misses: dict[Path, int] = {}
+    for i, path in enumerate(paths):
+        if path in durations or path in misses:
+            continue
+        if path.is_file():
+            durations[path] = soundfile.info(str(path)).frames / sample_rate
+        else:
+            misses[path] = i
+    jobs = [(utts[i], sample_rate, str(path), wheres[i]) for path, i in misses.items()]
     if len(jobs) < _INLINE_BELOW or workers <= 1:
         results = [_materialize_safe(j) for j in _progress(jobs, len(jobs), progress)]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # forkserver: the caller may hold threads (a bench's live display), which a fork would copy mid-lock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             chunk = max(1, min(64, len(jobs) // (workers * 8)))
             results = list(_progress(pool.map(_materialize_safe, jobs, chunksize=chunk), len(jobs), progress))
-    out = []
-    for utt, res in zip(utts, results):
+    for path, res in zip(misses, results):
         if isinstance(res, SpxError):
             raise res
-        path, duration, wrote = res
+        durations[path] = res[0]
+        if res[1]:
+            wrote.add(path)
+    out = []
+    for utt, path in zip(utts, paths):
         if stats is not None:
-            stats["written" if wrote else "reused"] = stats.get("written" if wrote else "reused", 0) + 1
-        out.append(replace(utt, audio=path, offset=0.0, duration=round(duration, 6), sample_rate=sample_rate,
-                           channels=1, meta=dict(utt.meta)))
+            kind = "written" if path in wrote else "reused"
+            stats[kind] = stats.get(kind, 0) + 1
+            wrote.discard(path)  # a duplicate row of the same audio reuses the file written for the first
+        out.append(replace(utt, audio=str(path), offset=0.0, duration=round(durations[path], 6),
+                           sample_rate=sample_rate, channels=1, meta=dict(utt.meta)))
     return out
 
 
