@@ -54,7 +54,8 @@ SEGMENT_GAP_S = 0.3
 
 
 def _run(argv: list[str]) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{shlex.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
 
 
 def _ffmpeg(*args: str) -> list[str]:
