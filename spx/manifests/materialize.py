@@ -214,6 +214,9 @@ def _materialize_safe(args: tuple[Utterance, int, str, str | None]) -> tuple[flo
         return _materialize_one(args)
     except SpxError as exc:
         return exc
+    except OSError as exc:  # writing the cache: full or read-only disk
+        return SpxError(f"cannot write the audio cache file {args[2]}: {exc.strerror or exc}", where=args[3],
+                        hint=f"free disk space, or point ${CACHE_ENV} at a writable folder")
     except Exception as exc:  # an unexpected failure of one row is still that row's error, reported with its line
         return SpxError(f"cannot materialize utterance {args[0].id!r} ({args[0].audio}): {exc}", where=args[3])
 
