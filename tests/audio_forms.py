@@ -33,7 +33,7 @@ from shared_artifacts import build_once, shared_dir
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "spx" / "demo" / "corpus"
 SR = 16000
-PER_FORM = 2  # utterances per form: 11 forms, 22 rows, ~30 s of audio
+PER_FORM = 2  # utterances per form: 12 forms, 24 rows, ~35 s of audio
 
 # form -> True where the row holds the reference's very samples (lossless, at 16 kHz once decoded)
 FORMS = {
@@ -46,8 +46,9 @@ FORMS = {
     "segments_pipe": True,   # Kaldi segments into a long FLAC read through `sox ... -t wav - |`
     "pipe_sox": True,        # Kaldi wav.scp `sox x.flac -t wav - |`
     "pipe_ffmpeg": True,     # Kaldi wav.scp `ffmpeg -i x.flac -f wav - |`
+    "pipe_sph": True,        # Kaldi wav.scp `sox x.sph -t wav - |` (NIST SPHERE, as sph2pipe reads it in LDC corpora)
 }
-TRAIN_FORMS = ("wav8k", "wav48k", "mp3", "stereo", "segments", "pipe_sox")
+TRAIN_FORMS = ("wav8k", "wav48k", "mp3", "stereo", "segments", "pipe_sox", "pipe_sph")
 VALID_FORMS = ("flac",)
 TEST_FORMS = ("wav22k", "opus", "segments_pipe", "pipe_ffmpeg")
 SEGMENT_GAP_S = 0.3
@@ -139,8 +140,12 @@ def make_audio_forms(out: Path) -> Path:
             stem = dirs["audio"] / f"{form}-{src.id}"
             if form.startswith("pipe_"):
                 uid = add(form, src, sf.read(src.audio, dtype="int16")[0], SR)
-                cmd = (["sox", src.audio, "-t", "wav", "-"] if form == "pipe_sox"
-                       else ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", src.audio, "-f", "wav", "-"])
+                sph = stem.with_suffix(".sph")
+                if form == "pipe_sph":
+                    _run(["sox", src.audio, str(sph)])
+                cmd = {"pipe_sox": ["sox", src.audio, "-t", "wav", "-"],
+                       "pipe_sph": ["sox", str(sph), "-t", "wav", "-"],
+                       "pipe_ffmpeg": ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", src.audio, "-f", "wav", "-"]}[form]
                 kaldi["kaldi_pipes"]["wav.scp"].append(f"{uid} {shlex.join(cmd)} |")
                 kaldi_row("kaldi_pipes", uid, src)
                 continue

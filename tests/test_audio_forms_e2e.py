@@ -1,5 +1,5 @@
 """Issue 13's audio contract end to end, per backend: `spx run` trains on one mix of audio forms (8/48 kHz WAV, MP3,
-stereo, Kaldi segments, piped sox wav.scp), validates on FLAC and decodes a test set in the others (22.05 kHz WAV,
+stereo, Kaldi segments, piped sox wav.scp of FLAC and of NIST SPHERE), validates on FLAC and decodes a test set in the others (22.05 kHz WAV,
 Opus, segments of a piped recording, piped ffmpeg wav.scp) with no failure. Not a WER bar: the model is the smallest
 the spec allows, trained for one epoch (2 steps), so the run costs little more than the backend's imports."""
 from __future__ import annotations

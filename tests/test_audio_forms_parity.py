@@ -1,6 +1,6 @@
 """Issue 13's audio contract, per backend: the features the toolkit's own data path computes for an utterance given in
-any form (8/22.05/48 kHz WAV, MP3, FLAC, Opus, stereo, Kaldi segments, piped wav.scp; tests/audio_forms.py) equal
-those it computes for the same utterance given as a 16 kHz mono WAV.
+any form (8/22.05/48 kHz WAV, MP3, FLAC, Opus, stereo, Kaldi segments, piped wav.scp of FLAC and NIST SPHERE;
+tests/audio_forms.py) equal those it computes for the same utterance given as a 16 kHz mono WAV.
 
 Each test renders a run whose training set is the forms and whose validation set is their references, then a child
 process reads the native data files spx rendered with the toolkit's own loader and feature extractor:
@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "recipes" / "conformer_ctc.yaml"
+from conftest import RECIPE, REPO
+
 BACKENDS = ("nemo", "speechbrain", "espnet")
 # Same int16 samples in, float32 features out: the only differences left are float32 rounding (the stereo mean in
 # float, FFT summation order), ~1e-6 relative in power, i.e. ~1e-6 in log-mel; near the log floor of a silent bin a
