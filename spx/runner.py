@@ -36,6 +36,8 @@ def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = Fals
     """Create the run directory: resolved spec, manifests, native config and data, exact commands."""
     adapter = get_adapter(backend)
     adapter.supports(spec)  # says clearly, before anything is written, when a backend lacks the job
+    from spx.manifests.io import check_run_manifests
+    check_run_manifests(spec)  # an empty or all-filtered manifest: one line naming data.*, before anything is written
     rd = RunDir(run_dir)
     if rd.path.exists() and any(rd.path.iterdir()):
         if not force:
@@ -76,9 +78,6 @@ def finalize_run(rd: RunDir) -> dict:
 
     adapter = get_adapter(rd.backend)
     result = adapter.collect(rd)
-    import yaml
-
-    spec = Spec.model_validate(yaml.safe_load((rd / "spec.yaml").read_text()))
-    metrics = score_run(result, spec)
+    metrics = score_run(result, rd.spec)
     atomic_write_json(rd / "metrics.json", metrics)
     return metrics

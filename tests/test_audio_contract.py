@@ -116,7 +116,7 @@ def test_lossy_codecs_equal_their_own_decode(forms, form, tmp_path):
     own, _ = sf.read(out, dtype="float32")
     wav = _materialized(utt, tmp_path / "cache")
     # decoders may differ in the codec's padding at the end (a few samples), not in the timing of the samples
-    assert _snr_db(own, wav, max_len_diff=32) > 25.0
+    assert _snr_db(own, wav, max_len_diff=32) > 40.0  # measured: mp3 81 dB, opus 45 dB
     assert _snr_db(forms["ref"], wav, max_len_diff=32) > 15.0  # and it is still the sentence
 
 

@@ -38,9 +38,7 @@ def _comparable(spec_data: dict[str, Any]) -> dict[str, Any]:
 
 def finished_with_same_spec(cell: Path, spec) -> tuple[bool, str]:
     """(skip?, why) for a cell dir: skip a finished, scored cell whose spec is the one asked for."""
-    import yaml
-
-    from spx.spec import Spec
+    from spx.rundir import RunDir
 
     status_file = cell / "status.json"
     if not status_file.exists():
@@ -49,7 +47,7 @@ def finished_with_same_spec(cell: Path, spec) -> tuple[bool, str]:
     if state != "finished" or not (cell / "metrics.json").exists():
         return False, f"previous state {state}"
     try:
-        old = Spec.model_validate(yaml.safe_load((cell / "spec.yaml").read_text())).model_dump(mode="json")
+        old = RunDir(cell).spec.model_dump(mode="json")
     except Exception as exc:  # an unreadable old spec means we cannot trust the old result
         return False, f"its spec.yaml is unreadable ({type(exc).__name__})"
     if _comparable(old) != _comparable(spec.model_dump(mode="json")):

@@ -379,7 +379,7 @@ def describe(plan: Sequence[str], sample_rate: int) -> str:
 def audio_summary(sample_rate: int, manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The run dir's manifests/audio.json: the contract and, per manifest, what was read as is and materialized."""
     return {"sample_rate": sample_rate, "channels": 1,
-            "rule": "read as is: plain WAV/FLAC files at sample_rate, mono, offset 0; everything else materialized "
+            "rule": "read as is: plain WAV/FLAC files at sample_rate, mono, not a segment; everything else materialized "
                     "once (16-bit PCM mono WAV at sample_rate) into the shared cache, the same for every backend",
             "pipes": "run by spx at render time (no shell) and materialized; no backend runs them (ESPnet's kaldiio "
                      "would run them through a shell, every epoch)",

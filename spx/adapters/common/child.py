@@ -22,11 +22,8 @@ PROGRESS_PREFIX = "SPX_PROGRESS "
 
 
 def load_run(run_dir: str | Path) -> tuple[Spec, RunDir]:
-    import yaml
-
     rd = RunDir(run_dir)
-    spec = Spec.model_validate(yaml.safe_load((rd / "spec.yaml").read_text()))
-    return spec, rd
+    return rd.spec, rd
 
 
 def progress(**fields: Any) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
+from spx.cli.common import CONTEXT
 from spx.errors import SpxError
+from spx.registry import BACKEND_NAMES as ALL_BACKENDS
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-ALL_BACKENDS = ("nemo", "speechbrain", "espnet")
 
 
 def _backends(value: str) -> list[str]:

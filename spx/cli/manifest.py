@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from spx.cli.common import CONTEXT, echo_json
+
 IMPORT_FORMATS = ("kaldi", "nemo", "speechbrain_csv", "speechbrain_json", "librispeech", "commonvoice", "ljspeech",
                   "audiofolder", "lhotse")
 EXPORT_FORMATS = ("nemo", "speechbrain_csv", "speechbrain_json", "kaldi")
@@ -18,12 +19,6 @@ def _format(allowed: tuple[str, ...]):
             raise click.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}")
         return name
     return convert
-
-
-def _echo_json(data) -> None:
-    import json
-
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 @click.group(context_settings=CONTEXT)
@@ -81,7 +76,7 @@ def import_(fmt, source, output, workers, language, relative, allow_pipes, audio
     if n == 0:
         Path(output).unlink()
         raise SpxError(f"{source}: no utterances found (nothing written)", hint=f"is it really a {fmt} corpus?")
-    _echo_json({"format": fmt, "source": source, "output": output, "utterances": n}) if as_json else \
+    echo_json({"format": fmt, "source": source, "output": output, "utterances": n}) if as_json else \
         click.echo(f"{output}: {n} utterances from {fmt} {source}")
 
 
@@ -118,7 +113,7 @@ def export(fmt, manifest_path, output, also, workers, as_json):
             raise SpxError(f"format {name!r} given twice", hint="one path per format")
         targets[name] = path
     n = convert_manifest(manifest_path, targets, workers=workers)
-    _echo_json({"manifest": manifest_path, "utterances": n, "outputs": targets}) if as_json else \
+    echo_json({"manifest": manifest_path, "utterances": n, "outputs": targets}) if as_json else \
         click.echo(", ".join(f"{path} ({name})" for name, path in targets.items()) + f": {n} utterances")
 
 
@@ -161,7 +156,7 @@ def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_tex
     report = validate_manifest(manifest_path, opts)
     contract = _audio_contract(manifest_path, features_recipe, workers) if features_recipe else None
     if as_json:
-        _echo_json({**report.to_json(), **({"audio_contract": contract} if contract else {})})
+        echo_json({**report.to_json(), **({"audio_contract": contract} if contract else {})})
     else:
         if contract:
             _echo_audio_contract(manifest_path, contract)
@@ -224,7 +219,7 @@ def stats(manifest_path, quality, max_utts, as_json):
 
         s["quality"] = dnsmos_manifest_stats(manifest_path, max_utts=max_utts)
     if as_json:
-        _echo_json(s)
+        echo_json(s)
         return
     render_stats(s)
     if quality:
@@ -263,7 +258,7 @@ def split(manifest_path, out_dir, ratios, seed, speaker_disjoint, as_json):
     from spx.manifests.stats import parse_ratios, split_manifest
 
     counts = split_manifest(manifest_path, out_dir, parse_ratios(ratios), seed=seed, speaker_disjoint=speaker_disjoint)
-    _echo_json({"out_dir": out_dir, "counts": counts}) if as_json else \
+    echo_json({"out_dir": out_dir, "counts": counts}) if as_json else \
         click.echo(", ".join(f"{name}: {n}" for name, n in counts.items()) + f" -> {out_dir}")
 
 
@@ -301,7 +296,7 @@ def prepare(manifest_path, out_dir, sample_rate, mono, loudness, trim, trim_padd
     summary = prepare_manifest(manifest_path, out_dir, opts, workers=workers, progress=not no_progress and not as_json,
                                force=force)
     if as_json:
-        _echo_json(summary)
+        echo_json(summary)
     else:
         click.echo(f"{summary['manifest']}: kept {summary['kept']}/{summary['input']} "
                    f"(written {summary['written']}, reused {summary['reused']}, too short {summary['too_short']}, "
