@@ -51,7 +51,7 @@ def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = Fals
         mdir = rd / "manifests"
         spec = spec.model_copy(deep=True)
         data = spec.data
-        cache_dir, audio = default_cache_dir(rd.path), {}
+        cache_dir, audio = default_cache_dir(), {}
         data.train = _copy_manifest(data.train, mdir / "train.jsonl", spec, cache_dir, audio)
         data.valid = _copy_manifest(data.valid, mdir / "valid.jsonl", spec, cache_dir, audio)
         tests = []

@@ -15,7 +15,7 @@ import soundfile as sf
 
 from spx.errors import SpxError
 from spx.manifests.io import write_manifest
-from spx.manifests.materialize import audio_plan, conform_manifest, decode_utterance, materialize
+from spx.manifests.materialize import audio_plan, conform_manifest, decode_utterance, default_cache_dir, materialize
 from spx.manifests.schema import Utterance
 
 from conftest import RECIPE, run_spx
@@ -188,7 +188,7 @@ def test_render_fails_before_training_and_run_dir_manifests_conform(forms, tmp_p
     rd = render_run(spec, "espnet", tmp_path / "bench" / "runs" / "cell", force=True)
     audio = json.loads((rd.path / "manifests" / "audio.json").read_text())
     assert audio["manifests"]["train.jsonl"]["materialized"] == 10
-    assert audio["manifests"]["train.jsonl"]["cache"] == str(tmp_path / "bench" / ".spx_audio_cache")
+    assert audio["manifests"]["train.jsonl"]["cache"] == str(default_cache_dir())
     data = rd.path / "native" / "data" / "train"
     assert not (data / "segments").exists() and not [ln for ln in (data / "wav.scp").read_text().splitlines()
                                                       if ln.rstrip().endswith("|")]
@@ -221,3 +221,22 @@ def test_kaldiio_reading_the_pipe_gives_the_materialized_samples(forms, tmp_path
     scp.write_text(f"pipe {forms['utts']['pipe'].audio}\n")
     rate, samples = kaldiio.load_scp(str(scp))["pipe"]
     assert rate == RATE and np.array_equal(samples.astype(np.float32) / 32768, _materialized(forms["utts"]["pipe"], tmp_path))
+
+
+def test_segments_of_one_piped_recording_run_its_pipe_once(forms, tmp_path):
+    """Kaldi `segments` over a piped wav.scp entry: the rows come in a row and share one run of the pipe."""
+    import sys
+
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "cat_wav.py"
+    script.write_text("import sys\nopen(sys.argv[2], 'a').write('ran\\n')\n"
+                      "sys.stdout.buffer.write(open(sys.argv[1], 'rb').read())\n")
+    pipe = f"{sys.executable} {script} {forms['dir'] / 'ref16k.wav'} {runs} |"
+    segments = [Utterance(f"seg{i}", pipe, 0.4, offset=0.4 * i) for i in range(3)]
+    out = materialize(segments, 16000, tmp_path / "cache", workers=1, progress=False)
+    assert runs.read_text().count("ran") == 1
+    for i, u in enumerate(out):
+        start = int(round(0.4 * i * 16000))
+        expected = forms["ref"][start:start + 6400]
+        got = sf.read(u.audio, dtype="float32")[0]
+        assert np.allclose(got, expected, atol=1 / 32768)

@@ -18,8 +18,9 @@ API (stable; `tests/test_audio_contract.py` and the parity tests use it):
         returns the summary recorded in the run dir's manifests/audio.json.
     plan_manifest(path, sample_rate, examples=5) -> dict
         What `conform_manifest` would do, writing nothing (`spx manifest validate --features`).
-    default_cache_dir(run_dir) -> Path
-        $SPX_AUDIO_CACHE, else `.spx_audio_cache/` beside the run dir's parent (shared by all cells of a bench).
+    default_cache_dir() -> Path
+        $SPX_AUDIO_CACHE, else $XDG_CACHE_HOME/spx/audio (~/.cache/spx/audio): one cache for every run and bench cell
+        on the machine, wherever their run dirs are.
 
 One rule for every backend: a row is read as is only if it is a plain WAV or FLAC file at the spec's rate, mono, and
 not a segment (offset 0, the file no longer than the row's duration); anything else (pipe, other codec, other rate, several channels, segment) is materialized.
@@ -55,11 +56,11 @@ SEGMENT_TOLERANCE_S = 0.05
 _INLINE_BELOW = 8  # fewer rows than this are materialized without a process pool
 
 
-def default_cache_dir(run_dir: str | Path) -> Path:
+def default_cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    return Path(run_dir).resolve().parent.parent / ".spx_audio_cache"
+    return (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spx" / "audio").resolve()
 
 
 def audio_plan(utt: Utterance, sample_rate: int, where: str | None = None) -> tuple[str, ...]:
@@ -127,11 +128,12 @@ def decode_utterance(utt: Utterance, sample_rate: int, where: str | None = None)
     if utt.offset and not utt.is_piped:
         data, rate = _read_segment(utt, where)
     else:
-        data, rate = _read_any(run_pipe(utt.audio, where=where) if utt.is_piped else utt.audio, where)
+        data, rate = _decode_pipe(utt.audio, where) if utt.is_piped else _read_any(utt.audio, where)
         if utt.offset or len(data) > (utt.duration + SEGMENT_TOLERANCE_S) * rate:  # a segment: cut it
             start = int(round(utt.offset * rate))
             data = data[start:start + int(round(utt.duration * rate))]
-    wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    # a copy where `data` is the kept pipe decode (read-only): callers clip the result in place
+    wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0].copy() if utt.is_piped else data[:, 0]
     if len(wav) == 0:
         raise SpxError(f"utterance {utt.id!r} has no audio samples (offset {utt.offset}, duration {utt.duration})",
                        where=where, hint="check the row's offset/duration and the audio file")
@@ -140,6 +142,20 @@ def decode_utterance(utt: Utterance, sample_rate: int, where: str | None = None)
 
         wav = soxr.resample(wav, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(wav)
+
+
+_last_pipe: dict[str, tuple[np.ndarray, int]] = {}  # one entry: the last piped recording decoded in this process
+
+
+def _decode_pipe(command: str, where: str | None) -> tuple[np.ndarray, int]:
+    """A piped command's audio, decoded. The last one is kept: the segments of one piped recording (Kaldi `segments`
+    over a `... |` wav.scp entry) come in a row, and each would otherwise run and decode the whole pipe again."""
+    if command not in _last_pipe:
+        data, rate = _read_any(run_pipe(command, where=where), where)
+        data.setflags(write=False)  # shared by the rows that reuse it: cutting a segment must not change it
+        _last_pipe.clear()
+        _last_pipe[command] = (data, rate)
+    return _last_pipe[command]
 
 
 def _read_segment(utt: Utterance, where: str | None) -> tuple[np.ndarray, int]:
