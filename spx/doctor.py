@@ -7,10 +7,12 @@ import subprocess
 import sys
 from typing import Any
 
+from spx.registry import BACKENDS
+
 _PROBE = r"""
-import json, importlib, time
+import json, importlib, sys, time
 out = {}
-for name, mod in (("nemo", "nemo.collections.asr"), ("speechbrain", "speechbrain"), ("espnet", "espnet2.bin.asr_train")):
+for name, mod in json.loads(sys.argv[1]):
     t = time.time()
     try:
         importlib.import_module(mod)
@@ -28,11 +30,12 @@ print("SPX_DOCTOR " + json.dumps({"backends": out, "torch": torch.__version__, "
 
 
 def report() -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True)
+    probes = json.dumps([(name, b.probe_module) for name, b in BACKENDS.items()])
+    proc = subprocess.run([sys.executable, "-c", _PROBE, probes], capture_output=True, text=True)
     line = next((l for l in proc.stdout.splitlines() if l.startswith("SPX_DOCTOR ")), None)
     if line is None:
         data: dict[str, Any] = {"backends": {b: {"ok": False, "error": proc.stderr.strip().splitlines()[-1:]}
-                                             for b in ("nemo", "speechbrain", "espnet")}}
+                                             for b in BACKENDS}}
     else:
         data = json.loads(line[len("SPX_DOCTOR "):])
     data["tools"] = {t: shutil.which(t) for t in ("sbatch", "squeue", "srun", "ffmpeg", "sox", "espeak-ng")}

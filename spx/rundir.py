@@ -19,6 +19,7 @@ Layout (paths relative to the run dir):
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -91,6 +92,21 @@ class RunDir:
     def backend(self) -> str:
         return (self / "backend").read_text().strip()
 
+    @functools.cached_property
+    def spec(self):
+        """The run's resolved spec (spec.yaml), validated once and kept: every reader of a run dir uses this."""
+        import yaml
+
+        from spx.spec import Spec
+
+        path = self / "spec.yaml"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SpxError(f"{self.path} is not an spx run directory (no spec.yaml)",
+                           hint="pass a folder made by `spx run`") from None
+        return Spec.model_validate(yaml.safe_load(text))
+
     # -------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         try:
@@ -115,14 +131,10 @@ class RunDir:
 def require_same_job(path: str, backend: str, family: str, where: str = "init_from") -> None:
     """Fine-tuning starts from the same job: when `path` is an spx run dir, it must be a `backend` run of model
     family `family`. Other paths (a native checkpoint) are left to the toolkit's strict load."""
-    import yaml
-
     p = Path(path).expanduser()
     if not (p / "spec.yaml").is_file():
         return
-    source = yaml.safe_load((p / "spec.yaml").read_text()) or {}
-    theirs = ((p / "backend").read_text().strip() if (p / "backend").is_file() else None,
-              (source.get("model") or {}).get("family"))
+    theirs = ((p / "backend").read_text().strip() if (p / "backend").is_file() else None, RunDir(p).spec.model.family)
     if theirs != (backend, family):
         raise SpxError(f"{where} {path!r} is an spx run of {theirs[0]} {theirs[1]}, not of {backend} {family}",
                        where=where, hint="fine-tune from a run of the same backend and family")

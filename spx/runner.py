@@ -6,9 +6,11 @@ import time
 from pathlib import Path
 
 from spx.adapters import get_adapter
+from spx.demo.resolve import ensure_demo_data
 from spx.envinfo import environment
 from spx.errors import SpxError
 from spx.manifests import iter_manifest, write_manifest
+from spx.manifests.materialize import audio_summary, default_cache_dir
 from spx.rundir import RunDir, Step
 from spx.spec import Spec, spec_to_yaml
 from spx.yamlio import atomic_write_json, atomic_write_text
@@ -18,9 +20,16 @@ def default_run_dir(spec: Spec, backend: str, root: str | Path = "runs") -> Path
     return Path(root) / f"{spec.name}-{backend}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _copy_manifest(src: str, dst: Path) -> str:
-    """Copy a manifest into the run dir with absolute audio paths (validating every row on the way)."""
-    write_manifest(dst, iter_manifest(src))
+def _copy_manifest(src: str, dst: Path, spec: Spec, cache_dir: Path, audio_report: dict) -> str:
+    """Copy a manifest into the run dir with absolute audio paths (validating every row on the way). For ASR and
+    classification, every row then points at audio readable as is at features.sample_rate, mono (the audio
+    contract, spx/manifests/materialize.py): the others are materialized into the shared audio cache first."""
+    if spec.task == "tts":  # the TTS adapters re-write the audio themselves (tts_prepare) at tts.sample_rate
+        write_manifest(dst, iter_manifest(src))
+        return str(dst)
+    from spx.manifests.materialize import conform_manifest
+
+    audio_report[dst.name] = conform_manifest(src, dst, spec.features.sample_rate, cache_dir)
     return str(dst)
 
 
@@ -28,6 +37,9 @@ def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = Fals
     """Create the run directory: resolved spec, manifests, native config and data, exact commands."""
     adapter = get_adapter(backend)
     adapter.supports(spec)  # says clearly, before anything is written, when a backend lacks the job
+    ensure_demo_data([spec.data.train, spec.data.valid, *spec.test_sets])  # spx-demo:// corpora, made on first use
+    from spx.manifests.io import check_run_manifests
+    check_run_manifests(spec)  # an empty or all-filtered manifest: one line naming data.*, before anything is written
     rd = RunDir(run_dir)
     if rd.path.exists() and any(rd.path.iterdir()):
         if not force:
@@ -39,14 +51,17 @@ def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = Fals
         mdir = rd / "manifests"
         spec = spec.model_copy(deep=True)
         data = spec.data
-        data.train = _copy_manifest(data.train, mdir / "train.jsonl")
-        data.valid = _copy_manifest(data.valid, mdir / "valid.jsonl")
+        cache_dir, audio = default_cache_dir(), {}
+        data.train = _copy_manifest(data.train, mdir / "train.jsonl", spec, cache_dir, audio)
+        data.valid = _copy_manifest(data.valid, mdir / "valid.jsonl", spec, cache_dir, audio)
         tests = []
         for i, t in enumerate(spec.test_sets):
             stem = Path(t).stem
             name = stem if stem not in ("train", "valid") else f"test{i}"
-            tests.append(_copy_manifest(t, mdir / f"{name}.jsonl"))
+            tests.append(_copy_manifest(t, mdir / f"{name}.jsonl", spec, cache_dir, audio))
         data.test = tests if len(tests) > 1 else tests[0]
+        if audio:
+            atomic_write_json(mdir / "audio.json", audio_summary(spec.features.sample_rate, audio))
         atomic_write_text(rd / "spec.yaml", spec_to_yaml(spec))
         atomic_write_text(rd / "backend", backend + "\n")
         steps: list[Step] = adapter.render(spec, rd)
@@ -65,9 +80,6 @@ def finalize_run(rd: RunDir) -> dict:
 
     adapter = get_adapter(rd.backend)
     result = adapter.collect(rd)
-    import yaml
-
-    spec = Spec.model_validate(yaml.safe_load((rd / "spec.yaml").read_text()))
-    metrics = score_run(result, spec)
+    metrics = score_run(result, rd.spec)
     atomic_write_json(rd / "metrics.json", metrics)
     return metrics

@@ -18,6 +18,7 @@ from filelock import FileLock
 from shared_artifacts import shared_dir
 
 from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures, shared by the TTS modules)
+from audio_forms import audio_forms  # noqa: F401  (session fixture: the demo corpus in every audio form)
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "conformer_ctc.yaml"

@@ -119,7 +119,7 @@ def test_bench_bad_input_is_one_clear_error(tmp_path, args, message):
 
 
 def test_bench_cli_module_imports_click_only():
-    code = ("import sys; import spx.bench.cli; "
+    code = ("import sys; import spx.cli.bench; "
             "print([m for m in ('torch','pydantic','matplotlib','numpy','jinja2','rich') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"

@@ -19,9 +19,9 @@ from spx.manifests.importers import ImportOptions, import_corpus
 from spx.manifests.io import iter_manifest
 from spx.manifests.validate import ValidateOptions, validate_manifest
 from spx.spec.load import spec_from_data
-from spx.yamlio import load_yaml_with_lines
+from spx.yamlio import MAX_YAML_VALUES, load_yaml_with_lines
 
-from conftest import RECIPE, run_spx
+from conftest import DEMO, RECIPE, run_spx
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 GOOD = {"id": "u1", "audio": "/data/u1.wav", "duration": 1.5, "text": "hello", "speaker": "s1"}
@@ -370,3 +370,196 @@ def test_unset_n_fft_is_the_power_of_two_that_covers_the_window():
     data = {"task": "tts", "model": {"family": "tacotron2"}, "data": BASE_DATA["data"]}
     assert spec_from_data(data, "tts.yaml", base=RECIPE.parent).features.n_fft == 1024  # 25 ms at 22.05 kHz = 551
     assert spec_from_data(data, "tts.yaml", overrides=["features.n_fft=600"], base=RECIPE.parent).features.n_fft == 600
+
+
+# ---------------------------------------------------------------- strict YAML and empty manifests, through the real CLI
+def line_of(text: str, needle: str, nth: int = 1) -> int:
+    """1-based line of the nth line of `text` that starts with `needle`."""
+    hits = [i for i, line in enumerate(text.splitlines(), 1) if line.startswith(needle)]
+    assert len(hits) >= nth, f"{needle!r} not in the recipe: update this test"
+    return hits[nth - 1]
+
+
+def nested_block(levels: int) -> str:
+    return "deep:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, levels)) + "  " * levels + "leaf: 1\n"
+
+
+def alias_bomb(levels: int = 8, width: int = 10) -> str:
+    out = ["backends:", "  nemo:", "    a0: &a0 [" + ", ".join(["x"] * width) + "]"]
+    out += [f"    a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(out) + "\n"
+
+
+def alias_chain(anchors: int = 4, depth: int = 30) -> str:
+    """Each anchor nests `depth` lists around the previous one: no level of the text is deep, the value is."""
+    out = ["backends:", "  nemo:", "    a0: &a0 " + "[" * depth + "]" * depth]
+    out += [f"    a{i}: &a{i} " + "[" * depth + f"*a{i - 1}" + "]" * depth for i in range(1, anchors + 1)]
+    return "\n".join(out) + "\n"
+
+
+DUP_TRAINING = BASE_TEXT + "training:\n  epochs: 2\n"
+DUP_EPOCHS = BASE_TEXT.replace("  epochs: 40\n", "  epochs: 40\n  batch_size: 4\n  epochs: 3\n", 1)
+DUP_HEADS = BASE_TEXT.replace("    heads: 4\n", "    heads: 4\n    heads: 2\n", 1)
+DUP_FLOW = BASE_TEXT.replace("weight_decay: 0.001}", "weight_decay: 0.001, lr: 0.1}", 1)
+DUP_IN_LIST = BASE_TEXT + "backends:\n  nemo:\n    callbacks:\n      - name: a\n        every: 1\n        name: b\n"
+DUP_QUOTED = BASE_TEXT + '"task": tts\n'
+LAST = len(BASE_TEXT.splitlines())
+# name -> (file bytes, line the error names (None: the file), words the error holds)
+STRICT_RECIPES: dict[str, tuple[bytes, int | None, str]] = {
+    "duplicate top-level key": (DUP_TRAINING.encode(), LAST + 1, f"duplicate key 'training' (first at line {line_of(BASE_TEXT, 'training:')})"),
+    "duplicate nested key": (DUP_EPOCHS.encode(), line_of(DUP_EPOCHS, "  epochs:", 2),
+                             f"duplicate key 'training.epochs' (first at line {line_of(DUP_EPOCHS, '  epochs:')})"),
+    "duplicate key two levels down": (DUP_HEADS.encode(), line_of(DUP_HEADS, "    heads:", 2), "duplicate key 'model.encoder.heads'"),
+    "duplicate key in a flow mapping": (DUP_FLOW.encode(), line_of(DUP_FLOW, "  optimizer:"), "duplicate key 'training.optimizer.lr'"),
+    "duplicate key in a list item": (DUP_IN_LIST.encode(), LAST + 6, f"duplicate key 'backends.nemo.callbacks[0].name' (first at line {LAST + 4})"),
+    "duplicate key quoted and plain": (DUP_QUOTED.encode(), LAST + 1, "duplicate key 'task'"),
+    "duplicate key after CRLF lines": (DUP_TRAINING.replace("\n", "\r\n").encode(), LAST + 1, "duplicate key 'training'"),
+    "duplicate key after a BOM": (b"\xef\xbb\xbf" + DUP_TRAINING.encode(), LAST + 1, "duplicate key 'training'"),
+    "deep block mappings": (nested_block(100).encode(), 65, "nested more than 64 levels deep"),
+    "deep flow lists": (("x: " + "[" * 5000 + "]" * 5000 + "\n").encode(), 1, "nested more than 64 levels deep"),
+    "deep block lists": (("x:\n" + "".join("  " * i + "-\n" for i in range(1, 100)) + "  " * 100 + "- 1\n").encode(), 65,
+                         "nested more than 64 levels deep"),
+    "deep flow mappings": (("x: " + "{a: " * 200 + "1" + "}" * 200 + "\n").encode(), 1, "nested more than 64 levels deep"),
+    # a2 (line 5) is the first anchor 90 lists deep; a4 (line 7) the first to expand past 20000 values (111111)
+    "deep through aliases": (alias_chain().encode(), 5, "nested more than 64 levels deep through aliases"),
+    "alias bomb": (alias_bomb().encode(), 7, f"more than {MAX_YAML_VALUES} values once aliases are expanded"),
+    "too many values": (("x: [" + ", ".join(["1"] * (MAX_YAML_VALUES + 1)) + "]\n").encode(), 1, f"holds more than {MAX_YAML_VALUES} values"),
+    "huge file": ((BASE_TEXT + "# " + "x" * (2 << 20) + "\n").encode(), None, "2.0 MiB, more than the 1 MiB"),
+    "recursive alias": (b"x: &a [1, *a]\n", 1, "holds an alias to itself"),
+    "empty file": (b"", None, "the recipe is empty"),
+    "only comments and blanks": (b"# a recipe\n\n   \n", None, "the recipe is empty"),
+    "only a BOM": (b"\xef\xbb\xbf", None, "the recipe is empty"),
+    "NUL byte": (BASE_TEXT.replace("name: conformer_ctc_tiny", "name: conformer\0ctc").encode(), line_of(BASE_TEXT, "name:"),
+                 "character '\\x00' (U+0000) is not allowed"),
+    "escape code": (BASE_TEXT.replace("name: conformer_ctc_tiny", "name: \x1b[31mred").encode(), line_of(BASE_TEXT, "name:"),
+                    "(U+001B) is not allowed"),
+    "invalid UTF-8": (BASE_TEXT.replace("name: conformer_ctc_tiny", "name: caf\udce9").encode("utf-8", "surrogateescape"),
+                      line_of(BASE_TEXT, "name:"), "not UTF-8 text"),
+    "invalid UTF-8 after a BOM": (b"\xef\xbb\xbfa: 1\nb: \xe9\n", 2, "not UTF-8 text (byte 11: b'\\xe9')"),  # offsets count the BOM
+    "UTF-16 file": (BASE_TEXT.encode("utf-16"), 1, "not UTF-8 text (byte 0"),
+    "tab indentation": (BASE_TEXT.replace("  epochs: 40", "\tepochs: 40", 1).encode(), line_of(BASE_TEXT, "  epochs:"), "invalid YAML"),
+    "recipe is a list": (b"- task: asr\n- model: {}\n", None, "a recipe must be a YAML mapping, got list"),
+    "recipe is a scalar": (b"conformer_ctc\n", None, "a recipe must be a YAML mapping, got str"),
+    "two documents": ((BASE_TEXT + "---\nname: two\n").encode(), LAST + 1, "invalid YAML: expected a single document"),
+}
+
+
+def assert_one_line_error(proc, starts: str, words: str) -> None:
+    assert_cli_error(proc)
+    first = proc.stderr.strip().splitlines()[0]
+    assert first.startswith(f"error: {starts}") and words in first, first
+    assert "internal error" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", list(STRICT_RECIPES))
+def test_cli_strict_recipe_gives_one_line(tmp_path, name):
+    content, line, words = STRICT_RECIPES[name]
+    p = tmp_path / "recipe.yaml"
+    p.write_bytes(content)
+    assert_one_line_error(run_spx("spec", "show", p), f"{p}:{line}: " if line else f"{p}: ", words)
+
+
+@pytest.mark.parametrize("name, encode", [
+    ("BOM", lambda t: b"\xef\xbb\xbf" + t.encode()),
+    ("CRLF", lambda t: t.replace("\n", "\r\n").encode()),
+    ("BOM and CRLF", lambda t: b"\xef\xbb\xbf" + t.replace("\n", "\r\n").encode()),
+])
+def test_cli_accepts_bom_and_crlf_recipes_with_their_line_numbers(tmp_path, name, encode):
+    """Windows editors write a BOM and CRLF: the recipe reads the same, and errors still name the right line."""
+    plain, odd = tmp_path / "plain.yaml", tmp_path / "odd.yaml"
+    plain.write_text(BASE_TEXT)
+    odd.write_bytes(encode(BASE_TEXT))
+    assert run_spx("spec", "show", odd, check=True).stdout == run_spx("spec", "show", plain, check=True).stdout
+    odd.write_bytes(encode(BASE_TEXT.replace("heads: 4", "heads: 5")))
+    assert_one_line_error(run_spx("spec", "show", odd), f"{odd}:{line_of(BASE_TEXT, '  encoder:')}: ", "divisible by heads (5)")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.encoder={layers: 2, layers: 3}", "duplicate key 'layers'"),
+    ("name=" + "[" * 100, "nested more than 64 levels deep"),
+    ("training.epochs=[", "invalid YAML"),
+    ("name=!!python/name:os.system", "invalid YAML: could not determine a constructor"),
+    ("name=a\x01b", "(U+0001) is not allowed"),
+    ("backends.nemo.x=&a [*a]", "holds an alias to itself"),
+    ("backends.nemo.x=" + alias_bomb().splitlines()[2].split(": ", 1)[1], ""),  # fine on its own: ten values
+])
+def test_cli_malformed_override_gives_one_line(override, words):
+    proc = run_spx("spec", "show", RECIPE, override)
+    if not words:
+        assert proc.returncode == 0, proc.stderr
+        return
+    assert_one_line_error(proc, "override ", words)
+
+
+HEADER = b'{"spx_manifest": 1}\n'
+BOM = b"\xef\xbb\xbf"
+DEMO_ROWS = [json.dumps(u.to_json_dict()) for u in iter_manifest(DEMO / "valid.jsonl")][:5]  # absolute audio paths
+ROWS = ("\n".join(DEMO_ROWS) + "\n").encode()
+# name -> (manifest bytes, the recipe key it is given as, the error's start ({m}: the manifest), words the error holds)
+EMPTY_RUN_MANIFESTS: dict[str, tuple[bytes, str, str, str]] = {
+    "empty train": (b"", "data.train", "data.train: {m} has no utterances", "the file is empty"),
+    "blank valid": (b"\n  \n\t\n", "data.valid", "data.valid: {m} has no utterances", "only blank lines"),
+    "CRLF blank lines": (b"\r\n\r\n", "data.valid", "data.valid: {m}", "only blank lines"),
+    "header-only test": (HEADER, "data.test", "data.test: {m}", "only the header line"),
+    "header and blank lines": (HEADER + b"\n\n", "data.train", "data.train: {m}", "only the header line"),
+    "BOM and CRLF header only": (BOM + HEADER.replace(b"\n", b"\r\n"), "data.train", "data.train: {m}", "only the header line"),
+    "header on the second line": (DEMO_ROWS[0].encode() + b"\n" + HEADER + ROWS, "data.train", "{m}:2: ",
+                                  "must be the file's first line"),
+    "header of another version": (b'{"spx_manifest": 2}\n' + ROWS, "data.valid", "{m}:1: ", "schema version 2 is not supported"),
+    "header with a row's keys": (b'{"spx_manifest": 1, "id": "a"}\n' + ROWS, "data.valid", "{m}:1: ", "other keys besides"),
+    "bad row after BOM and CRLF": (BOM + (HEADER + ROWS + b'{"id": "x", "audio": "/a.wav", "duration": -1}\n').replace(b"\n", b"\r\n"),
+                                   "data.train", "{m}:7: ", "'duration' must be > 0"),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY_RUN_MANIFESTS))
+def test_cli_run_refuses_empty_manifests_naming_the_key(tmp_path, name):
+    content, key, starts, words = EMPTY_RUN_MANIFESTS[name]
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(content)
+    proc = run_spx("run", "-b", "nemo", RECIPE, f"{key}={m}", "--dry-run", "--run-dir", tmp_path / "run")
+    assert_one_line_error(proc, starts.format(m=m), words)
+    if starts.startswith("data."):  # refused before anything is written (a bad row stops the copy into the run dir)
+        assert not (tmp_path / "run").exists()
+
+
+def test_cli_run_refuses_a_test_set_list_with_one_empty_member_and_an_all_filtered_train_set(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    proc = run_spx("run", "-b", "nemo", RECIPE, f"data.test=[{DEMO / 'test.jsonl'}, {empty}]", "--dry-run", "--run-dir", tmp_path / "a")
+    assert_one_line_error(proc, f"data.test[1]: {empty} has no utterances", "the file is empty")
+    proc = run_spx("run", "-b", "nemo", RECIPE, "data.max_duration=0.2", "--dry-run", "--run-dir", tmp_path / "b")
+    n = sum(1 for _ in iter_manifest(DEMO / "train.jsonl"))
+    assert_one_line_error(proc, f"data.train: all {n} utterances of {DEMO / 'train.jsonl'}", "outside data.min_duration/max_duration")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_run_accepts_a_bom_and_crlf_manifest(tmp_path):
+    m = tmp_path / "valid.jsonl"
+    m.write_bytes(BOM + (HEADER + ROWS).replace(b"\n", b"\r\n"))
+    run_spx("run", "-b", "nemo", RECIPE, f"data.valid={m}", "--dry-run", "--run-dir", tmp_path / "run", check=True)
+    copied = (tmp_path / "run" / "manifests" / "valid.jsonl").read_text(encoding="utf-8").splitlines()
+    assert copied == [HEADER.decode().strip()] + DEMO_ROWS
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"", ":1: no_utterances: the file is empty"),
+    (b" \n\r\n\n", ":1: no_utterances: the file holds only blank lines"),
+    (HEADER, ":1: no_utterances: the file holds only the header line"),
+    (BOM + HEADER.replace(b"\n", b"\r\n") + b"\r\n", ":1: no_utterances: the file holds only the header line"),
+    (ROWS + HEADER, f":{len(DEMO_ROWS) + 1}: schema: the header {{'spx_manifest': ...}} must be the file's first line"),
+    ((HEADER + ROWS).replace(b"\n", b"\r\n").replace(b'"duration": ', b'"duration": -', 1), ":2: bad_duration:"),
+])
+def test_cli_validate_reports_empty_and_misplaced_header_manifests(tmp_path, content, problem):
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(content)
+    proc = run_spx("manifest", "validate", m, "--no-audio")
+    assert_one_line_error(proc, f"{m}: ", "problem(s) in")
+    assert f"{m}{problem}" in proc.stdout, proc.stdout
+
+
+def test_cli_validate_accepts_a_bom_and_crlf_manifest(tmp_path):
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(BOM + (HEADER + ROWS).replace(b"\n", b"\r\n"))
+    proc = run_spx("manifest", "validate", m, "--no-audio", check=True)
+    assert f"{m}: {len(DEMO_ROWS)} utterances, no problems" in proc.stdout

@@ -207,7 +207,7 @@ def test_dnsmos_manifest_stats_of_the_demo_corpus():
 
 
 def test_quality_modules_import_no_heavy_packages():
-    code = ("import sys, spx.bench.quality, spx.bench.judge, spx.bench.score_cli, spx.bench.quality_reference; "
+    code = ("import sys, spx.bench.quality, spx.bench.judge, spx.cli.score, spx.bench.quality_reference; "
             "heavy = [m for m in ('torch', 'onnxruntime', 'faster_whisper', 'resemblyzer', 'librosa') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)

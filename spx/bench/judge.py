@@ -95,7 +95,7 @@ class WhisperJudge(Judge):
         if self._model is None:
             from faster_whisper import WhisperModel
 
-            from spx.bench.quality import quality_threads
+            from spx.bench.threads import quality_threads
 
             self._resolve_device()
             try:
@@ -124,7 +124,7 @@ class WhisperJudge(Judge):
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version
 
-        from spx.bench.quality import quality_threads
+        from spx.bench.threads import quality_threads
 
         self._resolve_device()
         return {"kind": "faster-whisper", "model": self.label, "path": self.model_ref, "faster_whisper": version("faster-whisper"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
-COLORS = {"nemo": "#76b900", "speechbrain": "#7b3fb3", "espnet": "#1f77b4"}
+from spx.registry import BACKENDS
+
+COLORS = {name: b.color for name, b in BACKENDS.items()}
 
 
 def _plt():

@@ -22,42 +22,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from spx.bench.threads import quality_threads, torch_threads
 from spx.errors import SpxError
 
 MOS_SR = 16000  # DNSMOS, DistillMOS, UTMOS, the speaker encoder and whisper all take 16 kHz
 METRICS = ("dnsmos", "distillmos", "utmos", "mcd", "f0", "speaker_similarity", "intelligibility")
 UTMOS_ENV = "SPX_UTMOS"
-THREADS_ENV = "SPX_QUALITY_THREADS"
 # Per-utterance keys whose corpus mean is reported (in this order).
 MEAN_KEYS = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808", "distillmos", "utmos",
              "mcd", "f0_rmse", "vde", "speaker_similarity")
-
-
-# ---------------------------------------------------------------- threads
-def quality_threads() -> int:
-    """CPU threads each metric model uses: $SPX_QUALITY_THREADS, default 1. These models are small per call;
-    on a busy machine more threads than free cores made them 5-15x slower (measured: benchmarks/quality_speed.py)."""
-    raw = os.environ.get(THREADS_ENV, "1")
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise SpxError(f"{THREADS_ENV}={raw!r} is not a positive integer", hint=f"e.g. {THREADS_ENV}=2")
-    return n
-
-
-@contextlib.contextmanager
-def torch_threads():
-    """Run torch code with quality_threads() intra-op threads, then restore the caller's setting."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(quality_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # ---------------------------------------------------------------- MOS proxies
@@ -256,6 +229,11 @@ def _check_rows(rows: Sequence[dict[str, Any]]) -> None:
         if r["id"] in seen:
             raise SpxError(f"TTS hyps row {n}: duplicate id {r['id']!r}", hint="ids must be unique")
         seen.add(r["id"])
+
+
+def score_tts(hyps: list[dict[str, Any]], spec) -> dict[str, Any]:
+    """The tts task's metrics (spx.registry.TASKS)."""
+    return score_tts_hyps(hyps, judge=spec.tts.judge, normalizer=spec.eval.normalizer)
 
 
 def score_tts_hyps(rows: Sequence[dict[str, Any]], judge: Any = None, normalizer: str = "whisper_english",

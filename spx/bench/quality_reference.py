@@ -107,7 +107,7 @@ def speaker_embedding(wav: np.ndarray, sr: int) -> np.ndarray | None:
     x = preprocess_wav(x, source_sr=sr)
     if len(x) < SPEAKER_SR // 10:
         return None
-    from spx.bench.quality import torch_threads
+    from spx.bench.threads import torch_threads
 
     with torch_threads():
         return speaker_encoder().embed_utterance(x)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from spx.bench.results import TTS_METRICS, TTS_RATES
+from spx.registry import REPORTED_DISTRIBUTIONS
 from spx.yamlio import atomic_write_text
 
 # TTS columns come after the ASR ones (empty on ASR rows and the other way round): existing readers keep working.
@@ -281,8 +282,7 @@ def repro_lines(res: dict[str, Any]) -> list[tuple[str, str]]:
     out = [("spx", f"{rp.get('spx_version')} (git {rp.get('git_sha_report')}; runs made at {', '.join(rp.get('git_sha_runs') or []) or '—'})"),
            ("uv.lock sha256[:16]", f"{rp.get('uv_lock_sha256_16')} (runs: {', '.join(rp.get('uv_lock_runs') or []) or '—'})"),
            ("python / platform", f"{rp.get('python')} / {rp.get('platform')}"),
-           ("toolkits", ", ".join(f"{k} {v}" for k, v in pk.items() if v and k in (
-               "torch", "torchaudio", "nemo-toolkit", "speechbrain", "espnet", "lightning"))),
+           ("toolkits", ", ".join(f"{k} {v}" for k, v in pk.items() if v and k in REPORTED_DISTRIBUTIONS)),
            ("scoring packages", ", ".join(f"{k} {v}" for k, v in pk.items() if v and k in ("jiwer", "whisper-normalizer", "numpy"))),
            ("devices", ", ".join(sorted({str((r.get('speed') or {}).get('device')) for r in res['rows'] if r.get('speed')})) or "—"),
            ("seeds", ", ".join(f"{k}={v}" for k, v in (rp.get("seeds") or {}).items()) + f"; bootstrap seed {res['scoring']['bootstrap_seed']}"),

@@ -12,6 +12,7 @@ import numpy as np
 
 from spx.bench import scoring
 from spx.errors import SpxError
+from spx.registry import REPORTED_DISTRIBUTIONS
 
 SCHEMA = "spx.bench.results/1"
 DISAGREEMENTS_SHOWN = 10
@@ -285,7 +286,7 @@ def _speed_cost_versions(row: dict[str, Any], cell: dict[str, Any]) -> None:
     row.update(_train_cost(cell["train_summary"], cell["curve"]))
     env = cell["env"]
     row["versions"] = {k: v for k, v in (env.get("packages") or {}).items()
-                       if k in ("torch", "torchaudio", "nemo-toolkit", "speechbrain", "espnet", "lightning") and v}
+                       if k in REPORTED_DISTRIBUTIONS and v}
     for k in ("cuda", "torch_cuda", "device_name", "gpu"):
         if env.get(k):
             row["versions"][k] = env[k]

@@ -38,9 +38,7 @@ def _comparable(spec_data: dict[str, Any]) -> dict[str, Any]:
 
 def finished_with_same_spec(cell: Path, spec) -> tuple[bool, str]:
     """(skip?, why) for a cell dir: skip a finished, scored cell whose spec is the one asked for."""
-    import yaml
-
-    from spx.spec import Spec
+    from spx.rundir import RunDir
 
     status_file = cell / "status.json"
     if not status_file.exists():
@@ -49,7 +47,7 @@ def finished_with_same_spec(cell: Path, spec) -> tuple[bool, str]:
     if state != "finished" or not (cell / "metrics.json").exists():
         return False, f"previous state {state}"
     try:
-        old = Spec.model_validate(yaml.safe_load((cell / "spec.yaml").read_text())).model_dump(mode="json")
+        old = RunDir(cell).spec.model_dump(mode="json")
     except Exception as exc:  # an unreadable old spec means we cannot trust the old result
         return False, f"its spec.yaml is unreadable ({type(exc).__name__})"
     if _comparable(old) != _comparable(spec.model_dump(mode="json")):
@@ -131,9 +129,11 @@ class MatrixView:
 
 def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool = False, launcher: str = "local",
               report_only: bool = False, overrides: list[str] | None = None, seed: int = 0,
-              argv: list[str] | None = None, jobs: int | None = None) -> tuple[dict[str, Any], list[str]]:
+              argv: list[str] | None = None, jobs: int | None = None,
+              dry_run: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Run the matrix and write the report; returns (results, names of the cells that failed in this call).
-    jobs: cells trained side by side (None: parallel_cells); the timed steps always run one cell at a time."""
+    jobs: cells trained side by side (None: parallel_cells); the timed steps always run one cell at a time.
+    dry_run: render the cells that would run and print their native commands; run nothing, write no report."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -157,6 +157,8 @@ def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool =
     matrix = [(r, spec, b, cell_path(out, r, b)) for r, spec in specs for b in backends]
     (out / "runs").mkdir(parents=True, exist_ok=True)
 
+    if dry_run:
+        return _render_only(matrix, force, console), []
     if launcher == "slurm":
         return _submit_slurm(matrix, out, force, seed, console), []
 
@@ -283,6 +285,24 @@ def _train_side_by_side(todo: list, jobs: int, view: "MatrixView", console, fail
         raise
     order = [item[2] for item in todo]
     return sorted(ready, key=lambda item: order.index(item[2]))
+
+
+def _render_only(matrix, force: bool, console) -> dict[str, Any]:
+    """`spx bench --dry-run`: each cell's run dir rendered as the bench would, its native commands printed."""
+    from spx.runner import render_run
+
+    for _, spec, backend, cell in matrix:
+        skip, why = (False, "--force") if force else finished_with_same_spec(cell, spec)
+        if skip:
+            console.print(f"{cell.name}: finished earlier, would be skipped (--force re-runs it)", highlight=False)
+            continue
+        if cell.exists() and any(cell.iterdir()):  # a dry run never overwrites what an earlier run left
+            console.print(f"{cell.name}: would be re-run ({why}); left as it is", highlight=False)
+            continue
+        rd = render_run(spec, backend, cell)
+        console.print(f"rendered {rd.path} ({why})", highlight=False)
+        print((rd / "command.sh").read_text(), flush=True)
+    return {"rows": []}
 
 
 def _submit_slurm(matrix, out: Path, force: bool, seed: int, console) -> dict[str, Any]:

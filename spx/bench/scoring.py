@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from spx.errors import SpxError
+from spx.registry import TASKS
 
 CI_LEVEL = 0.95
 
@@ -287,18 +288,20 @@ def score_hyps(hyps: list[dict[str, Any]], norm_name: str) -> dict[str, Any]:
     return m
 
 
+def score_asr(hyps: list[dict[str, Any]], spec) -> dict[str, Any]:
+    """The asr task's metrics (spx.registry.TASKS)."""
+    return score_hyps(hyps, spec.eval.normalizer)
+
+
 def score_run(result: dict[str, Any], spec) -> dict[str, Any]:
     """metrics.json of one run (called by spx.runner.finalize_run after collect)."""
     hyps = result.get("hyps") or []
     metrics: dict[str, Any] = {"backend": result.get("backend"), "task": spec.task,
                                "normalizer": spec.eval.normalizer,
                                "normalizer_info": normalizer_info(spec.eval.normalizer)}
-    if spec.task == "asr":
-        metrics.update(score_hyps(hyps, spec.eval.normalizer))
-    elif spec.task == "tts":
-        from spx.bench.quality import score_tts_hyps
-
-        metrics.update(score_tts_hyps(hyps, judge=spec.tts.judge, normalizer=spec.eval.normalizer))
+    scorer = TASKS[spec.task].score()
+    if scorer is not None:
+        metrics.update(scorer(hyps, spec))
     speed = result.get("speed")
     if speed:
         s = speed_summary(speed)

@@ -2,6 +2,9 @@
 
     python -m spx.demo.tts_corpus OUT_DIR [--train 100 --valid 10 --test 10 --voices slt --seed 0]
 
+The TTS recipes name the default corpus as `spx-demo://tts/{train,valid,test}.jsonl`: spx makes it on first use
+(spx/demo/resolve.py). This command makes another one (more sentences, several voices) for `data:` to point at.
+
 One flite voice (default `slt`) gives a single-speaker corpus, several (`--voices slt,rms,awb`) a
 multi-speaker one; every manifest row carries its speaker id. Sentences are 2-4 words from the ASR demo
 vocabulary (spx/demo/generate.py WORDS), so a tiny Tacotron2 learns them in minutes. Audio: 16 kHz mono
@@ -13,14 +16,25 @@ import argparse
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from spx.demo.generate import WORDS
+from spx.errors import SpxError
 from spx.manifests import Utterance, write_manifest
 
 SAMPLE_RATE = 16000
 FLITE_VOICES = ("slt", "rms", "awb", "kal16")
+DEBIAN_PACKAGE = {"flite": "flite", "sox": "sox", "soxi": "sox"}  # the tools this module runs
+
+
+def check_tools() -> None:
+    """One clear error (exit 2) naming the Debian package when a tool the corpus needs is missing."""
+    for tool, package in DEBIAN_PACKAGE.items():
+        if shutil.which(tool) is None:
+            raise SpxError(f"{tool} not found: the TTS demo corpus is synthesized with flite and sox; "
+                           f"install the Debian package: sudo apt-get install {package}")
 
 
 def synthesize(text: str, voice: str, out: Path, tmp: Path) -> float:
@@ -37,12 +51,10 @@ def generate_tts_corpus(out_dir: str | Path, n_train: int = 100, n_valid: int = 
                         voices: tuple[str, ...] = ("slt",), seed: int = 0, min_words: int = 2,
                         max_words: int = 4) -> Path:
     """Write OUT_DIR/{train,valid,test}.jsonl and OUT_DIR/audio/*.flac; returns OUT_DIR."""
-    for tool in ("flite", "sox", "soxi"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} not found: apt-get install flite sox")
+    check_tools()
     unknown = [v for v in voices if v not in FLITE_VOICES]
     if unknown:
-        raise SystemExit(f"unknown flite voice(s) {unknown}; choose from {', '.join(FLITE_VOICES)}")
+        raise SpxError(f"unknown flite voice(s) {', '.join(unknown)}", hint=f"choose from {', '.join(FLITE_VOICES)}")
     out_dir = Path(out_dir)
     rng = random.Random(seed)
     audio_dir = out_dir / "audio"
@@ -76,7 +88,11 @@ def main() -> None:
     ap.add_argument("--voices", default="slt", help=f"comma-separated flite voices ({', '.join(FLITE_VOICES)})")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    generate_tts_corpus(a.out_dir, a.train, a.valid, a.test, tuple(a.voices.split(",")), a.seed)
+    try:
+        generate_tts_corpus(a.out_dir, a.train, a.valid, a.test, tuple(a.voices.split(",")), a.seed)
+    except SpxError as exc:
+        print(f"error: {exc.one_line()}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        sys.exit(exc.exit_code)
     print(f"wrote {a.out_dir}/{{train,valid,test}}.jsonl")
 
 

@@ -1,8 +1,9 @@
-"""Launchers: the same run dir runs as a local process, a torchrun job or a Slurm job.
+"""Launchers: the same run dir runs as a local process or a Slurm job.
 
-    local     spx runs the steps here, one process (or torchrun for steps that need N processes)
-    torchrun  the same as local, with resources.devices processes for the training step
-    slurm     spx writes run_dir/slurm.sbatch, submits it with sbatch; the job runs `spx exec RUN_DIR`
+    local     spx runs the steps here, one process each; a step that needs resources.devices processes (its
+              `launch` is "torchrun") runs under `torch.distributed.run` (spx.launchers.execute.wrap_command)
+    slurm     spx writes run_dir/slurm.sbatch, submits it with sbatch; the job runs `spx exec RUN_DIR`, which
+              starts torchrun (or the toolkit's own multi-node form) the same way inside the allocation
 """
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ from spx.rundir import RunDir
 
 
 def launcher_name(rd: RunDir) -> str:
-    import yaml
-
-    return yaml.safe_load((rd / "spec.yaml").read_text()).get("resources", {}).get("launcher", "local")
+    return rd.spec.resources.launcher
 
 
 def launch(rd: RunDir) -> dict[str, Any] | None:

@@ -22,10 +22,7 @@ ProgressFn = Callable[[str, dict], None]
 
 
 def world_size(rd: RunDir) -> tuple[int, int]:
-    import yaml
-
-    res = yaml.safe_load((rd / "spec.yaml").read_text()).get("resources", {})
-    return int(res.get("devices", 1)), int(res.get("nodes", 1))
+    return rd.spec.resources.devices, rd.spec.resources.nodes
 
 
 def wrap_command(step: Step, devices: int, nodes: int) -> list[str]:
@@ -39,10 +36,6 @@ def wrap_command(step: Step, devices: int, nodes: int) -> list[str]:
         return list(step.argv)
     if step.argv[:2] != [step.argv[0], "-m"]:
         raise ValueError(f"torchrun step {step.name!r} must be 'python -m module ...'")
-    if nodes > 1 and os.environ.get("SLURM_JOB_ID"):
-        from spx.launchers.slurm import multinode_torchrun
-
-        return multinode_torchrun(step, devices, nodes)
     return [step.argv[0], "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
             "--nnodes=1", *step.argv[1:]]
 

@@ -50,11 +50,7 @@ _FAILED = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEAD
 
 # ------------------------------------------------------------------ spec -> script
 def _load_spec(rd: RunDir):
-    import yaml
-
-    from spx.spec import Spec
-
-    return Spec.model_validate(yaml.safe_load((rd / "spec.yaml").read_text()))
+    return rd.spec
 
 
 def _check_value(key: str, value: str, where: str) -> str:

@@ -1,6 +1,7 @@
 """Streaming read/write of spx manifests (never the whole file in memory)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -70,6 +71,8 @@ def iter_rows(lines: Iterable[bytes], p: Path, resolve_audio: bool = True, first
 
     base = p.resolve().parent
     decode = decoder.decode
+    if first_lineno == 1:
+        lines = without_bom(lines)
     for lineno, raw in enumerate(lines, first_lineno):
         try:
             row = decode(raw)
@@ -80,6 +83,34 @@ def iter_rows(lines: Iterable[bytes], p: Path, resolve_audio: bool = True, first
         if resolve_audio and not row.audio.startswith("/"):
             row.audio = _resolve_audio(row.audio, base)
         yield row
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """The file's lines with a UTF-8 byte order mark (Windows editors write one) taken off the first."""
+    lines = iter(lines)
+    first = next(lines, None)
+    return iter(()) if first is None else itertools.chain((first.removeprefix(UTF8_BOM),), lines)  # C speed per row
+
+
+def check_header(row: Any, p: Path, lineno: int) -> bool:
+    """Is this decoded row the header `{"spx_manifest": 1}`? SpxError for a header this spx cannot read, or one
+    that is not on the first line (where a reader would take it for a row)."""
+    if not (isinstance(row, dict) and HEADER_KEY in row):
+        return False
+    if lineno != 1:
+        raise SpxError(f"the header {{{HEADER_KEY!r}: ...}} must be the file's first line, not line {lineno}",
+                       where=f"{p}:{lineno}", hint="delete it, or move it to the top (when joining manifests, keep only the first one's)")
+    version = row[HEADER_KEY]
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise SpxError(f"manifest schema version {version!r} is not supported (this spx reads {SCHEMA_VERSION})",
+                       where=f"{p}:1", hint="upgrade spx or re-export the manifest")
+    if len(row) > 1:
+        raise SpxError(f"the header line holds other keys besides {HEADER_KEY!r}: {sorted(k for k in row if k != HEADER_KEY)}",
+                       where=f"{p}:1", hint=f'the first line is {{"{HEADER_KEY}": {SCHEMA_VERSION}}} alone; utterances follow it')
+    return True
 
 
 def _parse_line(raw: bytes, p: Path, lineno: int) -> Utterance | None:
@@ -102,15 +133,52 @@ def _parse_line(raw: bytes, p: Path, lineno: int) -> Utterance | None:
     if "\\u" in line and _SURROGATE_ESCAPE.search(line) and lone_surrogate(row):
         raise SpxError("a string holds a lone UTF-16 surrogate escape (not valid Unicode)", where=f"{p}:{lineno}",
                        hint="fix the \\uD800-\\uDFFF escape; only complete surrogate pairs are text")
-    if lineno == 1 and isinstance(row, dict) and HEADER_KEY in row:
-        if row[HEADER_KEY] != SCHEMA_VERSION:
-            raise SpxError(f"manifest schema version {row[HEADER_KEY]!r} is not supported (this spx reads {SCHEMA_VERSION})",
-                           where=f"{p}:1", hint="upgrade spx or re-export the manifest")
+    if check_header(row, p, lineno):
         return None
     try:
         return Utterance.from_dict(row)
     except ManifestRowError as exc:
         raise SpxError(str(exc), where=f"{p}:{lineno}", hint="see the manifest schema in spx/manifests/schema.py") from None
+
+
+def require_utterances(path: str | Path, key: str, min_duration: float | None = None,
+                       max_duration: float | None = None) -> None:
+    """SpxError naming the recipe key (`data.train`...) unless the manifest holds an utterance within the duration
+    limits: a run must not render, let alone train, on an empty set. Reads up to the first such utterance."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpxError(f"manifest not found: {p}", where=key, hint="check the path (relative paths resolve against the recipe)")
+    rows = 0
+    for row in iter_manifest_rows(p, resolve_audio=False):
+        if (min_duration is None or row.duration >= min_duration) and (max_duration is None or row.duration <= max_duration):
+            return
+        rows += 1
+    if rows:
+        raise SpxError(f"all {rows} utterances of {p} are outside data.min_duration/max_duration "
+                       f"({min_duration}, {max_duration} s)", where=key, hint="widen data.min_duration/max_duration")
+    raise SpxError(f"{p} has no utterances: {empty_reason(p)}", where=key,
+                   hint=f"point {key} at a manifest with utterances (see `spx manifest import --help`)")
+
+
+def empty_reason(p: Path) -> str:
+    """Why a manifest that parsed without error gave no rows: it has no bytes, only blank lines, or a header."""
+    if p.stat().st_size == 0:
+        return "the file is empty"
+    with p.open("rb") as fh:
+        return f"the file holds {'only the header line' if HEADER_KEY.encode() in fh.read(1 << 16) else 'only blank lines'}"
+
+
+def check_run_manifests(spec: Any) -> None:
+    """`require_utterances` for every manifest a run of `spec` (a spx.spec.Spec) reads, named by its recipe key."""
+    data = spec.data
+    require_utterances(data.train, "data.train", data.min_duration, data.max_duration)
+    require_utterances(data.valid, "data.valid")
+    tests = spec.test_sets
+    for i, path in enumerate(tests):
+        require_utterances(path, "data.test" if isinstance(data.test, str) else f"data.test[{i}]")
+    noise = spec.augmentation.noise
+    if noise is not None:
+        require_utterances(noise.manifest, "augmentation.noise.manifest")
 
 
 def read_manifest(path: str | Path, resolve_audio: bool = True) -> list[Utterance]:

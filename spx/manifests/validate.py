@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Iterator
 
 from spx.errors import SpxError
-from spx.manifests.io import lone_surrogate
-from spx.manifests.schema import HEADER_KEY, SCHEMA_VERSION, ManifestRowError, Utterance
+from spx.manifests.io import check_header, empty_reason, lone_surrogate, without_bom
+from spx.manifests.schema import ManifestRowError, Utterance
 
 PROBLEM_KINDS = ("not_utf8", "invalid_json", "schema", "bad_duration", "duplicate_id", "missing_audio", "unreadable_audio",
-                 "duration_mismatch", "sample_rate_mismatch", "empty_text", "out_of_vocabulary", "piped_not_checked")
+                 "duration_mismatch", "sample_rate_mismatch", "empty_text", "out_of_vocabulary", "piped_not_checked",
+                 "no_utterances")
 
 
 @dataclass(slots=True)
@@ -61,7 +62,7 @@ class ValidateOptions:
 def _rows(path: Path, report: ValidationReport) -> Iterator[tuple[int, Utterance]]:
     base = path.resolve().parent
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
+        for lineno, raw in enumerate(without_bom(fh), 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -77,10 +78,13 @@ def _rows(path: Path, report: ValidationReport) -> Iterator[tuple[int, Utterance
             except RecursionError:
                 report.add(Problem(lineno, "invalid_json", "invalid JSON: nested too deeply"))
                 continue
-            if lineno == 1 and isinstance(row, dict) and HEADER_KEY in row:
-                if row[HEADER_KEY] != SCHEMA_VERSION:
-                    raise SpxError(f"manifest schema version {row[HEADER_KEY]!r} is not supported (this spx reads {SCHEMA_VERSION})",
-                                   where=f"{path}:1", hint="upgrade spx or re-export the manifest")
+            try:
+                if check_header(row, path, lineno):
+                    continue
+            except SpxError as exc:  # a header this spx cannot read stops here; a misplaced one is a row problem
+                if lineno == 1:
+                    raise
+                report.add(Problem(lineno, "schema", exc.message))
                 continue
             rid = row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
             try:
@@ -164,4 +168,6 @@ def validate_manifest(path: str | Path, opts: ValidateOptions | None = None) -> 
             if expected and info.sample_rate != expected:
                 report.add(Problem(lineno, "sample_rate_mismatch",
                                    f"audio is {info.sample_rate} Hz, expected {expected} Hz", u.id))
+    if report.utterances == 0 and not report.counts:  # a run would refuse it (io.require_utterances)
+        report.add(Problem(1, "no_utterances", empty_reason(p)))
     return report

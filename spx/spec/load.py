@@ -5,12 +5,11 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from spx.errors import SpxError
 from spx.spec.models import ASR_FAMILIES, TTS_FAMILIES, Spec, SpecKeyError
-from spx.yamlio import KeyPath, dump_yaml, load_yaml_file
+from spx.yamlio import KeyPath, dump_yaml, load_yaml_file, load_yaml_with_lines
 
 PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("augmentation", "noise", "manifest"))
 # a local path or a name (hub model, whisper size): resolved against the recipe's folder only when it exists there
@@ -24,9 +23,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key or any(not part for part in key.split(".")):
             raise SpxError(f"override {item!r} is not KEY=VALUE", hint="e.g. training.epochs=5")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            raise SpxError(f"override {item!r}: value is not valid YAML", hint="quote strings with spaces") from None
+            value = load_yaml_with_lines(raw, "value")[0] if raw != "" else ""
+        except SpxError as exc:  # the recipe's own rules: no duplicate keys, depth and size limits, safe tags
+            shown = repr(item) if len(item) <= 80 else f"{item[:60]!r}... ({len(item)} characters)"
+            hint = "quote strings with spaces, e.g. name='my run'" if exc.message.startswith("invalid YAML") else exc.hint
+            raise SpxError(f"override {shown}: {exc.message}", hint=hint) from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -100,6 +101,8 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[KeyPa
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    from spx.demo.resolve import demo_path, is_demo_path  # spx-demo://tts/train.jsonl: the demo corpus (no I/O)
+
     for path in PATH_KEYS:
         node: Any = data
         for part in path[:-1]:
@@ -107,7 +110,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         if not isinstance(node, dict) or path[-1] not in node:
             continue
         value = node[path[-1]]
-        resolve = lambda v: str((base / v).resolve()) if isinstance(v, str) and "://" not in v else v  # noqa: E731
+        resolve = lambda v: (demo_path(v, ".".join(path)) if is_demo_path(v) else  # noqa: E731
+                             str((base / v).resolve()) if isinstance(v, str) and "://" not in v else v)
         node[path[-1]] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
     for path in PATH_OR_NAME_KEYS:
         node = data
@@ -121,7 +125,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 def spec_from_data(data: Any, source: str, lines: dict[KeyPath, int] | None = None,
                    overrides: list[str] | None = None, base: Path | None = None) -> Spec:
     if data is None:
-        data = {}
+        raise SpxError("the recipe is empty", where=source, hint="copy one of recipes/*.yaml and edit it")
     if not isinstance(data, dict):
         raise SpxError(f"a recipe must be a YAML mapping, got {type(data).__name__}", where=source,
                        hint="start the file with keys such as 'task:', 'model:', 'data:'")

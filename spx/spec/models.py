@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from spx.registry import BACKEND_NAMES, TASK_NAMES
 
 
 class Strict(BaseModel):
@@ -247,12 +249,23 @@ class SlurmResources(Strict):
 
 
 class Resources(Strict):
-    launcher: Literal["local", "torchrun", "slurm"] = "local"
+    launcher: Literal["local", "slurm"] = Field(
+        "local", description="local: here (steps that need resources.devices processes run under torchrun); "
+                             "slurm: an sbatch job running the same steps")
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = Field(1, ge=1, description="processes (GPUs, or CPU processes with gloo) per node")
     nodes: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1, description="torch intra-op threads per process")
     slurm: SlurmResources = Field(default_factory=SlurmResources)
+
+    @field_validator("launcher", mode="before")
+    @classmethod
+    def _no_torchrun_launcher(cls, value: Any) -> Any:
+        if value == "torchrun":
+            raise ValueError("'torchrun' is not a launcher: the local launcher already runs every step that needs "
+                             "resources.devices processes under torchrun (and slurm does inside its job); "
+                             "use launcher: local with devices: N")
+        return value
 
 
 class TTSSettings(Strict):
@@ -277,7 +290,7 @@ class Spec(Strict):
 
     spec_version: Literal[1] = 1
     name: str = Field("job", pattern=r"^[A-Za-z0-9_.-]+$", description="job name, used in run-dir names")
-    task: Literal["asr", "tts", "classification"] = "asr"
+    task: Literal[TASK_NAMES] = "asr"  # type: ignore[valid-type]
     model: ModelSpec = Field(default_factory=ConformerCTC)
     features: Features = Field(default_factory=Features)
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
@@ -290,7 +303,7 @@ class Spec(Strict):
     eval: Eval = Field(default_factory=Eval)
     tts: TTSSettings = Field(default_factory=TTSSettings)
     resources: Resources = Field(default_factory=Resources)
-    backends: dict[Literal["nemo", "speechbrain", "espnet"], dict[str, Any]] = Field(
+    backends: dict[Literal[BACKEND_NAMES], dict[str, Any]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="backend-specific settings, passed through untouched"
     )
 

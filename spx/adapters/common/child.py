@@ -22,11 +22,8 @@ PROGRESS_PREFIX = "SPX_PROGRESS "
 
 
 def load_run(run_dir: str | Path) -> tuple[Spec, RunDir]:
-    import yaml
-
     rd = RunDir(run_dir)
-    spec = Spec.model_validate(yaml.safe_load((rd / "spec.yaml").read_text()))
-    return spec, rd
+    return rd.spec, rd
 
 
 def progress(**fields: Any) -> None:
@@ -75,20 +72,12 @@ def precision_dtype(spec: Spec, device: str) -> str:
 
 
 def load_audio(utt: Utterance, sample_rate: int) -> np.ndarray:
-    """Mono float32 at `sample_rate`; reads only the [offset, offset+duration) segment."""
-    import soundfile as sf
+    """Mono float32 at `sample_rate` of the [offset, offset+duration) segment (the whole file when offset is 0):
+    the audio contract's one decode (spx/manifests/materialize.py), so pipes, codecs and rates read the same here
+    as in the materialized run-dir manifests (which need no resampling)."""
+    from spx.manifests.materialize import decode_utterance
 
-    info = sf.info(utt.audio)
-    start = int(round(utt.offset * info.samplerate))
-    frames = int(round(utt.duration * info.samplerate)) if utt.offset else -1
-    wav, sr = sf.read(utt.audio, start=start, frames=frames, dtype="float32", always_2d=True)
-    wav = wav.mean(axis=1)
-    if sr != sample_rate:
-        import torch
-        import torchaudio
-
-        wav = torchaudio.functional.resample(torch.from_numpy(wav), sr, sample_rate).numpy()
-    return wav
+    return decode_utterance(utt, sample_rate, where=f"utterance {utt.id!r}")
 
 
 def test_utterances(spec: Spec) -> list[tuple[str, Utterance]]:

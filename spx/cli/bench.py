@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
+from spx.cli.common import CONTEXT
 from spx.errors import SpxError
+from spx.registry import BACKEND_NAMES as ALL_BACKENDS
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-ALL_BACKENDS = ("nemo", "speechbrain", "espnet")
 
 
 def _backends(value: str) -> list[str]:
@@ -36,11 +36,13 @@ def _backends(value: str) -> list[str]:
               help="Cells trained side by side here [default: on CPU with resources.threads set, two trainings "
                    "per core; else 1]. Speed is always measured one cell at a time.")
 @click.option("--report-only", is_flag=True, help="Write the report from the cells already in --out; runs nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Render the cells that would run under --out and print their native commands; run nothing.")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Spec override applied to every recipe (repeatable), e.g. -o training.epochs=5.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result rows as JSON at the end.")
-def bench(recipes, backends, out, force, from_json, launcher, report_only, overrides, seed, as_json, jobs):
+def bench(recipes, backends, out, force, from_json, launcher, report_only, overrides, seed, as_json, jobs, dry_run):
     """Run RECIPES x backends, score them one way, and write one comparison report.
 
     With no RECIPES, runs the tiny conformer_ctc recipe on the embedded demo corpus (test voices held out).
@@ -51,6 +53,7 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
     Examples:
       spx bench                                       # demo: 3 backends, one report
       spx bench recipes/conformer_ctc.yaml --backends nemo,espnet -o training.epochs=5
+      spx bench recipes/tacotron2.yaml --backends espnet,speechbrain --dry-run   # render, print the commands
       spx bench --report-only --out bench_out         # report from the finished cells
       spx bench --from bench_out/results.json --out paper/  # re-render, no runs
     """
@@ -58,14 +61,15 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
 
     failed: list[str] = []
     if from_json is not None:
-        if recipes or report_only:
-            raise SpxError("--from takes no RECIPES and no --report-only", hint="spx bench --from OUT/results.json")
+        if recipes or report_only or dry_run:
+            raise SpxError("--from takes no RECIPES, --report-only or --dry-run (it runs nothing)",
+                           hint="spx bench --from OUT/results.json")
         res = render_from_json(from_json, out or from_json.resolve().parent)
     else:
         out = out or Path("bench_out")
         res, failed = run_bench(list(recipes), _backends(backends), out, force=force, launcher=launcher,
                                 report_only=report_only, overrides=list(overrides), seed=seed, argv=sys.argv,
-                                jobs=jobs)
+                                jobs=jobs, dry_run=dry_run)
     if as_json:
         import json
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import click
 
+from spx.cli.common import CONTEXT, echo_json
 from spx.errors import SpxError
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 METRIC_NAMES = ("dnsmos", "distillmos", "utmos", "mcd", "f0", "speaker_similarity", "intelligibility")  # = quality.METRICS
 
 
@@ -63,7 +63,8 @@ def score_audio(directory, ref_dir, text_manifest, judge, metrics, normalizer, t
     """
     import os
 
-    from spx.bench.quality import THREADS_ENV, score_audio_files
+    from spx.bench.quality import score_audio_files
+    from spx.bench.threads import THREADS_ENV
     from spx.bench.quality_audio import audio_files
 
     if threads is not None:
@@ -94,7 +95,6 @@ def score_audio(directory, ref_dir, text_manifest, judge, metrics, normalizer, t
     if texts is None:
         result["unavailable"]["intelligibility"] = "no --text manifest"
     if as_json:
-        from spx.cli import echo_json
 
         echo_json(result)
     else:

@@ -1,4 +1,4 @@
-"""`spx status`, `spx logs`, `spx cancel`: the same for local, torchrun and Slurm runs.
+"""`spx status`, `spx logs`, `spx cancel`: the same for local (torchrun steps included) and Slurm runs.
 
 Local runs record the pid of the spx process running them in status.json; Slurm runs record the job id.
 Only click is imported at module level (the CLI imports this module for `spx --help`).
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from spx.cli.common import CONTEXT, echo_json
+
 TERMINAL = ("finished", "failed", "cancelled", "interrupted")
 
 
@@ -59,12 +60,9 @@ def current_status(rd) -> dict:
 
 
 def _launcher(rd) -> str:
-    import yaml
-
-    try:
-        return (yaml.safe_load((rd / "spec.yaml").read_text()) or {}).get("resources", {}).get("launcher", "local")
-    except FileNotFoundError:
+    if not (rd / "spec.yaml").is_file():
         return "?"
+    return rd.spec.resources.launcher
 
 
 def _row(path: Path) -> dict:
@@ -107,7 +105,6 @@ def status(run_dirs, as_json):
     """
     rows = [_row(p) for p in _run_dirs(run_dirs)]
     if as_json:
-        from spx.cli import echo_json
 
         echo_json(rows)
         return

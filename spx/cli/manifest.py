@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from spx.cli.common import CONTEXT, echo_json
+
 IMPORT_FORMATS = ("kaldi", "nemo", "speechbrain_csv", "speechbrain_json", "librispeech", "commonvoice", "ljspeech",
                   "audiofolder", "lhotse")
 EXPORT_FORMATS = ("nemo", "speechbrain_csv", "speechbrain_json", "kaldi")
@@ -18,12 +19,6 @@ def _format(allowed: tuple[str, ...]):
             raise click.BadParameter(f"{value!r} is not one of: {', '.join(allowed)}")
         return name
     return convert
-
-
-def _echo_json(data) -> None:
-    import json
-
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 @click.group(context_settings=CONTEXT)
@@ -81,7 +76,7 @@ def import_(fmt, source, output, workers, language, relative, allow_pipes, audio
     if n == 0:
         Path(output).unlink()
         raise SpxError(f"{source}: no utterances found (nothing written)", hint=f"is it really a {fmt} corpus?")
-    _echo_json({"format": fmt, "source": source, "output": output, "utterances": n}) if as_json else \
+    echo_json({"format": fmt, "source": source, "output": output, "utterances": n}) if as_json else \
         click.echo(f"{output}: {n} utterances from {fmt} {source}")
 
 
@@ -118,7 +113,7 @@ def export(fmt, manifest_path, output, also, workers, as_json):
             raise SpxError(f"format {name!r} given twice", hint="one path per format")
         targets[name] = path
     n = convert_manifest(manifest_path, targets, workers=workers)
-    _echo_json({"manifest": manifest_path, "utterances": n, "outputs": targets}) if as_json else \
+    echo_json({"manifest": manifest_path, "utterances": n, "outputs": targets}) if as_json else \
         click.echo(", ".join(f"{path} ({name})" for name, path in targets.items()) + f": {n} utterances")
 
 
@@ -133,7 +128,12 @@ def export(fmt, manifest_path, output, also, workers, as_json):
 @click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True, help="Threads reading audio headers.")
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="Problems listed (all are counted).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_text, allow_pipes, workers, limit, as_json):
+@click.option("--features", "features_recipe", type=click.Path(dir_okay=False),
+              help="Also report, per reason (pipe, codec, rate, channels, segment), the rows that a run of this recipe "
+                   "reads not as they are but materialized at its features.sample_rate, mono (the audio contract; "
+                   "writes nothing).")
+def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_text, allow_pipes, workers, limit, as_json,
+             features_recipe):
     """Check MANIFEST: schema, duplicate ids, durations, missing/unreadable audio, duration and sample-rate
     mismatches, empty or non-UTF-8 text, characters outside --vocab. Lists every problem with its line;
     exits 2 if there is any.
@@ -142,6 +142,7 @@ def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_tex
     Examples:
       spx manifest validate train.jsonl
       spx manifest validate train.jsonl --sample-rate 16000 --vocab "abcdefghijklmnopqrstuvwxyz'" --json
+      spx manifest validate train.jsonl --features recipes/conformer_ctc.yaml   # what a run will materialize
     """
     from pathlib import Path
 
@@ -153,9 +154,12 @@ def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_tex
     opts = ValidateOptions(check_audio=not no_audio, duration_tolerance=tolerance, sample_rate=sample_rate,
                            vocabulary=vocab, require_text=require_text, allow_pipes=allow_pipes, workers=workers, limit=limit)
     report = validate_manifest(manifest_path, opts)
+    contract = _audio_contract(manifest_path, features_recipe, workers) if features_recipe else None
     if as_json:
-        _echo_json(report.to_json())
+        echo_json({**report.to_json(), **({"audio_contract": contract} if contract else {})})
     else:
+        if contract:
+            _echo_audio_contract(manifest_path, contract)
         for p in report.problems:
             click.echo(f"{manifest_path}:{p.line}: {p.kind}: {p.message}")
         click.echo(f"{manifest_path}: {report.utterances} utterances, " +
@@ -164,6 +168,29 @@ def validate(manifest_path, no_audio, tolerance, sample_rate, vocab, require_tex
         total = sum(v for k, v in report.counts.items() if k != "piped_not_checked")
         raise SpxError(f"{total} problem(s) in {report.utterances} utterances", where=manifest_path,
                        hint="each is listed above with its line" + (f" (first {limit})" if total > limit else ""))
+
+
+def _audio_contract(manifest_path: str, recipe: str, workers: int) -> dict:
+    """What a run of `recipe` does with each row's audio (spx/manifests/materialize.py), writing nothing."""
+    from spx.errors import SpxError
+    from spx.manifests.materialize import plan_manifest
+    from spx.spec import load_spec
+
+    spec = load_spec(recipe)
+    if spec.task == "tts":
+        raise SpxError(f"{recipe} is a TTS recipe: its adapters re-write the audio themselves at tts.sample_rate",
+                       where="--features", hint="give an ASR recipe, or use --sample-rate to check the rate")
+    return plan_manifest(manifest_path, spec.features.sample_rate, workers=workers)
+
+
+def _echo_audio_contract(manifest_path: str, contract: dict) -> None:
+    reasons = ", ".join(f"{n} {r}" for r, n in contract["reasons"].items())
+    click.echo(f"{manifest_path}: audio contract ({contract['sample_rate']} Hz, mono): {contract['as_is']} rows read as "
+               f"is, {contract['materialized']} materialized" + (f" ({reasons})" if reasons else "") +
+               (f", {contract['unreadable']} unreadable" if contract["unreadable"] else ""))
+    for ex in contract["examples"]:
+        what = f"unreadable: {ex['error']}" if "error" in ex else f"{'+'.join(ex['reasons'])}: {ex['action']}"
+        click.echo(f"{manifest_path}:{ex['line']}: {ex['id']}: {what}")
 
 
 @manifest.command("stats", context_settings=CONTEXT)
@@ -192,7 +219,7 @@ def stats(manifest_path, quality, max_utts, as_json):
 
         s["quality"] = dnsmos_manifest_stats(manifest_path, max_utts=max_utts)
     if as_json:
-        _echo_json(s)
+        echo_json(s)
         return
     render_stats(s)
     if quality:
@@ -231,7 +258,7 @@ def split(manifest_path, out_dir, ratios, seed, speaker_disjoint, as_json):
     from spx.manifests.stats import parse_ratios, split_manifest
 
     counts = split_manifest(manifest_path, out_dir, parse_ratios(ratios), seed=seed, speaker_disjoint=speaker_disjoint)
-    _echo_json({"out_dir": out_dir, "counts": counts}) if as_json else \
+    echo_json({"out_dir": out_dir, "counts": counts}) if as_json else \
         click.echo(", ".join(f"{name}: {n}" for name, n in counts.items()) + f" -> {out_dir}")
 
 
@@ -269,7 +296,7 @@ def prepare(manifest_path, out_dir, sample_rate, mono, loudness, trim, trim_padd
     summary = prepare_manifest(manifest_path, out_dir, opts, workers=workers, progress=not no_progress and not as_json,
                                force=force)
     if as_json:
-        _echo_json(summary)
+        echo_json(summary)
     else:
         click.echo(f"{summary['manifest']}: kept {summary['kept']}/{summary['input']} "
                    f"(written {summary['written']}, reused {summary['reused']}, too short {summary['too_short']}, "

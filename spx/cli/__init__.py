@@ -6,15 +6,10 @@ from pathlib import Path
 
 import click
 
+from spx.cli.common import CONTEXT, echo_json
 from spx.errors import SpxError
+from spx.registry import BACKEND_NAMES
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def echo_json(data) -> None:
-    import json
-
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 @click.group(context_settings=CONTEXT)
@@ -37,9 +32,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("overrides", nargs=-1)
-@click.option("--backend", "-b", type=click.Choice(["nemo", "speechbrain", "espnet"]), help="Toolkit to run on.")
+@click.option("--backend", "-b", type=click.Choice(BACKEND_NAMES), help="Toolkit to run on.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Where to write the run (default runs/NAME-BACKEND-TIME).")
-@click.option("--launcher", type=click.Choice(["local", "torchrun", "slurm"]), help="Override resources.launcher.")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]),
+              help="Override resources.launcher (local runs N-device steps under torchrun itself).")
 @click.option("--dry-run", is_flag=True, help="Render the run dir and print the native commands; run nothing.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Continue an interrupted run dir from its last checkpoint.")
@@ -168,24 +164,18 @@ def doctor(as_json):
         sys.exit(1)
 
 
-def _register_optional_commands() -> None:
-    """Command groups that live beside the code they drive (each module keeps its imports lazy)."""
-    import importlib
+def _register_commands() -> None:
+    """The command groups, one module each in this package (each keeps its imports lazy)."""
+    from spx.cli import bench, manifest, runs, score
 
-    for module, names in (("spx.manifests.cli", ("manifest",)), ("spx.bench.cli", ("bench",)), ("spx.bench.score_cli", ("score",)),
-                          ("spx.launchers.cli", ("status", "logs", "cancel"))):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        for name in names:
-            if hasattr(mod, name):
-                cli.add_command(getattr(mod, name))
+    cli.add_command(manifest.manifest)
+    cli.add_command(bench.bench)
+    cli.add_command(score.score)
+    for command in (runs.status, runs.logs, runs.cancel):
+        cli.add_command(command)
 
 
-_register_optional_commands()
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,140 @@
+"""The layout rules of docs/architecture.md, checked on the source: no import cycles among spx modules, and no core
+module imports torch or a toolkit when it is imported."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLKITS = ("torch", "torchaudio", "nemo", "speechbrain", "espnet2", "lightning", "transformers", "onnxruntime")
+
+# Cycles that exist today and are the remaining work of the family-level adapter layout (issue 12): each TTS
+# family module and its backend's dispatcher import helpers from each other. This list may only shrink: the test
+# fails on a new cycle and on a listed one that is gone (then delete it here).
+KNOWN_CYCLES = {
+    frozenset({"spx.adapters.espnet", "spx.adapters.espnet.tts", "spx.adapters.espnet.tts_fastspeech2",
+               "spx.adapters.espnet.tts_vits"}),
+    frozenset({"spx.adapters.nemo", "spx.adapters.nemo.tts", "spx.adapters.nemo.vocoder"}),
+    frozenset({"spx.adapters.speechbrain", "spx.adapters.speechbrain.tts", "spx.adapters.speechbrain.tts_fastspeech2",
+               "spx.adapters.speechbrain.vocoder"}),
+}
+
+
+def spx_modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted((REPO / "spx").rglob("*.py")):
+        rel = path.relative_to(REPO).with_suffix("")
+        out[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the spx modules it imports anywhere in its body (a lazy import inside a function counts too:
+    it is a dependency all the same)."""
+    modules = spx_modules()
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """Tarjan's algorithm, iterative; components of more than one module are the cycles."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[frozenset[str]] = []
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    out.append(frozenset(component))
+    return out
+
+
+def test_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert strongly_connected(graph) == [frozenset({"a", "b", "c"})]
+
+
+def test_no_new_import_cycles_in_spx():
+    cycles = set(strongly_connected(import_graph()))
+    new = [sorted(c) for c in cycles - KNOWN_CYCLES]
+    gone = [sorted(c) for c in KNOWN_CYCLES - cycles]
+    assert not new, f"import cycles among spx modules: {new} (move the shared code into a leaf module)"
+    assert not gone, f"these listed cycles are gone: delete them from KNOWN_CYCLES: {gone}"
+
+
+def core_modules() -> list[str]:
+    """Every module the CLI may import in its own process: all of spx except the backends' child-process modules
+    (spx/adapters/<backend>/*.py other than the backend's __init__, which the core imports to render)."""
+    out = []
+    for name in spx_modules():
+        parts = name.split(".")
+        if parts[:2] == ["spx", "adapters"] and len(parts) >= 4:
+            continue
+        if name in ("spx.__main__",):
+            continue
+        out.append(name)
+    return out
+
+
+def test_core_modules_import_no_torch_or_toolkit():
+    code = ("import importlib, json, sys\n"
+            f"for m in {core_modules()!r}: importlib.import_module(m)\n"
+            f"print(json.dumps(sorted(t for t in {TOOLKITS!r} if t in sys.modules)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_backend_list_lives_in_the_registry_only():
+    """No module spells the backend list out again: they read spx.registry."""
+    import re
+
+    spelled = re.compile(r"""["']nemo["']\s*,\s*["']speechbrain["']\s*,\s*["']espnet["']""")
+    offenders = [str(p.relative_to(REPO)) for p in spx_modules().values()
+                 if p.name != "registry.py" and spelled.search(p.read_text(encoding="utf-8"))]
+    assert not offenders, f"backend list written out in {offenders}: use spx.registry.BACKEND_NAMES"
