@@ -192,7 +192,10 @@ class FastEnglishTextNormalizer:
 # ---------------------------------------------------------------- many strings: memo and processes
 NAMES = ("whisper_english", "basic", "none")
 MEMO_MAX = 500_000  # strings remembered per normalizer: 100k utterances x 3 backends are ~320k (~55 MB)
-PARALLEL_MIN = 100_000  # new strings from which other processes pay off: starting one costs ~0.5 s CPU
+# New strings from which other processes are used. Starting one costs ~0.5 s CPU; on the 2-core dev box two
+# processes lost to one at 168k new strings (4.5-5.0 s vs 4.0-4.2 s for 100k utterances: its second vCPU was
+# mostly busy), so only inputs that take one process several seconds are shared out.
+PARALLEL_MIN = 200_000
 CHUNK = 5_000  # strings per piece of work shared between processes (~0.1 s)
 
 _normalizers: dict[str, Callable[[str], str]] = {}
