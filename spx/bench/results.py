@@ -178,8 +178,8 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
         info = scoring.normalizer_info(norm)
         norm_used = norm_used or info
         hyps = cell["hyps"]
-        refs_n = scoring.normalize_all([h.get("ref") or "" for h in hyps], norm)
-        hyps_n = scoring.normalize_all([h.get("hyp") or "" for h in hyps], norm)
+        # references are shared by the cells of a recipe: normalize_all remembers them after the first cell
+        refs_n, hyps_n = scoring.normalize_pairs([h.get("ref") for h in hyps], [h.get("hyp") for h in hyps], norm)
         keep = [i for i, r in enumerate(refs_n) if r]
         we = scoring.utterance_errors([refs_n[i] for i in keep], [hyps_n[i] for i in keep], "word")
         ce = scoring.utterance_errors([refs_n[i] for i in keep], [hyps_n[i] for i in keep], "char")

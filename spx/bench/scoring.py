@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -16,52 +15,48 @@ import numpy as np
 from spx.errors import SpxError
 from spx.registry import TASKS
 
-NORMALIZERS = ("whisper_english", "basic", "none")
 CI_LEVEL = 0.95
 
 
 # ---------------------------------------------------------------- normalizer
 def normalizer(name: str) -> Callable[[str], str]:
-    """The text normalizer applied to references and hypotheses alike."""
-    if name == "whisper_english":
-        from whisper_normalizer.english import EnglishTextNormalizer
+    """The text normalizer applied to references and hypotheses alike (spx.bench.normalize: whisper_english is
+    Whisper's English normalizer on a fast path with the package's exact output)."""
+    from spx.bench import normalize
 
-        return EnglishTextNormalizer()
-    if name == "basic":
-        from whisper_normalizer.basic import BasicTextNormalizer
-
-        return BasicTextNormalizer()
-    if name == "none":
-        return lambda s: s
-    raise SpxError(f"unknown normalizer {name!r}", hint=f"eval.normalizer is one of: {', '.join(NORMALIZERS)}")
+    return normalize.normalizer(name)
 
 
 def normalizer_info(name: str) -> dict[str, Any]:
     """What the report discloses about the normalizer: its name, implementation and package version."""
+    from spx.bench import normalize
+
+    normalizer(name)  # a clear error for an unknown name
     impl = {"whisper_english": "whisper_normalizer.english.EnglishTextNormalizer",
             "basic": "whisper_normalizer.basic.BasicTextNormalizer",
             "none": "identity (whitespace-split only)"}[name]
-    version = None
-    if name != "none":
-        try:
-            version = metadata.version("whisper-normalizer")
-        except metadata.PackageNotFoundError:
-            version = None
-    return {"name": name, "implementation": impl, "package": "whisper-normalizer" if name != "none" else None,
+    version = normalize.installed_version() if name != "none" else None
+    info = {"name": name, "implementation": impl, "package": "whisper-normalizer" if name != "none" else None,
             "version": version}
+    if name == "whisper_english":
+        info["fast_path"] = normalize.fast_path_available()  # spx.bench.normalize, same output as the package
+    return info
 
 
-def normalize_all(texts: Sequence[str], name: str) -> list[str]:
-    """Normalize many strings; identical strings (references shared by backends) are normalized once."""
-    norm = normalizer(name)
-    memo: dict[str, str] = {}
-    out = []
-    for t in texts:
-        n = memo.get(t)
-        if n is None:
-            n = memo[t] = " ".join(norm(t or "").split())
-        out.append(n)
-    return out
+def normalize_all(texts: Sequence[str | None], name: str, processes: int | None = None) -> list[str]:
+    """Normalize many strings in order, whitespace collapsed; identical strings (references shared by the cells
+    of a bench, hypotheses equal to their reference) are normalized once per process; large inputs are split
+    across processes (spx.bench.normalize.normalize_all)."""
+    from spx.bench import normalize
+
+    return normalize.normalize_all(texts, name, processes=processes)
+
+
+def normalize_pairs(refs: Sequence[str | None], hyps: Sequence[str | None], name: str,
+                    processes: int | None = None) -> tuple[list[str], list[str]]:
+    """normalize_all of references and hypotheses in one call (one set of processes for both)."""
+    both = normalize_all([*refs, *hyps], name, processes=processes)
+    return both[:len(refs)], both[len(refs):]
 
 
 # ---------------------------------------------------------------- error counts
@@ -285,8 +280,7 @@ def speed_summary(speed: dict[str, Any]) -> dict[str, Any]:
 def score_hyps(hyps: list[dict[str, Any]], norm_name: str) -> dict[str, Any]:
     """Corpus WER/CER of a run's hyps.jsonl rows with the named normalizer."""
     rows = [h for h in hyps if (h.get("ref") or "").strip()]
-    refs = normalize_all([h.get("ref") or "" for h in rows], norm_name)
-    out = normalize_all([h.get("hyp") or "" for h in rows], norm_name)
+    refs, out = normalize_pairs([h.get("ref") for h in rows], [h.get("hyp") for h in rows], norm_name)
     keep = [i for i, r in enumerate(refs) if r]
     m = error_counts([refs[i] for i in keep], [out[i] for i in keep])
     m["utterances"] = len(hyps)
