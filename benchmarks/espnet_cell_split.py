@@ -4,6 +4,7 @@
     uv run python benchmarks/espnet_cell_split.py --before    # the commit before the one-process prepare+train change
     uv run python benchmarks/espnet_cell_split.py --both      # both, one after the other, then the two tables
     uv run python benchmarks/espnet_cell_split.py --ref REF   # any other git commit (a temporary `git worktree`)
+    uv run python benchmarks/espnet_cell_split.py --imports   # only `import espnet2.tasks.asr`, per deferred module
 
 It renders recipes/conformer_ctc.yaml for espnet (the default bench cell: 40 epochs, about 5 minutes on 2 idle
 cores) and runs the run dir's steps itself, as `spx exec` does (same argv, cwd and environment), with
@@ -15,6 +16,9 @@ PYTHONPROFILEIMPORTTIME=1, so each child's interpreter reports how long its impo
   train    the rest of the process that trains (ESPnet's trainer, summary, interpreter exit)
   decode   the rest of the decode process (three timed decodes of the test set and a warm-up)
   other    what is left of a process that did only prepare (interpreter exit)
+--imports measures each candidate of spx.adapters.espnet.lazy_imports alone: a fresh interpreter imports
+espnet2.tasks.asr with nothing deferred, with each name deferred, and with all of them (ROUNDS rounds, interleaved;
+medians of the interpreter's own import clock and of the wall time).
 The held-out WER is printed too: the change must not move it (1-thread runs repeat themselves exactly).
 Print the machine's load beside the figures: the table is only comparable at a similar load.
 """
@@ -106,6 +110,26 @@ def table(result: dict) -> str:
     return "\n".join(out)
 
 
+def import_costs(rounds: int) -> None:
+    from spx.adapters.espnet.lazy_imports import DEFERRED
+
+    variants = [(), *[(name,) for name in DEFERRED], DEFERRED]
+    code = ("import sys; from spx.adapters.espnet.lazy_imports import defer_unused_imports; "
+            "defer_unused_imports(tuple(sys.argv[1:])); import espnet2.tasks.asr")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPROFILEIMPORTTIME": "1"}
+    seen: dict[tuple, list[tuple[float, float]]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for names in variants:
+            t0 = time.time()
+            proc = subprocess.run([sys.executable, "-c", code, *names], env=env, capture_output=True, text=True, check=True)
+            imports = sum(int(m.group(1)) / 1e6 for line in proc.stderr.splitlines() if (m := IMPORT_LINE.match(line)))
+            seen[names].append((imports, time.time() - t0))
+    print(f"import espnet2.tasks.asr, {rounds} round(s), load avg {[round(x, 2) for x in os.getloadavg()]}")
+    for names, runs in seen.items():
+        imports, wall = (sorted(x[i] for x in runs)[len(runs) // 2] for i in (0, 1))
+        print(f"  deferred {', '.join(names) or '(nothing)':<16} imports {imports:6.1f} s   wall {wall:6.1f} s")
+
+
 def checkout(ref: str, into: Path) -> Path:
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), ref], check=True,
                    stdout=subprocess.DEVNULL)
@@ -118,10 +142,15 @@ def main() -> None:
     which.add_argument("--before", action="store_true", help=f"measure commit {BEFORE_REF} (three processes)")
     which.add_argument("--both", action="store_true", help=f"measure {BEFORE_REF}, then this checkout")
     which.add_argument("--ref", help="measure this git commit instead of the checkout")
+    which.add_argument("--imports", type=int, nargs="?", const=3, metavar="ROUNDS",
+                       help="measure only the import of espnet2.tasks.asr per deferred module (default 3 rounds)")
     ap.add_argument("overrides", nargs="*", help="spec overrides for a quick look, e.g. training.epochs=2 (the "
                     "figures to report use none)")
     ap.add_argument("--keep", type=Path, help="work folder to keep (run dirs); default: a temp folder, removed")
     a = ap.parse_args()
+    if a.imports:
+        import_costs(a.imports)
+        return
     work = a.keep or Path(tempfile.mkdtemp(prefix="spx-espnet-split-"))
     work.mkdir(parents=True, exist_ok=True)
     plan = [("before", BEFORE_REF)] if a.before else [("before", BEFORE_REF), ("after", None)] if a.both else \

@@ -12,8 +12,10 @@ elsewhere loads it at once (CPython looks at `x.__spec__`), which is the ordinar
   g2p_en   ~5 s idle, 26-30 s under load: espnet2.text.phoneme_tokenizer's `import g2p_en` pulls in nltk and inflect,
            and g2p_en then tries to download nltk's tagger and cmudict (network, at import time). Used only when a
            g2p is chosen (`--g2p g2p_en`); spx renders `--g2p none`.
-  wandb    ~0.7 s idle: espnet2.tasks.abs_task's `try: import wandb except Exception`. Used only with
-           `--use_wandb true`, where a broken wandb now raises its own error instead of ESPnet's "wandb is None".
+  wandb    ~0.7 s idle, 4-5 s under load: espnet2.tasks.abs_task's `try: import wandb except Exception`. Used only
+           with `--use_wandb true`, where a broken wandb now raises its own error at `wandb.login()` instead of
+           ESPnet's "Please install wandb".
+(hydra, `import hydra` in espnet2.asr.state_spaces.utils, costs ~0.2 s: not worth deferring.)
 LazyLoader is not thread-safe on Python 3.11: the first touch of a deferred module must not race another thread's
 (ESPnet's data loader workers are processes).
 """

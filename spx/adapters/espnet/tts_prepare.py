@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from spx.adapters.common import child
+from spx.adapters.espnet.lazy_imports import defer_unused_imports
 from spx.adapters.espnet.tts import DATA
 from spx.manifests import read_manifest
 from spx.yamlio import atomic_write_text
@@ -99,6 +100,7 @@ def run_teacher(rd, native: dict, device: str) -> None:
 
 
 def main(run_dir: str) -> None:
+    defer_unused_imports()  # before anything imports espnet2
     spec, rd = child.load_run(run_dir)
     os.chdir(rd.path)  # the native argv lists are relative to the run dir
     native = json.loads((rd / "native/tts_commands.json").read_text())

@@ -12,6 +12,7 @@ import sys
 import time
 
 from spx.adapters.common import child
+from spx.adapters.espnet.lazy_imports import defer_unused_imports
 from spx.yamlio import atomic_write_text
 
 EPOCH_RESULTS = re.compile(r"(\d+)epoch results: (.*)")
@@ -56,6 +57,7 @@ def curve_from_reporter(rd, loss_key: str = "loss") -> list[dict]:
 
 
 def main(run_dir: str) -> None:
+    defer_unused_imports()  # before anything imports espnet2
     spec, rd = child.load_run(run_dir)
     os.chdir(rd.path)
     started = time.time()
