@@ -1,5 +1,6 @@
-"""Child step `tts_train`: espnet2.bin.tts_train (or gan_tts_train for VITS) with the argv render wrote
-(native/tts_commands.json), plus what only run time knows (--ngpu). ESPnet resumes from checkpoints/checkpoint.pth
+"""Child step `tts_train`: first the preparation (tts_prepare: data dirs, FastSpeech2's teacher durations, feature
+statistics) unless native/tts_prepared.json says it is done, then espnet2.bin.tts_train (or gan_tts_train for VITS)
+with the argv render wrote (native/tts_commands.json), plus what only run time knows (--ngpu); one espnet2 import. ESPnet resumes from checkpoints/checkpoint.pth
 (--resume true). Afterwards the per-epoch losses are read from ESPnet's own Reporter (checkpoint.pth) into
 curve.jsonl, and train_summary.json records the run."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 from spx.adapters.common import child
 from spx.adapters.espnet.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.tts_prepare import is_prepared, prepare
 from spx.yamlio import atomic_write_text
 
 EPOCH_RESULTS = re.compile(r"(\d+)epoch results: (.*)")
@@ -63,6 +65,9 @@ def main(run_dir: str) -> None:
     started = time.time()
     threads = child.set_threads(spec)
     device = child.pick_device(spec)
+    logging.basicConfig(level="INFO", format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    if not is_prepared(rd):
+        prepare(spec, rd)
     native = json.loads((rd / "native/tts_commands.json").read_text())
     argv = list(native["commands"]["tts_train"][1:]) + ["--ngpu", "1" if device == "cuda" else "0"]
     print("# native: python -m espnet2.bin.tts_train " + " ".join(argv), file=sys.stderr, flush=True)
@@ -84,7 +89,6 @@ def main(run_dir: str) -> None:
             info["params"] = sum(p.numel() for p in model.parameters())
             return model
 
-    logging.basicConfig(level="INFO", format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     logging.getLogger().addHandler(EpochProgress(native["derived"]["epochs"], loss_key))
     SpxTTSTask.main(cmd=argv)
 
