@@ -8,21 +8,21 @@ outside the child processes that call `defer_unused_imports()` is affected.
 
 Only the first import statement of a deferred module stays lazy: any later `import x` or `from x import y`
 elsewhere loads it at once (CPython looks at `x.__spec__`), which is the ordinary behaviour. Measured on 2 cores
-(benchmarks/espnet_cell_split.py, `python -X importtime`):
-  g2p_en   ~5 s idle, 26-30 s under load: espnet2.text.phoneme_tokenizer's `import g2p_en` pulls in nltk and inflect,
-           and g2p_en then tries to download nltk's tagger and cmudict (network, at import time). Used only when a
-           g2p is chosen (`--g2p g2p_en`); spx renders `--g2p none`.
-  wandb    ~0.7 s idle, 4-5 s under load: espnet2.tasks.abs_task's `try: import wandb except Exception`. Used only
-           with `--use_wandb true`, where a broken wandb now raises its own error at `wandb.login()` instead of
+(`benchmarks/espnet_cell_split.py --imports`; `import espnet2.tasks.asr` takes 20.5 s at load 1.5):
+  g2p_en   -2.7 s at load 1.5 (its nltk; inflect is imported anyway, by tacotron_cleaner), far more on a busy
+           machine: espnet2.text.phoneme_tokenizer's `import g2p_en`, whose import also tries to download nltk's
+           tagger and cmudict (network). Used only when a g2p is chosen (`--g2p g2p_en`); spx renders `--g2p none`.
+  wandb    -0.5 s at load 1.5: espnet2.tasks.abs_task's `try: import wandb except Exception`. Used only with
+           `--use_wandb true`, where a broken wandb now raises its own error at `wandb.login()` instead of
            ESPnet's "Please install wandb".
-(hydra, `import hydra` in espnet2.asr.state_spaces.utils, costs ~0.2 s: not worth deferring.)
+(hydra, `import hydra` in espnet2.asr.state_spaces.utils, costs ~0.2 s: not worth deferring. The transformers
+import of espnet2.asr.encoder.beats_encoder, ~5 s, is `from ... import name`, which no lazy loader can defer.)
 LazyLoader is not thread-safe on Python 3.11: the first touch of a deferred module must not race another thread's
 (ESPnet's data loader workers are processes).
 """
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import importlib.util
 import sys
 import types

@@ -1,7 +1,8 @@
-"""The preparation of an ESPnet TTS run, done by the `tts_train` step in its own process before training (one espnet2
-import for both; `python -m spx.adapters.espnet.tts_prepare RUN_DIR` runs it alone): the Kaldi-style data dirs (wav.scp, text, utt2spk, utt2sid) and the feature statistics
-and shape files, by ESPnet's own entry points (tts_train or, for VITS, gan_tts_train --collect_stats;
-aggregate_stats_dirs) run in this one process with the argv lists render wrote to native/tts_commands.json.
+"""The preparation of an ESPnet TTS run, done by the `tts_train` step in its own process before training (one
+espnet2 import for both; `python -m spx.adapters.espnet.tts_prepare RUN_DIR` runs it alone): the Kaldi-style data
+dirs (wav.scp, text, utt2spk, utt2sid) and the feature statistics and shape files, by ESPnet's own entry points
+(tts_train or, for VITS, gan_tts_train --collect_stats; aggregate_stats_dirs) run in this one process with the argv
+lists render wrote to native/tts_commands.json.
 
 FastSpeech2 first runs its duration teacher (tts_inference --use_teacher_forcing true on train and valid) and puts
 its durations into the data dirs (`durations`), checked to cover every token and to sum to each utterance's frame

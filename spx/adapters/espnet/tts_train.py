@@ -1,7 +1,7 @@
 """Child step `tts_train`: first the preparation (tts_prepare: data dirs, FastSpeech2's teacher durations, feature
 statistics) unless native/tts_prepared.json says it is done, then espnet2.bin.tts_train (or gan_tts_train for VITS)
-with the argv render wrote (native/tts_commands.json), plus what only run time knows (--ngpu); one espnet2 import. ESPnet resumes from checkpoints/checkpoint.pth
-(--resume true). Afterwards the per-epoch losses are read from ESPnet's own Reporter (checkpoint.pth) into
+with the argv render wrote (native/tts_commands.json), plus what only run time knows (--ngpu); one espnet2 import.
+ESPnet resumes from checkpoints/checkpoint.pth (--resume true). Afterwards the per-epoch losses are read from ESPnet's own Reporter (checkpoint.pth) into
 curve.jsonl, and train_summary.json records the run."""
 from __future__ import annotations
 
