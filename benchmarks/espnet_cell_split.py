@@ -16,9 +16,9 @@ PYTHONPROFILEIMPORTTIME=1, so each child's interpreter reports how long its impo
   train    the rest of the process that trains (ESPnet's trainer, summary, interpreter exit)
   decode   the rest of the decode process (three timed decodes of the test set and a warm-up)
   other    what is left of a process that did only prepare (interpreter exit)
---imports measures each candidate of spx.adapters.espnet.lazy_imports alone: a fresh interpreter imports
-espnet2.tasks.asr with nothing deferred, with each name deferred, and with all of them (ROUNDS rounds, interleaved;
-medians of the interpreter's own import clock and of the wall time).
+--imports measures each candidate of spx.adapters.espnet.lazy_imports: a fresh interpreter imports espnet2.tasks.asr
+(train) and espnet2.bin.asr_inference (decode) with nothing deferred, each name alone, all but each name, and all of
+them (ROUNDS rounds, interleaved; medians of the interpreter's own import clock and of the wall time).
 The held-out WER is printed too: the change must not move it (1-thread runs repeat themselves exactly).
 Print the machine's load beside the figures: the table is only comparable at a similar load.
 """
@@ -113,21 +113,26 @@ def table(result: dict) -> str:
 def import_costs(rounds: int) -> None:
     from spx.adapters.espnet.lazy_imports import DEFERRED
 
-    variants = [(), *[(name,) for name in DEFERRED], DEFERRED]
-    code = ("import sys; from spx.adapters.espnet.lazy_imports import defer_unused_imports; "
-            "defer_unused_imports(tuple(sys.argv[1:])); import espnet2.tasks.asr")
+    # each name alone, and all but it: a name another deferred module imports anyway (g2p_en -> nltk) shows its
+    # saving only beside that one
+    variants = [(), *[(name,) for name in DEFERRED], *[tuple(n for n in DEFERRED if n != name) for name in DEFERRED],
+                DEFERRED]
+    code = ("import importlib, sys; from spx.adapters.espnet.lazy_imports import defer_unused_imports; "
+            "defer_unused_imports(tuple(sys.argv[2:])); importlib.import_module(sys.argv[1])")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPROFILEIMPORTTIME": "1"}
-    seen: dict[tuple, list[tuple[float, float]]] = {v: [] for v in variants}
-    for _ in range(rounds):
-        for names in variants:
-            t0 = time.time()
-            proc = subprocess.run([sys.executable, "-c", code, *names], env=env, capture_output=True, text=True, check=True)
-            imports = sum(int(m.group(1)) / 1e6 for line in proc.stderr.splitlines() if (m := IMPORT_LINE.match(line)))
-            seen[names].append((imports, time.time() - t0))
-    print(f"import espnet2.tasks.asr, {rounds} round(s), load avg {[round(x, 2) for x in os.getloadavg()]}")
-    for names, runs in seen.items():
-        imports, wall = (sorted(x[i] for x in runs)[len(runs) // 2] for i in (0, 1))
-        print(f"  deferred {', '.join(names) or '(nothing)':<16} imports {imports:6.1f} s   wall {wall:6.1f} s")
+    for module in ("espnet2.tasks.asr", "espnet2.bin.asr_inference"):  # the train step's import, the decode step's
+        seen: dict[tuple, list[tuple[float, float]]] = {v: [] for v in variants}
+        for _ in range(rounds):
+            for names in seen:
+                t0 = time.time()
+                proc = subprocess.run([sys.executable, "-c", code, module, *names], env=env, capture_output=True,
+                                      text=True, check=True)
+                imports = sum(int(m.group(1)) / 1e6 for line in proc.stderr.splitlines() if (m := IMPORT_LINE.match(line)))
+                seen[names].append((imports, time.time() - t0))
+        print(f"import {module}, {rounds} round(s), load avg {[round(x, 2) for x in os.getloadavg()]}")
+        for names, runs in seen.items():
+            imports, wall = (sorted(x[i] for x in runs)[len(runs) // 2] for i in (0, 1))
+            print(f"  deferred {', '.join(names) or '(nothing)':<22} imports {imports:6.1f} s   wall {wall:6.1f} s")
 
 
 def checkout(ref: str, into: Path) -> Path:
@@ -143,7 +148,7 @@ def main() -> None:
     which.add_argument("--both", action="store_true", help=f"measure {BEFORE_REF}, then this checkout")
     which.add_argument("--ref", help="measure this git commit instead of the checkout")
     which.add_argument("--imports", type=int, nargs="?", const=3, metavar="ROUNDS",
-                       help="measure only the import of espnet2.tasks.asr per deferred module (default 3 rounds)")
+                       help="measure only the imports of the train and decode steps per deferred module (default 3 rounds)")
     ap.add_argument("overrides", nargs="*", help="spec overrides for a quick look, e.g. training.epochs=2 (the "
                     "figures to report use none)")
     ap.add_argument("--keep", type=Path, help="work folder to keep (run dirs); default: a temp folder, removed")

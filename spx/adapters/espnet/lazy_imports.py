@@ -8,10 +8,13 @@ outside the child processes that call `defer_unused_imports()` is affected.
 
 Only the first import statement of a deferred module stays lazy: any later `import x` or `from x import y`
 elsewhere loads it at once (CPython looks at `x.__spec__`), which is the ordinary behaviour. Measured on 2 cores
-(`benchmarks/espnet_cell_split.py --imports`; `import espnet2.tasks.asr` takes 20.5 s at load 1.5):
+(`benchmarks/espnet_cell_split.py --imports`; `import espnet2.tasks.asr` takes 20.5 s at load 1.5, the decode's
+`import espnet2.bin.asr_inference` a little more):
   g2p_en   -2.7 s at load 1.5 (its nltk; inflect is imported anyway, by tacotron_cleaner), far more on a busy
            machine: espnet2.text.phoneme_tokenizer's `import g2p_en`, whose import also tries to download nltk's
            tagger and cmudict (network). Used only when a g2p is chosen (`--g2p g2p_en`); spx renders `--g2p none`.
+  nltk     -2.4 s per decode at load 1.5: espnet.nets.e2e_mt_common's `import nltk` (BLEU of MT/ST models), which
+           espnet2.bin.asr_inference imports through the enh_s2t task. g2p_en's `from nltk import ...` loads it.
   wandb    -0.5 s at load 1.5: espnet2.tasks.abs_task's `try: import wandb except Exception`. Used only with
            `--use_wandb true`, where a broken wandb now raises its own error at `wandb.login()` instead of
            ESPnet's "Please install wandb".
@@ -27,7 +30,7 @@ import importlib.util
 import sys
 import types
 
-DEFERRED = ("g2p_en", "wandb")
+DEFERRED = ("g2p_en", "nltk", "wandb")
 
 
 class _FailLoudly(importlib.abc.Loader):
