@@ -63,8 +63,11 @@ def test_dry_run_renders_native_espnet_recipe(tmp_path):
     assert len(text) == 240 and all(line.split(" ", 1)[1] == line.split(" ", 1)[1].lower() for line in text)
     assert (rd / "native" / "data" / "valid" / "wav.scp").exists()
     steps = json.loads((rd / "steps.json").read_text())
-    assert [s["name"] for s in steps] == ["prepare", "train", "decode"]
+    assert [s["name"] for s in steps] == ["train", "decode"]  # one process prepares and trains: one espnet2 import
     assert next(s for s in steps if s["name"] == "train")["log"] == "train.log"
+    native_sh = (rd / "native" / "run.sh").read_text()  # ESPnet's own commands stay one per entry point
+    assert [line.split()[2] for line in native_sh.splitlines() if line.startswith("python -m ")] == [
+        "espnet2.bin.tokenize_text", "espnet2.bin.asr_train", "espnet2.bin.aggregate_stats_dirs", "espnet2.bin.asr_train"]
 
 
 def test_cosine_schedule_and_dynamic_batches(tmp_path):
@@ -80,6 +83,7 @@ def test_cosine_schedule_and_dynamic_batches(tmp_path):
     assert cfg["patience"] == 3 and cfg["early_stopping_criterion"] == ["valid", "loss", "min"]
     steps = json.loads((rd / "steps.json").read_text())
     assert next(s for s in steps if s["name"] == "train")["launch"] == "torchrun"
+    assert [s["name"] for s in steps] == ["prepare", "train", "decode"]  # statistics once, not once per rank
 
 
 def test_unsupported_family_refused_before_anything_is_written(tmp_path):
@@ -219,6 +223,58 @@ def test_two_process_gloo_data_parallel(tmp_path):
     assert sorted(p.name for p in (rd / "checkpoints").glob("checkpoint*.pth")) == ["checkpoint.pth"]
     assert Path(summary["exported_model"]).is_file()
     assert json.loads((rd / "metrics.json").read_text())["utterances"] == 40
+
+
+LAZY_PROBE = """
+import json, sys
+from spx.adapters.espnet.lazy_imports import defer_unused_imports, still_deferred
+defer_unused_imports(("g2p_en", "probe_ok", "probe_broken", "probe_absent"))
+import g2p_en, probe_ok, probe_broken
+out = {"lazy": still_deferred(), "nltk_before": "nltk" in sys.modules, "ran_before": "ran" in open(sys.argv[1]).read()}
+out["value"] = probe_ok.VALUE  # the first attribute access executes the module
+out["g2p"] = g2p_en.G2p.__module__
+out["nltk_after"] = "nltk" in sys.modules
+out["lazy_after"] = still_deferred()
+for attempt in ("first", "second"):
+    try:
+        probe_broken.anything
+    except ImportError as exc:
+        out[f"broken_{attempt}"] = str(exc)
+out["broken_in_sys_modules"] = "probe_broken" in sys.modules
+try:
+    import probe_broken as again
+except ImportError as exc:
+    out["broken_reimport"] = str(exc)
+try:
+    import probe_absent
+except ModuleNotFoundError as exc:
+    out["absent"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_deferred_imports_load_the_real_module_on_first_use(tmp_path):
+    """spx's ESPnet children defer g2p_en (nltk, inflect, nltk's download attempts): still the real module when touched,
+    and a module that fails to import still raises its ImportError, every time."""
+    marker = tmp_path / "ran.txt"
+    marker.write_text("")
+    (tmp_path / "probe_ok.py").write_text(f"open({str(marker)!r}, 'a').write('ran')\nVALUE = 42\n")
+    (tmp_path / "probe_broken.py").write_text("import probe_dependency_that_is_not_installed\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    proc = subprocess.run([sys.executable, "-c", LAZY_PROBE, str(marker)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["lazy"] == {"g2p_en": True, "probe_broken": True, "probe_ok": True}
+    assert not out["nltk_before"] and not out["ran_before"]
+    assert out["value"] == 42 and marker.read_text() == "ran"  # executed once, on first use
+    assert out["g2p"] == "g2p_en.g2p" and out["nltk_after"]  # the real G2p, with its nltk
+    assert out["lazy_after"] == {"g2p_en": False, "probe_broken": True, "probe_ok": False}
+    assert not out["broken_in_sys_modules"]  # as after a failed eager import
+    assert "probe_dependency_that_is_not_installed" in out["broken_first"]
+    assert "probe_dependency_that_is_not_installed" in out["broken_second"]
+    assert "probe_dependency_that_is_not_installed" in out["broken_reimport"]
+    assert "probe_absent" in out["absent"]  # not installed: the ordinary error at the import statement
 
 
 def test_epoch_results_line_parsed_into_curve_values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from spx.adapters.common import child
+from spx.adapters.espnet.lazy_imports import defer_unused_imports
 
 
 def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
@@ -20,6 +21,7 @@ def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
     if not model_file:
         raise SystemExit(f"no trained ESPnet model in {rd / 'checkpoints'} (train_summary.json has no exported_model)")
 
+    defer_unused_imports()
     import torch
     from espnet2.bin.asr_inference import Speech2Text
 

@@ -1,6 +1,11 @@
-"""Child step `prepare`: token list (+ sentencepiece model), feature statistics and shape files, by ESPnet's own
-entry points (tokenize_text, asr_train --collect_stats, aggregate_stats_dirs) run in this one process with the
-argv lists render wrote to native/commands.json (one import of espnet2 instead of three)."""
+"""Token list (+ sentencepiece model), feature statistics and shape files, by ESPnet's own entry points
+(tokenize_text, asr_train --collect_stats, aggregate_stats_dirs) run in one process with the argv lists render wrote
+to native/commands.json (one import of espnet2 instead of three).
+
+A single-process run does this inside its `train` step, before training (one espnet2 import for both); a run with
+several processes (torchrun, Slurm nodes) has this module as its own `prepare` step first, so the statistics are
+collected once, not once per rank. native/prepared.json says it finished (a step killed half-way redoes it).
+"""
 from __future__ import annotations
 
 import json
@@ -8,6 +13,10 @@ import os
 import sys
 
 from spx.adapters.common import child
+from spx.adapters.espnet.lazy_imports import defer_unused_imports
+from spx.yamlio import atomic_write_json
+
+DONE = "native/prepared.json"
 
 
 def train_sentencepiece(rd, spec) -> None:
@@ -30,14 +39,18 @@ def train_sentencepiece(rd, spec) -> None:
                          f"{len(texts)} training texts: {exc}. Lower tokenizer.vocab_size.") from None
 
 
-def main(run_dir: str) -> None:
-    spec, rd = child.load_run(run_dir)
-    os.chdir(rd.path)  # the native argv lists are relative to the run dir
+def is_prepared(rd) -> bool:
+    return (rd / DONE).exists() or "prepare" in rd.completed_steps()  # the latter: a run dir from an older spx
+
+
+def prepare(spec, rd) -> None:
+    """Run the preparation in this process (cwd must be the run dir: the native argv lists are relative to it)."""
     cmds = json.loads((rd / "native/commands.json").read_text())["commands"]
     if spec.tokenizer.type == "bpe":
         train_sentencepiece(rd, spec)
         child.progress(phase="prepare", done="sentencepiece")
 
+    defer_unused_imports()
     from espnet2.bin import aggregate_stats_dirs, asr_train, tokenize_text
 
     for name, entry in (("tokenize_text", tokenize_text.main), ("collect_stats", asr_train.main),
@@ -47,7 +60,15 @@ def main(run_dir: str) -> None:
         entry(cmd=argv[1:])
         child.progress(phase="prepare", done=name)
     n_tokens = sum(1 for _ in (rd / "native/tokens.txt").open(encoding="utf-8"))
+    atomic_write_json(rd / DONE, {"commands": ["tokenize_text", "collect_stats", "aggregate_stats_dirs"],
+                                  "tokens": n_tokens})
     child.progress(phase="prepare", tokens=n_tokens)
+
+
+def main(run_dir: str) -> None:
+    spec, rd = child.load_run(run_dir)
+    os.chdir(rd.path)
+    prepare(spec, rd)
 
 
 if __name__ == "__main__":

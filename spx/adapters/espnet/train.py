@@ -1,8 +1,11 @@
 """Child step `train`: ESPnet's `espnet2.bin.asr_train` (ASRTask.main) with the argv render wrote, plus what only
 run time knows (device/ngpu, distributed options, init_param for the token list built by `prepare`).
 
-Runs once per rank under torchrun when resources.devices > 1 (ESPnet's external-launcher mode:
---multiprocessing_distributed false, RANK/WORLD_SIZE/MASTER_* from the environment, gloo on CPU).
+A single process first runs the preparation (spx.adapters.espnet.prepare: tokenize_text, collect_stats,
+aggregate_stats_dirs) when native/prepared.json is missing, so espnet2 is imported once for both (~20 s of imports
+on 2 idle cores, 40 s and more on a busy machine). It runs once per rank under torchrun when resources.devices > 1
+(ESPnet's external-launcher mode: --multiprocessing_distributed false, RANK/WORLD_SIZE/MASTER_* from the
+environment, gloo on CPU); the preparation is then the `prepare` step before it.
 The resume is ESPnet's own (--resume true: checkpoints/checkpoint.pth). spx only listens: a logging handler
 turns ESPnet's per-epoch "N epoch results" line into curve.jsonl rows and progress lines.
 """
@@ -20,6 +23,8 @@ from typing import Any
 
 from spx.adapters.base import read_jsonl
 from spx.adapters.common import child
+from spx.adapters.espnet.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.prepare import is_prepared, prepare
 from spx.yamlio import atomic_write_json
 
 EPOCH_LINE = re.compile(r"^(\d+)epoch results: (.*)$", re.S)
@@ -109,6 +114,7 @@ def init_args(spec, rd) -> list[str]:
 
 
 def main(run_dir: str) -> None:
+    defer_unused_imports()  # before anything imports espnet2
     spec, rd = child.load_run(run_dir)
     os.chdir(rd.path)
     t_start = time.time()
@@ -124,6 +130,14 @@ def main(run_dir: str) -> None:
     import torch
     from espnet2.tasks.asr import ASRTask
     from espnet2.train import trainer as espnet_trainer
+
+    fmt = f"[{socket.gethostname().split('.')[0]}{f':{rank}/{world}' if world > 1 else ''}] %(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s"
+    logging.basicConfig(level="INFO" if rank == 0 else "ERROR", format=fmt)  # ESPnet's own basicConfig is then a no-op
+    if not is_prepared(rd):
+        if world > 1:
+            raise SystemExit(f"{rd / 'native/prepared.json'} is missing: with several processes the `prepare` step "
+                             "runs before `train` (spx exec runs the steps in order)")
+        prepare(spec, rd)
 
     if spec.training.precision == "bf16":
         if not torch.cuda.is_bf16_supported():
@@ -169,8 +183,6 @@ def main(run_dir: str) -> None:
             model.register_forward_pre_hook(count)
             return model
 
-    fmt = f"[{socket.gethostname().split('.')[0]}{f':{rank}/{world}' if world > 1 else ''}] %(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s"
-    logging.basicConfig(level="INFO" if rank == 0 else "ERROR", format=fmt)  # ESPnet's own basicConfig is then a no-op
     listener = EpochListener(rd, derived["epochs"], spec.training.grad_accumulation, counter, start_step)
     if rank == 0:
         logging.getLogger().addHandler(listener)

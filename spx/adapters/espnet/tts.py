@@ -11,8 +11,8 @@ render_tts writes run_dir/native/:
   teacher/teacher_config.yaml  FastSpeech2 only: the duration teacher's config, statistics path made absolute
   tts_commands.json     the exact espnet2 argv lists (module first, paths relative to the run dir)
   tts_run.sh            the same commands as a shell script (ESPnet alone reproduces the run)
-The child steps (tts_prepare, tts_train, tts_synth) run those argv lists through each entry point's
-`main(cmd=...)`. Nothing here imports torch or espnet2.
+The child steps (tts_train, which first prepares with tts_prepare in the same process, and tts_synth) run those
+argv lists through each entry point's `main(cmd=...)`. Nothing here imports torch or espnet2.
 """
 from __future__ import annotations
 
@@ -284,8 +284,8 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
         "commands": cmds, "derived": derived, "speakers": speakers, "mel": mel_settings(spec), "vocoder": vocoder,
         "family": spec.model.family, **family, "init_from": cmds["tts_train"][-1] if spec.init_from else None,
         "duration_teacher": teacher})
-    lines = ["#!/usr/bin/env bash", "# ESPnet's own commands for this TTS run (run from the run dir, after tts_prepare "
-             "wrote native/tts_data). spx adds --ngpu at run time.", "set -euo pipefail"]
+    lines = ["#!/usr/bin/env bash", "# ESPnet's own commands for this TTS run (run from the run dir, after spx's tts_train "
+             "step wrote the data dirs native/tts_data). spx adds --ngpu at run time.", "set -euo pipefail"]
     for name, argv in cmds.items():
         lines.append(shlex.join(["python", "-m", *argv]))
         if name.startswith("teacher_durations_"):  # the teacher's durations become the data dir's durations file
@@ -294,8 +294,7 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
                                      f"{DATA}/{split}/durations"]))
     atomic_write_text(run_dir / NATIVE / "tts_run.sh", "\n".join(lines) + "\n")
     py = sys.executable
-    return [
-        Step("tts_prepare", [py, "-m", "spx.adapters.espnet.tts_prepare", str(run_dir)]),
+    return [  # tts_train prepares first (tts_prepare), in the same process: one espnet2 import less
         Step("tts_train", [py, "-m", "spx.adapters.espnet.tts_train", str(run_dir)], log="train.log"),
         Step("tts_synth", [py, "-m", "spx.adapters.espnet.tts_synth", str(run_dir)], timed=True),
     ]

@@ -1,6 +1,8 @@
-"""Child step `tts_prepare`: the Kaldi-style data dirs (wav.scp, text, utt2spk, utt2sid) and the feature statistics
-and shape files, by ESPnet's own entry points (tts_train or, for VITS, gan_tts_train --collect_stats;
-aggregate_stats_dirs) run in this one process with the argv lists render wrote to native/tts_commands.json.
+"""The preparation of an ESPnet TTS run, done by the `tts_train` step in its own process before training (one
+espnet2 import for both; `python -m spx.adapters.espnet.tts_prepare RUN_DIR` runs it alone): the Kaldi-style data
+dirs (wav.scp, text, utt2spk, utt2sid) and the feature statistics and shape files, by ESPnet's own entry points
+(tts_train or, for VITS, gan_tts_train --collect_stats; aggregate_stats_dirs) run in this one process with the argv
+lists render wrote to native/tts_commands.json.
 
 FastSpeech2 first runs its duration teacher (tts_inference --use_teacher_forcing true on train and valid) and puts
 its durations into the data dirs (`durations`), checked to cover every token and to sum to each utterance's frame
@@ -18,9 +20,12 @@ import sys
 from pathlib import Path
 
 from spx.adapters.common import child
+from spx.adapters.espnet.lazy_imports import defer_unused_imports
 from spx.adapters.espnet.tts import DATA
 from spx.manifests import read_manifest
-from spx.yamlio import atomic_write_text
+from spx.yamlio import atomic_write_json, atomic_write_text
+
+DONE = "native/tts_prepared.json"  # written last: a step killed during the preparation redoes it
 
 
 def write_data_dir(rd, manifest: str, split: str, sample_rate: int, speakers: dict[str, int], lowercase: bool) -> None:
@@ -98,9 +103,12 @@ def run_teacher(rd, native: dict, device: str) -> None:
         child.progress(phase="prepare", done=f"teacher durations ({split})")
 
 
-def main(run_dir: str) -> None:
-    spec, rd = child.load_run(run_dir)
-    os.chdir(rd.path)  # the native argv lists are relative to the run dir
+def is_prepared(rd) -> bool:
+    return (rd / DONE).exists() or "tts_prepare" in rd.completed_steps()  # the latter: a run dir from an older spx
+
+
+def prepare(spec, rd) -> None:
+    """Run the preparation in this process (cwd must be the run dir: the native argv lists are relative to it)."""
     native = json.loads((rd / "native/tts_commands.json").read_text())
     speakers = native["speakers"]
     for split, manifest in (("train", spec.data.train), ("valid", spec.data.valid)):
@@ -119,6 +127,15 @@ def main(run_dir: str) -> None:
     for feat in wanted:
         if not Path(rd / f"native/tts_stats/train/{feat}_stats.npz").exists():
             raise SystemExit(f"collect_stats wrote no native/tts_stats/train/{feat}_stats.npz")
+    atomic_write_json(rd / DONE, {"commands": [*(["teacher_durations"] if native["family"] == "fastspeech2" else []),
+                                               "collect_stats", "aggregate_stats_dirs"]})
+
+
+def main(run_dir: str) -> None:
+    defer_unused_imports()  # before anything imports espnet2
+    spec, rd = child.load_run(run_dir)
+    os.chdir(rd.path)  # the native argv lists are relative to the run dir
+    prepare(spec, rd)
 
 
 if __name__ == "__main__":

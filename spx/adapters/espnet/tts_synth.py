@@ -10,10 +10,12 @@ import os
 import numpy as np
 
 from spx.adapters.common import child
+from spx.adapters.espnet.lazy_imports import defer_unused_imports
 from spx.adapters.espnet.tts import GL_CONF
 
 
 def main(run_dir: str) -> None:
+    defer_unused_imports()  # before anything imports espnet2
     spec, rd = child.load_run(run_dir)
     os.chdir(rd.path)
     child.set_threads(spec)

@@ -1,6 +1,7 @@
-"""Child step `tts_train`: espnet2.bin.tts_train (or gan_tts_train for VITS) with the argv render wrote
-(native/tts_commands.json), plus what only run time knows (--ngpu). ESPnet resumes from checkpoints/checkpoint.pth
-(--resume true). Afterwards the per-epoch losses are read from ESPnet's own Reporter (checkpoint.pth) into
+"""Child step `tts_train`: first the preparation (tts_prepare: data dirs, FastSpeech2's teacher durations, feature
+statistics) unless native/tts_prepared.json says it is done, then espnet2.bin.tts_train (or gan_tts_train for VITS)
+with the argv render wrote (native/tts_commands.json), plus what only run time knows (--ngpu); one espnet2 import.
+ESPnet resumes from checkpoints/checkpoint.pth (--resume true). Afterwards the per-epoch losses are read from ESPnet's own Reporter (checkpoint.pth) into
 curve.jsonl, and train_summary.json records the run."""
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import time
 
 from spx.adapters.common import child
+from spx.adapters.espnet.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.tts_prepare import is_prepared, prepare
 from spx.yamlio import atomic_write_text
 
 EPOCH_RESULTS = re.compile(r"(\d+)epoch results: (.*)")
@@ -56,11 +59,15 @@ def curve_from_reporter(rd, loss_key: str = "loss") -> list[dict]:
 
 
 def main(run_dir: str) -> None:
+    defer_unused_imports()  # before anything imports espnet2
     spec, rd = child.load_run(run_dir)
     os.chdir(rd.path)
     started = time.time()
     threads = child.set_threads(spec)
     device = child.pick_device(spec)
+    logging.basicConfig(level="INFO", format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
+    if not is_prepared(rd):
+        prepare(spec, rd)
     native = json.loads((rd / "native/tts_commands.json").read_text())
     argv = list(native["commands"]["tts_train"][1:]) + ["--ngpu", "1" if device == "cuda" else "0"]
     print("# native: python -m espnet2.bin.tts_train " + " ".join(argv), file=sys.stderr, flush=True)
@@ -82,7 +89,6 @@ def main(run_dir: str) -> None:
             info["params"] = sum(p.numel() for p in model.parameters())
             return model
 
-    logging.basicConfig(level="INFO", format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     logging.getLogger().addHandler(EpochProgress(native["derived"]["epochs"], loss_key))
     SpxTTSTask.main(cmd=argv)
 
