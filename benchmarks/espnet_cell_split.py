@@ -18,7 +18,9 @@ PYTHONPROFILEIMPORTTIME=1, so each child's interpreter reports how long its impo
   other    what is left of a process that did only prepare (interpreter exit)
 --imports measures each candidate of spx.adapters.espnet.lazy_imports: a fresh interpreter imports espnet2.tasks.asr
 (train) and espnet2.bin.asr_inference (decode) with nothing deferred, each name alone, all but each name, and all of
-them (ROUNDS rounds, interleaved; medians of the interpreter's own import clock and of the wall time).
+them (ROUNDS rounds, interleaved; medians of the interpreter's own import clock and of the wall time). One whole
+import varies by +-2 s on a shared 2-core machine: use 3 rounds or more on a quiet one; the subtree of each deferred
+module in a `-X importtime` listing says more precisely what deferring it avoids.
 The held-out WER is printed too: the change must not move it (1-thread runs repeat themselves exactly).
 Print the machine's load beside the figures: the table is only comparable at a similar load.
 """

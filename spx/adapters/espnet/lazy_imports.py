@@ -7,17 +7,19 @@ attribute access (`g2p_en.G2p`), with the real import errors. Nothing in site-pa
 outside the child processes that call `defer_unused_imports()` is affected.
 
 Only the first import statement of a deferred module stays lazy: any later `import x` or `from x import y`
-elsewhere loads it at once (CPython looks at `x.__spec__`), which is the ordinary behaviour. Measured on 2 cores
-(`benchmarks/espnet_cell_split.py --imports`; `import espnet2.tasks.asr` takes 20.5 s at load 1.5, the decode's
-`import espnet2.bin.asr_inference` a little more):
-  g2p_en   -2.7 s at load 1.5 (its nltk; inflect is imported anyway, by tacotron_cleaner), far more on a busy
-           machine: espnet2.text.phoneme_tokenizer's `import g2p_en`, whose import also tries to download nltk's
-           tagger and cmudict (network). Used only when a g2p is chosen (`--g2p g2p_en`); spx renders `--g2p none`.
-  nltk     -2.4 s per decode at load 1.5: espnet.nets.e2e_mt_common's `import nltk` (BLEU of MT/ST models), which
-           espnet2.bin.asr_inference imports through the enh_s2t task. g2p_en's `from nltk import ...` loads it.
-  wandb    -0.5 s at load 1.5: espnet2.tasks.abs_task's `try: import wandb except Exception`. Used only with
-           `--use_wandb true`, where a broken wandb now raises its own error at `wandb.login()` instead of
-           ESPnet's "Please install wandb".
+elsewhere loads it at once (CPython looks at `x.__spec__`), which is the ordinary behaviour. What each one avoids, by
+the child's own import clock (`python -X importtime`, 2 cores; `import espnet2.tasks.asr` takes ~20 s at load 1.5):
+  g2p_en   espnet2.text.phoneme_tokenizer's `import g2p_en`: its subtree 4.8 s idle, 26-30 s at load 6-8 (nltk,
+           inflect, and nltk's attempts to download its tagger and cmudict over the network); inflect is imported
+           anyway (tacotron_cleaner), so a whole `import espnet2.tasks.asr` gets 2.3-2.7 s faster at load 1.5
+           (`benchmarks/espnet_cell_split.py --imports`). Used only when a g2p is chosen (`--g2p g2p_en`); spx
+           renders `--g2p none`.
+  nltk     espnet.nets.e2e_mt_common's `import nltk` (BLEU of MT/ST models), which the decode step's
+           espnet2.bin.asr_inference imports through the enh_s2t task: subtree 2.4 s at load 1. g2p_en's
+           `from nltk import ...` loads it.
+  wandb    espnet2.tasks.abs_task's `try: import wandb except Exception`: subtree 0.7 s idle, 4-5 s at load 4-8.
+           Used only with `--use_wandb true`, where a broken wandb now raises its own error at `wandb.login()`
+           instead of ESPnet's "Please install wandb".
 (hydra, `import hydra` in espnet2.asr.state_spaces.utils, costs ~0.2 s: not worth deferring. The transformers
 import of espnet2.asr.encoder.beats_encoder, ~5 s, is `from ... import name`, which no lazy loader can defer.)
 LazyLoader is not thread-safe on Python 3.11: the first touch of a deferred module must not race another thread's
