@@ -57,9 +57,12 @@ def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = Fals
         tests = []
         for i, t in enumerate(spec.test_sets):
             stem = Path(t).stem
-            name = stem if stem not in ("train", "valid") else f"test{i}"
+            name = stem if stem not in ("train", "valid", "noise") else f"test{i}"
             tests.append(_copy_manifest(t, mdir / f"{name}.jsonl", spec, cache_dir, audio))
         data.test = tests if len(tests) > 1 else tests[0]
+        noise = spec.augmentation.noise
+        if noise is not None:  # clips the toolkit mixes into training audio: the same audio contract
+            noise.manifest = _copy_manifest(noise.manifest, mdir / "noise.jsonl", spec, cache_dir, audio)
         if audio:
             atomic_write_json(mdir / "audio.json", audio_summary(spec.features.sample_rate, audio))
         atomic_write_text(rd / "spec.yaml", spec_to_yaml(spec))

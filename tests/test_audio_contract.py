@@ -240,3 +240,21 @@ def test_segments_of_one_piped_recording_run_its_pipe_once(forms, tmp_path):
         expected = forms["ref"][start:start + 6400]
         got = sf.read(u.audio, dtype="float32")[0]
         assert np.allclose(got, expected, atol=1 / 32768)
+
+
+def test_noise_clips_for_augmentation_follow_the_contract_too(forms, tmp_path):
+    """NeMo mixes augmentation.noise clips into the training audio: a piped or 48 kHz clip reaches it materialized."""
+    from spx.runner import render_run
+    from spx.spec import load_spec
+
+    utts = [Utterance(u.id, u.audio, u.duration, u.offset, text="the quick brown fox")
+            for u in (forms["utts"]["wav16k"], forms["utts"]["flac16k"])]
+    speech = _manifest(tmp_path / "speech.jsonl", utts)
+    noise = _manifest(tmp_path / "noise.jsonl", [forms["utts"]["pipe"], forms["utts"]["wav48k"]])
+    spec = load_spec(RECIPE, [f"data.train={speech}", f"data.valid={speech}", f"data.test={speech}",
+                              f"augmentation.noise.manifest={noise}"])
+    rd = render_run(spec, "nemo", tmp_path / "runs" / "cell", force=True)
+    assert json.loads((rd.path / "manifests" / "audio.json").read_text())["manifests"]["noise.jsonl"]["materialized"] == 2
+    native = [json.loads(line) for line in (rd.path / "native" / "noise.json").read_text().splitlines()]
+    assert [sf.info(r["audio_filepath"]).samplerate for r in native] == [RATE, RATE]
+    assert not any(r["audio_filepath"].rstrip().endswith("|") for r in native)
