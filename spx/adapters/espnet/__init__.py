@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from spx.adapters.base import collect_normalized, read_json, unsupported
+from spx.adapters.common.spec_helpers import (check_cpu_precision, check_fine_tuning, check_nodes, deep_merge,
+                                              frozen_layer_count)
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
@@ -41,29 +43,8 @@ def freeze_params(spec: Spec) -> list[str]:
         elif item == "feature_extractor":
             out += ["frontend", "normalize", "encoder.embed"]
         else:
-            out += [f"encoder.encoders.{i}" for i in range(_freeze_layers(item, spec.model.encoder.layers))]
+            out += [f"encoder.encoders.{i}" for i in range(frozen_layer_count(item, spec.model.encoder.layers))]
     return list(dict.fromkeys(out))
-
-
-def _freeze_layers(item: str, layers: int) -> int:
-    raw = item.split(":", 1)[1]
-    try:
-        n = int(raw)
-    except ValueError:
-        raise SpxError(f"freeze item {item!r}: {raw!r} is not a number of layers", where="freeze",
-                       hint="e.g. freeze: ['encoder.layers:1'] freezes the first Conformer block") from None
-    if not 1 <= n <= layers:
-        raise SpxError(f"freeze item {item!r}: N must be 1..{layers} (model.encoder.layers)", where="freeze",
-                       hint="use encoder.layers:N with 1 <= N <= the number of layers, or 'encoder' for all of it")
-    return n
-
-
-def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """backends.espnet pass-through: dicts merge key by key, anything else replaces the rendered value."""
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 def resolve_init(init_from: str) -> dict[str, str] | None:
@@ -304,19 +285,9 @@ class EspnetAdapter:
             raise SpxError("augmentation.noise is not rendered for ESPnet by spx yet", where="augmentation.noise",
                            hint="remove augmentation.noise, or pass ESPnet's preprocessor options under backends.espnet "
                                 "(e.g. preprocessor_conf: {noise_scp: ..., noise_apply_prob: ...})")
-        p = spec.training.precision
-        if p != "fp32" and spec.resources.accelerator == "cpu":
-            raise SpxError(f"training.precision {p} on CPU: ESPnet's mixed precision (torch.cuda.amp) only runs on a GPU",
-                           where="training.precision", hint="use precision fp32 on CPU, or resources.accelerator gpu")
-        if spec.resources.nodes > 1 and spec.resources.launcher != "slurm":
-            raise SpxError("resources.nodes > 1 needs the slurm launcher", where="resources.nodes",
-                           hint="set resources.launcher: slurm, or nodes: 1")
-        for item in spec.freeze:
-            if item.startswith("encoder.layers:"):
-                _freeze_layers(item, spec.model.encoder.layers)
-        if spec.freeze and not spec.init_from:
-            raise SpxError("freeze is set but init_from is not: freezing untrained weights makes no sense", where="freeze",
-                           hint="set init_from to a trained ESPnet model (a run's exported_model) or drop freeze")
+        check_cpu_precision(spec, "espnet", ("fp32",))  # ESPnet's mixed precision is torch.cuda.amp
+        check_nodes(spec)
+        check_fine_tuning(spec, "a trained ESPnet model (a run's exported_model)")
         if spec.init_from:
             resolve_init(spec.init_from)
         bad = {"batch_size", "batch_bins", "batch_type"} & set(spec.backends.get("espnet", {})) if spec.training.batch_seconds else set()

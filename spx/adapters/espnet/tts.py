@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from spx.adapters.base import collect_normalized
+from spx.adapters.common.spec_helpers import speaker_table
 from spx.errors import SpxError
 from spx.manifests import read_manifest
 from spx.rundir import RunDir, Step, require_same_job
@@ -71,25 +72,6 @@ def check_tts(spec: Spec) -> None:
         raise SpxError(f"tts.duration_teacher is set, but ESPnet {spec.model.family} learns its alignment itself "
                        "(only FastSpeech2 trains on a teacher's durations)", where="tts.duration_teacher",
                        hint="remove tts.duration_teacher, or use model.family fastspeech2")
-
-
-def speaker_table(spec: Spec) -> dict[str, int]:
-    """Speaker name -> sid (ESPnet `spks` / utt2sid) from the training manifest."""
-    if not spec.tts.multi_speaker:
-        return {}
-    train = read_manifest(spec.data.train)
-    missing = [u.id for u in train if not u.speaker]
-    if missing:
-        raise SpxError(f"tts.multi_speaker needs a speaker on every row; {len(missing)} training row(s) have none "
-                       f"(first: {missing[0]!r})", where=spec.data.train, hint="add 'speaker' to each manifest row")
-    table = {s: i for i, s in enumerate(sorted({u.speaker for u in train}))}
-    for path in [spec.data.valid, *spec.test_sets]:
-        for u in read_manifest(path):
-            if u.speaker not in table:
-                raise SpxError(f"row {u.id!r} has speaker {u.speaker!r}, which is not in the training set",
-                               where=path, hint="a speaker-id model (Tacotron2, VITS) can only speak as its "
-                                                "training speakers")
-    return table
 
 
 def resolve_vocoder(spec: Spec) -> dict[str, str] | None:
@@ -175,7 +157,7 @@ def training_settings(spec: Spec, n_train: int) -> tuple[dict[str, Any], dict[st
 
 
 def train_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from spx.adapters.espnet import deep_merge
+    from spx.adapters.common.spec_helpers import deep_merge
 
     m = spec.model
     tts_conf: dict[str, Any] = {
@@ -248,7 +230,7 @@ def native_commands(spec: Spec, speakers: dict[str, int]) -> dict[str, list[str]
 
 def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     check_tts(spec)
-    speakers = speaker_table(spec)
+    speakers = speaker_table(spec, f"ESPnet {spec.model.family}")
     vocoder = resolve_vocoder(spec)
     train = read_manifest(spec.data.train)
     if not train:

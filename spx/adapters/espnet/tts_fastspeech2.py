@@ -193,7 +193,7 @@ def fastspeech2_tts_conf(spec: Spec, speakers: dict[str, int]) -> dict[str, Any]
 def fastspeech2_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
     """ESPnet's tts training config for FastSpeech2 (pitch and energy extracted and averaged per token with the
     teacher's durations, both global_mvn-normalized), and what spx derived for the record."""
-    from spx.adapters.espnet import deep_merge
+    from spx.adapters.common.spec_helpers import deep_merge
     from spx.adapters.espnet.tts import fbank_conf, mel_settings, training_settings
 
     mel = mel_settings(spec)

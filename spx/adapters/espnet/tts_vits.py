@@ -66,7 +66,8 @@ def _discriminator(channels: int) -> dict[str, Any]:
 
 def vits_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
     """ESPnet's gan_tts training config for the spec, and what spx derived (step counts) for the record."""
-    from spx.adapters.espnet import _scheduler, deep_merge  # the ASR adapter's mapping of training.scheduler
+    from spx.adapters.common.spec_helpers import deep_merge
+    from spx.adapters.espnet import _scheduler  # the ASR adapter's mapping of training.scheduler
     from spx.adapters.espnet.tts import mel_settings
 
     m, t = spec.model, spec.training

@@ -4,13 +4,13 @@ rendered by spx.adapters.nemo.tts. No torch or NeMo import here: the toolkit is 
 modules (prep, train, decode, tts_*) that the run's steps start."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from spx.adapters.base import collect_normalized, read_json, unsupported
+from spx.adapters.common.spec_helpers import check_cpu_precision, check_fine_tuning, check_nodes, deep_merge
 from spx.errors import SpxError
 from spx.manifests import iter_manifest
 from spx.manifests.exporters import export_nemo
@@ -29,19 +29,6 @@ SCHEDULERS = {
 PRECISION = {"fp32": 32, "fp16": "16-mixed", "bf16": "bf16-mixed"}
 
 
-def _freeze_layers(item: str, layers: int) -> int:
-    raw = item.split(":", 1)[1]
-    try:
-        n = int(raw)
-    except ValueError:
-        raise SpxError(f"freeze item {item!r}: {raw!r} is not a number of layers",
-                       where="freeze", hint="e.g. encoder.layers:1") from None
-    if not 1 <= n <= layers:
-        raise SpxError(f"freeze item {item!r}: the encoder has {layers} layers", where="freeze",
-                       hint=f"use encoder.layers:N with 1 <= N <= {layers}, or 'encoder' to freeze all of it")
-    return n
-
-
 def _speed_rates(rates: list[float]) -> dict[str, Any]:
     """NeMo's SpeedPerturbation draws from `num_rates` evenly spaced rates in [min, max]."""
     rates = sorted(rates)
@@ -56,15 +43,6 @@ def _speed_rates(rates: list[float]) -> dict[str, Any]:
     return {"min_speed_rate": rates[0], "max_speed_rate": rates[-1], "num_rates": n}
 
 
-def _deep_merge(base: dict, extra: dict) -> dict:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_merge(base[k], v)
-        else:
-            base[k] = v
-    return base
-
-
 class NemoAdapter:
     name = "nemo"
     tasks = {"asr": {"conformer_ctc"}, "tts": {"fastspeech2", "hifigan"}}
@@ -77,22 +55,20 @@ class NemoAdapter:
                            where="task" if spec.task not in self.tasks else "model.family",
                            hint="run it on a backend that has it; nemo has task: asr with family: conformer_ctc "
                                 "and task: tts with family: fastspeech2 (FastPitch) or hifigan (a vocoder job)")
+        if spec.task == "tts" and spec.model.family == "hifigan":  # a vocoder job
+            from spx.adapters.nemo.vocoder import check_vocoder_job
+
+            check_vocoder_job(spec)
+            return
         if spec.task == "tts":
             from spx.adapters.nemo.tts import check_tts
 
             check_tts(spec)
             return
-        if spec.training.precision == "fp16" and spec.resources.accelerator == "cpu":
-            raise SpxError("training.precision fp16 needs a GPU, but resources.accelerator is cpu",
-                           where="training.precision", hint="use bf16 or fp32 on CPU")
-        for item in spec.freeze:
-            if item.startswith("encoder.layers:"):
-                _freeze_layers(item, spec.model.encoder.layers)
+        check_cpu_precision(spec, "nemo", ("fp32", "bf16"))
+        check_fine_tuning(spec, "a .nemo file (a run's exported_model)")
         if spec.augmentation.speed_perturb:
             _speed_rates(spec.augmentation.speed_perturb)
-        if spec.freeze and not spec.init_from:
-            raise SpxError("freeze is set but init_from is not: freezing untrained weights makes no sense",
-                           where="freeze", hint="set init_from to a .nemo file (a run's exported_model) or drop freeze")
         init = Path(spec.init_from) if spec.init_from else None
         looks_like_path = init is not None and ("/" in str(init) or init.exists())
         is_run_dir = init is not None and init.is_dir() and (init / "train_summary.json").exists()
@@ -102,11 +78,13 @@ class NemoAdapter:
                                 "an spx nemo run dir, or a pretrained NeMo model name")
         if init is not None and (str(init).endswith(".nemo") or is_run_dir):
             self._resolve_init(str(init))  # missing file / unfinished run: say so before anything is written
-        if spec.resources.nodes > 1 and spec.resources.launcher == "local":
-            raise SpxError("resources.nodes > 1 needs a multi-node launcher", where="resources.nodes",
-                           hint="use resources.launcher: slurm (or torchrun on each node)")
+        check_nodes(spec)
 
     def render(self, spec: Spec, run_dir: RunDir) -> list[Step]:
+        if spec.task == "tts" and spec.model.family == "hifigan":
+            from spx.adapters.nemo.vocoder import render_vocoder_job
+
+            return render_vocoder_job(spec, run_dir)
         if spec.task == "tts":
             from spx.adapters.nemo.tts import render_tts
 
@@ -144,7 +122,7 @@ class NemoAdapter:
         cfg = self.native_config(spec, run_dir, char_vocabulary(texts), durations)
         extra = spec.backends.get("nemo") or {}
         if extra:
-            _deep_merge(cfg, json.loads(json.dumps(extra)))
+            cfg = deep_merge(cfg, extra)
         OmegaConf.save(OmegaConf.create(cfg), native / "config.yaml")
 
         steps.append(Step("train", [py, "-m", "spx.adapters.nemo.train", str(run_dir)], launch="torchrun", log="train.log"))

@@ -46,17 +46,16 @@ def mel_settings(spec: Spec) -> dict[str, Any]:
             "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "f_min": 0.0, "f_max": sr / 2}
 
 
-def check_tts(spec: Spec) -> None:
-    """Raise SpxError before anything runs when NeMo's FastPitch cannot render this TTS job."""
+def check_no_duration_teacher(spec: Spec) -> None:
     if spec.tts.duration_teacher is not None:
         raise SpxError("tts.duration_teacher is set, but NeMo FastPitch learns its durations with its internal aligner "
                        "(learn_alignment: true) and takes no teacher", where="tts.duration_teacher",
                        hint="remove tts.duration_teacher for the nemo backend (it is for ESPnet FastSpeech2)")
-    if spec.model.family == "hifigan":
-        from spx.adapters.nemo.vocoder import check_vocoder_job
 
-        check_vocoder_job(spec)
-        return
+
+def check_tts(spec: Spec) -> None:
+    """Raise SpxError before anything runs when NeMo's FastPitch cannot render this TTS job."""
+    check_no_duration_teacher(spec)
     m, t, mel = spec.model, spec.training, mel_settings(spec)
     if m.family not in TTS_FAMILIES:
         raise SpxError(f"backend 'nemo' has no {m.family!r} TTS model in spx (it has: fastspeech2 = NeMo FastPitch, "
@@ -319,18 +318,14 @@ def write_config(spec: Spec, run_dir: RunDir, cfg: dict[str, Any]) -> dict[str, 
 
     extra = spec.backends.get("nemo") or {}
     if extra:
-        from spx.adapters.nemo import _deep_merge
+        from spx.adapters.common.spec_helpers import deep_merge
 
-        _deep_merge(cfg, json.loads(json.dumps(extra)))
+        cfg = deep_merge(cfg, extra)
     atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(cfg)))
     return cfg
 
 
 def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
-    if spec.model.family == "hifigan":
-        from spx.adapters.nemo.vocoder import render_vocoder_job
-
-        return render_vocoder_job(spec, run_dir)
     check_tts(spec)
     native = run_dir / "native"
     native.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spx.adapters.common import hifigan
-from spx.adapters.nemo.tts import INFO, mel_settings, trainer_and_exp_manager, write_config
+from spx.adapters.nemo.tts import INFO, check_no_duration_teacher, mel_settings, trainer_and_exp_manager, write_config
 from spx.errors import SpxError
 from spx.manifests import read_manifest
 from spx.rundir import RunDir, Step, require_same_job
@@ -35,6 +35,7 @@ def segment_samples(spec: Spec) -> int:
 def check_vocoder_job(spec: Spec) -> None:
     """Raise SpxError before anything runs when NeMo's HifiGanModel cannot render this job."""
     t = spec.training
+    check_no_duration_teacher(spec)
     hifigan.check_hifigan_job(spec, mel_settings(spec), "NeMo")
     if t.grad_clip is not None or t.grad_accumulation != 1:
         raise SpxError("NeMo's HifiGanModel steps its generator and discriminator optimizers by hand (Lightning manual "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from spx.adapters.base import collect_normalized, unsupported
+from spx.adapters.common.spec_helpers import check_cpu_precision, check_fine_tuning
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
@@ -89,9 +90,7 @@ class SpeechBrainAdapter:
 
             check_tts(spec)
             return
-        if spec.training.precision == "fp16" and spec.resources.accelerator == "cpu":
-            raise SpxError("training.precision fp16 is not supported on CPU by SpeechBrain",
-                           hint="use training.precision=bf16 or fp32 on CPU, or resources.accelerator=gpu")
+        check_cpu_precision(spec, "speechbrain", ("fp32", "bf16"))
         if spec.augmentation.noise is not None:
             raise SpxError("augmentation.noise is not rendered by the speechbrain backend in spx yet",
                            hint="remove augmentation.noise for this backend")
@@ -100,15 +99,7 @@ class SpeechBrainAdapter:
             if bad:
                 raise SpxError(f"augmentation.speed_perturb factors {bad} are out of range",
                                hint="use factors like [0.9, 1.0, 1.1]")
-        for item in spec.freeze:
-            if item.startswith("encoder.layers:"):
-                n = item.split(":", 1)[1]
-                if not n.isdigit() or not 1 <= int(n) <= spec.model.encoder.layers:
-                    raise SpxError(f"freeze item {item!r}: N must be 1..{spec.model.encoder.layers} (model.encoder.layers)",
-                                   hint="e.g. freeze: ['encoder.layers:1'] freezes the first Conformer block")
-        if spec.freeze and not spec.init_from:
-            raise SpxError("freeze is set but init_from is not: freezing untrained weights makes no sense",
-                           hint="set init_from to a trained model, or remove freeze")
+        check_fine_tuning(spec, "a trained SpeechBrain model (an spx speechbrain run dir or checkpoint dir)")
         if spec.init_from:
             resolve_init_from(spec.init_from)
         bad_keys = [k for k in spec.backends.get("speechbrain", {}) if not isinstance(k, str)]

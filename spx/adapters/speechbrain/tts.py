@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spx.adapters.base import collect_normalized
+from spx.adapters.common.spec_helpers import speaker_table
 from spx.errors import SpxError
 from spx.manifests import read_manifest
 from spx.rundir import RunDir, Step, require_same_job
@@ -78,24 +79,6 @@ def mel_settings(spec: Spec) -> dict[str, Any]:
     return {"sample_rate": sr, "n_mels": spec.tts.n_mels, "n_fft": spec.features.n_fft,
             "win_length": int(round(spec.features.win_length_ms * sr / 1000)),
             "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "f_min": 0.0, "f_max": sr / 2}
-
-
-def speaker_table(spec: Spec) -> dict[str, int]:
-    """Speaker name -> id from the training manifest; every valid/test speaker must be one of them."""
-    if not spec.tts.multi_speaker:
-        return {}
-    train = read_manifest(spec.data.train)
-    missing = [u.id for u in train if not u.speaker]
-    if missing:
-        raise SpxError(f"tts.multi_speaker needs a speaker on every row; {len(missing)} training row(s) have none "
-                       f"(first: {missing[0]!r})", where=spec.data.train, hint="add 'speaker' to each manifest row")
-    table = {s: i for i, s in enumerate(sorted({u.speaker for u in train}))}
-    for path in [spec.data.valid, *spec.test_sets]:
-        for u in read_manifest(path):
-            if u.speaker not in table:
-                raise SpxError(f"row {u.id!r} has speaker {u.speaker!r}, which is not in the training set",
-                               where=path, hint="a speaker-id Tacotron2 can only speak as its training speakers")
-    return table
 
 
 def resolve_vocoder(spec: Spec) -> str | None:
@@ -221,7 +204,7 @@ def render_tts(spec: Spec, run_dir: RunDir) -> list[Step]:
     check_tts(spec)
     native = run_dir / "native"
     native.mkdir(parents=True, exist_ok=True)
-    speakers = speaker_table(spec)
+    speakers = speaker_table(spec, "Tacotron2")
     vocoder = resolve_vocoder(spec)
     if spec.init_from:
         require_same_job(spec.init_from, "speechbrain", spec.model.family)

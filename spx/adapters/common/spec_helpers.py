@@ -1,0 +1,82 @@
+"""Checks and helpers that every backend's adapter applies to the spec the same way (a leaf, imported by the core:
+no torch, no toolkit). A backend says what differs (its hint, the precisions its CPU path runs); the rule is here."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from spx.errors import SpxError
+from spx.spec import Spec
+
+FREEZE_LAYERS = "encoder.layers:"
+
+
+def frozen_layer_count(item: str, layers: int) -> int:
+    """N of a `freeze: [encoder.layers:N]` item, checked against the encoder's `layers`."""
+    raw = item[len(FREEZE_LAYERS):]
+    try:
+        n = int(raw)
+    except ValueError:
+        raise SpxError(f"freeze item {item!r}: {raw!r} is not a number of layers", where="freeze",
+                       hint="e.g. freeze: ['encoder.layers:1'] freezes the first encoder block") from None
+    if not 1 <= n <= layers:
+        raise SpxError(f"freeze item {item!r}: the encoder has {layers} layers (model.encoder.layers)", where="freeze",
+                       hint=f"use encoder.layers:N with 1 <= N <= {layers}, or 'encoder' to freeze all of it")
+    return n
+
+
+def check_fine_tuning(spec: Spec, init_hint: str) -> None:
+    """Every `encoder.layers:N` in range, and freezing only with something to start from (`init_hint` says what
+    init_from takes on this backend)."""
+    for item in spec.freeze:
+        if item.startswith(FREEZE_LAYERS):
+            frozen_layer_count(item, spec.model.encoder.layers)
+    if spec.freeze and not spec.init_from:
+        raise SpxError("freeze is set but init_from is not: freezing untrained weights makes no sense", where="freeze",
+                       hint=f"set init_from to {init_hint}, or drop freeze")
+
+
+def check_cpu_precision(spec: Spec, backend: str, runs_on_cpu: tuple[str, ...]) -> None:
+    """training.precision on `resources.accelerator: cpu` must be one the backend's CPU path runs."""
+    p = spec.training.precision
+    if spec.resources.accelerator == "cpu" and p not in runs_on_cpu:
+        raise SpxError(f"training.precision {p} needs a GPU on {backend}, but resources.accelerator is cpu",
+                       where="training.precision",
+                       hint=f"use {' or '.join(runs_on_cpu)} on CPU, or resources.accelerator gpu")
+
+
+def check_nodes(spec: Spec) -> None:
+    """Several nodes need a launcher that has them: the local launcher runs on this machine only."""
+    if spec.resources.nodes > 1 and spec.resources.launcher != "slurm":
+        raise SpxError("resources.nodes > 1 needs the slurm launcher", where="resources.nodes",
+                       hint="set resources.launcher: slurm, or nodes: 1")
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A `backends.<name>` pass-through merged into a rendered config: dicts merge key by key, anything else replaces
+    the rendered value. Returns a new dict; neither argument changes."""
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def speaker_table(spec: Spec, model: str) -> dict[str, int]:
+    """Speaker name -> id from the training manifest (tts.multi_speaker); every valid/test speaker must be one of them,
+    since a speaker-id `model` can only speak as its training speakers."""
+    from spx.manifests import read_manifest
+
+    if not spec.tts.multi_speaker:
+        return {}
+    train = read_manifest(spec.data.train)
+    missing = [u.id for u in train if not u.speaker]
+    if missing:
+        raise SpxError(f"tts.multi_speaker needs a speaker on every row; {len(missing)} training row(s) have none "
+                       f"(first: {missing[0]!r})", where=spec.data.train, hint="add 'speaker' to each manifest row")
+    table = {s: i for i, s in enumerate(sorted({u.speaker for u in train}))}
+    for path in [spec.data.valid, *spec.test_sets]:
+        for u in read_manifest(path):
+            if u.speaker not in table:
+                raise SpxError(f"row {u.id!r} has speaker {u.speaker!r}, which is not in the training set",
+                               where=path, hint=f"a speaker-id {model} can only speak as its training speakers")
+    return table
