@@ -1,4 +1,5 @@
-"""Safe YAML reading that remembers the line of every key, and atomic file writing."""
+"""Safe YAML reading that remembers the line of every key, JSON/JSON-lines reading of run records, and atomic
+file writing."""
 from __future__ import annotations
 
 import codecs
@@ -199,3 +200,34 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+_DAMAGED_HINT = "it was cut off or edited: re-run the step that writes it (a bench cell: spx bench --force)"
+
+
+def read_json(path: Path) -> Any:
+    """A run record (metrics.json, speed.json, ...): its content, None when the file does not exist, one SpxError
+    naming the file when it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpxError(f"{path} is not valid JSON ({exc})", hint=_DAMAGED_HINT) from None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines run record (hyps.jsonl, curve.jsonl): its rows, [] when the file does not exist, one SpxError
+    naming file:line for a row that is not JSON."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise SpxError(f"{path}:{n}: not valid JSON ({exc.msg})", hint=_DAMAGED_HINT) from None
+    return rows

@@ -18,12 +18,11 @@ Normalized files every backend's child processes write (the contract the bench s
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Protocol
 
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
+from spx.yamlio import read_json, read_jsonl
 
 
 class Adapter(Protocol):
@@ -35,17 +34,6 @@ class Adapter(Protocol):
     def render(self, spec: Spec, run_dir: RunDir) -> list[Step]: ...
 
     def collect(self, run_dir: RunDir) -> dict[str, Any]: ...
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def collect_normalized(run_dir: RunDir) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 
 from spx.bench import scoring
 from spx.errors import SpxError
+from spx.yamlio import read_json, read_jsonl
 from spx.registry import REPORTED_DISTRIBUTIONS
 
 SCHEMA = "spx.bench.results/1"
@@ -31,30 +31,6 @@ TTS_RATES = {"wer": ("word_errors", "words", "judge WER"), "cer": ("char_errors"
 GALLERY_SENTENCES = 5  # each clip is embedded in report.html: a few sentences keep the file small
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpxError(f"{path} is not valid JSON ({exc})", hint="delete the cell and re-run it with --force") from None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise SpxError(f"{path}:{n}: not valid JSON ({exc.msg})",
-                                   hint="delete the cell and re-run it with --force") from None
-    return rows
-
-
 def _read_spec(path: Path) -> dict[str, Any]:
     import yaml
 
@@ -70,17 +46,17 @@ def cell_key(recipe: str, backend: str) -> str:
 
 def read_cell(path: Path, recipe: str | None = None) -> dict[str, Any]:
     """Everything the report needs from one run dir (no scoring yet)."""
-    status = _read_json(path / "status.json") or {"state": "unknown"}
+    status = read_json(path / "status.json") or {"state": "unknown"}
     backend_file = path / "backend"
     backend = backend_file.read_text().strip() if backend_file.exists() else status.get("backend", path.name.rsplit("-", 1)[-1])
     if recipe is None:
         recipe = path.name[: -(len(backend) + 1)] if path.name.endswith("-" + backend) else path.name
     return {
         "recipe": recipe, "backend": backend, "run_dir": str(path), "status": status,
-        "spec": _read_spec(path / "spec.yaml"), "env": _read_json(path / "env.json") or {},
-        "hyps": _read_jsonl(path / "hyps.jsonl"), "speed": _read_json(path / "speed.json"),
-        "curve": _read_jsonl(path / "curve.jsonl"), "train_summary": _read_json(path / "train_summary.json"),
-        "metrics": _read_json(path / "metrics.json"), "steps": _read_json(path / "steps.json") or [],
+        "spec": _read_spec(path / "spec.yaml"), "env": read_json(path / "env.json") or {},
+        "hyps": read_jsonl(path / "hyps.jsonl"), "speed": read_json(path / "speed.json"),
+        "curve": read_jsonl(path / "curve.jsonl"), "train_summary": read_json(path / "train_summary.json"),
+        "metrics": read_json(path / "metrics.json"), "steps": read_json(path / "steps.json") or [],
     }
 
 
@@ -435,7 +411,7 @@ def _reproducibility(cells: list[dict[str, Any]], commands: list[str]) -> dict[s
 
 
 def load_results(path: Path) -> dict[str, Any]:
-    data = _read_json(path)
+    data = read_json(path)
     if data is None:
         raise SpxError(f"results file not found: {path}", hint="pass the results.json a bench wrote")
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:

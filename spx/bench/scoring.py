@@ -12,7 +12,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from spx.errors import SpxError
 from spx.registry import TASKS
 
 CI_LEVEL = 0.95

@@ -9,7 +9,6 @@ CLI start costs ~20 s of imports on 2 idle cores, 40 s and more on a busy one).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import shlex
@@ -17,12 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.base import collect_normalized, read_json, unsupported
+from spx.adapters.base import collect_normalized, unsupported
 from spx.adapters.common.spec_helpers import (check_cpu_precision, check_fine_tuning, check_nodes, deep_merge,
                                               frozen_layer_count)
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
+from spx.yamlio import read_json
 
 NATIVE = "native"
 DATA = f"{NATIVE}/data"

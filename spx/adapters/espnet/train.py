@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.base import read_jsonl
+from spx.yamlio import read_jsonl
 from spx.adapters.common import child
 from spx.adapters.espnet.lazy_imports import defer_unused_imports
 from spx.adapters.espnet.prepare import is_prepared, prepare

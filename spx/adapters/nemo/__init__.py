@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.base import collect_normalized, read_json, unsupported
+from spx.adapters.base import collect_normalized, unsupported
 from spx.adapters.common.spec_helpers import check_cpu_precision, check_fine_tuning, check_nodes, deep_merge
 from spx.errors import SpxError
 from spx.manifests import iter_manifest
 from spx.manifests.exporters import export_nemo
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
+from spx.yamlio import read_json
 
 NATIVE_CONFIG = "native/config.yaml"
 

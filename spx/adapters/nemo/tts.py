@@ -19,13 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.base import collect_normalized, read_json
+from spx.adapters.base import collect_normalized
 from spx.adapters.common.child import clean_transcript
 from spx.errors import SpxError
 from spx.manifests import read_manifest
 from spx.rundir import RunDir, Step, require_same_job
 from spx.spec import Spec
-from spx.yamlio import atomic_write_json, atomic_write_text
+from spx.yamlio import atomic_write_json, atomic_write_text, read_json
 
 TTS_FAMILIES = {"fastspeech2", "hifigan"}
 CONFIG = "native/tts_config.yaml"
