@@ -10,7 +10,8 @@ from spx.demo.resolve import ensure_demo_data
 from spx.envinfo import environment
 from spx.errors import SpxError
 from spx.manifests import iter_manifest, write_manifest
-from spx.manifests.materialize import audio_summary, default_cache_dir
+from spx.manifests.io import check_run_manifests
+from spx.manifests.materialize import audio_summary, conform_manifest, default_cache_dir
 from spx.rundir import RunDir, Step
 from spx.spec import Spec, spec_to_yaml
 from spx.yamlio import atomic_write_json, atomic_write_text
@@ -27,8 +28,6 @@ def _copy_manifest(src: str, dst: Path, spec: Spec, cache_dir: Path, audio_repor
     if spec.task == "tts":  # the TTS adapters re-write the audio themselves (tts_prepare) at tts.sample_rate
         write_manifest(dst, iter_manifest(src))
         return str(dst)
-    from spx.manifests.materialize import conform_manifest
-
     audio_report[dst.name] = conform_manifest(src, dst, spec.features.sample_rate, cache_dir)
     return str(dst)
 
@@ -38,7 +37,6 @@ def render_run(spec: Spec, backend: str, run_dir: str | Path, force: bool = Fals
     adapter = get_adapter(backend)
     adapter.supports(spec)  # says clearly, before anything is written, when a backend lacks the job
     ensure_demo_data([spec.data.train, spec.data.valid, *spec.test_sets])  # spx-demo:// corpora, made on first use
-    from spx.manifests.io import check_run_manifests
     check_run_manifests(spec)  # an empty or all-filtered manifest: one line naming data.*, before anything is written
     rd = RunDir(run_dir)
     if rd.path.exists() and any(rd.path.iterdir()):
