@@ -32,15 +32,20 @@ from spx.yamlio import atomic_write_json
 
 # waiting: its steps up to the first timed one are done (`spx bench` runs the timed steps one cell at a time)
 State = Literal["rendered", "submitted", "running", "waiting", "finished", "failed", "interrupted", "cancelled"]
-LaunchMode = Literal["single", "torchrun", "self"]
+LaunchMode = Literal["single", "torchrun", "tasks", "self"]
 
 
 @dataclass
 class Step:
     """One command of a run. `launch` says how it runs with several processes:
     single   - always one process (data prep, decoding, stats);
-    torchrun - spx starts one process per device (torchrun / srun), the toolkit reads RANK/WORLD_SIZE;
-    self     - the toolkit spawns its own processes from its own options (e.g. ESPnet --ngpu).
+    torchrun - one process per device under torchrun (several nodes: one torchrun agent per node, c10d rendezvous);
+               the toolkit reads RANK/WORLD_SIZE (SpeechBrain, spx's ESPnet train step);
+    tasks    - one process per device: torchrun on one node; under Slurm, srun starts one task per device and the
+               toolkit reads SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS itself (Lightning's SLURMEnvironment: NeMo);
+    self     - the toolkit spawns its own processes from its own options: one task per node runs the argv plus
+               `self_launch["gpu"]` (GPU) or, under a torchrun agent, `self_launch["cpu"]` (CPU); their
+               {devices}, {addr} and {port} are filled in (e.g. ESPnet's --ngpu/--dist_launcher slurm).
     `timed`: the step measures speed (RTF/RTFx), so `spx bench` runs it alone on the machine, never beside another
     cell's training."""
 
@@ -50,6 +55,7 @@ class Step:
     log: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     timed: bool = False
+    self_launch: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def log_path(self) -> str:

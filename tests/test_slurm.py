@@ -210,7 +210,7 @@ def test_multinode_nemo_is_srun_tasks_for_lightning_slurm_environment(monkeypatc
 
     from spx.launchers.slurm import multinode_command
 
-    step = Step("train", [PY, "-m", "spx.adapters.nemo.train", "/runs/x"], launch="torchrun")
+    step = Step("train", [PY, "-m", "spx.adapters.nemo.train", "/runs/x"], launch="tasks")
     argv = multinode_command(step, devices=2, nodes=2, addr="node01", port=29500, cpus_per_task=4)
     opts = _srun_opts(argv)
     assert (opts["--nodes"], opts["--ntasks-per-node"], opts["--ntasks"], opts["--cpus-per-task"]) == ("2", "2", "4", "4")
@@ -245,7 +245,10 @@ def test_multinode_espnet_native_forms(monkeypatch, gpu):
         monkeypatch.delenv(key)
     if gpu:
         monkeypatch.setenv("SLURM_GPUS_ON_NODE", "2")
-    step = Step("train", [PY, "-m", "espnet2.bin.asr_train", "--config", "c.yaml", "--ngpu", "0"], launch="self")
+    from spx.adapters.espnet.native_launch import SELF_LAUNCH
+
+    step = Step("train", [PY, "-m", "espnet2.bin.asr_train", "--config", "c.yaml", "--ngpu", "0"], launch="self",
+                self_launch=SELF_LAUNCH)
     argv = multinode_command(step, devices=2, nodes=2, addr="node01", port=29511, cpus_per_task=4)
     opts = _srun_opts(argv)
     assert (opts["--nodes"], opts["--ntasks-per-node"], opts["--ntasks"]) == ("2", "1", "2")
@@ -319,7 +322,9 @@ def test_execute_routes_multinode_steps_to_slurm_forms(monkeypatch):
     monkeypatch.setattr("spx.launchers.slurm.master_addr", lambda: "n1")
     single = Step("decode", [PY, "-m", "spx.adapters.nemo.decode", "x"])
     assert wrap_command(single, 2, 2) == single.argv  # single-process steps never fan out
-    self_step = Step("train", [PY, "-m", "espnet2.bin.asr_train", "--ngpu", "0"], launch="self")
+    from spx.adapters.espnet.native_launch import SELF_LAUNCH
+
+    self_step = Step("train", [PY, "-m", "espnet2.bin.asr_train", "--ngpu", "0"], launch="self", self_launch=SELF_LAUNCH)
     argv = wrap_command(self_step, 2, 2)
     assert argv[0] == "srun" and "torch.distributed.run" in argv and argv[-2:] == ["--dist_backend", "gloo"]
     torch_step = Step("train", [PY, "-m", "spx.adapters.speechbrain.train", "x"], launch="torchrun")

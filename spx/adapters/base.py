@@ -1,15 +1,28 @@
-"""The adapter contract every backend implements (spx/adapters/<backend>/__init__.py exposes `ADAPTER`).
+"""The adapter contract every backend implements: `spx/adapters/<backend>/__init__.py` exposes `ADAPTER`, an instance
+of `BackendAdapter` that declares the backend (its name, and per task the family modules it renders).
 
-An adapter is imported by the core, so its module must not import torch or its toolkit at import
-time: toolkit code lives in modules of the backend folder that only the child processes import.
+Layout of a backend folder (docs/architecture.md):
+    __init__.py        ADAPTER = BackendAdapter(name=..., families={task: {family: "module"}}, ...) and nothing else
+    helpers.py         the backend's leaf module of helpers its families share (no torch, no toolkit at import time)
+    <family>.py        one module per model family, the `Family` functions below (no torch/toolkit at import time)
+    steps/<step>.py    the child-process entry points (`python -m spx.adapters.<backend>.steps.<step> RUN_DIR`):
+                       the only code that imports torch or the toolkit
 
-    supports(spec) -> None         raise SpxError *before anything runs* if this backend cannot do the job
-    render(spec, run_dir) -> steps write native config + native data into run_dir/native, return the commands
-    collect(run_dir) -> dict       normalized outcome read back from run_dir (see RunResult keys below)
+A family module defines:
+    TASK: str, NAME: str           e.g. "asr", "conformer_ctc"
+    CPU_PRECISIONS: tuple[str,...] training.precision values its CPU path runs (default ("fp32",))
+    INIT_FROM: str                 what init_from takes for it, for error hints ("a .nemo file (a run's exported_model)")
+    INFERENCE: str | None          the child module whose load_transcriber / load_synthesizer / load_classifier
+                                   (run_dir, device) the bench's judge and export/serve use (None: it has none)
+    check(spec) -> None            raise SpxError before anything is written when this family cannot run the job
+    render(spec, run_dir) -> list[Step]   write native/ and return the steps
+    collect_extras(run_dir) -> dict       what collect adds to the normalized files (e.g. {"native": {...}})
 
-Normalized files every backend's child processes write (the contract the bench scores from):
+Normalized files every backend's child processes write (typed in spx/records.py; the bench scores from them):
     hyps.jsonl           ASR: {id, ref, hyp, duration, decode_time, test_set}
                          TTS: {id, text, audio (generated wav path), ref_audio, duration, synth_time, test_set}
+                         classification: {id, ref_label, label, scores: {label: prob} top-k, duration, decode_time,
+                                          test_set}
     speed.json           {device, dtype, batch_size, threads, warmup_batches, repeats, audio_seconds,
                           decode_seconds: [per repeat], clock: "what the clock covers"}
     curve.jsonl          one row per epoch: {epoch, step, train_loss, valid_loss, [valid_wer], lr, time}
@@ -18,22 +31,17 @@ Normalized files every backend's child processes write (the contract the bench s
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+from spx.adapters.common.spec_helpers import check_cpu_precision, check_fine_tuning, check_nodes
+from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
 from spx.yamlio import read_json, read_jsonl
-
-
-class Adapter(Protocol):
-    name: str
-    tasks: dict[str, set[str]]  # task -> model families this backend renders
-
-    def supports(self, spec: Spec) -> None: ...
-
-    def render(self, spec: Spec, run_dir: RunDir) -> list[Step]: ...
-
-    def collect(self, run_dir: RunDir) -> dict[str, Any]: ...
 
 
 def collect_normalized(run_dir: RunDir) -> dict[str, Any]:
@@ -57,3 +65,78 @@ def unsupported(spec: Spec, backend: str, tasks: dict[str, set[str]]) -> str | N
         return (f"spx's {backend!r} backend has no {spec.model.family!r} model for task {spec.task!r} "
                 f"(it has: {', '.join(sorted(fams))})")
     return None
+
+
+def check_init_source(spec: Spec, backend: str) -> None:
+    """init_from naming an spx run dir must be a run of this backend and of the same task and family: a NeMo run
+    cannot initialise an ESPnet model, nor a Tacotron2 run a FastSpeech2 one."""
+    if not spec.init_from:
+        return
+    p = Path(spec.init_from).expanduser()
+    if not (p.is_dir() and (p / "spec.yaml").is_file() and (p / "backend").is_file()):
+        return
+    theirs = RunDir(p)
+    their_backend = theirs.backend
+    if their_backend != backend:
+        raise SpxError(f"init_from {spec.init_from!r} is a {their_backend} run; this job runs on {backend}",
+                       where="init_from", hint=f"fine-tune from a {backend} run of the same family, or run this job "
+                                               f"with --backend {their_backend}")
+    their_spec = theirs.spec
+    if (their_spec.task, their_spec.model.family) != (spec.task, spec.model.family):
+        raise SpxError(f"init_from {spec.init_from!r} is a {their_spec.task}/{their_spec.model.family} run; this job "
+                       f"is {spec.task}/{spec.model.family}", where="init_from",
+                       hint="fine-tune from a run of the same task and model family")
+
+
+@dataclass
+class BackendAdapter:
+    """One backend: its name, the family modules it renders per task, and the checks every backend applies the same
+    way. Everything family-specific is in the family module (see the module docstring)."""
+
+    name: str
+    families: dict[str, dict[str, str]]  # task -> {family -> module name inside spx.adapters.<name>}
+    hint: str = ""                       # what to do when a job is not supported here
+    _modules: dict[str, ModuleType] = field(default_factory=dict, repr=False)
+
+    @property
+    def tasks(self) -> dict[str, set[str]]:
+        return {task: set(fams) for task, fams in self.families.items()}
+
+    def family(self, spec: Spec) -> ModuleType:
+        """The family module that renders `spec` (imported on first use; it imports no toolkit)."""
+        why = unsupported(spec, self.name, self.tasks)
+        if why:
+            raise SpxError(f"{why}; this job is task {spec.task!r}, model.family {spec.model.family!r}",
+                           where="task" if spec.task not in self.families else "model.family",
+                           hint=self.hint or "run it on a backend that has it (spx doctor lists them)")
+        module = f"spx.adapters.{self.name}.{self.families[spec.task][spec.model.family]}"
+        if module not in self._modules:
+            self._modules[module] = importlib.import_module(module)
+        return self._modules[module]
+
+    def supports(self, spec: Spec) -> None:
+        """Raise SpxError before anything is written when this backend cannot run the job."""
+        fam = self.family(spec)
+        check_nodes(spec)
+        check_cpu_precision(spec, self.name, getattr(fam, "CPU_PRECISIONS", ("fp32",)))
+        check_fine_tuning(spec, getattr(fam, "INIT_FROM", f"a trained {self.name} {spec.model.family} model"))
+        check_init_source(spec, self.name)
+        fam.check(spec)
+
+    def render(self, spec: Spec, run_dir: RunDir) -> list[Step]:
+        self.supports(spec)
+        return self.family(spec).render(spec, run_dir)
+
+    def collect(self, run_dir: RunDir) -> dict[str, Any]:
+        out = collect_normalized(run_dir)
+        out.update(self.family(run_dir.spec).collect_extras(run_dir))
+        return out
+
+    def inference_module(self, spec: Spec) -> str:
+        """The child module holding the family's model loader (load_transcriber / load_synthesizer /
+        load_classifier(run_dir, device)): the bench's judge and export/serve import it in a child process."""
+        module = getattr(self.family(spec), "INFERENCE", None)
+        if not module:
+            raise SpxError(f"spx's {self.name} {spec.model.family} family has no model loader for inference",
+                           hint="use a run of a family that has one")
+        return module

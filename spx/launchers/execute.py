@@ -26,13 +26,13 @@ def world_size(rd: RunDir) -> tuple[int, int]:
 
 
 def wrap_command(step: Step, devices: int, nodes: int) -> list[str]:
-    """The argv that actually runs: torchrun steps get one process per device."""
+    """The argv that actually runs: torchrun and tasks steps get one process per device (torchrun on one node)."""
     if nodes > 1 and step.launch != "single" and os.environ.get("SLURM_JOB_ID"):
-        # multi-node inside a Slurm job: each toolkit's native form (torchrun rendezvous, Lightning, ESPnet)
-        from spx.launchers.slurm import multinode_torchrun
+        # multi-node inside a Slurm job: the form the step's launch mode names (torchrun rendezvous, srun tasks, self)
+        from spx.launchers.slurm import multinode_command
 
-        return multinode_torchrun(step, devices, nodes)
-    if step.launch != "torchrun" or devices * nodes == 1:
+        return multinode_command(step, devices, nodes)
+    if step.launch not in ("torchrun", "tasks") or devices * nodes == 1:
         return list(step.argv)
     if step.argv[:2] != [step.argv[0], "-m"]:
         raise ValueError(f"torchrun step {step.name!r} must be 'python -m module ...'")

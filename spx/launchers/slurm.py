@@ -2,9 +2,9 @@
 
 The batch script runs `python -m spx exec RUN_DIR` (same interpreter as the submitting spx) in the run dir, so a
 requeued job runs the run dir again: completed steps are skipped and the training step resumes from its last
-checkpoint with the toolkit's own resume. Multi-node steps use each toolkit's native mechanism
-(`multinode_command`): torchrun rendezvous (SpeechBrain and any torchrun step), Lightning's SLURMEnvironment
-(NeMo: srun starts one task per device), ESPnet's `--dist_launcher slurm`.
+checkpoint with the toolkit's own resume. Multi-node steps run the way each step's `launch` mode says
+(`multinode_command`): torchrun rendezvous, srun tasks read by the toolkit (Lightning's SLURMEnvironment), or the
+toolkit's own launcher (ESPnet's `--dist_launcher slurm`); the launcher never names a backend.
 
 Every value that reaches the script is validated (the `#SBATCH` values) or `shlex.quote`d (paths, argv):
 no spec value can add a line or a command to the script.
@@ -224,61 +224,41 @@ def rendezvous_port() -> int:
     return RDZV_PORT_BASE + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000
 
 
-def backend_of(step: Step) -> str | None:
-    """spx/adapters/<backend>/... modules name the backend a step belongs to; ESPnet steps run espnet2.bin.*."""
-    module = step.argv[2] if len(step.argv) > 2 and step.argv[1] == "-m" else ""
-    m = re.match(r"spx\.adapters\.(\w+)\.", module)
-    if m:
-        return m.group(1)
-    if module.startswith("espnet2."):
-        return "espnet"
-    return None
+def multinode_command(step: Step, devices: int, nodes: int, addr: str | None = None, port: int | None = None,
+                      cpus_per_task: int | None = None) -> list[str]:
+    """The argv that runs `step` on `nodes` nodes x `devices` processes from inside the batch script, as the step's
+    `launch` says (spx.rundir.Step); no backend is named here.
 
-
-def multinode_command(step: Step, devices: int, nodes: int, backend: str | None = None,
-                      addr: str | None = None, port: int | None = None, cpus_per_task: int | None = None) -> list[str]:
-    """The argv that runs `step` on `nodes` nodes x `devices` processes from inside the batch script.
-
-    nemo         srun starts devices tasks per node; Lightning's SLURMEnvironment reads SLURM_PROCID/LOCALID/
-                 NTASKS and the nodelist (trainer.num_nodes/devices come from the rendered config).
-    espnet       a step that runs ESPnet's trainer itself (launch "self", e.g. espnet2.bin.asr_train):
-                 GPU: ESPnet's own `--dist_launcher slurm` (srun starts one task per node, ESPnet spawns --ngpu
-                 workers and reads rank/world size from SLURM_*); CPU: ESPnet's external-launcher mode under a
-                 torchrun agent per node (it reads RANK/WORLD_SIZE/MASTER_*), gloo. spx's own ESPnet train step
-                 (launch "torchrun") already runs ESPnet's external-launcher mode: torchrun rendezvous.
-    speechbrain  srun starts one torchrun agent per node; c10d rendezvous on the first node.
-    (others)     torchrun rendezvous, as speechbrain.
+    tasks     srun starts `devices` tasks per node; the toolkit reads SLURM_PROCID/LOCALID/NTASKS and the nodelist
+              (Lightning's SLURMEnvironment: NeMo's trainer.num_nodes/devices come from the rendered config).
+    self      the toolkit spawns its own workers: srun starts one task per node running the argv plus the step's
+              self_launch["gpu"] on GPUs (e.g. ESPnet's --dist_launcher slurm), or, on CPU, a torchrun agent per node
+              running it plus self_launch["cpu"] (ESPnet's external-launcher mode reads RANK/WORLD_SIZE/MASTER_*).
+    torchrun  srun starts one torchrun agent per node; c10d rendezvous on the first node (SpeechBrain, spx's ESPnet
+              train step).
     """
-    backend = backend or backend_of(step)
     addr = addr or master_addr()
     port = port or rendezvous_port()
     cpus = cpus_per_task or int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))
     srun = ["srun", f"--nodes={nodes}", "--kill-on-bad-exit=1", "--export=ALL"]
-    if backend == "nemo":
+    one_per_node = [*srun, f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus * devices}"]
+    if step.launch == "tasks":
         return [*srun, f"--ntasks={nodes * devices}", f"--ntasks-per-node={devices}", f"--cpus-per-task={cpus}",
                 *step.argv]
     torchrun = [step.argv[0], "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc_per_node={devices}",
                 f"--rdzv_id={os.environ.get('SLURM_JOB_ID', 'spx')}", "--rdzv_backend=c10d",
                 f"--rdzv_endpoint={addr}:{port}"]
-    if backend == "espnet" and step.launch == "self":
+    if step.argv[1:2] != ["-m"]:
+        raise SpxError(f"step {step.name!r} must be 'python -m module ...' to run on several nodes")
+    if step.launch == "self":
         gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("SLURM_GPUS_ON_NODE")
                    or os.environ.get("SLURM_GPUS_PER_NODE"))
-        one_per_node = [*srun, f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus * devices}"]
-        if gpu:  # ESPnet's own Slurm mode: one task per node, ESPnet spawns --ngpu workers itself
-            return [*one_per_node, *step.argv, "--ngpu", str(devices), "--multiprocessing_distributed", "true",
-                    "--dist_launcher", "slurm", "--dist_master_addr", addr, "--dist_master_port", str(port)]
-        # CPU: ESPnet's external-launcher mode (it reads RANK/WORLD_SIZE/MASTER_* that torchrun sets), gloo
-        return [*one_per_node, *torchrun, *step.argv[1:], "--ngpu", "0", "--multiprocessing_distributed", "false",
-                "--dist_backend", "gloo"]
-    if step.argv[1:2] != ["-m"]:
-        raise SpxError(f"step {step.name!r} must be 'python -m module ...' to run under torchrun")
-    return [*srun, f"--ntasks={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={cpus * devices}",
-            *torchrun, *step.argv[1:]]
-
-
-def multinode_torchrun(step: Step, devices: int, nodes: int) -> list[str]:
-    """Kept for spx.launchers.execute: the multi-node argv of a torchrun (or self-launching) step."""
-    return multinode_command(step, devices, nodes)
+        fill = {"devices": str(devices), "addr": addr, "port": str(port)}
+        extra = [a.format(**fill) for a in step.self_launch.get("gpu" if gpu else "cpu", [])]
+        if gpu:
+            return [*one_per_node, *step.argv, *extra]
+        return [*one_per_node, *torchrun, *step.argv[1:], *extra]
+    return [*one_per_node, *torchrun, *step.argv[1:]]
 
 
 # ------------------------------------------------------------------ query / cancel

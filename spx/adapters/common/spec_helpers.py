@@ -28,9 +28,13 @@ def frozen_layer_count(item: str, layers: int) -> int:
 def check_fine_tuning(spec: Spec, init_hint: str) -> None:
     """Every `encoder.layers:N` in range, and freezing only with something to start from (`init_hint` says what
     init_from takes on this backend)."""
+    encoder = getattr(spec.model, "encoder", None)
     for item in spec.freeze:
         if item.startswith(FREEZE_LAYERS):
-            frozen_layer_count(item, spec.model.encoder.layers)
+            if not hasattr(encoder, "layers"):
+                raise SpxError(f"freeze item {item!r}: model.family {spec.model.family} has no encoder layers to count",
+                               where="freeze", hint="freeze 'encoder' or 'feature_extractor' for this family")
+            frozen_layer_count(item, encoder.layers)
     if spec.freeze and not spec.init_from:
         raise SpxError("freeze is set but init_from is not: freezing untrained weights makes no sense", where="freeze",
                        hint=f"set init_from to {init_hint}, or drop freeze")

@@ -126,7 +126,7 @@ class NemoAdapter:
             cfg = deep_merge(cfg, extra)
         OmegaConf.save(OmegaConf.create(cfg), native / "config.yaml")
 
-        steps.append(Step("train", [py, "-m", "spx.adapters.nemo.train", str(run_dir)], launch="torchrun", log="train.log"))
+        steps.append(Step("train", [py, "-m", "spx.adapters.nemo.train", str(run_dir)], launch="tasks", log="train.log"))
         steps.append(Step("decode", [py, "-m", "spx.adapters.nemo.decode", str(run_dir)], timed=True))
         return steps
 
