@@ -13,7 +13,8 @@ A family module defines:
     CPU_PRECISIONS: tuple[str,...] training.precision values its CPU path runs (default ("fp32",))
     INIT_FROM: str                 what init_from takes for it, for error hints ("a .nemo file (a run's exported_model)")
     INFERENCE: str | None          the child module whose load_transcriber / load_synthesizer / load_classifier
-                                   (run_dir, device) the bench's judge and export/serve use (None: it has none)
+                                   (run_dir, device) the bench's judge and `spx serve` use (None: it has none)
+    EXPORT: str | None             the child module that exports a finished run (`spx export`; None: no export yet)
     check(spec) -> None            raise SpxError before anything is written when this family cannot run the job
     render(spec, run_dir) -> list[Step]   write native/ and return the steps
     collect_extras(run_dir) -> dict       what collect adds to the normalized files (e.g. {"native": {...}})
@@ -139,4 +140,12 @@ class BackendAdapter:
         if not module:
             raise SpxError(f"spx's {self.name} {spec.model.family} family has no model loader for inference",
                            hint="use a run of a family that has one")
+        return module
+
+    def export_module(self, spec: Spec) -> str:
+        """The child module that exports a finished run of the family (`spx export` runs it in a child process)."""
+        module = getattr(self.family(spec), "EXPORT", None)
+        if not module:
+            raise SpxError(f"spx cannot export {self.name} {spec.model.family} models yet",
+                           hint="export a run of a family that has an exporter (docs/deploy.md lists them)")
         return module
