@@ -127,7 +127,9 @@ class RunDir:
         st["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if state != "failed" and "error" in st and state in ("running", "finished"):
             st.pop("error", None)
-        atomic_write_json(self / "status.json", st)
+        from spx import records
+
+        records.write(self / "status.json", records.Status, st)
         return st
 
     def completed_steps(self) -> list[str]:

@@ -5,6 +5,7 @@ import shutil
 import time
 from pathlib import Path
 
+from spx import records
 from spx.adapters import get_adapter
 from spx.demo.resolve import ensure_demo_data
 from spx.envinfo import environment
@@ -82,5 +83,5 @@ def finalize_run(rd: RunDir) -> dict:
     adapter = get_adapter(rd.backend)
     result = adapter.collect(rd)
     metrics = score_run(result, rd.spec)
-    atomic_write_json(rd / "metrics.json", metrics)
+    records.write(rd / "metrics.json", records.Metrics, metrics)
     return metrics

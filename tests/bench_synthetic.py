@@ -44,7 +44,7 @@ def write_cell(out: Path, recipe: str, backend: str, hyps: list[str], decode_sec
                                  "time": 10.0 * ep}) + "\n")
     (cell / "train_summary.json").write_text(json.dumps({"wall_seconds": 30.0, "epochs": 3, "steps": 30,
                                                          "params": 812345, "peak_memory_mb": 900.0}))
-    (cell / "metrics.json").write_text(json.dumps({"wer": None}))
+    (cell / "metrics.json").write_text(json.dumps({"backend": backend, "task": "asr", "wer": None}))
     return cell
 
 

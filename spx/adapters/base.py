@@ -38,23 +38,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from spx import records
 from spx.adapters.common.spec_helpers import check_cpu_precision, check_fine_tuning, check_nodes
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
-from spx.yamlio import read_json, read_jsonl
 
 
 def collect_normalized(run_dir: RunDir) -> dict[str, Any]:
     """What every adapter's collect returns at least: the normalized files, read back."""
-    return {
-        "backend": run_dir.backend,
-        "status": run_dir.status(),
-        "hyps": read_jsonl(run_dir / "hyps.jsonl"),
-        "speed": read_json(run_dir / "speed.json"),
-        "curve": read_jsonl(run_dir / "curve.jsonl"),
-        "train_summary": read_json(run_dir / "train_summary.json"),
-    }
+    return {"backend": run_dir.backend, "status": run_dir.status(), **records.read_run(run_dir.path, run_dir.spec.task)}
 
 
 def unsupported(spec: Spec, backend: str, tasks: dict[str, set[str]]) -> str | None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from spx import records
 from spx.bench import scoring
 from spx.errors import SpxError
-from spx.yamlio import read_json, read_jsonl
+from spx.yamlio import read_json
 from spx.registry import REPORTED_DISTRIBUTIONS
 
 SCHEMA = "spx.bench.results/1"
@@ -51,12 +52,12 @@ def read_cell(path: Path, recipe: str | None = None) -> dict[str, Any]:
     backend = backend_file.read_text().strip() if backend_file.exists() else status.get("backend", path.name.rsplit("-", 1)[-1])
     if recipe is None:
         recipe = path.name[: -(len(backend) + 1)] if path.name.endswith("-" + backend) else path.name
+    spec = _read_spec(path / "spec.yaml")
     return {
         "recipe": recipe, "backend": backend, "run_dir": str(path), "status": status,
-        "spec": _read_spec(path / "spec.yaml"), "env": read_json(path / "env.json") or {},
-        "hyps": read_jsonl(path / "hyps.jsonl"), "speed": read_json(path / "speed.json"),
-        "curve": read_jsonl(path / "curve.jsonl"), "train_summary": read_json(path / "train_summary.json"),
-        "metrics": read_json(path / "metrics.json"), "steps": read_json(path / "steps.json") or [],
+        "spec": spec, "env": read_json(path / "env.json") or {},
+        **records.read_run(path, (spec or {}).get("task", "asr")),
+        "metrics": records.read(path / "metrics.json", records.Metrics), "steps": read_json(path / "steps.json") or [],
     }
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from spx.manifests import Utterance, read_manifest
 from spx.rundir import RunDir
 from spx.spec import Spec
-from spx.yamlio import atomic_write_json
+from spx import records
 
 PROGRESS_PREFIX = "SPX_PROGRESS "
 
@@ -143,6 +143,8 @@ def decode_and_time(
         {"id": u.id, "test_set": name, "ref": u.text or "", "hyp": h, "duration": u.duration, "decode_time": t}
         for (name, u), h, t in zip(items, hyps, per_utt_time)
     ]
+    for n, r in enumerate(rows, 1):
+        records.check(r, records.HYP_TYPES[spec.task], f"{run_dir / 'hyps.jsonl'}: row {n}")
     with open(run_dir / "hyps.jsonl.tmp", "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -162,13 +164,14 @@ def decode_and_time(
         "clock": "model forward + search + detokenization on audio already in memory (features included)",
         "utterances": len(items),
     }
-    atomic_write_json(run_dir / "speed.json", speed)
+    records.write(run_dir / "speed.json", records.Speed, speed)
     return speed
 
 
 def append_curve(run_dir: RunDir, row: dict[str, Any]) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
+    records.check(row, records.CurveRow, str(run_dir / "curve.jsonl"))
     with open(run_dir / "curve.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps(row, default=float) + "\n")
 
@@ -201,7 +204,7 @@ def peak_memory_mb(device: str) -> float:
 def write_train_summary(run_dir: RunDir, **fields: Any) -> None:
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    atomic_write_json(run_dir / "train_summary.json", fields)
+    records.write(run_dir / "train_summary.json", records.TrainSummary, fields)
 
 
 def count_params(model: Any) -> int:
@@ -283,6 +286,8 @@ def synthesize_and_time(
         rows.append({"id": u.id, "test_set": name, "text": text, "speaker": u.speaker, "audio": str(path),
                      "ref_audio": u.audio, "duration": len(wav) / sample_rate, "synth_time": dt,
                      "sample_rate": sample_rate})
+    for n, r in enumerate(rows, 1):
+        records.check(r, records.HYP_TYPES[spec.task], f"{run_dir / 'hyps.jsonl'}: row {n}")
     with open(run_dir / "hyps.jsonl.tmp", "w", encoding="utf-8") as fh:
         for r in rows:
             fh.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -306,5 +311,5 @@ def synthesize_and_time(
         "utterances": len(items),
         "vocoder": vocoder,
     }
-    atomic_write_json(run_dir / "speed.json", speed)
+    records.write(run_dir / "speed.json", records.Speed, speed)
     return speed
