@@ -50,6 +50,6 @@ class Task:
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("asr", "spx.bench.scoring:score_asr"),
     Task("tts", "spx.bench.quality:score_tts"),
-    Task("classification", None),
+    Task("classification", "spx.bench.classification:score_classification"),
 )}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)

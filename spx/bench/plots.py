@@ -138,3 +138,34 @@ def mos_distributions(recipe: str, dist: dict[str, dict[str, list[float]]]) -> s
     fig.suptitle(f"MOS-proxy distributions ({recipe}; box: quartiles, diamond: mean)", fontsize=10)
     fig.tight_layout()
     return _svg(fig)
+
+
+def confusion_matrix(title: str, labels: list[str], matrix: list[list[int]]) -> str | None:
+    """Rows: reference labels; columns: predicted labels (an extra last column when some predictions are outside
+    the reference labels). Colour: the share of the row (recall on the diagonal); the counts are written in the
+    cells when there are few classes."""
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.size == 0:
+        return None
+    n_rows, n_cols = m.shape
+    totals = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, totals, out=np.zeros_like(m), where=totals > 0)
+    plt = _plt()
+    side = min(max(3.2, 0.38 * n_cols + 1.6), 14)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(n_cols), labels[:n_cols], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n_rows), labels[:n_rows], fontsize=8)
+    if n_cols <= 20:
+        for i in range(n_rows):
+            for j in range(n_cols):
+                if m[i, j]:
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("reference label")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the reference label's rows")
+    return _svg(fig)

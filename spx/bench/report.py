@@ -17,11 +17,14 @@ from spx.yamlio import atomic_write_text
 TTS_CSV_COLUMNS = (["task", "vocoder"] + [f"{k}{suffix}" for k in TTS_METRICS for suffix in ("", "_ci_low", "_ci_high")]
                    + [f"judge_{k}{suffix}" for k in TTS_RATES for suffix in ("", "_ci_low", "_ci_high")]
                    + ["judge", "synthesis_rtf"])
+# classification columns come last, for the same reason
+CLASSIFICATION_CSV_COLUMNS = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "classes",
+                              "unknown_predictions"]
 CSV_COLUMNS = ["recipe", "backend", "state", "wer", "wer_ci_low", "wer_ci_high", "cer", "substitutions", "deletions",
                "insertions", "words", "utterances", "rtf", "rtfx", "rtfx_min", "rtfx_max", "decode_seconds_median",
                "audio_seconds", "device", "dtype", "batch_size", "threads", "warmup_batches", "repeats",
                "train_wall_s", "epochs", "s_per_epoch", "peak_memory_mb", "params", "seed", "normalizer", "run_dir",
-               "error", "log"] + TTS_CSV_COLUMNS
+               "error", "log"] + TTS_CSV_COLUMNS + CLASSIFICATION_CSV_COLUMNS
 COMPARISON_CSV_COLUMNS = ["recipe", "metric", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value",
                           "utterances", "samples", "higher_is_better", "better"]
 TEX_TTS_KEYS = ("dnsmos_ovrl", "distillmos", "utmos", "wer", "mcd", "speaker_similarity")  # what fits a paper column
@@ -64,7 +67,55 @@ def flat_row(r: dict[str, Any]) -> dict[str, Any]:
         out.update({col: m["value"], f"{col}_ci_low": lo, f"{col}_ci_high": hi})
     if r.get("judge"):
         out["judge"] = judge_str(r["judge"])
+    if r.get("accuracy_ci"):
+        out.update(accuracy_ci_low=r["accuracy_ci"][0], accuracy_ci_high=r["accuracy_ci"][1])
     return out
+
+
+# ---------------------------------------------------------------- classification helpers
+def classification_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in res["rows"] if r.get("task") == "classification" and "error" not in r]
+
+
+def accuracy_cell(r: dict[str, Any]) -> str:
+    ci = r.get("accuracy_ci")
+    return f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "—"
+
+
+def classification_table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Recipe, backend, accuracy %, its CI, macro-F1 %, classes, rows, RTFx, train s: report.md, .html and .tex."""
+    out = []
+    for r in rows:
+        s = r.get("speed") or {}
+        out.append([r["recipe"], r["backend"], pct(r.get("accuracy")), accuracy_cell(r), pct(r.get("macro_f1")),
+                    str(r.get("classes", "—")), str(r.get("utterances", "—")), f"{s['rtfx']:.1f}" if s else "—",
+                    num(r.get("train_wall_s"), 0)])
+    return out
+
+
+CLASSIFICATION_HEAD = ["Recipe", "Backend", "Accuracy %", "95% CI", "Macro-F1 %", "Classes", "Utts", "RTFx", "Train s"]
+CLASSIFICATION_NOTE = ("Accuracy over the test rows [95% bootstrap CI]; macro-F1 = unweighted mean of the per-class F1; "
+                       "a predicted label outside the test set's labels is an error. RTFx = audio seconds / median "
+                       "decode seconds; train s = training wall time.")
+
+
+def per_class_tables(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per recipe: {backends, labels, rows: [[label, support, (precision, recall, f1) per backend...]]}."""
+    out: dict[str, dict[str, Any]] = {}
+    for recipe in sorted({r["recipe"] for r in rows}):
+        cells = sorted((r for r in rows if r["recipe"] == recipe), key=lambda r: r["backend"])
+        labels = sorted({lab for r in cells for lab in (r.get("per_class") or {})})
+        table = []
+        for lab in labels:
+            stats = [(r.get("per_class") or {}).get(lab) for r in cells]
+            support = next((c["support"] for c in stats if c), 0)
+            table.append([lab, support] + [[pct(c[k]) if c else "—" for k in ("precision", "recall", "f1")] for c in stats])
+        out[recipe] = {"backends": [r["backend"] for r in cells], "rows": table}
+    return out
+
+
+def accuracy_diff(x: float) -> str:
+    return f"{100 * x:+.1f}"
 
 
 # ---------------------------------------------------------------- TTS helpers
@@ -173,7 +224,8 @@ def render_md(res: dict[str, Any]) -> str:
          f"`{res['scoring']['normalizer']['name']}` ({res['scoring']['normalizer']['implementation']} "
          f"{res['scoring']['normalizer'].get('version') or ''}). WER/CER are corpus level; intervals are 95% paired "
          f"bootstrap over utterances.", ""]
-    if ok or not tts:
+    cls = classification_rows(res)
+    if ok or not (tts or cls):
         L += ["## Accuracy", "", "| Recipe | Backend | WER % | 95% CI | CER % | Sub | Del | Ins | Words | Utts |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in ok:
@@ -184,6 +236,8 @@ def render_md(res: dict[str, Any]) -> str:
         L.append("")
     if tts:
         L += md_tts(res, tts)
+    if cls:
+        L += md_classification(res, cls)
     L += ["## Speed", "", "| Recipe | Backend | RTFx (median) | RTFx range | RTF | Decode s (median) | Audio s | "
           "Device | dtype | Batch | Threads | Warmup | Repeats |", "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in done:
@@ -269,6 +323,32 @@ def md_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> list[str]:
     return L + [""]
 
 
+def md_classification(res: dict[str, Any], cls: list[dict[str, Any]]) -> list[str]:
+    """report.md's classification section: accuracy per recipe x backend, pairwise accuracy differences, and the
+    per-class precision / recall / F1 (the confusion matrices are figures in report.html)."""
+    L = ["## Classification", "", CLASSIFICATION_NOTE, "", "| " + " | ".join(CLASSIFICATION_HEAD) + " |",
+         "|---|---|" + "---:|" * (len(CLASSIFICATION_HEAD) - 2)]
+    L += ["| " + " | ".join(cells) + " |" for cells in classification_table_rows(cls)]
+    comps = res.get("classification_comparisons") or []
+    if comps:
+        L += ["", "### Pairwise accuracy differences (paired bootstrap)", "",
+              "A − B on the test rows both backends classified, in points of %; *better* names the backend whose 95% "
+              "interval of the difference excludes 0 (— when it does not).", "",
+              "| Recipe | A | B | Accuracy A % | Accuracy B % | A − B (points) | 95% CI | p | Better | Utts |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+        for c in comps:
+            L.append(f"| {c['recipe']} | {c['a']} | {c['b']} | {pct(c['accuracy_a'])} | {pct(c['accuracy_b'])} | "
+                     f"{accuracy_diff(c['diff'])} | [{accuracy_diff(c['ci'][0])}, {accuracy_diff(c['ci'][1])}] | "
+                     f"{p_str(c['p_value'])} | {c['better'] or '—'} | {c['utterances']} |")
+    for recipe, t in per_class_tables(cls).items():
+        L += ["", f"### Per-class precision / recall / F1 ({recipe})", "",
+              "| Label | Support | " + " | ".join(f"{b} P % | {b} R % | {b} F1 %" for b in t["backends"]) + " |",
+              "|---|---:|" + "---:|" * (3 * len(t["backends"]))]
+        for label, support, *stats in t["rows"]:
+            L.append(f"| {label} | {support} | " + " | ".join(" | ".join(s) for s in stats) + " |")
+    return L + [""]
+
+
 def alignment_text(al: list[list[str]]) -> str:
     parts = []
     for r, h, op in al:
@@ -307,9 +387,37 @@ def _tex(s: Any) -> str:
 def render_tex(res: dict[str, Any]) -> str:
     ok = [r for r in res["rows"] if r.get("wer") is not None]
     tts = tts_rows(res)
-    if tts and not ok:
-        return "% spx bench: paste into a document with \\usepackage{booktabs}\n" + tex_tts(res, tts)
-    return render_tex_asr(res, ok) + (tex_tts(res, tts) if tts else "")
+    cls = classification_rows(res)
+    if ok or not (tts or cls):
+        out = render_tex_asr(res, ok)
+    else:
+        out = "% spx bench: paste into a document with \\usepackage{booktabs}\n"
+    return out + (tex_tts(res, tts) if tts else "") + (tex_classification(res, cls) if cls else "")
+
+
+def tex_classification(res: dict[str, Any], cls: list[dict[str, Any]]) -> str:
+    """booktabs tables: accuracy / macro-F1 per recipe x backend and the pairwise accuracy differences."""
+    L = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{llrrrrr}", r"\toprule",
+         r"Recipe & Backend & Acc.\ (\%) & 95\% CI & Macro-F1 (\%) & RTFx & Train s \\", r"\midrule"]
+    for cells in classification_table_rows(cls):
+        recipe, backend, acc, ci, f1, _, _, rtfx, train = (_tex(c).replace("—", "--") for c in cells)
+        L.append(f"{recipe} & {backend} & {acc} & {ci} & {f1} & {rtfx} & {train} \\\\")
+    L += [r"\bottomrule", r"\end{tabular}",
+          r"\caption{Classification accuracy over the test rows with 95\% bootstrap CIs; macro-F1 = unweighted mean "
+          r"of the per-class F1. RTFx = audio seconds / median decode seconds.}", r"\label{tab:spx-bench-cls}",
+          r"\end{table}"]
+    comps = res.get("classification_comparisons") or []
+    if comps:
+        L += [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{llrrrl}", r"\toprule",
+              r"Recipe & A -- B & A $-$ B (points) & 95\% CI & $p$ & Better \\", r"\midrule"]
+        for c in comps:
+            L.append(f"{_tex(c['recipe'])} & {_tex(c['a'])} -- {_tex(c['b'])} & {accuracy_diff(c['diff'])} & "
+                     f"[{accuracy_diff(c['ci'][0])}, {accuracy_diff(c['ci'][1])}] & "
+                     f"{p_str(c['p_value']).replace('<', '$<$')} & {_tex(c['better'] or '--')} \\\\")
+        L += [r"\bottomrule", r"\end{tabular}",
+              r"\caption{Pairwise accuracy differences, paired bootstrap over the test rows both backends "
+              r"classified.}", r"\label{tab:spx-bench-cls-pairs}", r"\end{table}"]
+    return "\n".join(L) + "\n"
 
 
 def tex_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> str:
@@ -382,6 +490,9 @@ def render_comparisons_csv(res: dict[str, Any]) -> str:
     for c in res.get("tts_comparisons") or []:
         w.writerow({**c, "metric": c["metric"] if c["metric"] not in TTS_RATES else f"judge_{c['metric']}",
                     "ci_low": c["ci"][0], "ci_high": c["ci"][1]})
+    for c in res.get("classification_comparisons") or []:
+        w.writerow({**c, "value_a": c["accuracy_a"], "value_b": c["accuracy_b"], "ci_low": c["ci"][0],
+                    "ci_high": c["ci"][1]})
     return buf.getvalue()
 
 
@@ -399,6 +510,10 @@ def render_html(res: dict[str, Any]) -> str:
         "breakdown": {recipe: plots.utterance_breakdown(recipe, utts) for recipe, utts in res["utterances"].items()},
         "mos": {recipe: plots.mos_distributions(recipe, dist) for recipe, dist in (res.get("tts_distributions") or {}).items()},
     }
+    cls = classification_rows(res)
+    figures["confusion"] = {f"{r['recipe']}-{r['backend']}": plots.confusion_matrix(
+        f"{r['backend']} ({r['recipe']}): accuracy {pct(r.get('accuracy'))}%", r["confusion"]["labels"],
+        r["confusion"]["matrix"]) for r in cls if r.get("confusion")}
     tts = tts_rows(res)
     gallery = {recipe: [{**item, "ref_src": audio_source(item.get("ref_audio")),
                          "srcs": {b: audio_source(path) for b, path in item["audio"].items()}} for item in items]
@@ -407,6 +522,9 @@ def render_html(res: dict[str, Any]) -> str:
         tts=tts, tts_cols=tts_columns(tts), tts_cell=tts_cell, tts_label=tts_label, tts_value=tts_value,
         tts_diff=tts_diff, tts_notes=tts_notes(res), tts_rates=TTS_RATES, gallery=gallery,
         tts_comparisons=res.get("tts_comparisons") or [],
+        cls=cls, cls_head=CLASSIFICATION_HEAD, cls_note=CLASSIFICATION_NOTE, cls_rows=classification_table_rows(cls),
+        cls_comparisons=res.get("classification_comparisons") or [], per_class=per_class_tables(cls),
+        accuracy_diff=accuracy_diff,
         res=res, ok=[r for r in res["rows"] if r.get("wer") is not None],
         done=[r for r in res["rows"] if "error" not in r],
         failed=[r for r in res["rows"] if "error" in r],

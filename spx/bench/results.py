@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from spx import records
-from spx.bench import scoring
+from spx.bench import classification, scoring
 from spx.errors import SpxError
 from spx.yamlio import read_json
 from spx.registry import REPORTED_DISTRIBUTIONS
@@ -111,6 +111,7 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
     curves: dict[str, list[dict[str, Any]]] = {}
     per_recipe: dict[str, dict[str, dict[str, Any]]] = {}
     per_recipe_tts: dict[str, dict[str, dict[str, Any]]] = {}
+    per_recipe_cls: dict[str, dict[str, dict[str, Any]]] = {}
     norm_used: dict[str, Any] | None = None
     for cell in cells:
         spec = cell["spec"]
@@ -143,6 +144,15 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
             rows.append(row)
             per_recipe_tts.setdefault(cell["recipe"], {})[cell["backend"]] = {"row": row, "samples": samples_tts,
                                                                              "utts": utts}
+            continue
+        if spec.get("task") == "classification":
+            samples_cls = samples or int((spec.get("eval") or {}).get("bootstrap_samples", 1000))
+            row.update(classification.score_classification(cell["hyps"]))
+            _speed_cost_versions(row, cell)
+            rows.append(row)
+            per_recipe_cls.setdefault(cell["recipe"], {})[cell["backend"]] = {
+                "row": row, "samples": samples_cls,
+                "correct": dict(zip((_utt_key(h) for h in cell["hyps"]), classification.correct_vector(cell["hyps"])))}
             continue
         if spec.get("task", "asr") != "asr":  # other tasks: their own metrics.json, speed and training cost
             row["metrics"] = {k: v for k, v in (cell["metrics"] or {}).items()
@@ -220,6 +230,9 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
                                      for b in backends}
         tts_gallery[recipe] = _tts_gallery(systems, backends)
 
+    classification_comparisons = [c for recipe, systems in per_recipe_cls.items()
+                                  for c in _classification_pairs(recipe, systems, seed)]
+
     return {
         "schema": SCHEMA,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -231,6 +244,7 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
         "tts_comparisons": tts_comparisons,
         "tts_distributions": tts_distributions,
         "tts_gallery": tts_gallery,
+        "classification_comparisons": classification_comparisons,
         "scoring": {
             "normalizer": norm_used or scoring.normalizer_info(normalizer_name or "whisper_english"),
             "wer": "corpus level: Σ(S+D+I) / Σ reference words over the scored utterances (normalized text)",
@@ -248,6 +262,10 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
                    "bootstrap CI; judge WER/CER are corpus level over the judge ASR's transcripts of the synthesized "
                    "audio; pairwise differences use the same paired bootstrap on the sentences both backends "
                    "synthesized; synthesis RTF = synthesis seconds / generated audio seconds",
+            "classification": "classification cells: accuracy over the test rows (a predicted label outside the test "
+                              "set's labels is an error) with a 95% percentile bootstrap CI, macro-F1 = unweighted "
+                              "mean of the per-class F1 (spx.bench.classification); pairwise accuracy differences use "
+                              "the same paired bootstrap on the rows both backends classified",
         },
         "reproducibility": _reproducibility(cells, commands or []),
     }
@@ -351,6 +369,31 @@ def _tts_comparisons(recipe: str, systems: dict[str, dict[str, Any]], seed: int)
             out.append({"recipe": recipe, "metric": key, "a": a, "b": b, "value_a": float(values[0]),
                         "value_b": float(values[1]), "utterances": len(both), "higher_is_better": higher_is_better,
                         "better": better, **comp})
+    return out
+
+
+def _classification_pairs(recipe: str, systems: dict[str, dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """Each backend's accuracy CI, and the paired bootstrap of the accuracy difference between every two backends
+    of a recipe, on the test rows all of them classified (the same resamples for every backend)."""
+    backends = sorted(systems)
+    common = sorted(set.intersection(*(set(systems[b]["correct"]) for b in backends)))
+    if not common:
+        return []
+    n_samples = max(s["samples"] for s in systems.values())
+    correct = np.array([[systems[b]["correct"][u] for u in common] for b in backends])
+    draws = classification.bootstrap_accuracy(correct, n_samples, seed)
+    for bi, b in enumerate(backends):
+        row = systems[b]["row"]
+        row["accuracy_ci"] = list(scoring.percentile_ci(draws[bi]))
+        row["bootstrap"] = {"samples": n_samples, "seed": seed, "utterances": len(common)}
+    out = []
+    for (ai, a), (bi, b) in itertools.combinations(enumerate(backends), 2):
+        acc_a, acc_b = float(correct[ai].mean()), float(correct[bi].mean())
+        comp = scoring.paired_difference(acc_a, acc_b, draws[ai], draws[bi])
+        lo, hi = comp["ci"]
+        out.append({"recipe": recipe, "metric": "accuracy", "a": a, "b": b, "accuracy_a": acc_a, "accuracy_b": acc_b,
+                    "utterances": len(common), "higher_is_better": True,
+                    "better": a if lo > 0 else b if hi < 0 else None, **comp})
     return out
 
 

@@ -376,7 +376,8 @@ def print_summary(res: dict[str, Any], console) -> None:
 
     rows = res["rows"]
     tts_rows = [r for r in rows if r.get("task") == "tts" and "error" not in r]
-    asr_rows = [r for r in rows if r not in tts_rows]
+    cls_rows = [r for r in rows if r.get("task") == "classification" and "error" not in r]
+    asr_rows = [r for r in rows if r not in tts_rows and r not in cls_rows]
     if asr_rows:
         t = Table(title="spx bench results", box=box.SIMPLE_HEAD, pad_edge=False)
         for col in ("recipe", "backend", "WER % [95% CI]", "CER %", "RTFx", "train s", "params"):
@@ -405,6 +406,17 @@ def print_summary(res: dict[str, Any], console) -> None:
             t.add_row(r["recipe"], r["backend"], str(r.get("vocoder") or "—"), num(r, "dnsmos_ovrl"), num(r, "distillmos"),
                       num(r, "wer"), num(r, "mcd"), "—" if rtf is None else f"{rtf:.3f}",
                       f"{r['train_wall_s']:.0f}" if r.get("train_wall_s") else "—")
+        console.print(t)
+    if cls_rows:
+        from spx.bench.report import accuracy_cell, num as num_str
+
+        t = Table(title="spx bench classification results", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("recipe", "backend", "accuracy % [95% CI]", "macro-F1 %", "RTFx", "train s"):
+            t.add_column(col, justify="left" if col in ("recipe", "backend") else "right", no_wrap=True)
+        for r in cls_rows:
+            s = r.get("speed") or {}
+            t.add_row(r["recipe"], r["backend"], f"{pct(r.get('accuracy'))} {accuracy_cell(r)}", pct(r.get("macro_f1")),
+                      f"{s['rtfx']:.1f}" if s else "—", num_str(r.get("train_wall_s"), 0))
         console.print(t)
     for r in rows:
         if "error" in r:

@@ -6,10 +6,11 @@ import click
 from spx.cli.common import CONTEXT, echo_json
 
 IMPORT_FORMATS = ("kaldi", "nemo", "speechbrain_csv", "speechbrain_json", "librispeech", "commonvoice", "ljspeech",
-                  "audiofolder", "lhotse")
+                  "audiofolder", "lhotse", "class_folders", "label_csv")
 EXPORT_FORMATS = ("nemo", "speechbrain_csv", "speechbrain_json", "kaldi")
 ALIASES = {"espnet": "kaldi", "sb_csv": "speechbrain_csv", "sb_json": "speechbrain_json", "common_voice": "commonvoice",
-           "hf_audiofolder": "audiofolder", "librispeech_dir": "librispeech"}
+           "hf_audiofolder": "audiofolder", "librispeech_dir": "librispeech", "speech_commands": "class_folders",
+           "folder_per_class": "class_folders", "csv": "label_csv", "tsv": "label_csv"}
 
 
 def _format(allowed: tuple[str, ...]):
@@ -47,12 +48,21 @@ def manifest():
 @click.option("--data-root", help="SpeechBrain: the value of $data_root in paths.")
 @click.option("--text-column", help="SpeechBrain CSV / audiofolder: the column holding the transcript.")
 @click.option("--supervisions", type=click.Path(exists=True, dir_okay=False), help="Lhotse: SupervisionSet beside a RecordingSet.")
+@click.option("--file-column", help="label_csv: the column holding the audio path (default: file, path, filename, ...).")
+@click.option("--label-column", help="label_csv / audiofolder: the column holding the class label (default: label, "
+              "class or category).")
+@click.option("--splits", is_flag=True, help="OUTPUT is a folder: write OUTPUT/{train,valid,test}.jsonl by the corpus' "
+              "own split (class_folders: validation_list.txt/testing_list.txt; audiofolder: split folders; label_csv: "
+              "a split column). Without it, one manifest whose rows carry meta.split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def import_(fmt, source, output, workers, language, relative, allow_pipes, audio_root, data_root, text_column, supervisions, as_json):
+def import_(fmt, source, output, workers, language, relative, allow_pipes, audio_root, data_root, text_column, supervisions,
+            file_column, label_column, splits, as_json):
     """Read a corpus in FORMAT from SOURCE and write the spx manifest OUTPUT.
 
     FORMAT: kaldi (espnet), nemo, speechbrain_csv, speechbrain_json, librispeech, commonvoice, ljspeech,
-    audiofolder, lhotse. Durations come from the corpus' durations file where it has one, else from audio headers.
+    audiofolder, lhotse; for classification (rows with a label): class_folders (speech_commands: a folder per
+    class), label_csv (a CSV/TSV of file,label), audiofolder. Durations come from the corpus' durations file where
+    it has one, else from audio headers.
 
     \b
     Examples:
@@ -60,22 +70,44 @@ def import_(fmt, source, output, workers, language, relative, allow_pipes, audio
       spx manifest import librispeech LibriSpeech/dev-clean dev.jsonl --language en
       spx manifest import commonvoice cv-corpus/en/train.tsv cv_train.jsonl
       spx manifest import lhotse recordings.jsonl.gz out.jsonl --supervisions supervisions.jsonl.gz
+      spx manifest import class_folders speech_commands_v0.02 data/kws --splits
+      spx manifest import label_csv ESC-50/meta/esc50.csv esc50.jsonl --file-column filename --label-column category
     """
     from pathlib import Path
 
     from spx.errors import SpxError
     from spx.manifests.importers import ImportOptions, import_corpus
-    from spx.manifests.io import write_manifest
+    from spx.manifests.io import write_manifest, write_split_manifests
 
     opts = ImportOptions(workers=workers, language=language, allow_pipes=allow_pipes, audio_root=audio_root,
-                         data_root=data_root, text_column=text_column)
+                         data_root=data_root, text_column=text_column, file_column=file_column, label_column=label_column)
     kwargs = {"supervisions": supervisions} if supervisions else {}
     if supervisions and fmt != "lhotse":
         raise SpxError("--supervisions is for the lhotse format only", hint="drop it")
-    n = write_manifest(output, import_corpus(fmt, source, opts, **kwargs), relative_to_manifest=relative)
+    if file_column and fmt != "label_csv":
+        raise SpxError("--file-column is for the label_csv format only", hint="drop it")
+    if label_column and fmt not in ("label_csv", "audiofolder"):
+        raise SpxError("--label-column is for the label_csv and audiofolder formats only", hint="drop it")
+    if splits and fmt not in ("class_folders", "audiofolder", "label_csv"):
+        raise SpxError(f"--splits is for corpora that carry their own split (class_folders, audiofolder, label_csv), "
+                       f"not {fmt}", hint="import one manifest, then split it with `spx manifest split`")
+    utts = import_corpus(fmt, source, opts, **kwargs)
+    if splits:
+        if Path(output).is_file():
+            raise SpxError(f"with --splits OUTPUT is a folder, and {output} is a file", hint="pass a folder")
+        counts = write_split_manifests(output, utts, relative_to_manifest=relative)
+        n = sum(counts.values())
+    else:
+        n = write_manifest(output, utts, relative_to_manifest=relative)
     if n == 0:
-        Path(output).unlink()
+        if not splits:
+            Path(output).unlink()
         raise SpxError(f"{source}: no utterances found (nothing written)", hint=f"is it really a {fmt} corpus?")
+    if splits:
+        echo_json({"format": fmt, "source": source, "output": output, "utterances": n, "splits": counts}) if as_json \
+            else click.echo(f"{output}: {n} utterances from {fmt} {source} (" +
+                            ", ".join(f"{k}.jsonl: {v}" for k, v in counts.items()) + ")")
+        return
     echo_json({"format": fmt, "source": source, "output": output, "utterances": n}) if as_json else \
         click.echo(f"{output}: {n} utterances from {fmt} {source}")
 
@@ -248,16 +280,22 @@ def render_quality(q: dict) -> None:
 @click.option("--ratios", default="0.8,0.1,0.1", show_default=True, help="train,valid,test shares (sum 1).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--speaker-disjoint", is_flag=True, help="No speaker in two splits.")
+@click.option("--stratify", type=click.Choice(["label"]), help="Split each label's rows in the ratios (classification: "
+              "every split keeps the class balance).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-def split(manifest_path, out_dir, ratios, seed, speaker_disjoint, as_json):
-    """Split MANIFEST into OUT_DIR/{train,valid,test}.jsonl by ratio, seeded, optionally speaker-disjoint.
+def split(manifest_path, out_dir, ratios, seed, speaker_disjoint, stratify, as_json):
+    """Split MANIFEST into OUT_DIR/{train,valid,test}.jsonl by ratio, seeded, optionally speaker-disjoint or
+    stratified by label.
 
     \b
-    Example: spx manifest split all.jsonl data/ --ratios 0.9,0.05,0.05 --seed 1 --speaker-disjoint
+    Examples:
+      spx manifest split all.jsonl data/ --ratios 0.9,0.05,0.05 --seed 1 --speaker-disjoint
+      spx manifest split kws.jsonl data/ --ratios 0.8,0.1,0.1 --stratify label
     """
     from spx.manifests.stats import parse_ratios, split_manifest
 
-    counts = split_manifest(manifest_path, out_dir, parse_ratios(ratios), seed=seed, speaker_disjoint=speaker_disjoint)
+    counts = split_manifest(manifest_path, out_dir, parse_ratios(ratios), seed=seed, speaker_disjoint=speaker_disjoint,
+                            stratify=stratify)
     echo_json({"out_dir": out_dir, "counts": counts}) if as_json else \
         click.echo(", ".join(f"{name}: {n}" for name, n in counts.items()) + f" -> {out_dir}")
 

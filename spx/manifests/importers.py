@@ -30,6 +30,8 @@ class ImportOptions:
     audio_root: str | None = None     # Kaldi: folder relative wav.scp paths resolve against (default: cwd)
     data_root: str | None = None      # SpeechBrain: value of $data_root / $root in paths
     text_column: str | None = None    # audiofolder / SpeechBrain CSV: which column holds the transcript
+    file_column: str | None = None    # label CSV: which column holds the audio path (default: the first of FILE_COLUMNS)
+    label_column: str | None = None   # label CSV / audiofolder: which column holds the class label
 
 
 def _need(path: Path, what: str, hint: str) -> Path:
@@ -429,22 +431,169 @@ def import_ljspeech(src: str | Path, opts: ImportOptions) -> Iterator[Utterance]
     return _with_info(rows(), opts)
 
 
-# ---------------------------------------------------------------- Hugging Face audiofolder
+# ---------------------------------------------------------------- classification layouts (and HF audiofolder)
+# split folder / list names -> spx split names (the names `spx manifest split` writes)
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "valid", "valid": "valid", "val": "valid",
+               "dev": "valid", "test": "test", "testing": "test", "eval": "test", "evaluation": "test"}
+NOT_A_CLASS = ("_background_noise_",)  # speech_commands: long noise recordings for augmentation, not a class
+FILE_COLUMNS = ("file", "path", "filename", "file_name", "audio", "wav", "audio_path", "audio_filepath")
+LABEL_COLUMNS = ("label", "class", "category")
+_NOHASH = re.compile(r"^(.+?)_nohash_\d+$")  # speech_commands file names: <speaker>_nohash_<n>.wav
+
+
+def _label(value: Any, where: str, column: str) -> str:
+    label = "" if value is None else str(value).strip()
+    if not label:
+        raise SpxError(f"empty label in column {column!r}", where=where,
+                       hint="give every row a class label, or drop the row")
+    return label
+
+
+def _existing_audio(audio: str, where: str, hint: str) -> str:
+    if "://" not in audio and not Path(audio).is_file():
+        raise SpxError(f"audio file not found: {audio}", where=where, hint=hint)
+    return audio
+
+
+def _split_name(value: str, where: str) -> str:
+    name = SPLIT_NAMES.get(value.strip().lower())
+    if name is None:
+        raise SpxError(f"split {value!r} is not one of {sorted(set(SPLIT_NAMES))}", where=where,
+                       hint="name splits train, validation (valid, dev) or test")
+    return name
+
+
+def _column(explicit: str | None, candidates: tuple[str, ...], header: list[str], what: str, option: str,
+            where: str) -> str:
+    if explicit is not None:
+        if explicit not in header:
+            raise SpxError(f"no {what} column {explicit!r}; the header has {header}", where=where,
+                           hint=f"pass {option} with one of the header's columns")
+        return explicit
+    found = next((c for c in candidates if c in header), None)
+    if found is None:
+        raise SpxError(f"no {what} column: the header {header} has none of {list(candidates)}", where=where,
+                       hint=f"name the column with {option}")
+    return found
+
+
+def import_class_folders(src: str | Path, opts: ImportOptions) -> Iterator[Utterance]:
+    """A folder per class (speech_commands layout): `<root>/<label>/*.wav`, label = the folder's name.
+
+    `_background_noise_` is not a class. Where `validation_list.txt` / `testing_list.txt` sit in the root (paths
+    relative to it, one a line), each row carries meta.split (valid / test; every other file train). File names
+    `<speaker>_nohash_<n>` give the speaker."""
+    root = Path(src)
+    if not root.is_dir():
+        raise SpxError(f"class-folder corpus not found: {root}", hint="pass the folder holding one subfolder per class")
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and d.name not in NOT_A_CLASS and not d.name.startswith("."))
+    if not classes:
+        raise SpxError(f"no class folders under {root}", hint="the layout is <root>/<label>/*.wav")
+    if all(d.name.lower() in SPLIT_NAMES for d in classes):
+        raise SpxError(f"the folders under {root} are splits ({', '.join(d.name for d in classes)}), not classes",
+                       hint="import it as audiofolder (split folders holding class folders)")
+    lists = {"valid": root / "validation_list.txt", "test": root / "testing_list.txt"}
+    has_lists = any(p.exists() for p in lists.values())
+    split_of: dict[str, str] = {}
+    for split, list_file in lists.items():
+        if not list_file.exists():
+            continue
+        for lineno, line in _lines(list_file):
+            rel, where = line.strip(), f"{list_file}:{lineno}"
+            if not (root / rel).is_file():
+                raise SpxError(f"{rel!r} is listed but is not a file under {root}", where=where,
+                               hint="the list names files relative to the corpus folder: is the corpus complete?")
+            if split_of.get(rel, split) != split:
+                raise SpxError(f"{rel!r} is in both validation_list.txt and testing_list.txt", where=where,
+                               hint="a file belongs to one split: delete one of the lines")
+            split_of[rel] = split
+
+    def rows() -> Iterator[tuple[str, dict]]:
+        for d in classes:
+            for f in sorted(p for p in d.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+                rel = f.relative_to(root).as_posix()
+                speaker = _NOHASH.match(f.stem)
+                yield str(f), {"id": rel.rsplit(".", 1)[0], "audio": str(f.resolve()), "label": d.name,
+                               "speaker": speaker.group(1) if speaker else None, "language": opts.language,
+                               "meta": {"split": split_of.get(rel, "train")} if has_lists else None}
+
+    return _with_info(rows(), opts)
+
+
+def import_label_csv(src: str | Path, opts: ImportOptions) -> Iterator[Utterance]:
+    """A CSV or TSV (tab-separated when its header line holds a tab) with a header row, one audio file a row:
+    the file column (--file-column, default the first of FILE_COLUMNS) and the label column (--label-column,
+    default the first of LABEL_COLUMNS); relative paths resolve against the CSV's folder. Optional columns id,
+    speaker, duration, text and split (train / validation / test: meta.split); every other column goes to meta."""
+    p = _need(Path(src), "label CSV", "pass the .csv/.tsv file listing file,label")
+    if p.is_dir():
+        raise SpxError(f"{p} is a folder", hint="pass the CSV/TSV file (a folder per class is the class_folders format)")
+    base = p.resolve().parent
+
+    def rows() -> Iterator[tuple[str, dict]]:
+        with p.open(encoding="utf-8-sig", newline="") as fh:
+            first = fh.readline()
+            fh.seek(0)
+            reader = csv.reader(fh, delimiter="\t" if "\t" in first else ",")
+            header = [h.strip() for h in next(reader, [])]
+            file_col = _column(opts.file_column, FILE_COLUMNS, header, "file", "--file-column", f"{p}:1")
+            label_col = _column(opts.label_column, LABEL_COLUMNS, header, "label", "--label-column", f"{p}:1")
+            known = {file_col, label_col, "id", "speaker", "duration", "text", "split"}
+            for values in reader:
+                where = f"{p}:{reader.line_num}"
+                if not any(v.strip() for v in values):
+                    continue
+                if len(values) != len(header):
+                    raise SpxError(f"row has {len(values)} fields, the header {len(header)}", where=where,
+                                   hint="quote fields that hold the separator")
+                row = dict(zip(header, values))
+                name = row[file_col].strip()
+                if not name:
+                    raise SpxError(f"empty file name in column {file_col!r}", where=where)
+                audio = name if os.path.isabs(name) or "://" in name else str(base / name)
+                f = {"id": row.get("id") or str(Path(name).with_suffix("")),
+                     "audio": _existing_audio(audio, where, "relative paths resolve against the CSV's folder"),
+                     "label": _label(row[label_col], where, label_col), "speaker": row.get("speaker") or None,
+                     "text": row.get("text") or None, "language": opts.language,
+                     "meta": ({k: v for k, v in row.items() if k not in known and v != ""}
+                              | ({"split": _split_name(row["split"], where)} if row.get("split") else {})) or None}
+                if row.get("duration"):
+                    f["duration"] = _float(row["duration"], where, "duration")
+                yield where, f
+
+    def guarded() -> Iterator[Utterance]:
+        try:
+            yield from _with_info(rows(), opts)
+        except UnicodeDecodeError as exc:
+            raise SpxError(f"not UTF-8 (byte {exc.start})", where=str(p), hint="re-encode the file as UTF-8") from None
+
+    return guarded()
+
+
 _AF_TEXT = ("text", "transcription", "sentence", "transcript")
 
 
 def import_audiofolder(src: str | Path, opts: ImportOptions) -> Iterator[Utterance]:
-    """Hugging Face audiofolder: metadata.csv / metadata.jsonl with `file_name` (+ text, speaker_id, ... columns)
-    in the folder or its split subfolders; without metadata, audio in class folders (folder name = label)."""
+    """Hugging Face audiofolder: metadata.csv / metadata.jsonl with `file_name` (+ text, label, speaker_id, ...
+    columns) in the folder or its split subfolders; without metadata, audio in class folders (folder name = label),
+    also under split folders (train/, validation/, test/). Rows under a split folder carry meta.split
+    (train / valid / test). A label column (`label`, or --label-column) must not hold an empty value."""
     root = Path(src)
     if not root.is_dir():
         raise SpxError(f"audiofolder not found: {root}", hint="pass the dataset folder")
     metas = sorted([*root.rglob("metadata.csv"), *root.rglob("metadata.jsonl")])
+    label_col = opts.label_column or "label"
+
+    def split_of(rel: Path) -> str | None:  # rel: a path relative to root
+        return SPLIT_NAMES.get(rel.parts[0].lower()) if len(rel.parts) > 1 else None
 
     def meta_rows(mf: Path) -> Iterator[tuple[str, dict]]:
         if mf.suffix == ".csv":
-            with mf.open(encoding="utf-8", newline="") as fh:
+            with mf.open(encoding="utf-8-sig", newline="") as fh:
                 reader = csv.DictReader(fh)
+                if opts.label_column and opts.label_column not in (reader.fieldnames or []):
+                    raise SpxError(f"no label column {opts.label_column!r}; the header has {reader.fieldnames}",
+                                   where=f"{mf}:1", hint="pass --label-column with one of the header's columns")
                 for row in reader:
                     yield f"{mf}:{reader.line_num}", row
         else:
@@ -455,6 +604,9 @@ def import_audiofolder(src: str | Path, opts: ImportOptions) -> Iterator[Utteran
                     raise SpxError(f"invalid JSON: {exc}", where=f"{mf}:{lineno}") from None
                 if not isinstance(row, dict):
                     raise SpxError("each metadata.jsonl line must be an object", where=f"{mf}:{lineno}")
+                if opts.label_column and opts.label_column not in row:
+                    raise SpxError(f"no {opts.label_column!r} key", where=f"{mf}:{lineno}",
+                                   hint="every line needs the --label-column key")
                 yield f"{mf}:{lineno}", row
 
     def rows() -> Iterator[tuple[str, dict]]:
@@ -464,26 +616,34 @@ def import_audiofolder(src: str | Path, opts: ImportOptions) -> Iterator[Utteran
                 raise SpxError(f"no metadata.csv/metadata.jsonl and no audio under {root}", hint="see the HF audiofolder docs")
             for f in files:
                 rel = f.relative_to(root)
+                split = split_of(rel)
+                in_class = f.parent != root and not (split and f.parent.parent == root)
                 yield str(f), {"id": str(rel.with_suffix("")), "audio": str(f.resolve()),
-                               "label": f.parent.name if f.parent != root else None, "language": opts.language}
+                               "label": f.parent.name if in_class else None, "language": opts.language,
+                               "meta": {"split": split} if split else None}
             return
         for mf in metas:
             base = mf.resolve().parent
+            split = split_of(mf.relative_to(root))
             try:
                 for where, row in meta_rows(mf):
                     name = row.get("file_name")
                     if not isinstance(name, str) or not name:
                         raise SpxError("missing 'file_name'", where=where, hint="audiofolder metadata needs a file_name column")
                     text_col = opts.text_column or next((c for c in _AF_TEXT if c in row), None)
-                    known = {"file_name", text_col, "speaker_id", "speaker", "label", "language", "duration"}
+                    known = {"file_name", text_col, "speaker_id", "speaker", label_col, "language", "duration"}
                     meta = {k: v for k, v in row.items() if k not in known and v not in ("", None)}
+                    if split:
+                        meta["split"] = split
                     rel = (mf.parent.relative_to(root) / name).with_suffix("")
-                    f = {"id": str(rel), "audio": str(base / name), "text": row.get(text_col) if text_col else None,
-                         "speaker": row.get("speaker_id") or row.get("speaker"), "label": row.get("label"),
+                    f = {"id": str(rel), "audio": _existing_audio(str(base / name), where, "file_name is relative to "
+                                                                  "the metadata file's folder"),
+                         "text": row.get(text_col) if text_col else None,
+                         "speaker": row.get("speaker_id") or row.get("speaker"),
+                         "label": _label(row[label_col], where, label_col) if label_col in row else None,
                          "language": row.get("language") or opts.language, "meta": meta or None}
-                    for k in ("speaker", "label"):
-                        if f[k] is not None:
-                            f[k] = str(f[k])
+                    if f["speaker"] is not None:
+                        f["speaker"] = str(f["speaker"])
                     if row.get("duration") not in (None, ""):
                         f["duration"] = _float(str(row["duration"]), where, "duration")
                     yield where, f
@@ -564,6 +724,8 @@ IMPORTERS: dict[str, Callable[..., Iterator[Utterance]]] = {
     "commonvoice": import_commonvoice,
     "ljspeech": import_ljspeech,
     "audiofolder": import_audiofolder,
+    "class_folders": import_class_folders,
+    "label_csv": import_label_csv,
     "lhotse": import_lhotse,
 }
 

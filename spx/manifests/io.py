@@ -233,3 +233,25 @@ def write_manifest(path: str | Path, utts: Iterable[Utterance], relative_to_mani
         for u in utts:
             w.write(u)
     return w.count
+
+
+def write_split_manifests(out_dir: str | Path, utts: Iterable[Utterance], relative_to_manifest: bool = False) -> dict[str, int]:
+    """Write rows to OUT_DIR/{train,valid,test}.jsonl by their meta.split (the corpus' own split, which the
+    importers record), taking meta.split off; all files or none are written."""
+    writers: dict[str, ManifestWriter] = {}
+    try:
+        for u in utts:
+            split = u.meta.pop("split", None)
+            if split not in ("train", "valid", "test"):
+                raise SpxError(f"utterance {u.id!r} has no split (train, valid or test) in the corpus",
+                               hint="drop --splits to write one manifest, then split it with `spx manifest split`")
+            if split not in writers:
+                writers[split] = ManifestWriter(Path(out_dir) / f"{split}.jsonl", relative_to_manifest)
+            writers[split].write(u)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for w in writers.values():
+        w.close()
+    return {name: writers[name].count for name in ("train", "valid", "test") if name in writers}
