@@ -152,3 +152,48 @@ def write_tts_cell(out: Path, recipe: str, backend: str, scores: dict[str, list[
             fh.write(json.dumps({"epoch": ep, "train_loss": 2.0 / ep, "valid_loss": 2.2 / ep, "time": 30.0 * ep}) + "\n")
     (cell / "train_summary.json").write_text(json.dumps(train))
     return cell
+
+
+# ---------------------------------------------------------------- classification cells
+CLS_LABELS = ["down", "go", "no", "up", "yes"]
+CLS_REFS = [CLS_LABELS[i % len(CLS_LABELS)] for i in range(40)]  # 8 test rows per label
+
+
+def write_cls_cell(out: Path, recipe: str, backend: str, predictions: list[str], decode_seconds=(0.4, 0.5, 0.45),
+                   wall_seconds: float = 60.0, state: str = "finished") -> Path:
+    """A classification cell as spx writes it: hyps.jsonl rows {id, ref_label, label, scores (top-k), duration,
+    decode_time, test_set} for CLS_REFS with the given predictions, and speed/curve/train_summary."""
+    cell = out / "runs" / f"{recipe}-{backend}"
+    cell.mkdir(parents=True, exist_ok=True)
+    (cell / "backend").write_text(backend + "\n")
+    (cell / "spec.yaml").write_text(
+        f"spec_version: 1\nname: {recipe}\ntask: classification\nmodel: {{family: matchboxnet}}\n"
+        "data: {train: t.jsonl, valid: v.jsonl, test: test.jsonl}\n"
+        "training: {seed: 1234}\neval: {bootstrap_samples: 500}\n")
+    (cell / "env.json").write_text(json.dumps({"spx_version": "0.1.0", "spx_git_sha": "abc123",
+                                               "packages": {"torch": "2.14.1", backend: "1.0"}}))
+    (cell / "steps.json").write_text(json.dumps([{"name": "train", "argv": ["python", "-m", f"spx.adapters.{backend}.steps.train", str(cell)],
+                                                  "launch": "single", "log": "logs/train.log", "env": {}}]))
+    if state == "failed":
+        (cell / "logs").mkdir(exist_ok=True)
+        (cell / "logs" / "train.log").write_text("Traceback ...\nRuntimeError: loss is nan\n")
+        (cell / "status.json").write_text(json.dumps({"state": "failed", "step": "train", "log": str(cell / "logs" / "train.log"),
+                                                      "error": "step 'train' failed (exit 1): RuntimeError: loss is nan"}))
+        return cell
+    (cell / "status.json").write_text(json.dumps({"state": "finished"}))
+    with (cell / "hyps.jsonl").open("w") as fh:
+        for i, (ref, pred) in enumerate(zip(CLS_REFS, predictions)):
+            runner_up = next(lab for lab in CLS_LABELS if lab != pred)
+            fh.write(json.dumps({"id": f"clip{i:02d}", "test_set": "test", "ref_label": ref, "label": pred,
+                                 "scores": {pred: 0.8, runner_up: 0.15}, "duration": 1.0, "decode_time": 0.01}) + "\n")
+    (cell / "speed.json").write_text(json.dumps({
+        "device": "cpu", "dtype": "float32", "batch_size": 16, "threads": 2, "warmup_batches": 1,
+        "repeats": len(decode_seconds), "audio_seconds": float(len(CLS_REFS)), "decode_seconds": list(decode_seconds),
+        "clock": "features + model forward + argmax", "utterances": len(CLS_REFS)}))
+    with (cell / "curve.jsonl").open("w") as fh:
+        for ep in range(1, 4):
+            fh.write(json.dumps({"epoch": ep, "step": ep * 5, "train_loss": 1.6 / ep, "valid_loss": 1.8 / ep,
+                                 "time": wall_seconds * ep / 3}) + "\n")
+    (cell / "train_summary.json").write_text(json.dumps({"wall_seconds": wall_seconds, "epochs": 3, "steps": 15,
+                                                         "params": 77000, "peak_memory_mb": 300.0}))
+    return cell

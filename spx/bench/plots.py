@@ -169,3 +169,25 @@ def confusion_matrix(title: str, labels: list[str], matrix: list[list[int]]) -> 
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the reference label's rows")
     return _svg(fig)
+
+
+def accuracy_vs_speed(rows: list[dict[str, Any]]) -> str | None:
+    """Classification cells: accuracy (with its 95% CI) against RTFx, one point per recipe x backend."""
+    pts = [r for r in rows if r.get("accuracy") is not None and r.get("speed")]
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, r in enumerate(pts):
+        x, y = r["speed"]["rtfx"], 100 * r["accuracy"]
+        ci = r.get("accuracy_ci")
+        yerr = [[y - 100 * ci[0]], [100 * ci[1] - y]] if ci else None
+        xerr = [[x - r["speed"]["rtfx_min"]], [r["speed"]["rtfx_max"] - x]]
+        ax.errorbar([x], [y], yerr=yerr, xerr=xerr, fmt="o", capsize=4, color=_color(r["backend"], i),
+                    label=f"{r['backend']} ({r['recipe']})")
+    ax.set_xlabel("RTFx (audio s / decode s, higher is faster)")
+    ax.set_ylabel("accuracy % (95% bootstrap CI)")
+    ax.set_title("Classification: accuracy vs speed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _svg(fig)

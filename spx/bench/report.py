@@ -511,6 +511,7 @@ def render_html(res: dict[str, Any]) -> str:
         "mos": {recipe: plots.mos_distributions(recipe, dist) for recipe, dist in (res.get("tts_distributions") or {}).items()},
     }
     cls = classification_rows(res)
+    figures["accuracy_speed"] = plots.accuracy_vs_speed(cls)
     figures["confusion"] = {f"{r['recipe']}-{r['backend']}": plots.confusion_matrix(
         f"{r['backend']} ({r['recipe']}): accuracy {pct(r.get('accuracy'))}%", r["confusion"]["labels"],
         r["confusion"]["matrix"]) for r in cls if r.get("confusion")}
