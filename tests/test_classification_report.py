@@ -15,7 +15,6 @@ import pytest
 from bench_synthetic import CLS_LABELS, CLS_REFS, REFS, write_cell, write_cls_cell
 from conftest import run_spx
 from spx.bench import classification, scoring
-from spx.errors import SpxError
 from spx.registry import TASKS
 from test_bench import check_report_files, screenshot
 from test_bench_tts_report import md_section, md_table
@@ -53,17 +52,18 @@ def test_scores_match_scikit_learn():
     assert m["confusion"]["labels"] == labels + [classification.OTHER]
     assert m["confusion"]["matrix"] == expected.tolist()
     assert m["unknown_predictions"] == other.count(classification.OTHER) > 0
-    assert m["errors"] == sum(a != b for a, b in zip(refs, preds)) and m["utterances"] == 300
+    assert m["errors"] == sum(a != b for a, b in zip(refs, preds)) and m["utterances"] == m["scored_utterances"] == 300
 
 
-def test_scorer_is_registered_and_refuses_rows_without_a_reference_label():
+def test_scorer_is_registered_and_leaves_out_rows_without_a_reference_label():
     assert TASKS["classification"].score() is classification.score_classification
-    m = TASKS["classification"].score()(rows_of(["yes", "no"], ["yes", "yes"]), None)
+    rows = rows_of(["yes", "no", "yes"], ["yes", "yes", "no"])
+    rows[2]["ref_label"] = None  # ClsHyp allows it (an unlabelled test row): nothing to score it against
+    m = TASKS["classification"].score()(rows, None)
     assert (m["accuracy"], m["confusion"]) == (0.5, {"labels": ["no", "yes"], "matrix": [[0, 1], [0, 1]]})
+    assert (m["utterances"], m["scored_utterances"]) == (3, 2)
     assert m["per_class"]["no"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
-    with pytest.raises(SpxError, match="no ref_label") as e:
-        classification.score_classification([{"id": "x", "label": "yes"}], None)
-    assert "label" in e.value.hint
+    assert classification.score_classification(rows[2:], None)["accuracy"] is None
 
 
 def test_paired_accuracy_bootstrap():

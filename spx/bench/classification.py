@@ -12,23 +12,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from spx.bench import scoring
-from spx.errors import SpxError
 
 OTHER = "(other)"  # confusion-matrix column of predictions outside the test set's labels (always errors)
 
 
-def _labels_of(hyps: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """(reference labels, predicted labels) of hyps.jsonl rows; a missing prediction is the empty string."""
-    refs, preds = [], []
-    for i, h in enumerate(hyps):
-        ref = h.get("ref_label")
-        if not isinstance(ref, str) or not ref:
-            raise SpxError(f"hyps row {i + 1} (id {h.get('id')!r}) has no ref_label", where="hyps.jsonl",
-                           hint="every test manifest row needs a label (spx manifest stats shows the class balance)")
-        pred = h.get("label")
-        refs.append(ref)
-        preds.append(pred if isinstance(pred, str) else "")
-    return refs, preds
+def scored_rows(hyps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with a reference label (a test row without one cannot be scored; it is left out and counted, as
+    ASR leaves out utterances with an empty reference)."""
+    return [h for h in hyps if isinstance(h.get("ref_label"), str) and h["ref_label"]]
+
+
+def _labels_of(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(reference labels, predicted labels) of scored rows; a missing prediction is the empty string."""
+    return [h["ref_label"] for h in rows], [h["label"] if isinstance(h.get("label"), str) else "" for h in rows]
 
 
 def confusion(refs: Sequence[str], preds: Sequence[str], labels: Sequence[str]) -> np.ndarray:
@@ -61,16 +57,18 @@ def score_classification(hyps: list[dict[str, Any]], spec: Any = None) -> dict[s
     """The classification task's metrics (spx.registry.TASKS) over a run's hyps.jsonl rows.
 
     The classes are the test rows' reference labels; a predicted label outside them (or none) is an error and
-    lands in the confusion matrix's OTHER column. Macro-F1 is the unweighted mean over those classes."""
-    if not hyps:
-        return {"accuracy": None, "macro_f1": None, "utterances": 0}
-    refs, preds = _labels_of(hyps)
+    lands in the confusion matrix's OTHER column. Macro-F1 is the unweighted mean over those classes. Rows without
+    a reference label are left out (utterances counts every row, scored_utterances the scored ones)."""
+    rows = scored_rows(hyps)
+    if not rows:
+        return {"accuracy": None, "macro_f1": None, "utterances": len(hyps), "scored_utterances": 0}
+    refs, preds = _labels_of(rows)
     labels = sorted(set(refs))
     matrix = confusion(refs, preds, labels)
     classes = per_class(matrix, labels)
     correct = int(np.trace(matrix[:, :len(labels)]))
     test_sets: dict[str, dict[str, Any]] = {}
-    for h, r, p in zip(hyps, refs, preds):
+    for h, r, p in zip(rows, refs, preds):
         ts = test_sets.setdefault(h.get("test_set") or "test", {"correct": 0, "utterances": 0})
         ts["correct"] += int(r == p)
         ts["utterances"] += 1
@@ -79,7 +77,8 @@ def score_classification(hyps: list[dict[str, Any]], spec: Any = None) -> dict[s
     unknown = int(matrix[:, -1].sum())
     return {
         "accuracy": correct / len(refs), "macro_f1": float(np.mean([c["f1"] for c in classes.values()])),
-        "correct": correct, "errors": len(refs) - correct, "unknown_predictions": unknown, "utterances": len(refs),
+        "correct": correct, "errors": len(refs) - correct, "unknown_predictions": unknown, "utterances": len(hyps),
+        "scored_utterances": len(rows),
         "classes": len(labels), "per_class": classes,
         "confusion": {"labels": labels + ([OTHER] if unknown else []),
                       "matrix": (matrix if unknown else matrix[:, :len(labels)]).tolist()},
@@ -87,9 +86,10 @@ def score_classification(hyps: list[dict[str, Any]], spec: Any = None) -> dict[s
     }
 
 
-def correct_vector(hyps: Sequence[dict[str, Any]]) -> np.ndarray:
-    """1.0 where a row's prediction equals its reference label, else 0.0 (the per-row statistic of accuracy)."""
-    refs, preds = _labels_of(hyps)
+def correct_vector(rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """1.0 where a scored row's prediction equals its reference label, else 0.0 (the per-row statistic of
+    accuracy)."""
+    refs, preds = _labels_of(rows)
     return np.array([float(r == p) for r, p in zip(refs, preds)])
 
 

@@ -88,7 +88,7 @@ def classification_table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     for r in rows:
         s = r.get("speed") or {}
         out.append([r["recipe"], r["backend"], pct(r.get("accuracy")), accuracy_cell(r), pct(r.get("macro_f1")),
-                    str(r.get("classes", "—")), str(r.get("utterances", "—")), f"{s['rtfx']:.1f}" if s else "—",
+                    str(r.get("classes", "—")), str(r.get("scored_utterances", "—")), f"{s['rtfx']:.1f}" if s else "—",
                     num(r.get("train_wall_s"), 0)])
     return out
 

@@ -148,11 +148,12 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
         if spec.get("task") == "classification":
             samples_cls = samples or int((spec.get("eval") or {}).get("bootstrap_samples", 1000))
             row.update(classification.score_classification(cell["hyps"]))
+            scored = classification.scored_rows(cell["hyps"])
             _speed_cost_versions(row, cell)
             rows.append(row)
             per_recipe_cls.setdefault(cell["recipe"], {})[cell["backend"]] = {
                 "row": row, "samples": samples_cls,
-                "correct": dict(zip((_utt_key(h) for h in cell["hyps"]), classification.correct_vector(cell["hyps"])))}
+                "correct": dict(zip(map(_utt_key, scored), classification.correct_vector(scored)))}
             continue
         if spec.get("task", "asr") != "asr":  # other tasks: their own metrics.json, speed and training cost
             row["metrics"] = {k: v for k, v in (cell["metrics"] or {}).items()
