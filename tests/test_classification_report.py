@@ -29,7 +29,7 @@ for i, wrong in zip((0, 1, 2, 5, 6, 10, 11, 15, 20, 25), ("go", "no", "up", "yes
 
 
 def rows_of(refs: list[str], preds: list[str]) -> list[dict]:
-    return [{"id": f"c{i}", "ref_label": r, "label": p, "scores": {p: 0.9}, "duration": 1.0, "test_set": "t"}
+    return [{"id": f"c{i}", "ref_label": r, "label": p, "scores": {p: 0.9}, "duration": 1.0, "decode_time": 0.01, "test_set": "t"}
             for i, (r, p) in enumerate(zip(refs, preds))]
 
 
@@ -64,6 +64,23 @@ def test_scorer_is_registered_and_leaves_out_rows_without_a_reference_label():
     assert (m["utterances"], m["scored_utterances"]) == (3, 2)
     assert m["per_class"]["no"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert classification.score_classification(rows[2:], None)["accuracy"] is None
+
+
+def test_a_classification_run_is_scored_into_a_valid_metrics_record():
+    from types import SimpleNamespace
+
+    from spx import records
+
+    spec = SimpleNamespace(task="classification", eval=SimpleNamespace(normalizer="none"))
+    speed = {"device": "cpu", "dtype": "float32", "batch_size": 8, "threads": 1, "warmup_batches": 1, "repeats": 2,
+             "audio_seconds": 40.0, "decode_seconds": [0.5, 0.4], "clock": "forward"}
+    rows = rows_of(CLS_REFS, NEMO)
+    for h in rows:
+        records.check(h, records.ClsHyp, "hyps.jsonl")  # what the model families write
+    metrics = scoring.score_run({"backend": "nemo", "hyps": rows, "speed": speed}, spec)
+    records.check(metrics, records.Metrics, "metrics.json")  # what finalize_run writes
+    assert (metrics["task"], metrics["accuracy"], metrics["rtfx"]) == ("classification", 0.95, pytest.approx(40 / 0.45))
+    assert metrics["confusion"]["labels"] == CLS_LABELS and json.loads(json.dumps(metrics)) == metrics
 
 
 def test_paired_accuracy_bootstrap():
