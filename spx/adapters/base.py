@@ -10,7 +10,9 @@ Layout of a backend folder (docs/architecture.md):
 
 A family module defines:
     TASK: str, NAME: str           e.g. "asr", "conformer_ctc"
+    PRECISIONS: tuple[str, ...]    training.precision values it trains in at all (default: every one the spec has)
     CPU_PRECISIONS: tuple[str,...] training.precision values its CPU path runs (default ("fp32",))
+    FREEZE: bool                   whether it maps `freeze:` (default True; False: a freeze item is refused)
     INIT_FROM: str                 what init_from takes for it, for error hints ("a .nemo file (a run's exported_model)")
     INFERENCE: str | None          the child module whose load_transcriber / load_synthesizer / load_classifier
                                    (run_dir, device) the bench's judge and `spx serve` use (None: it has none)
@@ -111,7 +113,15 @@ class BackendAdapter:
     def supports(self, spec: Spec) -> None:
         """Raise SpxError before anything is written when this backend cannot run the job."""
         fam = self.family(spec)
+        what = f"spx's {self.name} {spec.model.family} family"
         check_nodes(spec)
+        precisions = getattr(fam, "PRECISIONS", None)
+        if precisions is not None and spec.training.precision not in precisions:
+            raise SpxError(f"{what} trains in {' or '.join(precisions)}, not {spec.training.precision}",
+                           where="training.precision", hint=f"set training.precision: {precisions[0]}")
+        if spec.freeze and not getattr(fam, "FREEZE", True):
+            raise SpxError(f"{what} has no mapping for freeze", where="freeze",
+                           hint="remove freeze (fine-tune all weights), or use a family that maps it")
         check_cpu_precision(spec, self.name, getattr(fam, "CPU_PRECISIONS", ("fp32",)))
         check_fine_tuning(spec, getattr(fam, "INIT_FROM", f"a trained {self.name} {spec.model.family} model"))
         check_init_source(spec, self.name)
