@@ -61,7 +61,7 @@ def test_dry_run_renders_native_hyperpyyaml(tmp_path):
                    "training.early_stopping.monitor=valid_wer", "training.early_stopping.patience=3",
                    "decoding.strategy=beam", "decoding.beam_size=3", "backends.speechbrain.ckpt_interval_minutes=5")
     assert proc.returncode == 0, proc.stderr
-    assert "spx.adapters.speechbrain.train" in proc.stdout and "spx.adapters.speechbrain.decode" in proc.stdout
+    assert "spx.adapters.speechbrain.steps.train" in proc.stdout and "spx.adapters.speechbrain.steps.decode" in proc.stdout
     hp = _hparams(rd)
     tr = hp["Transformer"]["!new:speechbrain.lobes.models.transformer.TransformerASR.TransformerASR"]
     assert (tr["num_encoder_layers"], tr["nhead"], tr["d_ffn"], tr["kernel_size"], tr["dropout"]) == (3, 2, 128, 9, 0.2)

@@ -116,7 +116,7 @@ def test_recipe_sizes_build_a_tiny_model(tts_multi_corpus, tmp_path):
 
 
 def test_backends_speechbrain_overrides_reach_the_model_the_children_build(tts_multi_corpus, tmp_path):
-    from spx.adapters.speechbrain.tts_train import load_hparams as child_hparams
+    from spx.adapters.speechbrain.steps.tts_train import load_hparams as child_hparams
 
     spec = fastspeech2_spec(tts_multi_corpus, "backends.speechbrain.alignment_prior_scaling=0",
                             "backends.speechbrain.ffn_cnn_kernel_size_list=[9,1]")
