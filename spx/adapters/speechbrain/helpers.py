@@ -54,6 +54,18 @@ def warmup_annealing(key: str, spec: Spec, total_steps: int) -> str:
 """
 
 
+def epochs_and_checkpointer(run_dir: Any, recoverables: list[str]) -> str:
+    """The hparams' epoch loop and Checkpointer (resume): `recoverables` and the epoch counter are saved."""
+    saved = "".join(f"    {name}: !ref <{name}>\n" for name in recoverables) + "    counter: !ref <epoch_counter>\n"
+    return f"""epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounter
+  limit: !ref <epochs>
+
+checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
+  checkpoints_dir: {json.dumps(str(run_dir / 'checkpoints'))}
+  recoverables:
+{saved}"""
+
+
 # ---------------------------------------------------------------- TTS
 def mel_settings(spec: Spec) -> dict[str, Any]:
     """The mel every SpeechBrain TTS family makes (and the vocoder hears): STFT sizes in samples."""
@@ -61,6 +73,24 @@ def mel_settings(spec: Spec) -> dict[str, Any]:
     return {"sample_rate": sr, "n_mels": spec.tts.n_mels, "n_fft": spec.features.n_fft,
             "win_length": int(round(spec.features.win_length_ms * sr / 1000)),
             "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "f_min": 0.0, "f_max": sr / 2}
+
+
+def acoustic_run_keys(spec: Spec) -> str:
+    """The hparams keys the acoustic models' training loop (steps/tts_train.py) reads its run options from."""
+    t = spec.training
+    return f"""seed: {t.seed}
+epochs: {t.epochs or 1000000}
+max_steps: {json.dumps(t.max_steps)}
+batch_size: {t.batch_size}
+grad_clip: {json.dumps(t.grad_clip)}
+keep_checkpoints: {t.keep_checkpoints}
+"""
+
+
+def train_and_synth(run_dir: Any, modules: str) -> list[Step]:
+    """A TTS job's tts_train and tts_synth steps, run by steps/<modules>_train.py and steps/<modules>_synth.py."""
+    return [step("tts_train", f"{modules}_train", run_dir, log="train.log"),
+            step("tts_synth", f"{modules}_synth", run_dir, timed=True)]
 
 
 def check_tts_training(spec: Spec) -> None:

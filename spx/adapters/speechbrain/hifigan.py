@@ -18,14 +18,14 @@ Steps: tts_train (steps/vocoder_train.py), tts_synth (steps/vocoder_synth.py). N
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from spx.adapters.common import hifigan
-from spx.adapters.speechbrain.helpers import (OPTIMIZERS, VOCODER_CLASS, exported_vocoder, mel_settings,
-                                              refuse_duration_teacher, step, warmup_annealing, yaml_value)
+from spx.adapters.speechbrain.helpers import (OPTIMIZERS, VOCODER_CLASS, epochs_and_checkpointer, exported_vocoder,
+                                              mel_settings, refuse_duration_teacher, train_and_synth,
+                                              warmup_annealing, yaml_value)
 from spx.errors import SpxError
 from spx.manifests import read_manifest
 from spx.rundir import RunDir, Step
@@ -110,10 +110,7 @@ def render(spec: Spec, run_dir: RunDir) -> list[Step]:
         "exported_model": str(run_dir / EXPORT_DIR), "total_steps": total_steps,
         "backend_overrides": spec.backends.get("speechbrain", {}),
     })
-    return [
-        step("tts_train", "vocoder_train", run_dir, log="train.log"),
-        step("tts_synth", "vocoder_synth", run_dir, timed=True),
-    ]
+    return train_and_synth(run_dir, "vocoder")
 
 
 def collect_extras(run_dir: RunDir) -> dict[str, Any]:
@@ -235,18 +232,7 @@ opt_class_generator: !name:{opt}
 {opt_args}opt_class_discriminator: !name:{opt}
 {opt_args}# linear warmup, then {t.scheduler.name}; per update, checkpointed
 {warmup_annealing('lr_annealing_generator', spec, total_steps)}{warmup_annealing('lr_annealing_discriminator', spec, total_steps)}
-epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounter
-  limit: !ref <epochs>
-
-checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
-  checkpoints_dir: {json.dumps(str(rd / 'checkpoints'))}
-  recoverables:
-    generator: !ref <generator>
-    discriminator: !ref <discriminator>
-    lr_annealing_generator: !ref <lr_annealing_generator>
-    lr_annealing_discriminator: !ref <lr_annealing_discriminator>
-    counter: !ref <epoch_counter>
-"""
+{epochs_and_checkpointer(rd, ["generator", "discriminator", "lr_annealing_generator", "lr_annealing_discriminator"])}"""
 
 
 def _export_hyperparams(spec: Spec, rd: RunDir) -> str:
