@@ -4,7 +4,7 @@ same model, in one process, on the same batches (target ratio <= 1.02).
     uv run python benchmarks/step_time_speechbrain.py [--steps 20] [--warmup 3] [--rounds 3] [overrides...]
 
 spx side: the run dir spx renders from recipes/conformer_ctc.yaml (hparams.yaml loaded with hyperpyyaml) and
-the Brain of spx.adapters.speechbrain.train. Native side: the same modules built by hand in Python with a
+the Brain of spx.adapters.speechbrain.steps.train. Native side: the same modules built by hand in Python with a
 minimal sb.Brain, as a SpeechBrain user would write it. Steps alternate one by one so machine noise hits both.
 """
 from __future__ import annotations
@@ -43,8 +43,8 @@ def main() -> None:
     from speechbrain.nnet.losses import ctc_loss
     from speechbrain.processing.features import InputNormalization
 
-    from spx.adapters.speechbrain import train as T
-    from spx.adapters.speechbrain.model import load_hparams, make_tokenizer
+    from spx.adapters.speechbrain.steps import train as T
+    from spx.adapters.speechbrain.steps.model import load_hparams, make_tokenizer
     from spx.runner import render_run
     from spx.spec import load_spec
 
@@ -117,7 +117,7 @@ def main() -> None:
                          opt_class=lambda params: torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas))
     native.init_optimizers()
     native.modules.train()
-    from spx.adapters.speechbrain.schedulers import WarmupAnnealing
+    from spx.adapters.speechbrain.steps.schedulers import WarmupAnnealing
 
     native_sched = WarmupAnnealing(spec.training.scheduler.name if spec.training.scheduler.name in ("cosine", "constant")
                                    else "cosine", o.lr, spec.training.scheduler.warmup_steps, 1000)

@@ -17,8 +17,6 @@ TOOLKITS = ("torch", "torchaudio", "nemo", "speechbrain", "espnet2", "lightning"
 KNOWN_CYCLES = {
     frozenset({"spx.adapters.espnet", "spx.adapters.espnet.tts", "spx.adapters.espnet.tts_fastspeech2",
                "spx.adapters.espnet.tts_vits"}),
-    frozenset({"spx.adapters.speechbrain", "spx.adapters.speechbrain.tts", "spx.adapters.speechbrain.tts_fastspeech2",
-               "spx.adapters.speechbrain.vocoder"}),
 }
 
 

@@ -129,8 +129,8 @@ def _speechbrain_features(rd: Path) -> dict[str, np.ndarray]:
     import speechbrain as sb
     from speechbrain.dataio.dataset import DynamicItemDataset
 
-    from spx.adapters.speechbrain.model import load_hparams
-    from spx.adapters.speechbrain.train import audio_pipeline
+    from spx.adapters.speechbrain.steps.model import load_hparams
+    from spx.adapters.speechbrain.steps.train import audio_pipeline
     from spx.rundir import RunDir
 
     hparams = load_hparams(RunDir(rd))

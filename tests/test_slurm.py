@@ -193,7 +193,7 @@ def test_multinode_speechbrain_is_torchrun_rendezvous():
 
     from spx.launchers.slurm import multinode_command
 
-    step = Step("train", [PY, "-m", "spx.adapters.speechbrain.train", "/runs/x"], launch="torchrun")
+    step = Step("train", [PY, "-m", "spx.adapters.speechbrain.steps.train", "/runs/x"], launch="torchrun")
     argv = multinode_command(step, devices=4, nodes=2, addr="node01", port=29500, cpus_per_task=8)
     opts = _srun_opts(argv)
     assert opts["--nodes"] == "2" and opts["--ntasks-per-node"] == "1" and opts["--ntasks"] == "2"
@@ -201,7 +201,7 @@ def test_multinode_speechbrain_is_torchrun_rendezvous():
     i = argv.index("torch.distributed.run")
     args = get_args_parser().parse_args(argv[i + 1:])
     assert (args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint) == ("2", "4", "c10d", "node01:29500")
-    assert args.module and args.training_script == "spx.adapters.speechbrain.train"
+    assert args.module and args.training_script == "spx.adapters.speechbrain.steps.train"
     assert args.training_script_args == ["/runs/x"]
 
 
@@ -327,7 +327,7 @@ def test_execute_routes_multinode_steps_to_slurm_forms(monkeypatch):
     self_step = Step("train", [PY, "-m", "espnet2.bin.asr_train", "--ngpu", "0"], launch="self", self_launch=SELF_LAUNCH)
     argv = wrap_command(self_step, 2, 2)
     assert argv[0] == "srun" and "torch.distributed.run" in argv and argv[-2:] == ["--dist_backend", "gloo"]
-    torch_step = Step("train", [PY, "-m", "spx.adapters.speechbrain.train", "x"], launch="torchrun")
+    torch_step = Step("train", [PY, "-m", "spx.adapters.speechbrain.steps.train", "x"], launch="torchrun")
     assert "--rdzv_endpoint=n1:29407" in wrap_command(torch_step, 2, 2)
 
 

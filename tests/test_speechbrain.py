@@ -61,7 +61,7 @@ def test_dry_run_renders_native_hyperpyyaml(tmp_path):
                    "training.early_stopping.monitor=valid_wer", "training.early_stopping.patience=3",
                    "decoding.strategy=beam", "decoding.beam_size=3", "backends.speechbrain.ckpt_interval_minutes=5")
     assert proc.returncode == 0, proc.stderr
-    assert "spx.adapters.speechbrain.train" in proc.stdout and "spx.adapters.speechbrain.decode" in proc.stdout
+    assert "spx.adapters.speechbrain.steps.train" in proc.stdout and "spx.adapters.speechbrain.steps.decode" in proc.stdout
     hp = _hparams(rd)
     tr = hp["Transformer"]["!new:speechbrain.lobes.models.transformer.TransformerASR.TransformerASR"]
     assert (tr["num_encoder_layers"], tr["nhead"], tr["d_ffn"], tr["kernel_size"], tr["dropout"]) == (3, 2, 128, 9, 0.2)
@@ -107,6 +107,35 @@ def test_dry_run_bpe_and_dynamic_batches(tmp_path):
     assert hp["dynamic_batching"] is True and hp["max_batch_length_seconds"] == 30
     assert "!name:speechbrain.nnet.schedulers.LinearWarmupScheduler" in hp["lr_annealing"]
     assert "!name:torch.optim.SGD" in hp["opt_class"]
+
+
+def test_family_modules_declare_the_contract_and_import_no_toolkit():
+    """Every family the ADAPTER names is a module with the contract's names whose INFERENCE (if any) is a steps
+    module; __init__, helpers and the family modules import neither torch nor speechbrain (only steps/ does)."""
+    code = """if True:
+        import importlib, json, sys
+        from spx.adapters.speechbrain import ADAPTER
+        out = {}
+        importlib.import_module("spx.adapters.speechbrain.helpers")
+        for task, families in ADAPTER.families.items():
+            for family, module in families.items():
+                m = importlib.import_module(f"spx.adapters.speechbrain.{module}")
+                out[family] = [m.TASK, m.NAME, list(m.CPU_PRECISIONS), bool(m.INIT_FROM), m.INFERENCE, m.EXPORT,
+                               all(callable(getattr(m, f, None)) for f in ("check", "render", "collect_extras"))]
+        print(json.dumps({"families": out, "toolkits": [t for t in ("torch", "speechbrain") if t in sys.modules]}))
+    """
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["toolkits"] == []
+    steps = "spx.adapters.speechbrain.steps."
+    assert got["families"] == {
+        "conformer_ctc": ["asr", "conformer_ctc", ["fp32", "bf16"], True, steps + "decode", None, True],
+        "tacotron2": ["tts", "tacotron2", ["fp32"], True, None, None, True],
+        "fastspeech2": ["tts", "fastspeech2", ["fp32"], True, None, None, True],
+        "hifigan": ["tts", "hifigan", ["fp32"], True, None, None, True],
+    }
 
 
 def _unsupported_tts_recipe(tmp_path: Path) -> tuple[Path, str]:

@@ -116,7 +116,7 @@ def test_recipe_sizes_build_a_tiny_model(tts_multi_corpus, tmp_path):
 
 
 def test_backends_speechbrain_overrides_reach_the_model_the_children_build(tts_multi_corpus, tmp_path):
-    from spx.adapters.speechbrain.tts_train import load_hparams as child_hparams
+    from spx.adapters.speechbrain.steps.tts_train import load_hparams as child_hparams
 
     spec = fastspeech2_spec(tts_multi_corpus, "backends.speechbrain.alignment_prior_scaling=0",
                             "backends.speechbrain.ffn_cnn_kernel_size_list=[9,1]")
@@ -135,7 +135,7 @@ def test_the_fastpitch_recipe_renders_on_nemo_and_speechbrain(tts_multi_corpus, 
 
 @pytest.mark.parametrize("override, match", [
     ("tts.multi_speaker=true", "no speaker input"),
-    ("freeze=[encoder]", "freeze is not mapped"),
+    ("freeze=[encoder] init_from=/no/such/model.ckpt", "freeze is not mapped"),  # without init_from: the shared check
     ("resources.devices=2", "one process"),
     ("training.precision=bf16", "fp32"),
     ("training.scheduler.name=noam", "not mapped for TTS on speechbrain"),
@@ -144,7 +144,7 @@ def test_the_fastpitch_recipe_renders_on_nemo_and_speechbrain(tts_multi_corpus, 
 ])
 def test_what_speechbrain_fastspeech2_cannot_do_is_one_clear_error_before_anything_runs(tts_multi_corpus, tmp_path,
                                                                                         override, match):
-    spec = fastspeech2_spec(tts_multi_corpus, override)
+    spec = fastspeech2_spec(tts_multi_corpus, *override.split(" "))
     with pytest.raises(SpxError, match=match):
         render(spec, tmp_path / "run")
     assert not (tmp_path / "run" / "steps.json").exists()
@@ -153,7 +153,7 @@ def test_what_speechbrain_fastspeech2_cannot_do_is_one_clear_error_before_anythi
 def test_init_from_a_run_of_another_family_is_refused(tts_multi_corpus, tmp_path):
     tacotron = render(fastspeech2_spec(tts_multi_corpus, recipe=REPO / "recipes" / "tacotron2.yaml"), tmp_path / "t2")
     spec = fastspeech2_spec(tts_multi_corpus, f"init_from={tacotron.path}")
-    with pytest.raises(SpxError, match="is an spx run of speechbrain tacotron2, not of speechbrain fastspeech2"):
+    with pytest.raises(SpxError, match="is a tts/tacotron2 run; this job is tts/fastspeech2"):
         render(spec, tmp_path / "run")
 
 

@@ -83,8 +83,8 @@ def test_the_vocoder_hears_exactly_the_mel_speechbrain_tacotron2_and_fastspeech2
     models' own mel functions on the same audio."""
     import torch
 
-    from spx.adapters.speechbrain.tts_model import compute_mel
-    from spx.adapters.speechbrain.tts_train import load_hparams
+    from spx.adapters.speechbrain.steps.tts_model import compute_mel
+    from spx.adapters.speechbrain.steps.tts_train import load_hparams
 
     rd = render(RECIPE, tts_multi_corpus, tmp_path / "voc")
     export = load_yaml(rd / "native/export_hyperparams.yaml")
@@ -127,7 +127,7 @@ def test_a_vocoder_run_dir_that_is_not_a_finished_speechbrain_hifigan_is_refused
 
 
 def test_an_spx_vocoder_trained_on_other_mels_is_refused_at_render(tts_multi_corpus, tmp_path):
-    from spx.adapters.speechbrain.vocoder import EXPORT_INFO
+    from spx.adapters.speechbrain.helpers import VOCODER_EXPORT_INFO as EXPORT_INFO
 
     folder = tmp_path / "export"
     folder.mkdir()

@@ -103,13 +103,14 @@ def test_multi_speaker_rejects_a_test_speaker_unseen_in_training(tts_multi_corpu
 @pytest.mark.parametrize("override, match, backends", [
     ("model.embedding_dim=32", "one width for the character embedding and the encoder", ("speechbrain",)),
     ("model.reduction_factor=2", "one frame per step", ("speechbrain",)),
+    ("freeze=[encoder] init_from=/no/such/model.pth", "freeze is not mapped", ("speechbrain",)),
     ("tts.vocoder=/no/such/vocoder", "tts.vocoder", BACKENDS),
     ("init_from=/no/such/model.pth", "init_from", BACKENDS),
     ("training.precision=bf16", "fp32", BACKENDS),
 ])
 def test_what_a_backend_cannot_do_is_one_clear_error_before_anything_runs(tts_multi_corpus, tmp_path, override,
                                                                           match, backends):
-    spec = tts_spec(tts_multi_corpus, override)
+    spec = tts_spec(tts_multi_corpus, *override.split(" "))
     for backend in backends:
         with pytest.raises(SpxError, match=match):
             render_tts_run(spec, backend, tmp_path / backend)

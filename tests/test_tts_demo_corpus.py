@@ -79,5 +79,5 @@ def test_bench_dry_run_renders_the_tts_cells_and_leaves_earlier_cells_alone(tmp_
     assert proc.returncode == 0, err
     assert "tacotron2-espnet: would be re-run (previous state failed); left as it is" in err
     assert sorted(p.name for p in earlier.iterdir()) == ["status.json"]
-    assert "spx.adapters.speechbrain.tts_train" in out and (tmp_path / "out/runs/tacotron2-speechbrain/command.sh").exists()
+    assert "spx.adapters.speechbrain.steps.tts_train" in out and (tmp_path / "out/runs/tacotron2-speechbrain/command.sh").exists()
     assert not (tmp_path / "out" / "report.md").exists()

@@ -1,6 +1,6 @@
 """Child step `tts_prepare` of SpeechBrain FastSpeech2: pitch and energy targets from the training audio.
 
-    python -m spx.adapters.speechbrain.tts_fastspeech2_prepare RUN_DIR
+    python -m spx.adapters.speechbrain.steps.tts_fastspeech2_prepare RUN_DIR
 
 As SpeechBrain's LJSpeech FastSpeech2 recipe prepares them (ljspeech_prepare.py for FastSpeech2WithAlignment):
 pitch with torchaudio's detect_pitch_frequency (frame_time = hop / sample rate, median window 3, min/max f0 from
@@ -20,8 +20,8 @@ import torch
 import torchaudio
 
 from spx.adapters.common.child import load_audio, load_run, main_guard, progress, set_threads
-from spx.adapters.speechbrain.tts_fastspeech2 import training_rows
-from spx.adapters.speechbrain.tts_train import load_hparams
+from spx.adapters.speechbrain.fastspeech2 import training_rows
+from spx.adapters.speechbrain.steps.tts_train import load_hparams
 from spx.manifests import read_manifest
 from spx.yamlio import atomic_write_json
 

@@ -1,6 +1,6 @@
 """Child step `tts_train` of the SpeechBrain HiFi-GAN vocoder job: HifiganGenerator against HifiganDiscriminator.
 
-    python -m spx.adapters.speechbrain.vocoder_train RUN_DIR
+    python -m spx.adapters.speechbrain.steps.vocoder_train RUN_DIR
 
 The audio of the train/valid manifests is loaded once up front (the text is not used). Each batch is a random crop of
 `segment_size` samples per utterance (validation: the middle crop of each file, speech rather than the leading silence,
@@ -25,8 +25,9 @@ import torch
 
 from spx.adapters.common.child import (append_curve, count_params, load_audio, main_guard, peak_memory_mb, progress,
                                        write_train_summary)
-from spx.adapters.speechbrain.tts_train import note_resume, start_job
-from spx.adapters.speechbrain.vocoder import EXPORT_INFO, MODEL_CLASS, audio_rows
+from spx.adapters.speechbrain.steps.tts_train import note_resume, start_job
+from spx.adapters.speechbrain.helpers import VOCODER_CLASS, VOCODER_EXPORT_INFO
+from spx.adapters.speechbrain.hifigan import audio_rows
 from spx.yamlio import atomic_write_json
 
 
@@ -160,7 +161,7 @@ def export_generator(rd, checkpoint_dir, info: dict) -> str:
     tmp.mkdir()
     shutil.copyfile(rd / "native" / "export_hyperparams.yaml", tmp / "hyperparams.yaml")
     shutil.copyfile(checkpoint_dir / "generator.ckpt", tmp / "generator.ckpt")
-    atomic_write_json(tmp / EXPORT_INFO, {"model_class": MODEL_CLASS, "mel": info["mel"], "run_dir": str(rd),
+    atomic_write_json(tmp / VOCODER_EXPORT_INFO, {"model_class": VOCODER_CLASS, "mel": info["mel"], "run_dir": str(rd),
                                           "checkpoint": str(checkpoint_dir)})
     shutil.rmtree(export, ignore_errors=True)
     os.replace(tmp, export)
@@ -202,7 +203,7 @@ def train(run_dir: str) -> None:
         last_checkpoint=str(last.path), best_checkpoint=str(best.path), exported_model=exported,
         exported_from=str(best.path), effective_batch=hp["batch_size"], world_size=1, device=device,
         threads=threads, vocoder=info["vocoder_name"], init_from=info["init_from"],
-        resumed=brain.resumed_from_epoch > 0, model_class=MODEL_CLASS, segment_samples=hp["segment_size"],
+        resumed=brain.resumed_from_epoch > 0, model_class=VOCODER_CLASS, segment_samples=hp["segment_size"],
     )
 
 

@@ -1,6 +1,6 @@
 """Train SpeechBrain's Tacotron2 from the generated hyperpyyaml (child process).
 
-    python -m spx.adapters.speechbrain.tts_train RUN_DIR
+    python -m spx.adapters.speechbrain.steps.tts_train RUN_DIR
 
 Mel targets are computed once up front (the corpus is small); a Brain subclass trains with the Tacotron2
 Loss (mel MSE + gate BCE + guided attention); the Checkpointer keeps the best checkpoints by valid loss
@@ -18,7 +18,7 @@ import speechbrain as sb
 
 from spx.adapters.common.child import (append_curve, count_params, keep_curve_through, load_audio, load_run, main_guard,
                                        peak_memory_mb, pick_device, progress, set_threads, write_train_summary)
-from spx.adapters.speechbrain.tts_model import compute_mel, encode_text, load_native
+from spx.adapters.speechbrain.steps.tts_model import compute_mel, encode_text, load_native
 from spx.manifests import read_manifest
 
 

@@ -1,7 +1,7 @@
 """Decoding step (child process): restore the exported model (SpeechBrain Pretrainer) and run the shared
 decoding/timing protocol (child.decode_and_time) -> hyps.jsonl + speed.json.
 
-`python -m spx.adapters.speechbrain.decode RUN_DIR`
+`python -m spx.adapters.speechbrain.steps.decode RUN_DIR`
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 import speechbrain as sb
 from spx.adapters.common import child
-from spx.adapters.speechbrain.model import Tokenizer, char_tokenizer, load_exported, load_hparams, transcriber
+from spx.adapters.speechbrain.steps.model import Tokenizer, char_tokenizer, load_exported, load_hparams, transcriber
 
 
 def load_model(rd, device: str):

@@ -1,6 +1,6 @@
 """Child step `tts_train`: SpeechBrain's FastSpeech2WithAlignment from the generated hyperpyyaml.
 
-    python -m spx.adapters.speechbrain.tts_fastspeech2_train RUN_DIR
+    python -m spx.adapters.speechbrain.steps.tts_fastspeech2_train RUN_DIR
 
 Mels (FastSpeech2.mel_spectrogram) are computed once up front; pitch (normalized with native/pitch_stats.json) and
 energy come from the tts_prepare step. Batches are made by SpeechBrain's TextMelCollateWithAlignment; a Brain subclass
@@ -18,9 +18,9 @@ import speechbrain as sb
 import torch
 
 from spx.adapters.common.child import append_curve, load_audio, main_guard, progress
-from spx.adapters.speechbrain.tts_fastspeech2_prepare import mel_and_energy, split_rows, sup_file
-from spx.adapters.speechbrain.tts_model import encode_text
-from spx.adapters.speechbrain.tts_train import fit_and_summarize, note_resume, start_job
+from spx.adapters.speechbrain.steps.tts_fastspeech2_prepare import mel_and_energy, split_rows, sup_file
+from spx.adapters.speechbrain.steps.tts_model import encode_text
+from spx.adapters.speechbrain.steps.tts_train import fit_and_summarize, note_resume, start_job
 
 
 def build_items(rd, spec, hp: dict, info: dict, split: str, rows: list, pitch_stats: dict) -> list[dict]:

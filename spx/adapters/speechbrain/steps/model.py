@@ -13,7 +13,7 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 
 import speechbrain as sb
-from spx.adapters.speechbrain import EXPORT_INFO
+from spx.adapters.speechbrain.conformer_ctc import EXPORT_INFO
 from spx.rundir import RunDir
 from spx.spec import Spec
 

@@ -1,6 +1,6 @@
 """Child step `tts_synth` of the SpeechBrain HiFi-GAN vocoder job: copy synthesis of the test recordings.
 
-    python -m spx.adapters.speechbrain.vocoder_synth RUN_DIR
+    python -m spx.adapters.speechbrain.steps.vocoder_synth RUN_DIR
 
 The exported folder (train_summary.json `exported_model`) is loaded the way any user loads it,
 speechbrain.inference.vocoders.HIFIGAN.from_hparams (through tts_model.HifiganVocoder, which checks its mels and hop);
@@ -16,7 +16,7 @@ import torch
 
 from spx.adapters.common.child import (load_run, main_guard, pick_device, precision_dtype, set_threads,
                                        synthesize_and_time)
-from spx.adapters.speechbrain.tts_model import HifiganVocoder, load_native
+from spx.adapters.speechbrain.steps.tts_model import HifiganVocoder, load_native
 
 
 def synth(run_dir: str) -> None:

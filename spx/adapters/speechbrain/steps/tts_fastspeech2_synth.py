@@ -1,6 +1,6 @@
 """Child step `tts_synth`: the best SpeechBrain FastSpeech2 checkpoint speaks the test sentences.
 
-    python -m spx.adapters.speechbrain.tts_fastspeech2_synth RUN_DIR
+    python -m spx.adapters.speechbrain.steps.tts_fastspeech2_synth RUN_DIR
 
 Text -> character ids -> FastSpeech2WithAlignment (predicted durations, pitch and energy) -> postnet log-mel ->
 vocoder (Griffin-Lim via torchaudio, the one Tacotron2 on SpeechBrain uses, or the SpeechBrain HiFi-GAN named in
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from spx.adapters.common.child import main_guard, precision_dtype, synthesize_and_time
-from spx.adapters.speechbrain.tts_model import encode_text
-from spx.adapters.speechbrain.tts_synth import load_for_synthesis
+from spx.adapters.speechbrain.steps.tts_model import encode_text
+from spx.adapters.speechbrain.steps.tts_synth import load_for_synthesis
 
 
 def synth(run_dir: str) -> None:

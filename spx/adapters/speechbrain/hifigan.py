@@ -1,60 +1,59 @@
 """SpeechBrain HiFi-GAN vocoder as its own spx job (`task: tts`, `model.family: hifigan`), in the form of SpeechBrain's
 LJSpeech `TTS/vocoder/hifigan` recipe: `HifiganGenerator` + `HifiganDiscriminator` (multi-period + multi-scale),
 GeneratorLoss (mel L1 x 45 + MSE adversarial + feature matching x 10) and DiscriminatorLoss (MSE), one optimizer each,
-trained by a Brain subclass (vocoder_train.py) on random crops of the manifests' audio (the text is not used).
+trained by a Brain subclass (steps/vocoder_train.py) on random crops of the manifests' audio (the text is not used).
 
 The mel the generator hears is exactly the one spx's SpeechBrain Tacotron2 / FastSpeech2 make (torchaudio slaney mel of
 the magnitude STFT, natural log with a 1e-5 floor, the spec's STFT), so their `tts.vocoder` can name this run dir.
 The test step is copy synthesis: each test recording -> its mel -> the exported generator, timed by the shared
 synthesis protocol and scored like any TTS run.
 
-render_vocoder_job writes run_dir/native/:
+render writes run_dir/native/:
   tts_hparams.yaml         generated hyperpyyaml of the training recipe (loaded only by the child processes)
   export_hyperparams.yaml  the hyperparams.yaml of the exported folder (generator + mel settings + Pretrainer), which
                            tts_train copies beside the best generator.ckpt into checkpoints/export/, the folder
                            `speechbrain.inference.vocoders.HIFIGAN.from_hparams(source=...)` loads
-  tts_info.json            model, mel settings, crop length (what collect/dispatch look for)
-Steps: tts_train (spx.adapters.speechbrain.vocoder_train), tts_synth (vocoder_synth). No torch or speechbrain here.
+  tts_info.json            model, mel settings, crop length
+Steps: tts_train (steps/vocoder_train.py), tts_synth (steps/vocoder_synth.py). No torch or speechbrain here.
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from spx.adapters.common import hifigan
+from spx.adapters.speechbrain.helpers import (OPTIMIZERS, VOCODER_CLASS, epochs_and_checkpointer, exported_vocoder,
+                                              mel_settings, refuse_duration_teacher, train_and_synth,
+                                              warmup_annealing, yaml_value)
 from spx.errors import SpxError
 from spx.manifests import read_manifest
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
-MODEL_CLASS = "HifiganGenerator"
+TASK, NAME = "tts", "hifigan"
+CPU_PRECISIONS = ("fp32",)
+INIT_FROM = "an spx speechbrain hifigan run dir, its checkpoints/export folder, or a generator.ckpt"
+INFERENCE = None  # steps/vocoder_synth.py copy-synthesizes the test sets; there is no load_synthesizer yet
+EXPORT = None
+
 GENERATOR = "speechbrain.lobes.models.HifiGAN.HifiganGenerator"
-CHILD = "spx.adapters.speechbrain.vocoder"
 EXPORT_DIR = "checkpoints/export"
-EXPORT_INFO = "spx_vocoder.json"  # in the exported folder: the mel settings an acoustic model must match
 INFERENCE_PADDING = 5  # mel frames HifiganGenerator.inference replicates at each end (SpeechBrain's default)
 # the shortest input HifiganDiscriminator takes (measured, speechbrain 1.1.2): its period-11 discriminator folds the
 # crop into ceil(T / 11) rows, then four stride-3 convs whose reflect padding needs >= 3 rows left
 MIN_DISCRIMINATOR_SAMPLES = 1783
 
 
-def _mel(spec: Spec) -> dict[str, Any]:
-    from spx.adapters.speechbrain.tts import mel_settings
-
-    return mel_settings(spec)
-
-
 def segment_samples(spec: Spec) -> int:
-    return hifigan.segment_samples(spec, _mel(spec)["hop_length"])
+    return hifigan.segment_samples(spec, mel_settings(spec)["hop_length"])
 
 
-def check_vocoder_job(spec: Spec) -> None:
+def check(spec: Spec) -> None:
     """Raise SpxError before anything runs when SpeechBrain's HiFi-GAN cannot render this job."""
-    m, t, mel = spec.model, spec.training, _mel(spec)
+    m, t, mel = spec.model, spec.training, mel_settings(spec)
+    refuse_duration_teacher(spec)
     hifigan.check_hifigan_job(spec, mel, "SpeechBrain")
     if segment_samples(spec) < MIN_DISCRIMINATOR_SAMPLES:
         shortest = math.ceil(MIN_DISCRIMINATOR_SAMPLES / mel["hop_length"]) * mel["hop_length"] / spec.tts.sample_rate
@@ -68,39 +67,10 @@ def check_vocoder_job(spec: Spec) -> None:
                        where="training.grad_accumulation",
                        hint="set training.grad_accumulation: 1 (raise batch_size instead)")
     if spec.init_from:
-        resolve_vocoder_init(spec.init_from)
+        resolve_init_from(spec.init_from)
 
 
-def exported_vocoder(run_dir: Path, named_by: str, where: str) -> Path:
-    """The exported folder of a finished spx speechbrain hifigan run dir, or one SpxError saying what it is instead."""
-    summary_path = run_dir / "train_summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    backend = (run_dir / "backend").read_text().strip() if (run_dir / "backend").is_file() else None
-    exported = summary.get("exported_model")
-    if backend != "speechbrain" or summary.get("model_class") != MODEL_CLASS or not exported \
-            or not (Path(exported) / "generator.ckpt").is_file():
-        raise SpxError(f"{where} {named_by!r} is not a finished spx speechbrain hifigan run (no exported "
-                       f"{MODEL_CLASS} folder in its train_summary.json)", where=where,
-                       hint="finish that vocoder run first (spx run --backend speechbrain recipes/hifigan.yaml), or "
-                            "give a SpeechBrain HiFi-GAN folder (hyperparams.yaml + generator.ckpt)")
-    return Path(exported)
-
-
-def check_vocoder_mels(spec: Spec, folder: Path) -> None:
-    """An spx-exported vocoder records the mel it was trained on: the acoustic model must make the same one."""
-    info_path = folder / EXPORT_INFO
-    if not info_path.is_file():  # a third-party folder: tts_synth checks its n_mels and hop when it loads
-        return
-    theirs, ours = json.loads(info_path.read_text())["mel"], _mel(spec)
-    diff = [f"{k} {theirs.get(k)} vs {ours[k]}" for k in ours if theirs.get(k) != ours[k]]
-    if diff:
-        raise SpxError(f"tts.vocoder {folder} was trained on other mel settings than this job makes (vocoder vs this "
-                       f"job: {', '.join(diff)})", where="tts.vocoder",
-                       hint="train the vocoder with this job's tts.sample_rate, tts.n_mels and features: (n_fft, "
-                            "win_length_ms, hop_length_ms)")
-
-
-def resolve_vocoder_init(init_from: str) -> str:
+def resolve_init_from(init_from: str) -> str:
     """The generator.ckpt to start from: an spx speechbrain hifigan run dir, its export folder, or a generator.ckpt."""
     p = Path(init_from).expanduser()
     if (p / "spec.yaml").is_file() or (p / "train_summary.json").is_file():
@@ -114,6 +84,39 @@ def resolve_vocoder_init(init_from: str) -> str:
     return str(p.resolve())
 
 
+def render(spec: Spec, run_dir: RunDir) -> list[Step]:
+    t = spec.training
+    splits = {split: audio_rows(spec, split) for split in ("train", "valid")}
+    for split, rows in splits.items():
+        if not rows:
+            raise SpxError(f"no usable {split} utterances (empty manifest, or all shorter than the "
+                           f"{segment_samples(spec) / spec.tts.sample_rate:.3f} s training crop or filtered by "
+                           "data.min/max_duration)", where=spec.data.train if split == "train" else spec.data.valid,
+                           hint="check the manifest, model.segment_seconds and data.min_duration/max_duration")
+    per_epoch = math.ceil(len(splits["train"]) / t.batch_size)
+    # max_steps overrides epochs: enough epochs to reach it, the Brain stops at the step itself
+    epochs = math.ceil(t.max_steps / per_epoch) if t.max_steps else t.epochs
+    total_steps = t.max_steps or per_epoch * epochs
+    native = run_dir / "native"
+    native.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    atomic_write_text(native / "tts_hparams.yaml", _train_hparams(spec, run_dir, epochs, total_steps))
+    atomic_write_text(native / "export_hyperparams.yaml", _export_hyperparams(spec, run_dir))
+    atomic_write_json(native / "tts_info.json", {
+        "model": f"SpeechBrain {VOCODER_CLASS} + HifiganDiscriminator (copy synthesis of the test recordings)",
+        "model_class": VOCODER_CLASS, "mel": mel_settings(spec), "segment_samples": segment_samples(spec),
+        "vocoder": None, "vocoder_name": f"hifigan (this run, SpeechBrain {VOCODER_CLASS})",
+        "init_from": resolve_init_from(spec.init_from) if spec.init_from else None,
+        "exported_model": str(run_dir / EXPORT_DIR), "total_steps": total_steps,
+        "backend_overrides": spec.backends.get("speechbrain", {}),
+    })
+    return train_and_synth(run_dir, "vocoder")
+
+
+def collect_extras(run_dir: RunDir) -> dict[str, Any]:
+    return {}
+
+
 def audio_rows(spec: Spec, split: str) -> list:
     """The utterances a split trains or validates on: long enough for one crop (and, for train, within
     data.min/max_duration). The same list in render and in the train step."""
@@ -124,12 +127,6 @@ def audio_rows(spec: Spec, split: str) -> list:
     return [u for u in read_manifest(path) if u.duration >= lo and (hi is None or u.duration <= hi)]
 
 
-def _yaml(value: Any) -> str:
-    from spx.adapters.speechbrain import _yaml as flow
-
-    return flow(value)
-
-
 def _mel_block(mel: dict[str, Any]) -> str:
     """Mel settings + the mel function: SpeechBrain HiFiGAN's mel_spectrogram with the arguments spx's Tacotron2 and
     FastSpeech2 give theirs (same torchaudio transform, same log compression)."""
@@ -138,8 +135,8 @@ n_mel_channels: {mel['n_mels']}
 n_fft: {mel['n_fft']}
 win_length: {mel['win_length']}
 hop_length: {mel['hop_length']}
-mel_fmin: {_yaml(mel['f_min'])}
-mel_fmax: {_yaml(mel['f_max'])}
+mel_fmin: {yaml_value(mel['f_min'])}
+mel_fmax: {yaml_value(mel['f_max'])}
 mel_spectrogram: !name:speechbrain.lobes.models.HifiGAN.mel_spectrogram
   sample_rate: !ref <sample_rate>
   hop_length: !ref <hop_length>
@@ -163,11 +160,11 @@ def _generator_block(spec: Spec) -> str:
   in_channels: !ref <n_mel_channels>
   out_channels: 1
   resblock_type: "{m.resblock}"
-  resblock_dilation_sizes: {_yaml(dilations)}
-  resblock_kernel_sizes: {_yaml(kernels)}
-  upsample_kernel_sizes: {_yaml([2 * r for r in m.upsample_rates])}
+  resblock_dilation_sizes: {yaml_value(dilations)}
+  resblock_kernel_sizes: {yaml_value(kernels)}
+  upsample_kernel_sizes: {yaml_value([2 * r for r in m.upsample_rates])}
   upsample_initial_channel: {m.upsample_initial_channel}
-  upsample_factors: {_yaml(list(m.upsample_rates))}
+  upsample_factors: {yaml_value(list(m.upsample_rates))}
   inference_padding: {INFERENCE_PADDING}
   cond_channels: 0
   conv_post_bias: True
@@ -176,35 +173,26 @@ def _generator_block(spec: Spec) -> str:
 
 def _train_hparams(spec: Spec, rd: RunDir, epochs: int, total_steps: int) -> str:
     t, o = spec.training, spec.training.optimizer
-    opt = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}[o.name]
+    opt = OPTIMIZERS[o.name]
     opt_args = "  lr: !ref <lr>\n  weight_decay: !ref <weight_decay>\n"
     opt_args += "  momentum: 0.9\n" if o.name == "sgd" else "  betas: !ref <betas>\n"
-
-    def annealing(name: str) -> str:
-        return f"""{name}: !new:spx.adapters.speechbrain.schedulers.WarmupAnnealing
-  shape: {t.scheduler.name}
-  lr: !ref <lr>
-  warmup_steps: {t.scheduler.warmup_steps}
-  total_steps: {total_steps}
-  min_lr: {_yaml(t.scheduler.min_lr)}
-"""
 
     return f"""# Generated by spx from {rd / 'spec.yaml'}: SpeechBrain HiFi-GAN vocoder (hyperpyyaml),
 # in the form of SpeechBrain's LJSpeech recipe TTS/vocoder/hifigan/hparams/train.yaml. Edit the spec, not this file.
 seed: {t.seed}
 epochs: {epochs}
-optimizer_step_limit: {_yaml(t.max_steps)}  # Brain run option: one step = one discriminator + one generator update
-max_grad_norm: {_yaml(t.grad_clip if t.grad_clip is not None else float('inf'))}  # each network clipped on its own
+optimizer_step_limit: {yaml_value(t.max_steps)}  # Brain run option: one step = one discriminator + one generator update
+max_grad_norm: {yaml_value(t.grad_clip if t.grad_clip is not None else float('inf'))}  # each network clipped on its own
 noprogressbar: True
 batch_size: {t.batch_size}
 keep_checkpoints: {t.keep_checkpoints}
 segment_size: {segment_samples(spec)}  # random crop per training example (validation: the middle crop of each file)
-lr: {_yaml(o.lr)}
-weight_decay: {_yaml(o.weight_decay)}
-betas: {_yaml(list(o.betas))}
+lr: {yaml_value(o.lr)}
+weight_decay: {yaml_value(o.weight_decay)}
+betas: {yaml_value(list(o.betas))}
 
 # ---- the mel the generator hears (= the acoustic models')
-{_mel_block(_mel(spec))}
+{_mel_block(mel_settings(spec))}
 # ---- model (spec model.upsample_initial_channel / upsample_rates / resblock; kernels 2 x each rate)
 {_generator_block(spec)}
 discriminator: !new:speechbrain.lobes.models.HifiGAN.HifiganDiscriminator  # periods 2,3,5,7,11 + 3 scales (fixed)
@@ -243,26 +231,15 @@ discriminator_loss: !new:speechbrain.lobes.models.HifiGAN.DiscriminatorLoss
 opt_class_generator: !name:{opt}
 {opt_args}opt_class_discriminator: !name:{opt}
 {opt_args}# linear warmup, then {t.scheduler.name}; per update, checkpointed
-{annealing('lr_annealing_generator')}{annealing('lr_annealing_discriminator')}
-epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounter
-  limit: !ref <epochs>
-
-checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
-  checkpoints_dir: {json.dumps(str(rd / 'checkpoints'))}
-  recoverables:
-    generator: !ref <generator>
-    discriminator: !ref <discriminator>
-    lr_annealing_generator: !ref <lr_annealing_generator>
-    lr_annealing_discriminator: !ref <lr_annealing_discriminator>
-    counter: !ref <epoch_counter>
-"""
+{warmup_annealing('lr_annealing_generator', spec, total_steps)}{warmup_annealing('lr_annealing_discriminator', spec, total_steps)}
+{epochs_and_checkpointer(rd, ["generator", "discriminator", "lr_annealing_generator", "lr_annealing_discriminator"])}"""
 
 
 def _export_hyperparams(spec: Spec, rd: RunDir) -> str:
     return f"""# SpeechBrain HiFi-GAN vocoder trained by spx ({rd}). Load it with
 #   speechbrain.inference.vocoders.HIFIGAN.from_hparams(source=<this folder>)
 # Its input: mel_spectrogram below (log of the slaney mel of |STFT|, 1e-5 floor), shape (batch, n_mel_channels, frames).
-{_mel_block(_mel(spec))}
+{_mel_block(mel_settings(spec))}
 {_generator_block(spec)}
 modules:
   generator: !ref <generator>
@@ -271,37 +248,3 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
   loadables:
     generator: !ref <generator>
 """
-
-
-def render_vocoder_job(spec: Spec, run_dir: RunDir) -> list[Step]:
-    check_vocoder_job(spec)
-    t = spec.training
-    splits = {split: audio_rows(spec, split) for split in ("train", "valid")}
-    for split, rows in splits.items():
-        if not rows:
-            raise SpxError(f"no usable {split} utterances (empty manifest, or all shorter than the "
-                           f"{segment_samples(spec) / spec.tts.sample_rate:.3f} s training crop or filtered by "
-                           "data.min/max_duration)", where=spec.data.train if split == "train" else spec.data.valid,
-                           hint="check the manifest, model.segment_seconds and data.min_duration/max_duration")
-    per_epoch = math.ceil(len(splits["train"]) / t.batch_size)
-    # max_steps overrides epochs: enough epochs to reach it, the Brain stops at the step itself
-    epochs = math.ceil(t.max_steps / per_epoch) if t.max_steps else t.epochs
-    total_steps = t.max_steps or per_epoch * epochs
-    native = run_dir / "native"
-    native.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    atomic_write_text(native / "tts_hparams.yaml", _train_hparams(spec, run_dir, epochs, total_steps))
-    atomic_write_text(native / "export_hyperparams.yaml", _export_hyperparams(spec, run_dir))
-    atomic_write_json(native / "tts_info.json", {
-        "model": f"SpeechBrain {MODEL_CLASS} + HifiganDiscriminator (copy synthesis of the test recordings)",
-        "model_class": MODEL_CLASS, "mel": _mel(spec), "segment_samples": segment_samples(spec),
-        "vocoder": None, "vocoder_name": f"hifigan (this run, SpeechBrain {MODEL_CLASS})",
-        "init_from": resolve_vocoder_init(spec.init_from) if spec.init_from else None,
-        "exported_model": str(run_dir / EXPORT_DIR), "total_steps": total_steps,
-        "backend_overrides": spec.backends.get("speechbrain", {}),
-    })
-    py = sys.executable
-    return [
-        Step("tts_train", [py, "-m", f"{CHILD}_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", f"{CHILD}_synth", str(run_dir)], timed=True),
-    ]

@@ -1,40 +1,45 @@
 """SpeechBrain FastSpeech2 with its internal aligner (`task: tts`, `model.family: fastspeech2`): the spec becomes a
 SpeechBrain-native recipe in the form of SpeechBrain's LJSpeech `train_internal_alignment` recipe, on characters.
 
-render_fastspeech2 writes run_dir/native/:
+render writes run_dir/native/:
   tts_hparams.yaml  generated hyperpyyaml: speechbrain.lobes.models.FastSpeech2.FastSpeech2WithAlignment (encoder /
                     aligner / variance predictors / decoder / postnet; spx's subclass only adds the beta-binomial
-                    alignment prior, tts_fastspeech2_model.py), its mel_spectrogram (log-mel + frame energy),
+                    alignment prior, steps/tts_fastspeech2_model.py), its mel_spectrogram (log-mel + frame energy),
                     the pitch settings, LossWithAlignment, TextMelCollateWithAlignment, optimizer, warmup + cosine
                     schedule, EpochCounter, Checkpointer (resume); loaded only by the child processes
-  tts_info.json     model, symbols, mel settings, vocoder, init_from checkpoint (what collect/dispatch look for)
+  tts_info.json     model, symbols, mel settings, vocoder, init_from checkpoint
 Steps: tts_prepare (pitch + energy targets from the audio, native/sup_data, native/pitch_stats.json), tts_train,
-tts_synth (spx.adapters.speechbrain.tts_fastspeech2_*). Nothing here imports torch or speechbrain.
+tts_synth (steps/tts_fastspeech2_*.py). Nothing here imports torch or speechbrain.
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
+from typing import Any
 
+from spx.adapters.speechbrain.helpers import (OPTIMIZERS, STEPS, SYMBOLS, acoustic_run_keys, check_tts_training,
+                                              epochs_and_checkpointer, mel_settings, resolve_checkpoint,
+                                              resolve_vocoder, step, train_and_synth, vocoder_info, warmup_annealing)
 from spx.errors import SpxError
 from spx.manifests import read_manifest
-from spx.rundir import RunDir, Step, require_same_job
+from spx.rundir import RunDir, Step
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
+TASK, NAME = "tts", "fastspeech2"
+CPU_PRECISIONS = ("fp32",)
+INIT_FROM = "an spx speechbrain fastspeech2 run dir, a CKPT+... folder, or its model.ckpt"
+INFERENCE = None  # steps/tts_fastspeech2_synth.py synthesizes the test sets; there is no load_synthesizer yet
+EXPORT = None
+
 # SpeechBrain's FastSpeech2WithAlignment + the beta-binomial alignment prior its aligner takes (see that module)
-MODEL_CLASS = "spx.adapters.speechbrain.tts_fastspeech2_model.FastSpeech2WithAlignmentPrior"
+MODEL_CLASS = f"{STEPS}.tts_fastspeech2_model.FastSpeech2WithAlignmentPrior"
 # pitch search range of SpeechBrain's FastSpeech2 recipes (min_f0/max_f0, the torchaudio pyin values C2..C7)
 PITCH_FMIN, PITCH_FMAX = 65.0, 2093.0
-CHILD = "spx.adapters.speechbrain.tts_fastspeech2"
 
 
-def check_fastspeech2(spec: Spec) -> None:
+def check(spec: Spec) -> None:
     """Raise SpxError before anything runs when SpeechBrain's FastSpeech2 cannot render this job (the Spec itself
     checks what holds on every backend: heads dividing d_model, n_fft covering the window)."""
-    from spx.adapters.speechbrain.tts import resolve_vocoder
-
     if spec.tts.duration_teacher is not None:
         raise SpxError("tts.duration_teacher is set, but SpeechBrain's FastSpeech2WithAlignment learns its durations "
                        "with its internal aligner and takes no teacher", where="tts.duration_teacher",
@@ -50,16 +55,8 @@ def check_fastspeech2(spec: Spec) -> None:
                        hint="set resources.devices: 1 and resources.nodes: 1")
     resolve_vocoder(spec)
     if spec.init_from:
-        resolve_fastspeech2_init(spec.init_from)
-
-
-def resolve_fastspeech2_init(init_from: str) -> str:
-    """The model.ckpt of an spx SpeechBrain FastSpeech2 run (its dir), a Checkpointer CKPT+ folder, or a model.ckpt.
-    A run dir of another family is refused here; a bare checkpoint of another shape fails the strict load."""
-    from spx.adapters.speechbrain.tts import resolve_init_from
-
-    require_same_job(init_from, "speechbrain", "fastspeech2")
-    return resolve_init_from(init_from)
+        resolve_checkpoint(spec.init_from)
+    check_tts_training(spec)
 
 
 def training_rows(spec: Spec) -> list:
@@ -69,23 +66,41 @@ def training_rows(spec: Spec) -> list:
             if (lo is None or u.duration >= lo) and (hi is None or u.duration <= hi)]
 
 
-def _hparams(spec: Spec, rd: RunDir, n_symbols: int, total_steps: int) -> str:
-    from spx.adapters.speechbrain.tts import mel_settings
+def render(spec: Spec, run_dir: RunDir) -> list[Step]:
+    native = run_dir / "native"
+    native.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    vocoder = resolve_vocoder(spec)
+    init_from = resolve_checkpoint(spec.init_from) if spec.init_from else None
+    train = training_rows(spec)
+    if not train:
+        raise SpxError("no training utterances (empty manifest, or all filtered by data.min/max_duration)",
+                       where=spec.data.train, hint="check the manifest and data.min_duration/max_duration")
+    t = spec.training
+    per_epoch = math.ceil(len(train) / t.batch_size / t.grad_accumulation)
+    total_steps = t.max_steps or per_epoch * (t.epochs or 1)
+    atomic_write_text(native / "tts_hparams.yaml", _hparams(spec, run_dir, len(SYMBOLS) + 1, total_steps))
+    atomic_write_json(native / "tts_info.json", {
+        "model": "FastSpeech2WithAlignment", "symbols": SYMBOLS, "speakers": {}, "mel": mel_settings(spec),
+        **vocoder_info(spec, vocoder), "init_from": init_from, "backend_overrides": spec.backends.get("speechbrain", {}),
+    })
+    return [step("tts_prepare", "tts_fastspeech2_prepare", run_dir, log="logs/tts_prepare.log"),
+            *train_and_synth(run_dir, "tts_fastspeech2")]
 
+
+def collect_extras(run_dir: RunDir) -> dict[str, Any]:
+    return {}
+
+
+def _hparams(spec: Spec, rd: RunDir, n_symbols: int, total_steps: int) -> str:
     m, t, mel = spec.model, spec.training, mel_settings(spec)
-    opt = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}[t.optimizer.name]
+    opt = OPTIMIZERS[t.optimizer.name]
     opt_args = "  lr: !ref <lr>\n  weight_decay: !ref <weight_decay>\n"
     opt_args += "  momentum: 0.9\n" if t.optimizer.name == "sgd" else \
         f"  betas: [{t.optimizer.betas[0]}, {t.optimizer.betas[1]}]\n"
     return f"""# Generated by spx from {rd / 'spec.yaml'}: SpeechBrain FastSpeech2, internal alignment (hyperpyyaml),
 # in the form of SpeechBrain's LJSpeech recipe hparams/train_internal_alignment.yaml, on characters. Edit the spec.
-seed: {t.seed}
-epochs: {t.epochs or 1000000}
-max_steps: {json.dumps(t.max_steps)}
-batch_size: {t.batch_size}
-grad_clip: {json.dumps(t.grad_clip)}
-keep_checkpoints: {t.keep_checkpoints}
-lr: {t.optimizer.lr}
+{acoustic_run_keys(spec)}lr: {t.optimizer.lr}
 weight_decay: {t.optimizer.weight_decay}
 
 # ---- audio: log-mel (slaney, natural log) and frame energy (min-max normalized per utterance)
@@ -182,51 +197,5 @@ collate_fn: !new:speechbrain.lobes.models.FastSpeech2.TextMelCollateWithAlignmen
 opt_class: !name:{opt}
 {opt_args}
 # linear warmup, then {t.scheduler.name} (training.scheduler), stepped once per optimizer update; checkpointed
-lr_annealing: !new:spx.adapters.speechbrain.schedulers.WarmupAnnealing
-  shape: {t.scheduler.name}
-  lr: !ref <lr>
-  warmup_steps: {t.scheduler.warmup_steps}
-  total_steps: {total_steps}
-  min_lr: {t.scheduler.min_lr}
-
-epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounter
-  limit: !ref <epochs>
-
-checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
-  checkpoints_dir: {json.dumps(str(rd / 'checkpoints'))}
-  recoverables:
-    model: !ref <model>
-    lr_annealing: !ref <lr_annealing>
-    counter: !ref <epoch_counter>
-"""
-
-
-def render_fastspeech2(spec: Spec, run_dir: RunDir) -> list[Step]:
-    from spx.adapters.speechbrain.tts import SYMBOLS, check_tts, mel_settings, resolve_vocoder, vocoder_name
-
-    check_tts(spec)
-    native = run_dir / "native"
-    native.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    vocoder = resolve_vocoder(spec)
-    init_from = resolve_fastspeech2_init(spec.init_from) if spec.init_from else None
-    train = training_rows(spec)
-    if not train:
-        raise SpxError("no training utterances (empty manifest, or all filtered by data.min/max_duration)",
-                       where=spec.data.train, hint="check the manifest and data.min_duration/max_duration")
-    t = spec.training
-    per_epoch = math.ceil(len(train) / t.batch_size / t.grad_accumulation)
-    total_steps = t.max_steps or per_epoch * (t.epochs or 1)
-    atomic_write_text(native / "tts_hparams.yaml", _hparams(spec, run_dir, len(SYMBOLS) + 1, total_steps))
-    atomic_write_json(native / "tts_info.json", {
-        "model": "FastSpeech2WithAlignment", "symbols": SYMBOLS, "speakers": {}, "mel": mel_settings(spec),
-        "vocoder": vocoder, "vocoder_name": vocoder_name(spec, vocoder),
-        "griffin_lim_iters": spec.tts.griffin_lim_iters,
-        "init_from": init_from, "backend_overrides": spec.backends.get("speechbrain", {}),
-    })
-    py = sys.executable
-    return [
-        Step("tts_prepare", [py, "-m", f"{CHILD}_prepare", str(run_dir)], log="logs/tts_prepare.log"),
-        Step("tts_train", [py, "-m", f"{CHILD}_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", f"{CHILD}_synth", str(run_dir)], timed=True),
-    ]
+{warmup_annealing('lr_annealing', spec, total_steps)}
+{epochs_and_checkpointer(rd, ["model", "lr_annealing"])}"""

@@ -1,6 +1,6 @@
 """Training step (child process): the generated hyperpyyaml + a SpeechBrain Brain over DynamicItemDatasets.
 
-`python -m spx.adapters.speechbrain.train RUN_DIR`, or under torchrun for data parallel (SpeechBrain DDP,
+`python -m spx.adapters.speechbrain.steps.train RUN_DIR`, or under torchrun for data parallel (SpeechBrain DDP,
 gloo on CPU). Resume is SpeechBrain's own: Checkpointer.recover_if_possible in Brain.on_fit_start.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 
 import speechbrain as sb
 from spx.adapters.common import child
-from spx.adapters.speechbrain import EXPORT_INFO
-from spx.adapters.speechbrain.model import (
+from spx.adapters.speechbrain.conformer_ctc import EXPORT_INFO
+from spx.adapters.speechbrain.steps.model import (
     MODULE_FILES, Tokenizer, apply_freeze, ctc_decoder, encode_log_probs, load_exported, load_hparams,
     make_tokenizer,
 )

@@ -1,6 +1,6 @@
 """Synthesize the test sentences with the best SpeechBrain Tacotron2 checkpoint (child process).
 
-    python -m spx.adapters.speechbrain.tts_synth RUN_DIR
+    python -m spx.adapters.speechbrain.steps.tts_synth RUN_DIR
 
 Text -> character ids -> Tacotron2.infer -> log-mel -> vocoder (Griffin-Lim via torchaudio, or the
 SpeechBrain HiFi-GAN named in tts.vocoder), timed by the shared protocol (synthesize_and_time).
@@ -11,8 +11,8 @@ import torch
 
 from spx.adapters.common.child import (load_run, main_guard, pick_device, precision_dtype, set_threads,
                                        synthesize_and_time)
-from spx.adapters.speechbrain.tts_model import GriffinLimVocoder, HifiganVocoder, encode_text, load_native
-from spx.adapters.speechbrain.tts_train import load_hparams
+from spx.adapters.speechbrain.steps.tts_model import GriffinLimVocoder, HifiganVocoder, encode_text, load_native
+from spx.adapters.speechbrain.steps.tts_train import load_hparams
 
 
 def load_for_synthesis(run_dir: str):
