@@ -14,14 +14,13 @@ Steps: tts_prepare, tts_train, tts_synth (spx.adapters.nemo.steps.tts_*). Nothin
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from spx.adapters.common.child import clean_transcript
 from spx.adapters.nemo.helpers import TTS_CONFIG, TTS_INFO, TTS_SCHEDULERS, check_no_duration_teacher, \
-    check_tts_early_stopping, mel_settings, optim_config, resolve_tts_init, tts_trainer_and_exp_manager, \
-    write_config, write_whole_file_manifest
+    check_tts_early_stopping, mel_settings, optim_config, resolve_tts_init, tts_config, tts_steps, \
+    tts_trainer_and_exp_manager, write_config, write_whole_file_manifest
 from spx.errors import SpxError
 from spx.manifests import Utterance
 from spx.rundir import RunDir, Step
@@ -111,12 +110,7 @@ def render(spec: Spec, run_dir: RunDir) -> list[Step]:
         "vocoder_name": vocoder or f"griffin-lim ({spec.tts.griffin_lim_iters} iters)",
         "griffin_lim_iters": spec.tts.griffin_lim_iters, "init_from": cfg["spx"]["init_from"],
     })
-    py = sys.executable
-    return [
-        Step("tts_prepare", [py, "-m", "spx.adapters.nemo.steps.tts_prepare", str(run_dir)], log="logs/tts_prepare.log"),
-        Step("tts_train", [py, "-m", "spx.adapters.nemo.steps.tts_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", "spx.adapters.nemo.steps.tts_synth", str(run_dir)], timed=True),
-    ]
+    return tts_steps(run_dir, prepare=True)
 
 
 def collect_extras(run_dir: RunDir) -> dict[str, Any]:
@@ -230,12 +224,5 @@ def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
         "pitch_predictor": dict(predictor),
         "optim": optim_config(t),
     }
-    trainer, exp_manager = tts_trainer_and_exp_manager(spec, rd)
-    return {
-        "name": spec.name,
-        "model": model,
-        "trainer": trainer,
-        "exp_manager": exp_manager,
-        "spx": {"seed": t.seed, "threads": spec.resources.threads, "exported_model": str(rd / "checkpoints/model.nemo"),
-                "init_from": resolve_tts_init(spec.init_from, "FastPitch") if spec.init_from else None},
-    }
+    return tts_config(spec, rd, model, *tts_trainer_and_exp_manager(spec, rd),
+                      resolve_tts_init(spec.init_from, "FastPitch") if spec.init_from else None)

@@ -5,13 +5,14 @@ the .nemo a finished spx run exported, NeMo JSONL manifests of whole audio files
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from spx.adapters.common.spec_helpers import deep_merge
 from spx.errors import SpxError
 from spx.manifests import Utterance, read_manifest
-from spx.rundir import RunDir
+from spx.rundir import RunDir, Step
 from spx.spec import Spec
 from spx.spec.models import Training
 from spx.yamlio import atomic_write_text, read_json
@@ -191,3 +192,28 @@ def tts_trainer_and_exp_manager(spec: Spec, run_dir: RunDir) -> tuple[dict[str, 
     """One fp32 Lightning process; exp_manager keeps the top-k checkpoints by val_loss."""
     t = spec.training
     return trainer_config(spec, t.epochs or 100), exp_manager_config(run_dir, t, "val_loss", "min")
+
+
+def tts_config(spec: Spec, run_dir: RunDir, model: dict[str, Any], trainer: dict[str, Any],
+               exp_manager: dict[str, Any], init_from: str | None, **spx: Any) -> dict[str, Any]:
+    """The whole TTS config: NeMo's model / trainer / exp_manager, and the `spx:` settings NeMo has no key for (read
+    and removed by the tts_train step)."""
+    return {
+        "name": spec.name,
+        "model": model,
+        "trainer": trainer,
+        "exp_manager": exp_manager,
+        "spx": {"seed": spec.training.seed, "threads": spec.resources.threads,
+                "exported_model": str(run_dir / "checkpoints/model.nemo"), "init_from": init_from, **spx},
+    }
+
+
+def tts_steps(run_dir: RunDir, prepare: bool) -> list[Step]:
+    """The TTS families' child steps: [tts_prepare (FastPitch's pitch statistics),] tts_train, tts_synth."""
+    py, steps = sys.executable, "spx.adapters.nemo.steps"
+    return [
+        *([Step("tts_prepare", [py, "-m", f"{steps}.tts_prepare", str(run_dir)], log="logs/tts_prepare.log")]
+          if prepare else []),
+        Step("tts_train", [py, "-m", f"{steps}.tts_train", str(run_dir)], log="train.log"),
+        Step("tts_synth", [py, "-m", f"{steps}.tts_synth", str(run_dir)], timed=True),
+    ]

@@ -13,14 +13,13 @@ Writes run_dir/native/: tts_config.yaml (model / trainer / exp_manager / spx), v
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from spx.adapters.common import hifigan as hifigan_rules
 from spx.adapters.nemo.helpers import TTS_CONFIG, TTS_INFO, check_no_duration_teacher, check_tts_early_stopping, \
-    mel_settings, optimizer_moments, resolve_tts_init, sched_config, tts_trainer_and_exp_manager, write_config, \
-    write_whole_file_manifest
+    mel_settings, optimizer_moments, resolve_tts_init, sched_config, tts_config, tts_steps, \
+    tts_trainer_and_exp_manager, write_config, write_whole_file_manifest
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
@@ -72,11 +71,7 @@ def render(spec: Spec, run_dir: RunDir) -> list[Step]:
         "mel": mel_settings(spec), "vocoder": None, "vocoder_name": f"hifigan (this run, {MODEL_CLASS})",
         "init_from": cfg["spx"]["init_from"],
     })
-    py = sys.executable
-    return [
-        Step("tts_train", [py, "-m", "spx.adapters.nemo.steps.tts_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", "spx.adapters.nemo.steps.tts_synth", str(run_dir)], timed=True),
-    ]
+    return tts_steps(run_dir, prepare=False)
 
 
 def collect_extras(run_dir: RunDir) -> dict[str, Any]:
@@ -142,12 +137,6 @@ def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
         model["max_steps"] = t.max_steps
     else:
         model["max_epochs"] = trainer["max_epochs"]
-    return {
-        "name": spec.name,
-        "model": model,
-        "trainer": trainer,
-        "exp_manager": exp_manager,
-        "spx": {"seed": t.seed, "threads": spec.resources.threads, "exported_model": str(rd / "checkpoints/model.nemo"),
-                "init_from": resolve_tts_init(spec.init_from, "HiFi-GAN") if spec.init_from else None,
-                "model_class": MODEL_CLASS},
-    }
+    return tts_config(spec, rd, model, trainer, exp_manager,
+                      resolve_tts_init(spec.init_from, "HiFi-GAN") if spec.init_from else None,
+                      model_class=MODEL_CLASS)
