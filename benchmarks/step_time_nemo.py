@@ -3,7 +3,7 @@
 Both run in this one process, on the same data (the run's native train.json), the same batch size,
 threads, seed and logging interval (trainer.log_every_n_steps decides how often NeMo computes the
 training-batch WER, so both sides use the rendered value). The spx side is the real training entry point
-(spx.adapters.nemo.train.main on a run dir rendered from the recipe, exp_manager and spx's callback
+(spx.adapters.nemo.steps.train.main on a run dir rendered from the recipe, exp_manager and spx's callback
 included); the native side is what a NeMo user writes by hand: EncDecCTCModel + a plain Lightning Trainer.
 
 A step is one whole loop iteration, from one on_train_batch_start to the next in the same epoch: data
@@ -90,7 +90,7 @@ def render(recipe: Path, steps: int, out: Path, extra: list[str]):
 
 
 def run_spx(recipe: Path, steps: int, workdir: Path, extra: list[str]):
-    from spx.adapters.nemo import train
+    from spx.adapters.nemo.steps import train
     from spx.spec import load_spec
 
     rd = render(recipe, steps, workdir / f"spx-{time.monotonic_ns()}", extra)

@@ -46,7 +46,7 @@ def test_dry_run_renders_native_config(tmp_path):
                    "augmentation.speed_perturb=[0.9,1.0,1.1]", "training.early_stopping.monitor=valid_wer",
                    "decoding.strategy=beam", "decoding.beam_size=3", "backends.nemo.model.encoder.xscaling=false")
     assert proc.returncode == 0, proc.stderr
-    assert "spx.adapters.nemo.train" in proc.stdout and "spx.adapters.nemo.decode" in proc.stdout
+    assert "spx.adapters.nemo.steps.train" in proc.stdout and "spx.adapters.nemo.steps.decode" in proc.stdout
     cfg = _config(rd)
     enc, model = cfg["model"]["encoder"], cfg["model"]
     assert enc["_target_"].endswith("ConformerEncoder")

@@ -210,7 +210,7 @@ def test_multinode_nemo_is_srun_tasks_for_lightning_slurm_environment(monkeypatc
 
     from spx.launchers.slurm import multinode_command
 
-    step = Step("train", [PY, "-m", "spx.adapters.nemo.train", "/runs/x"], launch="tasks")
+    step = Step("train", [PY, "-m", "spx.adapters.nemo.steps.train", "/runs/x"], launch="tasks")
     argv = multinode_command(step, devices=2, nodes=2, addr="node01", port=29500, cpus_per_task=4)
     opts = _srun_opts(argv)
     assert (opts["--nodes"], opts["--ntasks-per-node"], opts["--ntasks"], opts["--cpus-per-task"]) == ("2", "2", "4", "4")
@@ -320,7 +320,7 @@ def test_execute_routes_multinode_steps_to_slurm_forms(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "n1")
     monkeypatch.setattr("spx.launchers.slurm.master_addr", lambda: "n1")
-    single = Step("decode", [PY, "-m", "spx.adapters.nemo.decode", "x"])
+    single = Step("decode", [PY, "-m", "spx.adapters.nemo.steps.decode", "x"])
     assert wrap_command(single, 2, 2) == single.argv  # single-process steps never fan out
     from spx.adapters.espnet.native_launch import SELF_LAUNCH
 

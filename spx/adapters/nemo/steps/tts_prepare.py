@@ -1,6 +1,6 @@
 """Child step `tts_prepare`: NeMo's supplementary data and the pitch statistics FastPitch normalizes with.
 
-    python -m spx.adapters.nemo.tts_prepare RUN_DIR
+    python -m spx.adapters.nemo.steps.tts_prepare RUN_DIR
 
 Builds NeMo's own TTSDataset from native/tts_config.yaml (train and validation, pitch not normalized yet), which
 computes each utterance's pitch contour with librosa.pyin and caches it under native/sup_data/pitch; then the

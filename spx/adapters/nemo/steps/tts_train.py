@@ -1,7 +1,7 @@
 """Child step `tts_train`: NeMo's FastPitchModel (internal aligner) or HifiGanModel (vocoder job) on a Lightning
 Trainer with exp_manager.
 
-    python -m spx.adapters.nemo.tts_train RUN_DIR
+    python -m spx.adapters.nemo.steps.tts_train RUN_DIR
 
 Reads native/tts_config.yaml (FastPitch: pitch statistics filled in by tts_prepare; the model class is its
 spx.model_class). exp_manager keeps the top-k checkpoints by val_loss and resumes from checkpoints/*-last.ckpt; the
@@ -12,17 +12,10 @@ NeMo's val_loss) and train_summary.json.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
-from pathlib import Path
 
 from spx.adapters.common import child
-
-
-def _fail(msg: str) -> None:
-    print(f"spx nemo: error: {msg}", flush=True)
-    sys.exit(2)
+from spx.adapters.nemo.steps.lightning_helpers import export_best, fail, trainer_kwargs
 
 
 def _model_class(name: str):
@@ -36,13 +29,13 @@ def _init_from(model, source: str) -> dict:
     try:
         src = type(model).restore_from(source, map_location="cpu")
     except Exception as exc:  # a corrupt file, another model class: say which and stop
-        _fail(f"init_from {source!r} could not be loaded as a {type(model).__name__}: {type(exc).__name__}: {exc}")
+        fail(f"init_from {source!r} could not be loaded as a {type(model).__name__}: {type(exc).__name__}: {exc}")
     own, theirs = model.state_dict(), src.state_dict()
     mismatched = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in theirs.items()
                   if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in theirs]
     if mismatched or missing:
-        _fail(f"init_from {source!r} has a different architecture than the spec: "
+        fail(f"init_from {source!r} has a different architecture than the spec: "
               + "; ".join(mismatched[:4] + [f"missing {k}" for k in missing[:3]])
               + " (set the model sizes under model: and tts.n_mels to the source model's)")
     model.load_state_dict(theirs, strict=True)
@@ -57,7 +50,6 @@ def main(run_dir: str) -> None:
     device = child.pick_device(spec)
 
     import lightning.pytorch as pl
-    import torch
     from omegaconf import OmegaConf, open_dict
 
     from nemo.utils.exp_manager import exp_manager
@@ -69,11 +61,9 @@ def main(run_dir: str) -> None:
     # Lightning's global_step counts optimizer steps: HiFi-GAN steps two (discriminator, generator) per batch
     optimizer_steps_per_batch = 1 if is_fastpitch else 2
     if is_fastpitch and (cfg.model.pitch_mean is None or cfg.model.pitch_std is None):
-        _fail("model.pitch_mean/pitch_std are not set in native/tts_config.yaml: run the tts_prepare step first")
+        fail("model.pitch_mean/pitch_std are not set in native/tts_config.yaml: run the tts_prepare step first")
     pl.seed_everything(spx_cfg.seed, workers=True)
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    if trainer_kwargs.get("accelerator") == "auto":
-        trainer_kwargs["accelerator"] = "gpu" if device == "cuda" else "cpu"
+    trainer_args = trainer_kwargs(cfg, device)
 
     class SpxProgress(pl.Callback):
         """curve.jsonl row + progress line per epoch (before ModelCheckpoint saves, as in the ASR train step)."""
@@ -122,7 +112,7 @@ def main(run_dir: str) -> None:
                            eta_s=round(eta, 1) if eta is not None else None)
 
     callback = SpxProgress()
-    trainer = pl.Trainer(**trainer_kwargs, callbacks=[callback])
+    trainer = pl.Trainer(**trainer_args, callbacks=[callback])
     exp_manager(trainer, cfg.get("exp_manager"))
     model = _model_class(model_class)(cfg=cfg.model, trainer=trainer)
     init_info = _init_from(model, str(spx_cfg.init_from)) if spx_cfg.init_from else None
@@ -132,25 +122,13 @@ def main(run_dir: str) -> None:
 
     trainer.fit(model)
 
-    ckpt_cb = trainer.checkpoint_callback
-    best = getattr(ckpt_cb, "best_model_path", "") or ""
-    last = getattr(ckpt_cb, "last_model_path", "") or ""
-    if not last:
-        lasts = sorted((rd / "checkpoints").glob("*last.ckpt"), key=lambda p: p.stat().st_mtime)
-        last = str(lasts[-1]) if lasts else ""
-    if best and Path(best).is_file():
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
-    exported = Path(spx_cfg.exported_model)
-    tmp = exported.with_name(".model.nemo.tmp")
-    model.save_to(str(tmp))
-    os.replace(tmp, exported)
+    export = export_best(trainer, model, rd.path, spx_cfg.exported_model)
     info = json.loads((rd / "native" / "tts_info.json").read_text())
     child.write_train_summary(
         rd, wall_seconds=round(time.time() - t_start, 2), epochs=trainer.current_epoch,
         steps=trainer.global_step // optimizer_steps_per_batch,
-        params=child.count_params(model), peak_memory_mb=round(child.peak_memory_mb(device), 1),
-        last_checkpoint=last or None, best_checkpoint=best or None, exported_model=str(exported),
-        exported_from=best or "final weights", effective_batch=spec.training.batch_size * spec.training.grad_accumulation,
+        params=child.count_params(model), peak_memory_mb=round(child.peak_memory_mb(device), 1), **export,
+        effective_batch=spec.training.batch_size * spec.training.grad_accumulation,
         world_size=1, device=device, threads=threads, vocoder=info["vocoder_name"], init_from=init_info,
         resumed=callback.first_epoch > 0, model_class=model_class,
         **({"pitch_mean": float(cfg.model.pitch_mean), "pitch_std": float(cfg.model.pitch_std)} if is_fastpitch else {}),

@@ -7,18 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
 from spx.adapters.common import child
-
-FROZEN_NOTE = "spx_frozen_modules"
-
-
-def _fail(msg: str) -> None:
-    print(f"spx nemo: error: {msg}", flush=True)
-    sys.exit(2)
+from spx.adapters.nemo.steps.lightning_helpers import export_best, fail, trainer_kwargs
 
 
 def _rank() -> int:
@@ -63,7 +55,7 @@ def _init_from(model, source: str, device: str) -> dict:
         else:
             src = ASRModel.from_pretrained(source, map_location="cpu")
     except Exception as exc:  # a missing hub model, a corrupt file: say which and stop
-        _fail(f"init_from {source!r} could not be loaded: {type(exc).__name__}: {exc}")
+        fail(f"init_from {source!r} could not be loaded: {type(exc).__name__}: {exc}")
     same_vocab = _vocabulary(src) == _vocabulary(model)
     src_state = src.state_dict()
     own = model.state_dict()
@@ -78,11 +70,11 @@ def _init_from(model, source: str, device: str) -> dict:
             continue
         take[k] = v
     if mismatched:
-        _fail(f"init_from {source!r} has a different architecture than the spec: " + "; ".join(mismatched[:4])
+        fail(f"init_from {source!r} has a different architecture than the spec: " + "; ".join(mismatched[:4])
               + " (set model.encoder / features to the source model's sizes)")
     missing = [k for k in own if k not in take and not k.startswith("decoder.")]
     if missing:
-        _fail(f"init_from {source!r} lacks {len(missing)} encoder/preprocessor tensors, e.g. {missing[:3]}")
+        fail(f"init_from {source!r} lacks {len(missing)} encoder/preprocessor tensors, e.g. {missing[:3]}")
     model.load_state_dict(take, strict=False)
     info = {"source": source, "tensors_loaded": len(take), "new_ctc_head": not same_vocab}
     if not same_vocab:
@@ -102,7 +94,7 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
     try:
         child.precision_dtype(spec, device)
     except RuntimeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     import lightning.pytorch as pl
     import torch
@@ -115,15 +107,13 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
     spx_cfg = cfg.pop("spx")
     pl.seed_everything(spx_cfg.seed, workers=True)
 
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    world = int(trainer_kwargs["devices"]) * int(trainer_kwargs.get("num_nodes", 1))
-    if world > 1 and trainer_kwargs.get("strategy") == "ddp":
+    trainer_args = trainer_kwargs(cfg, device)
+    world = int(trainer_args["devices"]) * int(trainer_args.get("num_nodes", 1))
+    if world > 1 and trainer_args.get("strategy") == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
         # CPU processes exchange gradients over gloo; GPUs over nccl
-        trainer_kwargs["strategy"] = DDPStrategy(process_group_backend="gloo" if device == "cpu" else "nccl")
-    if trainer_kwargs.get("accelerator") == "auto":
-        trainer_kwargs["accelerator"] = "gpu" if device == "cuda" else "cpu"
+        trainer_args["strategy"] = DDPStrategy(process_group_backend="gloo" if device == "cpu" else "nccl")
 
     rank_batches = {"batches": 0, "samples": 0}
     frozen: list[tuple[str, object]] = []
@@ -192,7 +182,7 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
                            eta_s=round(eta, 1) if eta is not None else None)
 
     callback = SpxProgress()
-    trainer = pl.Trainer(**trainer_kwargs, callbacks=[callback, *(extra_callbacks or [])])
+    trainer = pl.Trainer(**trainer_args, callbacks=[callback, *(extra_callbacks or [])])
     exp_manager(trainer, cfg.get("exp_manager"))
 
     bpe = spx_cfg.tokenizer.type == "bpe"
@@ -230,22 +220,7 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
     if trainer.global_rank != 0:
         return
 
-    ckpt_cb = trainer.checkpoint_callback
-    best = getattr(ckpt_cb, "best_model_path", "") or ""
-    last = getattr(ckpt_cb, "last_model_path", "") or ""
-    ckpt_dir = rd / "checkpoints"
-    if not last:
-        lasts = sorted(ckpt_dir.glob("*last.ckpt"), key=lambda p: p.stat().st_mtime)
-        last = str(lasts[-1]) if lasts else ""
-    exported = Path(spx_cfg.exported_model)
-    export_from = best if best and Path(best).is_file() else None
-    if export_from:
-        state = torch.load(export_from, map_location="cpu", weights_only=False)["state_dict"]
-        model.load_state_dict(state)
-    tmp = exported.with_name(".model.nemo.tmp")
-    model.save_to(str(tmp))
-    os.replace(tmp, exported)
-
+    export = export_best(trainer, model, rd.path, spx_cfg.exported_model)
     tr = spec.training
     eff = (tr.batch_size or 0) * world * tr.grad_accumulation if tr.batch_size and not tr.batch_seconds else None
     child.write_train_summary(
@@ -258,16 +233,13 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
         frozen_params=n_frozen,
         frozen_modules=[n for n, _ in frozen],
         peak_memory_mb=round(child.peak_memory_mb(device), 1),
-        last_checkpoint=last or None,
-        best_checkpoint=best or None,
-        exported_model=str(exported),
-        exported_from=export_from or "final weights",
+        **export,
         effective_batch=eff if eff is not None else f"{tr.batch_seconds * world * tr.grad_accumulation}s of audio",
         world_size=trainer.world_size,
         per_rank=per_rank,
         device=device,
         threads=threads,
-        precision=str(trainer_kwargs["precision"]),
+        precision=str(trainer_args["precision"]),
         init_from=init_info,
         resumed=callback.first_epoch > 0,
         started_at_epoch=callback.first_epoch + 1,

@@ -1,7 +1,7 @@
 """Child step `tts_synth`: the exported FastPitch (checkpoints/model.nemo) speaks the test sentences; for a vocoder
 job the exported HifiGanModel re-synthesizes the test recordings (copy synthesis).
 
-    python -m spx.adapters.nemo.tts_synth RUN_DIR
+    python -m spx.adapters.nemo.steps.tts_synth RUN_DIR
 
 Text -> NeMo's char tokenizer (FastPitchModel.parse) -> generate_spectrogram (predicted durations and pitch) ->
 log-mel -> vocoder: Griffin-Lim through the model's own mel filterbank (torchaudio), or the HiFiGAN .nemo named by

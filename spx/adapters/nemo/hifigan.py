@@ -8,73 +8,87 @@ The test step is copy synthesis: each test recording -> its mel -> the generator
 synthesis protocol and scored like any TTS run (MOS proxies, MCD/F0 against the recording, judge WER).
 
 Writes run_dir/native/: tts_config.yaml (model / trainer / exp_manager / spx), vocoder_train.json, vocoder_valid.json
-(NeMo manifests: audio_filepath, duration), tts_info.json. Steps: tts_train, tts_synth. No torch or NeMo import here.
+(NeMo manifests: audio_filepath, duration), tts_info.json. Steps: tts_train, tts_synth
+(spx.adapters.nemo.steps.tts_*). No torch or NeMo import here.
 """
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.common import hifigan
-from spx.adapters.nemo.tts import INFO, check_no_duration_teacher, mel_settings, trainer_and_exp_manager, write_config
+from spx.adapters.common import hifigan as hifigan_rules
+from spx.adapters.nemo.helpers import TTS_CONFIG, TTS_INFO, check_no_duration_teacher, check_tts_early_stopping, \
+    mel_settings, optimizer_moments, resolve_tts_init, sched_config, tts_config, tts_steps, \
+    tts_trainer_and_exp_manager, write_config, write_whole_file_manifest
 from spx.errors import SpxError
-from spx.manifests import read_manifest
-from spx.rundir import RunDir, Step, require_same_job
+from spx.rundir import RunDir, Step
 from spx.spec import Spec
-from spx.yamlio import atomic_write_json, atomic_write_text
+from spx.yamlio import atomic_write_json
+
+TASK = "tts"
+NAME = "hifigan"
+CPU_PRECISIONS = ("fp32",)
+INIT_FROM = "a HifiGanModel .nemo (a nemo hifigan run's checkpoints/model.nemo) or that run dir"
+INFERENCE = None  # tts_synth has no load_synthesizer(run_dir, device) yet
+EXPORT = None
 
 MODEL_CLASS = "HifiGanModel"
+# spec optimizer -> the torch class NeMo's HifiGanModel instantiates (its optim blocks are _target_ configs)
+TORCH_OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
 
 
 def segment_samples(spec: Spec) -> int:
-    return hifigan.segment_samples(spec, mel_settings(spec)["hop_length"])
+    return hifigan_rules.segment_samples(spec, mel_settings(spec)["hop_length"])
 
 
-def check_vocoder_job(spec: Spec) -> None:
-    """Raise SpxError before anything runs when NeMo's HifiGanModel cannot render this job."""
+def check(spec: Spec) -> None:
+    """What NeMo's HifiGanModel cannot render (the shared checks ran before: nodes, CPU precision, freeze, init_from's
+    backend and family)."""
     t = spec.training
     check_no_duration_teacher(spec)
-    hifigan.check_hifigan_job(spec, mel_settings(spec), "NeMo")
+    hifigan_rules.check_hifigan_job(spec, mel_settings(spec), "NeMo")
     if t.grad_clip is not None or t.grad_accumulation != 1:
         raise SpxError("NeMo's HifiGanModel steps its generator and discriminator optimizers by hand (Lightning manual "
                        "optimization), where the Trainer can neither clip gradients nor accumulate them",
                        where="training.grad_clip" if t.grad_clip is not None else "training.grad_accumulation",
                        hint="set training.grad_clip: null and training.grad_accumulation: 1")
+    check_tts_early_stopping(spec)
     if spec.init_from:
-        require_same_job(spec.init_from, "nemo", "hifigan")
-        resolve_vocoder_init(spec.init_from)
+        resolve_tts_init(spec.init_from, "HiFi-GAN")
 
 
-def resolve_vocoder_init(init_from: str) -> str:
-    """A HifiGanModel .nemo, or an spx nemo hifigan run dir (its train_summary.json names the exported .nemo)."""
-    from spx.adapters.nemo.tts import resolve_init_from
+def render(spec: Spec, run_dir: RunDir) -> list[Step]:
+    native = run_dir / "native"
+    native.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    seg_seconds = segment_samples(spec) / spec.tts.sample_rate
+    lo = max(seg_seconds, spec.data.min_duration or 0.0)
+    _audio_manifest(spec.data.train, native / "vocoder_train.json", lo, spec.data.max_duration)
+    _audio_manifest(spec.data.valid, native / "vocoder_valid.json", seg_seconds)
+    cfg = write_config(spec, run_dir / TTS_CONFIG, native_config(spec, run_dir))
+    atomic_write_json(run_dir / TTS_INFO, {
+        "model": f"{MODEL_CLASS} (copy synthesis of the test recordings)", "model_class": MODEL_CLASS,
+        "mel": mel_settings(spec), "vocoder": None, "vocoder_name": f"hifigan (this run, {MODEL_CLASS})",
+        "init_from": cfg["spx"]["init_from"],
+    })
+    return tts_steps(run_dir, prepare=False)
 
-    return resolve_init_from(init_from, what="HiFi-GAN")
+
+def collect_extras(run_dir: RunDir) -> dict[str, Any]:
+    return {"native_config": str(run_dir / TTS_CONFIG)}
 
 
 def _audio_manifest(src: str, dst: Path, lo: float | None = None, hi: float | None = None) -> int:
-    rows = []
-    for u in read_manifest(src):
-        if (lo is not None and u.duration < lo) or (hi is not None and u.duration > hi):
-            continue
-        if u.offset:
-            raise SpxError(f"row {u.id!r} is a segment (offset {u.offset}); NeMo's VocoderDataset reads whole files",
-                           where=src, hint="cut the segments into their own audio files first")
-        rows.append({"audio_filepath": str(Path(u.audio).resolve()), "duration": u.duration, "utt_id": u.id})
-    if not rows:
-        raise SpxError("no usable utterances (empty manifest, or all shorter than the training crop / filtered by "
-                       "data.min/max_duration)", where=src, hint="check the manifest, model.segment_seconds and "
-                                                                 "data.min_duration/max_duration")
-    atomic_write_text(dst, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return len(rows)
+    return write_whole_file_manifest(src, dst, lambda u: {"utt_id": u.id}, "VocoderDataset",
+                                     "empty manifest, or all shorter than the training crop / filtered by "
+                                     "data.min/max_duration", "check the manifest, model.segment_seconds and "
+                                                              "data.min_duration/max_duration", lo, hi)
 
 
 def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
     m, t, mel = spec.model, spec.training, mel_settings(spec)
     native = rd / "native"
-    kernels, dilations = hifigan.RESBLOCKS[m.resblock]
+    kernels, dilations = hifigan_rules.RESBLOCKS[m.resblock]
     seg = segment_samples(spec)  # validation crops too: equal lengths, so the batched mel L1 compares like with like
 
     def dataset(manifest: Path, n_segments: int, train: bool) -> dict[str, Any]:
@@ -87,18 +101,9 @@ def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
                                   "num_workers": t.num_workers},
         }
 
-    optim: dict[str, Any] = {"_target_": {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW",
-                                          "sgd": "torch.optim.SGD"}[t.optimizer.name],
-                             "lr": t.optimizer.lr, "weight_decay": t.optimizer.weight_decay}
-    if t.optimizer.name == "sgd":
-        optim["momentum"] = 0.9
-    else:
-        optim["betas"] = list(t.optimizer.betas)
-    sched: dict[str, Any] = {"name": "CosineAnnealing" if t.scheduler.name == "cosine" else "WarmupPolicy",
-                             "warmup_steps": t.scheduler.warmup_steps}
-    if t.scheduler.name == "cosine":
-        sched["min_lr"] = t.scheduler.min_lr
-    optim["sched"] = sched
+    optim: dict[str, Any] = {"_target_": TORCH_OPTIMIZERS[t.optimizer.name], "lr": t.optimizer.lr,
+                             "weight_decay": t.optimizer.weight_decay, **optimizer_moments(t),
+                             "sched": sched_config(t)}
     model: dict[str, Any] = {
         # the mel the generator hears: the same settings spx gives NeMo FastPitch (log of slaney mel magnitude, +1e-5);
         # exact_pad as in NeMo's hifigan.yaml, so a crop of k hops has exactly k frames
@@ -124,42 +129,14 @@ def native_config(spec: Spec, rd: RunDir) -> dict[str, Any]:
         "l1_loss_factor": 45,
         "denoise_strength": 0.0025,
     }
-    trainer, exp_manager = trainer_and_exp_manager(spec, rd)
-    trainer["gradient_clip_val"] = None  # manual optimization (checked in check_vocoder_job)
+    trainer, exp_manager = tts_trainer_and_exp_manager(spec, rd)
+    trainer["gradient_clip_val"] = None  # manual optimization (checked in check)
     if t.max_steps:
         # Lightning counts both optimizers' steps in global_step: one batch = 2; the schedule counts batches
         trainer["max_steps"] = 2 * t.max_steps
         model["max_steps"] = t.max_steps
     else:
         model["max_epochs"] = trainer["max_epochs"]
-    return {
-        "name": spec.name,
-        "model": model,
-        "trainer": trainer,
-        "exp_manager": exp_manager,
-        "spx": {"seed": t.seed, "threads": spec.resources.threads, "exported_model": str(rd / "checkpoints/model.nemo"),
-                "init_from": resolve_vocoder_init(spec.init_from) if spec.init_from else None,
-                "model_class": MODEL_CLASS},
-    }
-
-
-def render_vocoder_job(spec: Spec, run_dir: RunDir) -> list[Step]:
-    check_vocoder_job(spec)
-    native = run_dir / "native"
-    native.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    seg_seconds = segment_samples(spec) / spec.tts.sample_rate
-    lo = max(seg_seconds, spec.data.min_duration or 0.0)
-    _audio_manifest(spec.data.train, native / "vocoder_train.json", lo, spec.data.max_duration)
-    _audio_manifest(spec.data.valid, native / "vocoder_valid.json", seg_seconds)
-    cfg = write_config(spec, run_dir, native_config(spec, run_dir))
-    atomic_write_json(run_dir / INFO, {
-        "model": f"{MODEL_CLASS} (copy synthesis of the test recordings)", "model_class": MODEL_CLASS,
-        "mel": mel_settings(spec), "vocoder": None, "vocoder_name": f"hifigan (this run, {MODEL_CLASS})",
-        "init_from": cfg["spx"]["init_from"],
-    })
-    py = sys.executable
-    return [
-        Step("tts_train", [py, "-m", "spx.adapters.nemo.tts_train", str(run_dir)], log="train.log"),
-        Step("tts_synth", [py, "-m", "spx.adapters.nemo.tts_synth", str(run_dir)], timed=True),
-    ]
+    return tts_config(spec, rd, model, trainer, exp_manager,
+                      resolve_tts_init(spec.init_from, "HiFi-GAN") if spec.init_from else None,
+                      model_class=MODEL_CLASS)
