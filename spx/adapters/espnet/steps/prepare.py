@@ -13,7 +13,7 @@ import os
 import sys
 
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
 from spx.yamlio import atomic_write_json
 
 DONE = "native/prepared.json"
@@ -23,7 +23,7 @@ def train_sentencepiece(rd, spec) -> None:
     """ESPnet's asr.sh trains sentencepiece with the library's trainer; the same here, on the cleaned texts."""
     import sentencepiece as spm
 
-    from spx.adapters.espnet import BPE_PREFIX, DATA
+    from spx.adapters.espnet.helpers import BPE_PREFIX, DATA
 
     texts = [line.split(" ", 1)[1].strip() if " " in line else ""
              for line in (rd / f"{DATA}/train/text").read_text(encoding="utf-8").splitlines()]

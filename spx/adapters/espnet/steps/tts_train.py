@@ -13,8 +13,8 @@ import sys
 import time
 
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
-from spx.adapters.espnet.tts_prepare import is_prepared, prepare
+from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.steps.tts_prepare import is_prepared, prepare
 from spx.yamlio import atomic_write_text
 
 EPOCH_RESULTS = re.compile(r"(\d+)epoch results: (.*)")

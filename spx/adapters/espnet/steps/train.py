@@ -1,7 +1,7 @@
 """Child step `train`: ESPnet's `espnet2.bin.asr_train` (ASRTask.main) with the argv render wrote, plus what only
 run time knows (device/ngpu, distributed options, init_param for the token list built by `prepare`).
 
-A single process first runs the preparation (spx.adapters.espnet.prepare: tokenize_text, collect_stats,
+A single process first runs the preparation (steps.prepare: tokenize_text, collect_stats,
 aggregate_stats_dirs) when native/prepared.json is missing, so espnet2 is imported once for both (~20 s of imports
 on 2 idle cores, 40 s and more on a busy machine). It runs once per rank under torchrun when resources.devices > 1
 (ESPnet's external-launcher mode: --multiprocessing_distributed false, RANK/WORLD_SIZE/MASTER_* from the
@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spx.yamlio import read_jsonl
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
-from spx.adapters.espnet.prepare import is_prepared, prepare
-from spx.yamlio import atomic_write_json
+from spx.adapters.espnet.helpers import ASR_CONF, check_init_architecture, resolve_init
+from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.steps.prepare import is_prepared, prepare
+from spx.yamlio import atomic_write_json, read_jsonl
 
 EPOCH_LINE = re.compile(r"^(\d+)epoch results: (.*)$", re.S)
 SECTION = re.compile(r"\[(\w+)\] (.*?)(?=, \[\w+\] |$)", re.S)
@@ -88,16 +88,13 @@ def init_args(spec, rd) -> list[str]:
     pretrained token list differs from this run's."""
     import yaml
 
-    from spx.adapters.espnet import resolve_init
+    from spx.errors import SpxError
 
     init = resolve_init(spec.init_from)
     if init is None:  # a hub model: the fetch_init step put it here; check its architecture now
         init = json.loads((rd / "native/init/init.json").read_text())
-        from spx.adapters.espnet import _check_init_architecture
-        from spx.errors import SpxError
-
         try:
-            _check_init_architecture(spec, init, yaml.safe_load((rd / "native/conf/train_asr.yaml").read_text()))
+            check_init_architecture(spec, init, yaml.safe_load((rd / ASR_CONF).read_text()))
         except SpxError as exc:
             raise SystemExit(f"{exc.one_line()} ({exc.hint})") from None
     with open(init["config"], encoding="utf-8") as fh:

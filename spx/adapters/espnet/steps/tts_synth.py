@@ -10,8 +10,8 @@ import os
 import numpy as np
 
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
-from spx.adapters.espnet.tts import GL_CONF
+from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.helpers import GL_CONF
 
 
 def main(run_dir: str) -> None:
