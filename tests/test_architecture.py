@@ -15,8 +15,6 @@ TOOLKITS = ("torch", "torchaudio", "nemo", "speechbrain", "espnet2", "lightning"
 # SpeechBrain's TTS family modules and their backend's dispatcher import helpers from each other (NeMo's no longer). This list may only shrink: the test
 # fails on a new cycle and on a listed one that is gone (then delete it here).
 KNOWN_CYCLES = {
-    frozenset({"spx.adapters.espnet", "spx.adapters.espnet.tts", "spx.adapters.espnet.tts_fastspeech2",
-               "spx.adapters.espnet.tts_vits"}),
     frozenset({"spx.adapters.speechbrain", "spx.adapters.speechbrain.tts", "spx.adapters.speechbrain.tts_fastspeech2",
                "spx.adapters.speechbrain.vocoder"}),
 }

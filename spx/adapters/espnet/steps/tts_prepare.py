@@ -13,14 +13,11 @@ as 16-bit WAV at tts.sample_rate under native/tts_data/wav/ first, as ESPnet's f
 """
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import sys
 from pathlib import Path
 
 from spx.adapters.common import child
-from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.steps.common import run_native, start
 from spx.adapters.espnet.helpers import TTS_COMMANDS, TTS_DATA, TTS_STATS
 from spx.manifests import read_manifest
 from spx.yamlio import atomic_write_json, atomic_write_text
@@ -97,8 +94,7 @@ def install_durations(rd, teacher_out: Path, split: str, mel: dict) -> None:
 def run_teacher(rd, native: dict, device: str) -> None:
     for split in ("train", "valid"):
         argv = native["commands"][f"teacher_durations_{split}"] + ["--ngpu", "1" if device == "cuda" else "0"]
-        print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
-        importlib.import_module(argv[0]).main(cmd=argv[1:])
+        run_native(argv)
         install_durations(rd, Path(argv[argv.index("--output_dir") + 1]), split, native["mel"])
         child.progress(phase="prepare", done=f"teacher durations ({split})")
 
@@ -119,9 +115,7 @@ def prepare(spec, rd) -> None:
         run_teacher(rd, native, child.pick_device(spec))
 
     for name in ("collect_stats", "aggregate_stats_dirs"):
-        argv = native["commands"][name]  # module first: espnet2.bin.tts_train or gan_tts_train (VITS)
-        print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
-        importlib.import_module(argv[0]).main(cmd=argv[1:])
+        run_native(native["commands"][name])  # module first: espnet2.bin.tts_train or gan_tts_train (VITS)
         child.progress(phase="prepare", done=name)
     wanted = ["feats"] + (["pitch", "energy"] if native["family"] == "fastspeech2" else [])
     for feat in wanted:
@@ -132,9 +126,7 @@ def prepare(spec, rd) -> None:
 
 
 def main(run_dir: str) -> None:
-    defer_unused_imports()  # before anything imports espnet2
-    spec, rd = child.load_run(run_dir)
-    os.chdir(rd.path)  # the native argv lists are relative to the run dir
+    spec, rd = start(run_dir)
     prepare(spec, rd)
 
 
