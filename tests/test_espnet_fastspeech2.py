@@ -274,6 +274,6 @@ def test_init_from_a_run_of_another_family_is_refused(tts_multi_corpus, teacher,
     """init_from names an spx run dir of another family (here the Tacotron2 teacher run): one clear error."""
     tacotron = render_tts_run(tts_spec(tts_multi_corpus), "espnet", tmp_path / "t2")
     spec = fs2_spec(tts_multi_corpus, f"tts.duration_teacher={teacher}", f"init_from={tacotron.path}")
-    with pytest.raises(SpxError, match="is an spx run of espnet tacotron2, not of espnet fastspeech2"):
+    with pytest.raises(SpxError, match="is a tts/tacotron2 run; this job is tts/fastspeech2"):
         render_tts_run(spec, "espnet", tmp_path / "run")
     assert not (tmp_path / "run" / "steps.json").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from spx.errors import SpxError
-from spx.rundir import RunDir, Step, require_same_job
+from spx.rundir import RunDir, Step
 from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text, dump_yaml, read_json
 
@@ -284,8 +284,7 @@ def tts_commands(spec: Spec, speakers: dict[str, int], *, entry: str = TTS_TRAIN
                       "--fold_length", "150", "--fold_length", "204800",
                       "--resume", "true", "--output_dir", EXP, "--use_tensorboard", "false"],
     })
-    if spec.init_from:
-        require_same_job(spec.init_from, "espnet", spec.model.family)
+    if spec.init_from:  # an spx run dir of another backend or family was refused by BackendAdapter.supports
         cmds["tts_train"] += ["--init_param", resolve_tts_init(spec.init_from)]
     return cmds
 
