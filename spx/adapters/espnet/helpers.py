@@ -86,6 +86,14 @@ def tts_optim_conf(spec: Spec) -> dict[str, Any]:
     return optim_conf
 
 
+def epoch_settings(spec: Spec, epochs: int) -> dict[str, Any]:
+    """Epochs, utterance batches and kept checkpoints of a TTS config (every TTS family the same)."""
+    t = spec.training
+    return {"max_epoch": epochs, "batch_type": "sorted", "batch_size": t.batch_size, "accum_grad": t.grad_accumulation,
+            "grad_clip": t.grad_clip or -1, "seed": t.seed, "num_workers": t.num_workers,
+            "keep_nbest_models": t.keep_checkpoints}
+
+
 def training_settings(spec: Spec, n_train: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The training part of an ESPnet tts config (optimizer, scheduler, epochs, batches, checkpoints), shared by
     Tacotron2 and FastSpeech2, and what spx derived (step counts) for the record."""
@@ -95,9 +103,7 @@ def training_settings(spec: Spec, n_train: int) -> tuple[dict[str, Any], dict[st
     total_steps = t.max_steps or steps_per_epoch * epochs
     settings: dict[str, Any] = {
         "optim": t.optimizer.name, "optim_conf": tts_optim_conf(spec), **scheduler(spec, total_steps),
-        "max_epoch": epochs, "batch_type": "sorted", "batch_size": t.batch_size, "accum_grad": t.grad_accumulation,
-        "grad_clip": t.grad_clip or -1, "seed": t.seed, "num_workers": t.num_workers,
-        "keep_nbest_models": t.keep_checkpoints, "best_model_criterion": [["valid", "loss", "min"]],
+        **epoch_settings(spec, epochs), "best_model_criterion": [["valid", "loss", "min"]],
         # ESPnet stops on epochs: max_steps is rounded up to whole epochs
         "num_iters_per_epoch": None, "log_interval": 10,
     }

@@ -161,9 +161,7 @@ def vits_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dic
         "optim2": t.optimizer.name, "optim2_conf": dict(optim_conf),
         "scheduler2": sched["scheduler"], "scheduler2_conf": dict(sched["scheduler_conf"]),
         "generator_first": False,
-        "max_epoch": epochs, "batch_type": "sorted", "batch_size": t.batch_size, "accum_grad": t.grad_accumulation,
-        "grad_clip": t.grad_clip or -1, "seed": t.seed, "num_workers": t.num_workers,
-        "keep_nbest_models": t.keep_checkpoints,
+        **helpers.epoch_settings(spec, epochs),
         "best_model_criterion": [["valid", LOSS_KEY, "min"], ["train", LOSS_KEY, "min"]],
         "log_interval": 10,
     }
