@@ -251,7 +251,8 @@ def train_options() -> list[str]:
     opts = []
     for split in ("train", "valid"):
         for feat in ("pitch", "energy"):
-            opts += [f"--{split}_data_path_and_name_and_type", f"{helpers.TTS_STATS}/{split}/collect_feats/{feat}.scp,{feat},npy"]
+            opts += [f"--{split}_data_path_and_name_and_type",
+                     f"{helpers.TTS_STATS}/{split}/collect_feats/{feat}.scp,{feat},npy"]
     return opts + ["--pitch_normalize_conf", f"stats_file={helpers.TTS_STATS}/train/pitch_stats.npz",
                    "--energy_normalize_conf", f"stats_file={helpers.TTS_STATS}/train/energy_stats.npz"]
 
