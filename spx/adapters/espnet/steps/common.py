@@ -36,7 +36,7 @@ def counting_task(task: type, info: dict[str, Any], on_model: Callable[[Any], No
         @classmethod
         def build_model(cls, args):
             model = super().build_model(args)
-            info["params"] = sum(p.numel() for p in model.parameters())
+            info["params"] = child.count_params(model)
             if on_model is not None:
                 on_model(model)
             return model
