@@ -16,7 +16,7 @@ PYTHONPROFILEIMPORTTIME=1, so each child's interpreter reports how long its impo
   train    the rest of the process that trains (ESPnet's trainer, summary, interpreter exit)
   decode   the rest of the decode process (three timed decodes of the test set and a warm-up)
   other    what is left of a process that did only prepare (interpreter exit)
---imports measures each candidate of spx.adapters.espnet.lazy_imports: a fresh interpreter imports espnet2.tasks.asr
+--imports measures each candidate of spx.adapters.espnet.steps.lazy_imports: a fresh interpreter imports espnet2.tasks.asr
 (train) and espnet2.bin.asr_inference (decode) with nothing deferred, each name alone, all but each name, and all of
 them (ROUNDS rounds, interleaved; medians of the interpreter's own import clock and of the wall time). One whole
 import varies by +-2 s on a shared 2-core machine: use 3 rounds or more on a quiet one; the subtree of each deferred
@@ -113,13 +113,13 @@ def table(result: dict) -> str:
 
 
 def import_costs(rounds: int) -> None:
-    from spx.adapters.espnet.lazy_imports import DEFERRED
+    from spx.adapters.espnet.steps.lazy_imports import DEFERRED
 
     # each name alone, and all but it: a name another deferred module imports anyway (g2p_en -> nltk) shows its
     # saving only beside that one
     variants = [(), *[(name,) for name in DEFERRED], *[tuple(n for n in DEFERRED if n != name) for name in DEFERRED],
                 DEFERRED]
-    code = ("import importlib, sys; from spx.adapters.espnet.lazy_imports import defer_unused_imports; "
+    code = ("import importlib, sys; from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports; "
             "defer_unused_imports(tuple(sys.argv[2:])); importlib.import_module(sys.argv[1])")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONPROFILEIMPORTTIME": "1"}
     for module in ("espnet2.tasks.asr", "espnet2.bin.asr_inference"):  # the train step's import, the decode step's

@@ -11,15 +11,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TOOLKITS = ("torch", "torchaudio", "nemo", "speechbrain", "espnet2", "lightning", "transformers", "onnxruntime")
 
-# Cycles that exist today and are the remaining work of the family-level adapter layout (issue 12): ESPnet's and
-# SpeechBrain's TTS family modules and their backend's dispatcher import helpers from each other (NeMo's no longer). This list may only shrink: the test
-# fails on a new cycle and on a listed one that is gone (then delete it here).
-KNOWN_CYCLES = {
-    frozenset({"spx.adapters.espnet", "spx.adapters.espnet.tts", "spx.adapters.espnet.tts_fastspeech2",
-               "spx.adapters.espnet.tts_vits"}),
-}
-
-
 def spx_modules() -> dict[str, Path]:
     out = {}
     for path in sorted((REPO / "spx").rglob("*.py")):
@@ -97,11 +88,8 @@ def test_cycle_finder_finds_a_cycle():
 
 
 def test_no_new_import_cycles_in_spx():
-    cycles = set(strongly_connected(import_graph()))
-    new = [sorted(c) for c in cycles - KNOWN_CYCLES]
-    gone = [sorted(c) for c in KNOWN_CYCLES - cycles]
-    assert not new, f"import cycles among spx modules: {new} (move the shared code into a leaf module)"
-    assert not gone, f"these listed cycles are gone: delete them from KNOWN_CYCLES: {gone}"
+    cycles = [sorted(c) for c in strongly_connected(import_graph())]
+    assert not cycles, f"import cycles among spx modules: {cycles} (move the shared code into a leaf module)"
 
 
 def core_modules() -> list[str]:

@@ -227,7 +227,7 @@ def test_two_process_gloo_data_parallel(tmp_path):
 
 LAZY_PROBE = """
 import json, sys
-from spx.adapters.espnet.lazy_imports import defer_unused_imports, still_deferred
+from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports, still_deferred
 defer_unused_imports(("g2p_en", "probe_ok", "probe_broken", "probe_absent"))
 import g2p_en, probe_ok, probe_broken
 out = {"lazy": still_deferred(), "nltk_before": "nltk" in sys.modules, "ran_before": "ran" in open(sys.argv[1]).read()}
@@ -278,8 +278,8 @@ def test_deferred_imports_load_the_real_module_on_first_use(tmp_path):
 
 
 def test_epoch_results_line_parsed_into_curve_values():
-    from spx.adapters.espnet import freeze_params
-    from spx.adapters.espnet.train import parse_epoch_results
+    from spx.adapters.espnet.conformer_ctc import freeze_params
+    from spx.adapters.espnet.steps.train import parse_epoch_results
     from spx.spec import Spec
 
     line = ("3epoch results: [train] iter_time=0.157, loss_ctc=54.591, loss=54.591, optim0_lr0=7.800e-04, "

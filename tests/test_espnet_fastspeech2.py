@@ -29,11 +29,11 @@ def fs2_spec(corpus: Path, *overrides: str):
 def fake_teacher(corpus: Path, root: Path, *overrides: str, config_edit=None) -> Path:
     """An spx espnet tacotron2 run dir as render sees it: train_summary.json, a (never loaded) best checkpoint, the
     config.yaml ESPnet writes (spx's rendered config + token_list + global_mvn stats path) and the stats file."""
-    from spx.adapters.espnet.tts import TOKENS
+    from spx.adapters.espnet.helpers import TTS_TOKENS
 
     rd = render_tts_run(tts_spec(corpus, *overrides), "espnet", root / "render")
     cfg = yaml.safe_load((rd / "native/conf/train_tts.yaml").read_text())
-    cfg.update(token_list=(rd / TOKENS).read_text().split(), normalize="global_mvn",
+    cfg.update(token_list=(rd / TTS_TOKENS).read_text().split(), normalize="global_mvn",
                normalize_conf={"stats_file": "native/tts_stats/train/feats_stats.npz"})
     if config_edit:
         config_edit(cfg)
@@ -195,7 +195,7 @@ def test_speechbrain_tacotron2_refuses_a_duration_teacher(tts_multi_corpus, teac
 
 
 def test_teacher_durations_that_do_not_sum_to_the_frames_fail_clearly(tmp_path):
-    from spx.adapters.espnet.tts_prepare import frame_count, install_durations
+    from spx.adapters.espnet.steps.tts_prepare import frame_count, install_durations
 
     mel = {"n_fft": 1024, "hop_length": 256}
     data = tmp_path / "native/tts_data/train"
@@ -274,6 +274,6 @@ def test_init_from_a_run_of_another_family_is_refused(tts_multi_corpus, teacher,
     """init_from names an spx run dir of another family (here the Tacotron2 teacher run): one clear error."""
     tacotron = render_tts_run(tts_spec(tts_multi_corpus), "espnet", tmp_path / "t2")
     spec = fs2_spec(tts_multi_corpus, f"tts.duration_teacher={teacher}", f"init_from={tacotron.path}")
-    with pytest.raises(SpxError, match="is an spx run of espnet tacotron2, not of espnet fastspeech2"):
+    with pytest.raises(SpxError, match="is a tts/tacotron2 run; this job is tts/fastspeech2"):
         render_tts_run(spec, "espnet", tmp_path / "run")
     assert not (tmp_path / "run" / "steps.json").exists()

@@ -103,7 +103,7 @@ CHECKS = [
     (r"^spx run --backend espnet .* --run-dir runs/ctc5-espnet --dry-run",
      lambda p, repo: "--max_epoch 5" in (repo / "runs/ctc5-espnet/command.sh").read_text()
      or "max_epoch: 5" in (repo / "runs/ctc5-espnet/native/conf/train_asr.yaml").read_text()),
-    (r"^spx run --resume runs/ctc5-espnet --dry-run", lambda p, repo: "spx.adapters.espnet.train" in p.stdout),
+    (r"^spx run --resume runs/ctc5-espnet --dry-run", lambda p, repo: "spx.adapters.espnet.steps.train" in p.stdout),
     (r"^spx spec show .* model\.encoder\.layers=4", lambda p, repo: re.search(r"^\s+layers: 4$", p.stdout, re.M)),
     (r"^spx spec schema > spx-recipe\.schema\.json",
      lambda p, repo: "training" in json.loads((repo / "spx-recipe.schema.json").read_text())["properties"]),

@@ -305,12 +305,12 @@ def test_multinode_spx_espnet_train_step_is_torchrun_rendezvous():
     """spx's ESPnet train step runs ESPnet's external-launcher mode per rank (launch torchrun)."""
     from spx.launchers.slurm import multinode_command
 
-    step = Step("train", [PY, "-m", "spx.adapters.espnet.train", "/runs/x"], launch="torchrun")
+    step = Step("train", [PY, "-m", "spx.adapters.espnet.steps.train", "/runs/x"], launch="torchrun")
     argv = multinode_command(step, devices=2, nodes=3, addr="n1", port=29400, cpus_per_task=2)
     assert _srun_opts(argv)["--ntasks"] == "3"
     i = argv.index("torch.distributed.run")
     assert argv[i + 1:] == ["--nnodes=3", "--nproc_per_node=2", f"--rdzv_id={os.environ.get('SLURM_JOB_ID', 'spx')}",
-                            "--rdzv_backend=c10d", "--rdzv_endpoint=n1:29400", "-m", "spx.adapters.espnet.train",
+                            "--rdzv_backend=c10d", "--rdzv_endpoint=n1:29400", "-m", "spx.adapters.espnet.steps.train",
                             "/runs/x"]
 
 

@@ -1,7 +1,7 @@
 """Child step `train`: ESPnet's `espnet2.bin.asr_train` (ASRTask.main) with the argv render wrote, plus what only
 run time knows (device/ngpu, distributed options, init_param for the token list built by `prepare`).
 
-A single process first runs the preparation (spx.adapters.espnet.prepare: tokenize_text, collect_stats,
+A single process first runs the preparation (steps.prepare: tokenize_text, collect_stats,
 aggregate_stats_dirs) when native/prepared.json is missing, so espnet2 is imported once for both (~20 s of imports
 on 2 idle cores, 40 s and more on a busy machine). It runs once per rank under torchrun when resources.devices > 1
 (ESPnet's external-launcher mode: --multiprocessing_distributed false, RANK/WORLD_SIZE/MASTER_* from the
@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spx.yamlio import read_jsonl
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
-from spx.adapters.espnet.prepare import is_prepared, prepare
-from spx.yamlio import atomic_write_json
+from spx.adapters.espnet.helpers import ASR_COMMANDS, ASR_CONF, TOKENS, check_init_architecture, resolve_init
+from spx.adapters.espnet.steps.common import counting_task, run_native, start
+from spx.adapters.espnet.steps.prepare import is_prepared, prepare
+from spx.yamlio import atomic_write_json, read_jsonl
 
 EPOCH_LINE = re.compile(r"^(\d+)epoch results: (.*)$", re.S)
 SECTION = re.compile(r"\[(\w+)\] (.*?)(?=, \[\w+\] |$)", re.S)
@@ -88,16 +88,13 @@ def init_args(spec, rd) -> list[str]:
     pretrained token list differs from this run's."""
     import yaml
 
-    from spx.adapters.espnet import resolve_init
+    from spx.errors import SpxError
 
     init = resolve_init(spec.init_from)
     if init is None:  # a hub model: the fetch_init step put it here; check its architecture now
         init = json.loads((rd / "native/init/init.json").read_text())
-        from spx.adapters.espnet import _check_init_architecture
-        from spx.errors import SpxError
-
         try:
-            _check_init_architecture(spec, init, yaml.safe_load((rd / "native/conf/train_asr.yaml").read_text()))
+            check_init_architecture(spec, init, yaml.safe_load((rd / ASR_CONF).read_text()))
         except SpxError as exc:
             raise SystemExit(f"{exc.one_line()} ({exc.hint})") from None
     with open(init["config"], encoding="utf-8") as fh:
@@ -105,7 +102,7 @@ def init_args(spec, rd) -> list[str]:
     if isinstance(theirs, str):  # a path in the pretrained config
         p = Path(theirs)
         theirs = token_list(p if p.is_absolute() else Path(init["config"]).parent / p) if p.exists() or (Path(init["config"]).parent / p).exists() else None
-    ours = token_list(rd / "native/tokens.txt")
+    ours = token_list(rd / TOKENS)
     if theirs == ours:
         return ["--init_param", init["model"]]
     print(f"# spx: init_from vocabulary ({len(theirs or [])} tokens) differs from this run's ({len(ours)}): "
@@ -114,9 +111,7 @@ def init_args(spec, rd) -> list[str]:
 
 
 def main(run_dir: str) -> None:
-    defer_unused_imports()  # before anything imports espnet2
-    spec, rd = child.load_run(run_dir)
-    os.chdir(rd.path)
+    spec, rd = start(run_dir)
     t_start = time.time()
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -147,7 +142,7 @@ def main(run_dir: str) -> None:
         # ESPnet switches amp to bfloat16 by itself wherever the GPU supports it; the spec asked for float16
         espnet_trainer.autocast_args = {"dtype": torch.float16}
 
-    native = json.loads((rd / "native/commands.json").read_text())
+    native = json.loads((rd / ASR_COMMANDS).read_text())
     derived = native["derived"]
     argv = list(native["commands"]["asr_train"][1:])
     argv += ["--ngpu", "1" if device == "cuda" else "0"]
@@ -155,8 +150,6 @@ def main(run_dir: str) -> None:
         argv += ["--multiprocessing_distributed", "false", "--dist_backend", "nccl" if device == "cuda" else "gloo"]
     if spec.init_from:
         argv += init_args(spec, rd)
-    if rank == 0:
-        print("# native: python -m espnet2.bin.asr_train " + " ".join(argv), file=sys.stderr, flush=True)
 
     # resume: drop curve rows of an epoch that never reached its checkpoint (killed between log and save)
     latest = rd / "checkpoints/latest.pth"
@@ -167,27 +160,17 @@ def main(run_dir: str) -> None:
     counter: dict[str, int] = {}
     info: dict[str, Any] = {}
 
-    class SpxASRTask(ASRTask):
-        """ESPnet's ASRTask; spx only counts parameters and the training mini-batches this rank runs."""
-
-        @classmethod
-        def build_model(cls, args):
-            model = super().build_model(args)
-            info["params"] = sum(p.numel() for p in model.parameters())
-
-            def count(module, inputs):
-                if module.training:
-                    counter["iters"] = counter.get("iters", 0) + 1
-                    counter["rank_iters"] = counter.get("rank_iters", 0) + 1
-
-            model.register_forward_pre_hook(count)
-            return model
+    def count(module, inputs):  # the training mini-batches this rank runs
+        if module.training:
+            counter["iters"] = counter.get("iters", 0) + 1
+            counter["rank_iters"] = counter.get("rank_iters", 0) + 1
 
     listener = EpochListener(rd, derived["epochs"], spec.training.grad_accumulation, counter, start_step)
     if rank == 0:
         logging.getLogger().addHandler(listener)
 
-    SpxASRTask.main(cmd=argv)
+    task = counting_task(ASRTask, info, lambda model: model.register_forward_pre_hook(count))
+    run_native(native["commands"]["asr_train"][:1] + argv, task.main, log=rank == 0)
 
     # every rank says it took part; rank 0 gathers after a barrier
     ranks_dir = rd / "logs/ranks"

@@ -1,5 +1,5 @@
 """The preparation of an ESPnet TTS run, done by the `tts_train` step in its own process before training (one
-espnet2 import for both; `python -m spx.adapters.espnet.tts_prepare RUN_DIR` runs it alone): the Kaldi-style data
+espnet2 import for both; `python -m spx.adapters.espnet.steps.tts_prepare RUN_DIR` runs it alone): the Kaldi-style data
 dirs (wav.scp, text, utt2spk, utt2sid) and the feature statistics and shape files, by ESPnet's own entry points
 (tts_train or, for VITS, gan_tts_train --collect_stats; aggregate_stats_dirs) run in this one process with the argv
 lists render wrote to native/tts_commands.json.
@@ -13,15 +13,12 @@ as 16-bit WAV at tts.sample_rate under native/tts_data/wav/ first, as ESPnet's f
 """
 from __future__ import annotations
 
-import importlib
 import json
-import os
-import sys
 from pathlib import Path
 
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
-from spx.adapters.espnet.tts import DATA
+from spx.adapters.espnet.steps.common import run_native, start
+from spx.adapters.espnet.helpers import TTS_COMMANDS, TTS_DATA, TTS_STATS
 from spx.manifests import read_manifest
 from spx.yamlio import atomic_write_json, atomic_write_text
 
@@ -31,7 +28,7 @@ DONE = "native/tts_prepared.json"  # written last: a step killed during the prep
 def write_data_dir(rd, manifest: str, split: str, sample_rate: int, speakers: dict[str, int], lowercase: bool) -> None:
     import soundfile as sf
 
-    out = rd / DATA / split
+    out = rd / TTS_DATA / split
     (out / "wav").mkdir(parents=True, exist_ok=True)
     rows = sorted(read_manifest(manifest), key=lambda u: u.id)  # Kaldi files are sorted by utterance id
     wav_scp, text, utt2spk, utt2sid = [], [], [], []
@@ -69,7 +66,7 @@ def install_durations(rd, teacher_out: Path, split: str, mel: dict) -> None:
     (+ <sos/eos>) summing to its frame count (ESPnet's token averaging and length regulator assume exactly that)."""
     import soundfile as sf
 
-    data = rd / DATA / split
+    data = rd / TTS_DATA / split
     found = teacher_out / "durations/durations"
     if not found.exists():
         raise SystemExit(f"the duration teacher wrote no {found} (is it an attention model run with teacher forcing?)")
@@ -97,8 +94,7 @@ def install_durations(rd, teacher_out: Path, split: str, mel: dict) -> None:
 def run_teacher(rd, native: dict, device: str) -> None:
     for split in ("train", "valid"):
         argv = native["commands"][f"teacher_durations_{split}"] + ["--ngpu", "1" if device == "cuda" else "0"]
-        print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
-        importlib.import_module(argv[0]).main(cmd=argv[1:])
+        run_native(argv)
         install_durations(rd, Path(argv[argv.index("--output_dir") + 1]), split, native["mel"])
         child.progress(phase="prepare", done=f"teacher durations ({split})")
 
@@ -109,7 +105,7 @@ def is_prepared(rd) -> bool:
 
 def prepare(spec, rd) -> None:
     """Run the preparation in this process (cwd must be the run dir: the native argv lists are relative to it)."""
-    native = json.loads((rd / "native/tts_commands.json").read_text())
+    native = json.loads((rd / TTS_COMMANDS).read_text())
     speakers = native["speakers"]
     for split, manifest in (("train", spec.data.train), ("valid", spec.data.valid)):
         write_data_dir(rd, manifest, split, spec.tts.sample_rate, speakers, spec.tokenizer.lowercase)
@@ -119,22 +115,18 @@ def prepare(spec, rd) -> None:
         run_teacher(rd, native, child.pick_device(spec))
 
     for name in ("collect_stats", "aggregate_stats_dirs"):
-        argv = native["commands"][name]  # module first: espnet2.bin.tts_train or gan_tts_train (VITS)
-        print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
-        importlib.import_module(argv[0]).main(cmd=argv[1:])
+        run_native(native["commands"][name])  # module first: espnet2.bin.tts_train or gan_tts_train (VITS)
         child.progress(phase="prepare", done=name)
     wanted = ["feats"] + (["pitch", "energy"] if native["family"] == "fastspeech2" else [])
     for feat in wanted:
-        if not Path(rd / f"native/tts_stats/train/{feat}_stats.npz").exists():
-            raise SystemExit(f"collect_stats wrote no native/tts_stats/train/{feat}_stats.npz")
+        if not (rd / f"{TTS_STATS}/train/{feat}_stats.npz").exists():
+            raise SystemExit(f"collect_stats wrote no {TTS_STATS}/train/{feat}_stats.npz")
     atomic_write_json(rd / DONE, {"commands": [*(["teacher_durations"] if native["family"] == "fastspeech2" else []),
                                                "collect_stats", "aggregate_stats_dirs"]})
 
 
 def main(run_dir: str) -> None:
-    defer_unused_imports()  # before anything imports espnet2
-    spec, rd = child.load_run(run_dir)
-    os.chdir(rd.path)  # the native argv lists are relative to the run dir
+    spec, rd = start(run_dir)
     prepare(spec, rd)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
 
 
 def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):

@@ -9,11 +9,11 @@ collected once, not once per rank. native/prepared.json says it finished (a step
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.helpers import ASR_COMMANDS, BPE_PREFIX, DATA, TOKENS
+from spx.adapters.espnet.steps.common import run_native, start
+from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
 from spx.yamlio import atomic_write_json
 
 DONE = "native/prepared.json"
@@ -22,8 +22,6 @@ DONE = "native/prepared.json"
 def train_sentencepiece(rd, spec) -> None:
     """ESPnet's asr.sh trains sentencepiece with the library's trainer; the same here, on the cleaned texts."""
     import sentencepiece as spm
-
-    from spx.adapters.espnet import BPE_PREFIX, DATA
 
     texts = [line.split(" ", 1)[1].strip() if " " in line else ""
              for line in (rd / f"{DATA}/train/text").read_text(encoding="utf-8").splitlines()]
@@ -45,29 +43,23 @@ def is_prepared(rd) -> bool:
 
 def prepare(spec, rd) -> None:
     """Run the preparation in this process (cwd must be the run dir: the native argv lists are relative to it)."""
-    cmds = json.loads((rd / "native/commands.json").read_text())["commands"]
+    cmds = json.loads((rd / ASR_COMMANDS).read_text())["commands"]
     if spec.tokenizer.type == "bpe":
         train_sentencepiece(rd, spec)
         child.progress(phase="prepare", done="sentencepiece")
 
     defer_unused_imports()
-    from espnet2.bin import aggregate_stats_dirs, asr_train, tokenize_text
-
-    for name, entry in (("tokenize_text", tokenize_text.main), ("collect_stats", asr_train.main),
-                        ("aggregate_stats_dirs", aggregate_stats_dirs.main)):
-        argv = cmds[name]
-        print("# native: python -m " + " ".join(argv), file=sys.stderr, flush=True)
-        entry(cmd=argv[1:])
+    for name in ("tokenize_text", "collect_stats", "aggregate_stats_dirs"):  # espnet2.bin.<entry>, module first
+        run_native(cmds[name])
         child.progress(phase="prepare", done=name)
-    n_tokens = sum(1 for _ in (rd / "native/tokens.txt").open(encoding="utf-8"))
+    n_tokens = sum(1 for _ in (rd / TOKENS).open(encoding="utf-8"))
     atomic_write_json(rd / DONE, {"commands": ["tokenize_text", "collect_stats", "aggregate_stats_dirs"],
                                   "tokens": n_tokens})
     child.progress(phase="prepare", tokens=n_tokens)
 
 
 def main(run_dir: str) -> None:
-    spec, rd = child.load_run(run_dir)
-    os.chdir(rd.path)
+    spec, rd = start(run_dir)
     prepare(spec, rd)
 
 

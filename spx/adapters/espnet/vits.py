@@ -1,7 +1,8 @@
 """ESPnet VITS: the spec -> ESPnet's own gan_tts config (`tts: vits`, `feats_extract: linear_spectrogram`), in the
 layout of ESPnet's egs2 `conf/tuning/train_vits.yaml` (generator / discriminator / loss params, optim + optim2,
-scheduler + scheduler2). The data dir, token list and collect_stats steps are the Tacotron2 path's (tts.py);
-training runs `espnet2.bin.gan_tts_train`, synthesis `Text2Speech` with no vocoder (VITS outputs the waveform).
+scheduler + scheduler2). The data dir, token list and collect_stats steps are every ESPnet TTS family's
+(helpers.tts_commands / write_tts_run); training runs `espnet2.bin.gan_tts_train` on the raw linear spectrogram (no
+normalization, as ESPnet's egs), synthesis `Text2Speech` with no vocoder (VITS outputs the waveform).
 
 Nothing here imports torch or espnet2.
 """
@@ -10,9 +11,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from spx.adapters.common.spec_helpers import deep_merge, speaker_table
+from spx.adapters.espnet import helpers
 from spx.errors import SpxError
+from spx.rundir import RunDir, Step
 from spx.spec import Spec
 
+TASK = "tts"
+NAME = "vits"
+CPU_PRECISIONS = ("fp32",)
+INIT_FROM = helpers.TTS_INIT_FROM
+INFERENCE = None  # steps.tts_synth synthesizes inside its own step; no load_synthesizer yet
+EXPORT = None
 ENTRY = "espnet2.bin.gan_tts_train"
 VOCODER = "vits (end-to-end)"
 # ESPnet's VITS recipes synthesize from the latest generator: adversarial valid losses do not rank GAN checkpoints
@@ -24,8 +34,9 @@ def hop_samples(spec: Spec) -> int:
     return int(round(spec.features.hop_length_ms * spec.tts.sample_rate / 1000))
 
 
-def check_vits(spec: Spec) -> None:
+def check(spec: Spec) -> None:
     """Raise SpxError before anything runs when the spec cannot become an ESPnet VITS."""
+    helpers.check_tts(spec)
     m = spec.model
     hop = hop_samples(spec)
     product = math.prod(m.decoder_upsample_scales)
@@ -43,6 +54,7 @@ def check_vits(spec: Spec) -> None:
     if spec.freeze:
         raise SpxError("freeze is not rendered for ESPnet VITS by spx", where="freeze",
                        hint="remove freeze (init_from alone fine-tunes every weight)")
+    helpers.refuse_duration_teacher(spec)
 
 
 def _discriminator(channels: int) -> dict[str, Any]:
@@ -66,10 +78,6 @@ def _discriminator(channels: int) -> dict[str, Any]:
 
 def vits_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
     """ESPnet's gan_tts training config for the spec, and what spx derived (step counts) for the record."""
-    from spx.adapters.common.spec_helpers import deep_merge
-    from spx.adapters.espnet import _scheduler  # the ASR adapter's mapping of training.scheduler
-    from spx.adapters.espnet.tts import mel_settings
-
     m, t = spec.model, spec.training
     batches = math.ceil(n_train / t.batch_size)
     epochs, iters_per_epoch = t.epochs, None
@@ -79,7 +87,7 @@ def vits_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dic
         iters_per_epoch = batches = math.ceil(iters_total / epochs)
     steps_per_epoch = max(batches // t.grad_accumulation, 1)
     total_steps = steps_per_epoch * epochs  # the generator and the discriminator each step once per batch
-    mel = mel_settings(spec)
+    mel = helpers.mel_settings(spec)
     generator = {
         "hidden_channels": m.hidden_channels,
         "spks": len(speakers) if speakers else -1,
@@ -141,10 +149,8 @@ def vits_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dic
         "lambda_adv": 1.0, "lambda_mel": 45.0, "lambda_feat_match": 2.0, "lambda_dur": 1.0, "lambda_kl": 1.0,
         "sampling_rate": mel["fs"], "cache_generator_outputs": True,
     }
-    optim_conf: dict[str, Any] = {"lr": t.optimizer.lr, "weight_decay": t.optimizer.weight_decay}
-    if t.optimizer.name != "sgd":
-        optim_conf["betas"] = list(t.optimizer.betas)
-    sched = _scheduler(spec, total_steps)
+    optim_conf = helpers.tts_optim_conf(spec)
+    sched = helpers.scheduler(spec, total_steps)
     cfg: dict[str, Any] = {
         "tts": "vits", "tts_conf": tts_conf,
         "feats_extract": "linear_spectrogram",
@@ -155,9 +161,7 @@ def vits_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dic
         "optim2": t.optimizer.name, "optim2_conf": dict(optim_conf),
         "scheduler2": sched["scheduler"], "scheduler2_conf": dict(sched["scheduler_conf"]),
         "generator_first": False,
-        "max_epoch": epochs, "batch_type": "sorted", "batch_size": t.batch_size, "accum_grad": t.grad_accumulation,
-        "grad_clip": t.grad_clip or -1, "seed": t.seed, "num_workers": t.num_workers,
-        "keep_nbest_models": t.keep_checkpoints,
+        **helpers.epoch_settings(spec, epochs),
         "best_model_criterion": [["valid", LOSS_KEY, "min"], ["train", LOSS_KEY, "min"]],
         "log_interval": 10,
     }
@@ -166,3 +170,15 @@ def vits_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dic
     cfg = deep_merge(cfg, spec.backends.get("espnet", {}))
     derived = {"steps_per_epoch": steps_per_epoch, "epochs": epochs, "total_steps": total_steps}
     return cfg, derived
+
+
+def render(spec: Spec, run_dir: RunDir) -> list[Step]:
+    speakers = speaker_table(spec, f"ESPnet {spec.model.family}")
+    cfg, derived = vits_config(spec, helpers.train_utterance_count(spec), speakers)
+    cmds = helpers.tts_commands(spec, speakers, entry=ENTRY, normalize=["--normalize", "none"])
+    return helpers.write_tts_run(spec, run_dir, cfg=cfg, derived=derived, cmds=cmds, speakers=speakers, vocoder=None,
+                                 synth_model=SYNTH_MODEL, loss_key=LOSS_KEY, vocoder_label=VOCODER, griffin_lim=False)
+
+
+def collect_extras(run_dir: RunDir) -> dict[str, Any]:
+    return {}

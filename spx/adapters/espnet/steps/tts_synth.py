@@ -5,23 +5,20 @@ protocol (synthesize_and_time)."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
-from spx.adapters.espnet.tts import GL_CONF
+from spx.adapters.espnet.helpers import EXP, GL_CONF, TTS_COMMANDS
+from spx.adapters.espnet.steps.common import start
 
 
 def main(run_dir: str) -> None:
-    defer_unused_imports()  # before anything imports espnet2
-    spec, rd = child.load_run(run_dir)
-    os.chdir(rd.path)
+    spec, rd = start(run_dir)
     child.set_threads(spec)
     device = child.pick_device(spec)
     dtype = child.precision_dtype(spec, device)
-    native = json.loads((rd / "native/tts_commands.json").read_text())
+    native = json.loads((rd / TTS_COMMANDS).read_text())
     model = rd / native["synth_model"]
     if not model.exists():
         raise SystemExit(f"no {model}: run the tts_train step first")
@@ -31,7 +28,7 @@ def main(run_dir: str) -> None:
 
     voc = native["vocoder"]
     end_to_end = native["family"] == "vits"
-    tts = Text2Speech(train_config=str(rd / "checkpoints/config.yaml"), model_file=str(model),
+    tts = Text2Speech(train_config=str(rd / EXP / "config.yaml"), model_file=str(model),
                       vocoder_config=voc["config"] if voc else (None if end_to_end else str(rd / GL_CONF)),
                       vocoder_file=voc["file"] if voc else None, device=device, dtype=dtype, seed=spec.training.seed)
     if tts.tts.require_vocoder and tts.vocoder is None:

@@ -11,15 +11,24 @@ not count this job's tokens or frames). Nothing here imports torch or espnet2.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from spx.adapters.common.spec_helpers import deep_merge, speaker_table
+from spx.adapters.espnet import helpers
 from spx.errors import SpxError
+from spx.rundir import RunDir, Step
 from spx.spec import Spec
+from spx.yamlio import atomic_write_text, dump_yaml, read_json
 
+TASK = "tts"
+NAME = "fastspeech2"
+CPU_PRECISIONS = ("fp32",)
+INIT_FROM = helpers.TTS_INIT_FROM
+INFERENCE = None  # steps.tts_synth synthesizes inside its own step; no load_synthesizer yet
+EXPORT = None
 TEACHER_ENTRY = "espnet2.bin.tts_inference"
 TEACHER_DIR = "native/teacher"  # tts_inference --output_dir per split: durations/durations, norm/, att_ws/, ...
 # the teacher's config.yaml with its feature-statistics path made absolute (ESPnet writes it relative to where
@@ -42,8 +51,7 @@ def resolve_duration_teacher(teacher: str) -> dict[str, str]:
     p = Path(teacher).expanduser()
     config: Path | None = None
     if p.is_dir():
-        summary_file = p / "train_summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        summary = read_json(p / "train_summary.json") or {}
         recorded = summary.get("best_checkpoint") or summary.get("exported_model")
         if recorded:
             p, config = Path(recorded), Path(summary.get("native_config") or Path(recorded).parent / "config.yaml")
@@ -93,8 +101,6 @@ def teacher_stats_file(teacher: dict[str, str], cfg: dict[str, Any]) -> str | No
 def check_teacher_matches(spec: Spec, teacher: dict[str, str], cfg: dict[str, Any]) -> None:
     """The teacher's durations count this job's tokens and frames only if it reads the same characters and the same
     mel frames: the same token list, char tokens without cleaner/g2p, fbank with the same settings, reduction 1."""
-    from spx.adapters.espnet.tts import fbank_conf, token_list
-
     where, teacher_name = "tts.duration_teacher", teacher["config"]
     if cfg.get("tts") != TEACHER_FAMILY:
         raise SpxError(f"the duration teacher {teacher_name} is an ESPnet {cfg.get('tts')!r} model; spx takes "
@@ -105,12 +111,12 @@ def check_teacher_matches(spec: Spec, teacher: dict[str, str], cfg: dict[str, An
                        "FastSpeech2 here needs durations in single frames", where=where,
                        hint="train the teacher with model.reduction_factor: 1")
     text = {k: cfg.get(k) for k in ("token_type", "cleaner", "g2p")}
-    if text != {"token_type": "char", "cleaner": None, "g2p": None} or cfg.get("token_list") != token_list():
+    if text != {"token_type": "char", "cleaner": None, "g2p": None} or cfg.get("token_list") != helpers.token_list():
         raise SpxError(f"the duration teacher reads other tokens than this job ({text}, "
-                       f"{len(cfg.get('token_list') or [])} tokens; this job: spx's {len(token_list())} characters, "
+                       f"{len(cfg.get('token_list') or [])} tokens; this job: spx's {len(helpers.token_list())} characters, "
                        "no cleaner, no g2p): its durations would not count this job's tokens", where=where,
                        hint="use a teacher trained by spx on espnet (recipes/tacotron2.yaml)")
-    ours, theirs = fbank_conf(spec), cfg.get("feats_extract_conf") or {}
+    ours, theirs = helpers.fbank_conf(spec), cfg.get("feats_extract_conf") or {}
     diff = [f"{k}: this job {v!r}, teacher {theirs.get(k)!r}" for k, v in ours.items() if theirs.get(k) != v]
     if cfg.get("feats_extract") != "fbank" or diff:
         raise SpxError(f"the duration teacher's mel frames differ from this job's ({cfg.get('feats_extract')!r}; "
@@ -123,9 +129,10 @@ def check_teacher_matches(spec: Spec, teacher: dict[str, str], cfg: dict[str, An
                        where=where, hint="use a teacher trained with the same tts.multi_speaker setting")
 
 
-def check_fastspeech2(spec: Spec) -> None:
+def check(spec: Spec) -> None:
     """Raise SpxError before anything runs when the spec cannot become an ESPnet FastSpeech2 (the Spec itself
     checks what holds on every backend: heads dividing d_model, n_fft covering the window)."""
+    helpers.check_tts(spec)
     if spec.freeze:
         raise SpxError("freeze is not rendered for ESPnet FastSpeech2 by spx", where="freeze",
                        hint="remove freeze (init_from alone fine-tunes every weight)")
@@ -193,14 +200,11 @@ def fastspeech2_tts_conf(spec: Spec, speakers: dict[str, int]) -> dict[str, Any]
 def fastspeech2_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
     """ESPnet's tts training config for FastSpeech2 (pitch and energy extracted and averaged per token with the
     teacher's durations, both global_mvn-normalized), and what spx derived for the record."""
-    from spx.adapters.common.spec_helpers import deep_merge
-    from spx.adapters.espnet.tts import fbank_conf, mel_settings, training_settings
-
-    mel = mel_settings(spec)
-    training, derived = training_settings(spec, n_train)
+    mel = helpers.mel_settings(spec)
+    training, derived = helpers.training_settings(spec, n_train)
     cfg: dict[str, Any] = {
         "tts": "fastspeech2", "tts_conf": fastspeech2_tts_conf(spec, speakers),
-        "feats_extract": "fbank", "feats_extract_conf": fbank_conf(spec),
+        "feats_extract": "fbank", "feats_extract_conf": helpers.fbank_conf(spec),
         "pitch_extract": "dio",
         "pitch_extract_conf": {"fs": mel["fs"], "n_fft": mel["n_fft"], "hop_length": mel["hop_length"],
                                "f0min": F0_MIN, "f0max": F0_MAX, "reduction_factor": 1,
@@ -220,14 +224,12 @@ def fastspeech2_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tu
 def teacher_commands(spec: Spec, teacher_model: str, speakers: dict[str, int]) -> dict[str, list[str]]:
     """tts_inference with teacher forcing on the train and valid data dirs (ESPnet's egs2 teacher step); spx adds
     --ngpu at run time. Each writes <output_dir>/durations/durations."""
-    from spx.adapters.espnet.tts import DATA
-
     cmds = {}
     for split in ("train", "valid"):
-        argv = [TEACHER_ENTRY, "--data_path_and_name_and_type", f"{DATA}/{split}/text,text,text",
-                "--data_path_and_name_and_type", f"{DATA}/{split}/wav.scp,speech,sound"]
+        argv = [TEACHER_ENTRY, "--data_path_and_name_and_type", f"{helpers.TTS_DATA}/{split}/text,text,text",
+                "--data_path_and_name_and_type", f"{helpers.TTS_DATA}/{split}/wav.scp,speech,sound"]
         if speakers:
-            argv += ["--data_path_and_name_and_type", f"{DATA}/{split}/utt2sid,sids,text_int"]
+            argv += ["--data_path_and_name_and_type", f"{helpers.TTS_DATA}/{split}/utt2sid,sids,text_int"]
         argv += ["--train_config", TEACHER_CONFIG, "--model_file", teacher_model, "--use_teacher_forcing", "true",
                  "--seed", str(spec.training.seed), "--output_dir", f"{TEACHER_DIR}/{split}"]
         cmds[f"teacher_durations_{split}"] = argv
@@ -236,9 +238,7 @@ def teacher_commands(spec: Spec, teacher_model: str, speakers: dict[str, int]) -
 
 def data_options(split: str) -> list[str]:
     """The teacher's durations, read by collect_stats and training (ESPnet's `durations,durations,text_int`)."""
-    from spx.adapters.espnet.tts import DATA
-
-    return [f"--{split}_data_path_and_name_and_type", f"{DATA}/{split}/durations,durations,text_int"]
+    return [f"--{split}_data_path_and_name_and_type", f"{helpers.TTS_DATA}/{split}/durations,durations,text_int"]
 
 
 def stats_options() -> list[str]:
@@ -248,11 +248,32 @@ def stats_options() -> list[str]:
 
 
 def train_options() -> list[str]:
-    from spx.adapters.espnet.tts import STATS
-
     opts = []
     for split in ("train", "valid"):
         for feat in ("pitch", "energy"):
-            opts += [f"--{split}_data_path_and_name_and_type", f"{STATS}/{split}/collect_feats/{feat}.scp,{feat},npy"]
-    return opts + ["--pitch_normalize_conf", f"stats_file={STATS}/train/pitch_stats.npz",
-                   "--energy_normalize_conf", f"stats_file={STATS}/train/energy_stats.npz"]
+            opts += [f"--{split}_data_path_and_name_and_type",
+                     f"{helpers.TTS_STATS}/{split}/collect_feats/{feat}.scp,{feat},npy"]
+    return opts + ["--pitch_normalize_conf", f"stats_file={helpers.TTS_STATS}/train/pitch_stats.npz",
+                   "--energy_normalize_conf", f"stats_file={helpers.TTS_STATS}/train/energy_stats.npz"]
+
+
+def render(spec: Spec, run_dir: RunDir) -> list[Step]:
+    speakers = speaker_table(spec, f"ESPnet {spec.model.family}")
+    vocoder = helpers.resolve_vocoder(spec)
+    n_train = helpers.train_utterance_count(spec)
+    check_teacher_speakers(spec, speakers)
+    cfg, derived = fastspeech2_config(spec, n_train, speakers)
+    teacher, teacher_cfg = teacher_config(spec)
+    cmds = helpers.tts_commands(spec, speakers, data_options=data_options, stats_options=stats_options(),
+                                train_options=train_options(),
+                                first=teacher_commands(spec, teacher["model"], speakers))
+    (run_dir / TEACHER_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / TEACHER_CONFIG, f"# The duration teacher's {teacher['config']}, written by spx "
+                      "with its statistics path made absolute\n" + dump_yaml(teacher_cfg))
+    return helpers.write_tts_run(spec, run_dir, cfg=cfg, derived=derived, cmds=cmds, speakers=speakers,
+                                 vocoder=vocoder, synth_model=SYNTH_MODEL, loss_key=LOSS_KEY,
+                                 vocoder_label=helpers.vocoder_name(spec, vocoder), duration_teacher=teacher)
+
+
+def collect_extras(run_dir: RunDir) -> dict[str, Any]:
+    return {}

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import sys
 import time
 
 from spx.adapters.common import child
-from spx.adapters.espnet.lazy_imports import defer_unused_imports
-from spx.adapters.espnet.tts_prepare import is_prepared, prepare
+from spx.adapters.espnet.helpers import TTS_COMMANDS
+from spx.adapters.espnet.steps.common import counting_task, run_native, start
+from spx.adapters.espnet.steps.tts_prepare import is_prepared, prepare
 from spx.yamlio import atomic_write_text
 
 EPOCH_RESULTS = re.compile(r"(\d+)epoch results: (.*)")
@@ -59,20 +58,17 @@ def curve_from_reporter(rd, loss_key: str = "loss") -> list[dict]:
 
 
 def main(run_dir: str) -> None:
-    defer_unused_imports()  # before anything imports espnet2
-    spec, rd = child.load_run(run_dir)
-    os.chdir(rd.path)
+    spec, rd = start(run_dir)
     started = time.time()
     threads = child.set_threads(spec)
     device = child.pick_device(spec)
     logging.basicConfig(level="INFO", format="%(asctime)s (%(module)s:%(lineno)d) %(levelname)s: %(message)s")
     if not is_prepared(rd):
         prepare(spec, rd)
-    native = json.loads((rd / "native/tts_commands.json").read_text())
-    argv = list(native["commands"]["tts_train"][1:]) + ["--ngpu", "1" if device == "cuda" else "0"]
-    print("# native: python -m espnet2.bin.tts_train " + " ".join(argv), file=sys.stderr, flush=True)
+    native = json.loads((rd / TTS_COMMANDS).read_text())
+    argv = native["commands"]["tts_train"] + ["--ngpu", "1" if device == "cuda" else "0"]  # module first
 
-    if native["commands"]["tts_train"][0] == "espnet2.bin.gan_tts_train":
+    if argv[0] == "espnet2.bin.gan_tts_train":
         from espnet2.tasks.gan_tts import GANTTSTask as Task
     else:
         from espnet2.tasks.tts import TTSTask as Task
@@ -80,17 +76,8 @@ def main(run_dir: str) -> None:
     info: dict = {}
     loss_key = native["loss_key"]
 
-    class SpxTTSTask(Task):
-        """ESPnet's TTSTask / GANTTSTask; spx only counts the parameters."""
-
-        @classmethod
-        def build_model(cls, args):
-            model = super().build_model(args)
-            info["params"] = sum(p.numel() for p in model.parameters())
-            return model
-
     logging.getLogger().addHandler(EpochProgress(native["derived"]["epochs"], loss_key))
-    SpxTTSTask.main(cmd=argv)
+    run_native(argv, counting_task(Task, info).main)
 
     rows = curve_from_reporter(rd, loss_key)
     atomic_write_text(rd / "curve.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
