@@ -92,13 +92,17 @@ def test_no_new_import_cycles_in_spx():
     assert not cycles, f"import cycles among spx modules: {cycles} (move the shared code into a leaf module)"
 
 
+CHILD_COMMON = {"spx.adapters.common.child", "spx.adapters.common.export"}
+
+
 def core_modules() -> list[str]:
-    """Every module the CLI may import in its own process: all of spx except the backends' child-process modules
-    (spx/adapters/<backend>/*.py other than the backend's __init__, which the core imports to render)."""
+    """Every module the CLI may import in its own process: all of spx except the child-process modules (a backend's
+    `steps/` package and the child-side helpers in spx/adapters/common/). A backend's `__init__`, `helpers` and family
+    modules are core: the CLI imports them to check and render a job."""
     out = []
     for name in spx_modules():
         parts = name.split(".")
-        if parts[:2] == ["spx", "adapters"] and len(parts) >= 4:
+        if parts[:2] == ["spx", "adapters"] and ("steps" in parts or name in CHILD_COMMON):
             continue
         if name in ("spx.__main__",):
             continue
