@@ -240,7 +240,8 @@ def create_app(cfg: ServeConfig, model: Model | None = None) -> FastAPI:
                 wav, rate = await asyncio.get_running_loop().run_in_executor(
                     None, _decode, data, model.sample_rate)
             except SpxError as exc:
-                raise ApiError(422, "not_audio", f"cannot decode the audio: {exc.message}") from None
+                detail = exc.message.replace("the piped command's output", "the request body")  # materialize's words
+                raise ApiError(422, "not_audio", detail) from None
             duration = len(wav) / model.sample_rate
             if duration > cfg.max_seconds:
                 raise ApiError(413, "too_long", f"the audio is {duration:.1f} s; the limit is {cfg.max_seconds} s "

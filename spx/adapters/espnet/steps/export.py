@@ -30,7 +30,9 @@ def _frontend(model, sample_rate: int) -> LogMelFrontend:
 
     fe = model.frontend
     stft, logmel = getattr(fe, "stft", None), getattr(fe, "logmel", None)
-    if type(fe).__name__ != "DefaultFrontend" or stft is None or logmel is None or fe.frontend is not None:
+    enhancement = getattr(fe, "frontend", None)  # WPE/beamformer: identity on one channel unless switched on
+    enhances = enhancement is not None and (enhancement.use_wpe or enhancement.use_beamformer)
+    if type(fe).__name__ != "DefaultFrontend" or stft is None or logmel is None or enhances:
         raise SystemExit(f"spx export: ESPnet frontend {type(fe).__name__} is not reproduced by spx's numpy "
                          "frontend yet (it takes DefaultFrontend: STFT + log-mel)")
     if stft.normalized or not stft.onesided or logmel.log_base not in (None,):
