@@ -133,24 +133,32 @@ def _audio_of(run_dir: Path) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_served_export_transcribes_like_the_run(backend, exported, trained_run, tmp_path):
-    """Every test utterance sent one at a time: the server's text is the run's own hypothesis."""
+    """Every test utterance sent one at a time: the server's text is the toolkit's own hypothesis for it alone (the
+    parity check's reference, batch 1), and the run's hyps.jsonl (decoded in padded batches of 8, which moves a few
+    ESPnet/SpeechBrain hypotheses: reflect padding and convolutions see the batch's padding) for nearly all."""
     import httpx
 
     rd = trained_run(backend)
-    server = Server(exported(backend, "onnx"), tmp_path / "server.log", "--max-wait-ms", "0")
+    export_dir = exported(backend, "onnx")
+    toolkit = json.loads((export_dir / "export.json").read_text())["parity"]["toolkit_hyps"]
+    server = Server(export_dir, tmp_path / "server.log", "--max-wait-ms", "0")
     try:
         server.wait_ready()
         audio = _audio_of(rd)
-        mismatch = []
+        mismatch, rows = [], _test_rows(rd)
         with httpx.Client(timeout=60) as client:
-            for row in _test_rows(rd):
+            for row in rows:
                 r = client.post(server.url + "/v1/transcribe", files={"file": ("a.flac", Path(audio[row["id"]]).read_bytes())})
                 assert r.status_code == 200, r.text
                 body = r.json()
                 assert body["duration"] == pytest.approx(row["duration"], abs=0.01)
+                if row["id"] in toolkit:
+                    assert body["text"] == toolkit[row["id"]], row["id"]
                 if body["text"] != row["hyp"]:
                     mismatch.append((row["id"], row["hyp"], body["text"]))
-        assert not mismatch, f"server vs run hypotheses: {mismatch}"
+        assert len(mismatch) <= 0.1 * len(rows), f"server vs the run's batched hypotheses: {mismatch}"
+        if backend == "nemo":  # NeMo masks the padding: its batched hypotheses are the batch-1 ones
+            assert not mismatch
     finally:
         server.stop()
 

@@ -51,4 +51,5 @@ def check_parity(ids: list[str], refs: list[str], toolkit: list[tuple[np.ndarray
     return {"passed": passed, "rule": rule, "utterances": len(ids), "max_abs_logprob_diff": max_diff,
             "hypothesis_agreement": agreement, "toolkit_wer": toolkit_wer, "exported_wer": exported_wer,
             "wer_delta": exported_wer - toolkit_wer, "feature_max_abs_diff": feature_max_abs_diff,
-            "mismatched": mismatched[:10], "length_mismatch": len_mismatch[:10], "summary": summary}
+            "mismatched": mismatched[:10], "length_mismatch": len_mismatch[:10], "summary": summary,
+            "toolkit_hyps": dict(zip(ids, t_hyps))}  # batch 1, what a served request must get back (fp32)

@@ -10,6 +10,7 @@ the lock), and the tracer keeps SpeechBrain's shape-derived masks dynamic.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,27 @@ def _frontend(fbank, sample_rate: int) -> LogMelFrontend:
                   "normalize": None, "valid_frames": "all", "layout": "BTD",
                   "toolkit": "speechbrain.lobes.features.Fbank; InputNormalization in the graph"},
         window=centred_window(stft.window.numpy(), int(stft.n_fft)), mel=mel)
+
+
+@contextlib.contextmanager
+def traceable_length_masks():
+    """SpeechBrain's length_to_mask expands to len(lengths) rows, a Python int the tracer freezes to the example's
+    batch size; during export the Transformer gets a broadcast mask (the same values) that keeps the batch dynamic."""
+    from speechbrain.lobes.models.transformer import TransformerASR
+
+    original = TransformerASR.length_to_mask
+
+    def length_to_mask(length, max_len=None, dtype=None, device=None):
+        if max_len is None:
+            max_len = length.max().long()
+        mask = torch.arange(max_len, device=length.device, dtype=length.dtype)[None, :] < length[:, None]
+        return mask.to(dtype=dtype or length.dtype, device=device or length.device)
+
+    TransformerASR.length_to_mask = length_to_mask
+    try:
+        yield
+    finally:
+        TransformerASR.length_to_mask = original
 
 
 def _tokens(tokenizer) -> dict[str, Any]:
@@ -85,7 +107,7 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
             net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
         n_frames = 400
         example = (torch.randn(2, n_frames, frontend.mel.shape[0]), torch.tensor([n_frames, n_frames - 37]))
-        with torch.no_grad():
+        with traceable_length_masks(), torch.no_grad():
             if fmt == "onnx":
                 torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset,
                                   input_names=["features", "lengths"], output_names=["log_probs", "out_lengths"],
