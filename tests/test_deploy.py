@@ -215,7 +215,9 @@ def test_server_bad_inputs_concurrency_and_metrics(exported, trained_run, tmp_pa
         assert ok == 33  # the raw-body request + the 32 concurrent ones
         assert _metric(metrics, 'spx_request_latency_seconds_count{endpoint="transcribe"}') == 33 + len(bad)
         assert _metric(metrics, "spx_audio_seconds_total") == pytest.approx(33 * len(wav) / rate, rel=0.01)
-        assert sum(_metric(metrics, f'spx_errors_total{{kind="{k}"}}') for k in bad) == len(bad)
+        errors = {k: _metric(metrics, f'spx_errors_total{{kind="{k}"}}')
+                  for k in ("not_audio", "empty", "too_long", "too_large", "content_type", "no_file")}
+        assert errors == {"not_audio": 2, "empty": 1, "too_long": 1, "too_large": 1, "content_type": 1, "no_file": 1}
         assert server.proc.poll() is None
     finally:
         server.stop()
@@ -226,3 +228,23 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     raise AssertionError(f"{name} not in /metrics:\n{text[:2000]}")
+
+
+@pytest.mark.slow
+def test_serve_a_run_dir_with_its_toolkit(exported, trained_run, tmp_path):
+    """A run dir is served by the family's inference loader (the toolkit, in the server process)."""
+    import httpx
+
+    rd = trained_run("speechbrain")
+    toolkit = json.loads((exported("speechbrain", "onnx") / "export.json").read_text())["parity"]["toolkit_hyps"]
+    server = Server(rd, tmp_path / "server.log", "--threads", "1")
+    try:
+        server.wait_ready()
+        assert httpx.get(server.url + "/readyz").json()["model"]["kind"] == "run"
+        audio = _audio_of(rd)
+        with httpx.Client(timeout=60) as client:
+            for uid in list(toolkit)[:4]:
+                r = client.post(server.url + "/v1/transcribe", files={"file": ("a.flac", Path(audio[uid]).read_bytes())})
+                assert r.status_code == 200 and r.json()["text"] == toolkit[uid], (uid, r.text)
+    finally:
+        server.stop()

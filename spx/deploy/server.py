@@ -72,14 +72,19 @@ class Model:
             from spx.deploy.modules import inference_module
             from spx.rundir import RunDir
 
-            rd = RunDir(target)
+            rd = RunDir(target.resolve())
             spec = rd.spec
             module = importlib.import_module(inference_module(rd.backend, spec))
             if cfg.threads:
                 import torch
 
                 torch.set_num_threads(cfg.threads)
-            self.transcribe = module.load_transcriber(str(target), cfg.device)
+            here = os.getcwd()
+            os.chdir(rd.path)  # the run's steps run in the run dir; a toolkit config may name files relative to it
+            try:
+                self.transcribe = module.load_transcriber(str(rd.path), cfg.device)
+            finally:
+                os.chdir(here)
             self.sample_rate = spec.features.sample_rate
             self.describe = {"kind": "run", "backend": rd.backend, "format": "toolkit", "quantize": None,
                              "path": str(target), "device": cfg.device}
