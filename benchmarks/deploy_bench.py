@@ -28,7 +28,6 @@ sys.path.insert(0, str(REPO))
 def engines_figures(run_dir: str, threads: int, repeats: int) -> dict:
     """(in a child process per backend) torch / onnx / onnx-int8: decode the test set in the run's batches."""
     import jiwer
-    import numpy as np
     import torch
 
     from spx.adapters.common import child
@@ -61,7 +60,6 @@ def engines_figures(run_dir: str, threads: int, repeats: int) -> dict:
         hyps = [child.clean_transcript(h) for h in hyps]
         out[kind] = {"seconds": statistics.median(times), "rtfx": audio_s / statistics.median(times),
                      "wer": float(jiwer.wer(refs, hyps))}
-    del np
     return out
 
 
@@ -141,8 +139,10 @@ def main() -> None:
                 fmt, _, q = kind.partition("-")
                 subprocess.run([sys.executable, "-m", "spx", "export", run, "--format", fmt,
                                 *(["--quantize", q] if q else [])], check=True, env=env, cwd=REPO)
-        proc = subprocess.run([sys.executable, __file__, "--engines-only", run, "--threads", str(a.threads),
-                               "--repeats", str(a.repeats)], capture_output=True, text=True, env=env, cwd=REPO)
+        # in the run dir, as its decode step runs (an ESPnet config names its feature statistics relative to it)
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--engines-only", str(rd.resolve()),
+                               "--threads", str(a.threads), "--repeats", str(a.repeats)],
+                              capture_output=True, text=True, env=env, cwd=rd)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)
         if line is None:
             raise SystemExit(f"engine figures failed for {run}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")

@@ -65,7 +65,7 @@ def file_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def test_audio(spec, limit: int) -> list[tuple[str, str, np.ndarray]]:
+def parity_audio(spec, limit: int) -> list[tuple[str, str, np.ndarray]]:
     """(id, reference text, waveform) of the run's test set (the first `limit`; 0: all)."""
     items = child.test_utterances(spec)
     if limit:
@@ -104,7 +104,7 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
     out.mkdir(parents=True, exist_ok=True)
     threads = child.set_threads(spec)
     model_file = MODEL_FILES[fmt]
-    fp32_path = out / ("model.fp32.onnx" if (fmt == "onnx" and quantize) else model_file)
+    fp32_path = out / (model_file.replace("model.", "model.fp32.") if quantize else model_file)
     t0 = time.perf_counter()
     io = exporter.write_graph(fp32_path, fmt, opset, False)
     exporter.frontend.save(out)
@@ -120,8 +120,8 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
         "spec_name": spec.name,
     }
     _write_info(out, info)  # the engine reads it (fp32 engine first)
-    wavs = test_audio(spec, parity_utterances)
-    fp32_engine = ExportEngine(out, threads=threads) if not quantize else None
+    wavs = parity_audio(spec, parity_utterances)
+    fp32_engine = None
     if quantize:
         tmp_info = dict(info, model_file=fp32_path.name)
         _write_info(out, tmp_info)
@@ -153,7 +153,7 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
         speed["fp32_export_seconds"] = _time_per_pass(lambda w: fp32_engine.transcribe([w]), [w for _, _, w in wavs])
     for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
         speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
-    if quantize and fmt == "onnx":
+    if quantize:
         fp32_path.unlink()  # the artefact carries the int8 graph only; its fp32 size and speed stay in export.json
     sizes["artefact_bytes"] = file_size(out)
     info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
