@@ -60,23 +60,26 @@ def _length_rule(model) -> list[list[float]]:
 
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
-    import copy
-
     import torch
     from nemo.collections.asr.models import ASRModel
 
     spec, rd = child.load_run(run_dir)
     summary = json.loads((rd / "train_summary.json").read_text())
-    model = ASRModel.restore_from(summary["exported_model"], map_location="cpu")
-    model.preprocessor.featurizer.dither = 0.0
-    model.preprocessor.featurizer.pad_to = 0
-    model = model.eval()
+
+    def restore():
+        m = ASRModel.restore_from(summary["exported_model"], map_location="cpu")
+        m.preprocessor.featurizer.dither = 0.0
+        m.preprocessor.featurizer.pad_to = 0
+        return m.eval()
+
+    model = restore()
     transcribe = load_transcriber(run_dir, "cpu")  # spx's own decode path: the reference greedy text
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
         net = model
-        if int8:  # TorchScript int8: PyTorch dynamic quantization of the Linear layers
-            net = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+        if int8:  # TorchScript int8: PyTorch dynamic quantization of the Linear layers, on a copy of its own
+            # (a NeMo model does not deepcopy; the fp32 one stays the parity check's reference)
+            net = torch.ao.quantization.quantize_dynamic(restore(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
         net.export(str(path), onnx_opset_version=opset, check_trace=False)
         return {"inputs": {"features": "audio_signal", "lengths": "length"},
                 "input_shapes": {"audio_signal": ["batch", "n_mels", "frames"], "length": ["batch"]},
