@@ -38,6 +38,7 @@ from spx.errors import SpxError
 log = logging.getLogger("spx.serve")
 CONFIG_ENV = "SPX_SERVE_CONFIG"
 RAW_TYPES = ("audio/", "application/octet-stream")
+LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 
 @dataclass
@@ -292,6 +293,7 @@ def _decode(data: bytes, sample_rate: int) -> tuple[np.ndarray, int]:
 
 def app_from_env() -> FastAPI:
     """uvicorn's factory for --workers > 1 (each worker process loads its own model)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
 
 
@@ -308,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     cfg = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if cfg.workers > 1:
         os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
         uvicorn.run("spx.deploy.server:app_from_env", factory=True, host=cfg.host, port=cfg.port,
