@@ -248,3 +248,30 @@ def test_serve_a_run_dir_with_its_toolkit(exported, trained_run, tmp_path):
                 assert r.status_code == 200 and r.json()["text"] == toolkit[uid], (uid, r.text)
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_model_error_is_a_500_with_its_request_id_in_the_log(exported, tmp_path):
+    """An export whose vocabulary is shorter than its graph's output fails inside the engine: the request gets a 500
+    naming its request id, the log has the traceback under that id, and the server keeps serving."""
+    import shutil
+
+    import httpx
+
+    broken = tmp_path / "broken-export"
+    shutil.copytree(exported("nemo", "onnx"), broken)
+    tokens = json.loads((broken / "tokens.json").read_text())
+    (broken / "tokens.json").write_text(json.dumps({**tokens, "tokens": tokens["tokens"][:1]}))
+    flac = (REPO / "spx" / "demo" / "corpus" / "audio" / "test_0000.flac").read_bytes()
+    server = Server(broken, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        r = httpx.post(server.url + "/v1/transcribe", content=flac, headers={"content-type": "audio/flac"}, timeout=60)
+        assert r.status_code == 500 and r.json()["error"] == "model_error"
+        rid = r.json()["request_id"]
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        time.sleep(0.5)
+        log = server.log.read_text()
+        assert f"request {rid}: the model failed" in log and "IndexError" in log
+    finally:
+        server.stop()
