@@ -171,6 +171,8 @@ def test_server_bad_inputs_concurrency_and_metrics(exported, trained_run, tmp_pa
     wav_path = Path(_audio_of(rd)[_test_rows(rd)[0]["id"]])
     flac = wav_path.read_bytes()
     wav, rate = sf.read(wav_path, dtype="float32")
+    short_wav = io.BytesIO()
+    sf.write(short_wav, wav[: rate // 100], rate, format="WAV")  # 10 ms
     long_wav = io.BytesIO()
     sf.write(long_wav, np.tile(wav, int(4 / (len(wav) / rate)) + 1), rate, format="WAV")  # > 4 s
     server = Server(exported("nemo", "onnx"), tmp_path / "server.log", "--max-seconds", "4",
@@ -185,6 +187,8 @@ def test_server_bad_inputs_concurrency_and_metrics(exported, trained_run, tmp_pa
                                           headers={"content-type": "audio/wav"}), 422),
                 "empty": (client.post(url, content=b"", headers={"content-type": "audio/flac"}), 400),
                 "truncated": (client.post(url, content=flac[:64], headers={"content-type": "audio/flac"}), 422),
+                "too_short": (client.post(url, content=short_wav.getvalue(), headers={"content-type": "audio/wav"}),
+                              422),
                 "too_long": (client.post(url, content=long_wav.getvalue(), headers={"content-type": "audio/wav"}), 413),
                 "too_large": (client.post(url, content=b"\0" * 500_000, headers={"content-type": "audio/wav"}), 413),
                 "content_type": (client.post(url, content=flac, headers={"content-type": "text/plain"}), 415),
@@ -216,8 +220,9 @@ def test_server_bad_inputs_concurrency_and_metrics(exported, trained_run, tmp_pa
         assert _metric(metrics, 'spx_request_latency_seconds_count{endpoint="transcribe"}') == 33 + len(bad)
         assert _metric(metrics, "spx_audio_seconds_total") == pytest.approx(33 * len(wav) / rate, rel=0.01)
         errors = {k: _metric(metrics, f'spx_errors_total{{kind="{k}"}}')
-                  for k in ("not_audio", "empty", "too_long", "too_large", "content_type", "no_file")}
-        assert errors == {"not_audio": 2, "empty": 1, "too_long": 1, "too_large": 1, "content_type": 1, "no_file": 1}
+                  for k in ("not_audio", "empty", "too_short", "too_long", "too_large", "content_type", "no_file")}
+        assert errors == {"not_audio": 2, "empty": 1, "too_short": 1, "too_long": 1, "too_large": 1,
+                          "content_type": 1, "no_file": 1}
         assert server.proc.poll() is None
     finally:
         server.stop()

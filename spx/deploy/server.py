@@ -38,6 +38,7 @@ from spx.errors import SpxError
 log = logging.getLogger("spx.serve")
 CONFIG_ENV = "SPX_SERVE_CONFIG"
 RAW_TYPES = ("audio/", "application/octet-stream")
+MIN_SECONDS = 0.05  # a few STFT frames: shorter input breaks the frontends' padding and per-utterance statistics
 LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
 
 
@@ -249,6 +250,9 @@ def create_app(cfg: ServeConfig, model: Model | None = None) -> FastAPI:
                 detail = exc.message.replace("the piped command's output", "the request body")  # materialize's words
                 raise ApiError(422, "not_audio", detail) from None
             duration = len(wav) / model.sample_rate
+            if duration < MIN_SECONDS:
+                raise ApiError(422, "too_short", f"the audio is {duration * 1e3:.1f} ms; the shortest the models "
+                                                 f"take is {MIN_SECONDS * 1e3:.0f} ms")
             if duration > cfg.max_seconds:
                 raise ApiError(413, "too_long", f"the audio is {duration:.1f} s; the limit is {cfg.max_seconds} s "
                                                 "(--max-seconds)")
