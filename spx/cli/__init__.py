@@ -166,12 +166,12 @@ def doctor(as_json):
 
 def _register_commands() -> None:
     """The command groups, one module each in this package (each keeps its imports lazy)."""
-    from spx.cli import bench, manifest, runs, score
+    from spx.cli import bench, deploy, manifest, runs, score
 
     cli.add_command(manifest.manifest)
     cli.add_command(bench.bench)
     cli.add_command(score.score)
-    for command in (runs.status, runs.logs, runs.cancel):
+    for command in (runs.status, runs.logs, runs.cancel, deploy.export, deploy.serve):
         cli.add_command(command)
 
 

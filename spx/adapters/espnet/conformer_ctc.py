@@ -29,7 +29,7 @@ NAME = "conformer_ctc"
 CPU_PRECISIONS = ("fp32",)  # ESPnet's mixed precision is torch.cuda.amp
 INIT_FROM = "a trained ESPnet model (a run's exported_model)"
 INFERENCE = f"{helpers.STEPS}.decode"
-EXPORT = None
+EXPORT = "spx.adapters.espnet.steps.export"
 
 
 def freeze_params(spec: Spec) -> list[str]:

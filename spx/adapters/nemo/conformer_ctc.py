@@ -27,7 +27,7 @@ NAME = "conformer_ctc"
 CPU_PRECISIONS = ("fp32", "bf16")
 INIT_FROM = "a .nemo file (a run's exported_model)"
 INFERENCE = "spx.adapters.nemo.steps.decode"
-EXPORT = None
+EXPORT = "spx.adapters.nemo.steps.export"
 
 NATIVE_CONFIG = "native/config.yaml"
 PRECISION = {"fp32": 32, "fp16": "16-mixed", "bf16": "bf16-mixed"}

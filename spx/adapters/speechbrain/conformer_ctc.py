@@ -26,7 +26,7 @@ TASK, NAME = "asr", "conformer_ctc"
 CPU_PRECISIONS = ("fp32", "bf16")
 INIT_FROM = "a trained SpeechBrain model (an spx speechbrain run dir or checkpoint dir)"
 INFERENCE = f"{STEPS}.decode"
-EXPORT = None
+EXPORT = "spx.adapters.speechbrain.steps.export"
 
 EXPORT_INFO = "spx_export.json"  # in the exported model folder: tokenizer, tokens, module files
 FRONTEND_CHANNELS = [64, 32, 32]

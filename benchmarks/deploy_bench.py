@@ -1,0 +1,174 @@
+"""Deployment figures (issue 17): per backend, the toolkit's torch model vs its ONNX export vs the ONNX-int8 export
+(RTFx and WER on the run's test set, the same batches for each), then `spx serve` on the ONNX export: throughput and
+p50/p99 latency at 1, 8 and 32 concurrent clients.
+
+    python benchmarks/deploy_bench.py RUN_DIR [RUN_DIR ...] [--threads 1] [--clients 1,8,32] [--requests 96]
+
+Exports are made with `spx export` when RUN_DIR/export/onnx[-int8] is missing. Targets (issue 17): ONNX-int8 RTFx
+>= 2x torch at <= 1 point WER loss; p99 at 8 clients <= 2x the single-request latency.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def engines_figures(run_dir: str, threads: int, repeats: int) -> dict:
+    """(in a child process per backend) torch / onnx / onnx-int8: decode the test set in the run's batches."""
+    import jiwer
+    import torch
+
+    from spx.adapters.common import child
+    from spx.deploy.engine import ExportEngine
+    from spx.deploy.modules import inference_module
+    from spx.rundir import RunDir
+
+    torch.set_num_threads(threads)
+    rd = RunDir(run_dir)
+    spec = rd.spec
+    items = sorted(child.test_utterances(spec), key=lambda it: it[1].duration)
+    audio = [child.load_audio(u, spec.features.sample_rate) for _, u in items]
+    refs = [child.clean_transcript(u.text or "") for _, u in items]
+    audio_s = sum(len(a) for a in audio) / spec.features.sample_rate
+    bs = spec.decoding.batch_size
+    batches = [audio[i: i + bs] for i in range(0, len(audio), bs)]
+    engines = {"torch": importlib.import_module(inference_module(rd.backend, spec)).load_transcriber(run_dir, "cpu")}
+    for kind in ("onnx", "onnx-int8"):
+        engines[kind] = ExportEngine(rd.path / "export" / kind, threads=threads).transcribe
+    out = {"backend": rd.backend, "audio_seconds": audio_s, "utterances": len(audio), "batch_size": bs,
+           "threads": threads}
+    for kind, fn in engines.items():
+        fn(batches[0])  # warm-up
+        times, hyps = [], []
+        for r in range(repeats):
+            t0 = time.perf_counter()
+            got = [h for b in batches for h in fn(b)]
+            times.append(time.perf_counter() - t0)
+            hyps = hyps or got
+        hyps = [child.clean_transcript(h) for h in hyps]
+        out[kind] = {"seconds": statistics.median(times), "rtfx": audio_s / statistics.median(times),
+                     "wer": float(jiwer.wer(refs, hyps))}
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_figures(export_dir: Path, files: list[bytes], clients: list[int], requests: int, threads: int) -> dict:
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "spx", "serve", str(export_dir), "--port", str(port),
+                             "--threads", str(threads), "--max-batch", "8", "--max-wait-ms", "5"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        out = {}
+        for n in clients:
+            latencies: list[float] = []
+            lock = threading.Lock()
+            count = iter(range(max(requests, n * 4)))
+
+            def worker():
+                with httpx.Client(timeout=120) as c:
+                    c.post(url + "/v1/transcribe", content=files[0], headers={"content-type": "audio/flac"})
+                    for i in count:
+                        t0 = time.perf_counter()
+                        r = c.post(url + "/v1/transcribe", content=files[i % len(files)],
+                                   headers={"content-type": "audio/flac"})
+                        dt = time.perf_counter() - t0
+                        assert r.status_code == 200, r.text
+                        with lock:
+                            latencies.append(dt)
+
+            ts = [threading.Thread(target=worker) for _ in range(n)]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            wall = time.perf_counter() - t0
+            lat = sorted(latencies)
+            out[n] = {"requests": len(lat), "throughput_rps": len(lat) / wall,
+                      "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--requests", type=int, default=96)
+    p.add_argument("--engines-only", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.engines_only:
+        print("JSON " + json.dumps(engines_figures(a.engines_only, a.threads, a.repeats)))
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "PYTHONPATH": str(REPO)}
+    clients = [int(c) for c in a.clients.split(",")]
+    for run in a.runs:
+        rd = Path(run)
+        for kind in ("onnx", "onnx-int8"):
+            if not (rd / "export" / kind / "export.json").is_file():
+                fmt, _, q = kind.partition("-")
+                subprocess.run([sys.executable, "-m", "spx", "export", run, "--format", fmt,
+                                *(["--quantize", q] if q else [])], check=True, env=env, cwd=REPO)
+        # in the run dir, as its decode step runs (an ESPnet config names its feature statistics relative to it)
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--engines-only", str(rd.resolve()),
+                               "--threads", str(a.threads), "--repeats", str(a.repeats)],
+                              capture_output=True, text=True, env=env, cwd=rd)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("JSON ")), None)
+        if line is None:
+            raise SystemExit(f"engine figures failed for {run}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        f = json.loads(line[5:])
+        t = f["torch"]
+        print(f"\n{f['backend']}: {f['utterances']} utterances, {f['audio_seconds']:.1f} s audio, batch "
+              f"{f['batch_size']}, {f['threads']} thread(s), CPU")
+        print(f"  {'engine':<10} {'RTFx':>8} {'x torch':>8} {'WER':>7} {'dWER pts':>9}")
+        for kind in ("torch", "onnx", "onnx-int8"):
+            e = f[kind]
+            print(f"  {kind:<10} {e['rtfx']:8.1f} {e['rtfx'] / t['rtfx']:8.2f} {100 * e['wer']:7.2f} "
+                  f"{100 * (e['wer'] - t['wer']):9.2f}")
+        i8 = f["onnx-int8"]
+        ok = i8["rtfx"] >= 2 * t["rtfx"] and (i8["wer"] - t["wer"]) <= 0.01
+        print(f"  target ONNX-int8 >= 2x torch RTFx at <= 1 pt WER loss: {'met' if ok else 'NOT met'}")
+        manifest = [json.loads(x) for x in (rd / "manifests" / "test.jsonl").read_text().splitlines()[1:]]
+        files = [Path(r["audio"]).read_bytes() for r in manifest]
+        s = serve_figures(rd / "export" / "onnx", files, clients, a.requests, a.threads)
+        print(f"  spx serve (onnx, max-batch 8, max-wait 5 ms): {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+        for n, row in s.items():
+            print(f"  {'':<44} {n:>7} {row['throughput_rps']:8.1f} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f}")
+        if 1 in s and 8 in s:
+            ok = s[8]["p99_ms"] <= 2 * s[1]["p50_ms"]
+            print(f"  target p99 at 8 clients <= 2x single-request latency: {'met' if ok else 'NOT met'} "
+                  f"({s[8]['p99_ms']:.1f} vs {2 * s[1]['p50_ms']:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Child-process side of `spx export` shared by the backends' steps/export.py: write the artefact (graph, frontend,
+vocabulary), quantize, check parity against the toolkit's own model, time it, write export.json.
+
+A backend's exporter supplies the toolkit parts (how to write its graph, its frontend settings, its vocabulary, and
+a reference = the toolkit's own waveform -> (log-probs, greedy text) path); everything after is the same for all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from spx.adapters.common import child
+from spx.deploy.engine import EXPORT_JSON, TOKENS_JSON, ExportEngine
+from spx.deploy.features import LogMelFrontend
+from spx.deploy.parity import check_parity
+
+FORMATS = ("onnx", "torchscript")
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+
+
+@dataclass
+class Exporter:
+    """What a backend's steps/export.py gives to export_run."""
+
+    backend: str
+    route: str                                                  # how the graph is made, for export.json and docs
+    write_graph: Callable[[Path, str, int, bool], dict[str, Any]]  # (path, fmt, opset, int8_torchscript) -> io info
+    frontend: LogMelFrontend
+    tokens: dict[str, Any]                                      # tokens.json
+    reference: Callable[[np.ndarray], tuple[np.ndarray, str]]   # toolkit: waveform -> (log-probs [T, V], greedy text)
+    toolkit_features: Callable[[np.ndarray], np.ndarray] | None = None  # toolkit frontend [T, n_mels], for parity
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Export a finished spx run (child side of `spx export`).")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="onnx")
+    p.add_argument("--quantize", choices=["int8"], default=None)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--parity-utterances", type=int, default=0, help="test utterances to check (0: all)")
+    return p.parse_args(argv)
+
+
+def main(export_fn: Callable[..., dict[str, Any]], argv: list[str] | None = None) -> None:
+    """`python -m spx.adapters.<b>.steps.export RUN_DIR OUT_DIR --format ... [--quantize int8] [--opset N]`:
+    exit 0 when the artefact passed its parity check, 3 when it did not (the artefact is still written: the caller,
+    spx export, writes into a temp dir and discards it)."""
+    a = parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    info = export_fn(a.run_dir, a.out_dir, a.fmt, a.quantize, a.opset, parity_utterances=a.parity_utterances)
+    sys.exit(0 if info["parity"]["passed"] else 3)
+
+
+def file_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def parity_audio(spec, limit: int) -> list[tuple[str, str, np.ndarray]]:
+    """(id, reference text, waveform) of the run's test set (the first `limit`; 0: all)."""
+    items = child.test_utterances(spec)
+    if limit:
+        items = items[:limit]
+    return [(u.id, u.text or "", child.load_audio(u, spec.features.sample_rate)) for _, u in items]
+
+
+def _time_per_pass(fn: Callable[[np.ndarray], Any], wavs: list[np.ndarray], repeats: int = 2) -> float:
+    """Median seconds to run fn over every waveform one at a time (after one warm-up pass)."""
+    for w in wavs[:2]:
+        fn(w)
+    totals = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for w in wavs:
+            fn(w)
+        totals.append(time.perf_counter() - t0)
+    return statistics.median(totals)
+
+
+def quantize_onnx(src: Path, dst: Path) -> None:
+    """onnxruntime dynamic quantization: int8 weights of MatMul/Gemm (and the attention's), activations quantized
+    on the fly; convolutions stay fp32 (quantizing them too, ConvInteger, ran no faster and up to 2x slower on the
+    demo models: measured with onnxruntime 1.31 on CPU)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int, exporter: Exporter,
+               parity_utterances: int = 0) -> dict[str, Any]:
+    """Write the artefact into out_dir (made here; the caller owns atomicity), check it, return export.json."""
+    import torch
+
+    spec, rd = child.load_run(run_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = child.set_threads(spec)
+    model_file = MODEL_FILES[fmt]
+    fp32_path = out / (model_file.replace("model.", "model.fp32.") if quantize else model_file)
+    t0 = time.perf_counter()
+    io = exporter.write_graph(fp32_path, fmt, opset, False)
+    exporter.frontend.save(out)
+    (out / TOKENS_JSON).write_text(json.dumps(exporter.tokens, ensure_ascii=False, indent=1) + "\n")
+    sizes: dict[str, int] = {"fp32_model_bytes": file_size(fp32_path)}
+    info: dict[str, Any] = {
+        "spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
+        "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route,
+        "model_file": model_file, **io, "frontend": {"json": "frontend.json", "arrays": "frontend.npz",
+                                                      "input": "log-mel features (numpy frontend, spx.deploy.features)"},
+        "tokenizer": TOKENS_JSON, "sample_rate": exporter.frontend.sample_rate,
+        "spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),
+        "spec_name": spec.name,
+    }
+    _write_info(out, info)  # the engine reads it (fp32 engine first)
+    wavs = parity_audio(spec, parity_utterances)
+    fp32_engine = None
+    if quantize:
+        tmp_info = dict(info, model_file=fp32_path.name)
+        _write_info(out, tmp_info)
+        fp32_engine = ExportEngine(out, threads=threads)
+        int8_path = out / model_file
+        if fmt == "onnx":
+            quantize_onnx(fp32_path, int8_path)
+        else:
+            info.update(exporter.write_graph(int8_path, fmt, opset, True))
+        sizes["int8_model_bytes"] = file_size(int8_path)
+        _write_info(out, info)
+    engine = ExportEngine(out, threads=threads)
+    export_seconds = time.perf_counter() - t0
+
+    refs = [exporter.reference(w) for _, _, w in wavs]
+    got = [engine.log_probs([w])[0] for _, _, w in wavs]
+    hyps = [engine.ctc.text(engine.ctc.best_path(lp)) for lp in got]
+    feat_diff = None
+    if exporter.toolkit_features is not None:
+        feat_diff = max(float(np.abs(exporter.toolkit_features(w) - exporter.frontend(w)[0]).max()) for _, _, w in wavs)
+    parity = check_parity(ids=[i for i, _, _ in wavs], refs=[t for _, t, _ in wavs],
+                          toolkit=[(lp, text) for lp, text in refs], exported=list(zip(got, hyps)),
+                          quantized=bool(quantize), feature_max_abs_diff=feat_diff)
+    audio_s = sum(len(w) for _, _, w in wavs) / exporter.frontend.sample_rate
+    speed = {"threads": threads, "audio_seconds": audio_s, "batch": 1,
+             "torch_seconds": _time_per_pass(exporter.reference, [w for _, _, w in wavs])}
+    speed["export_seconds"] = _time_per_pass(lambda w: engine.transcribe([w]), [w for _, _, w in wavs])
+    if quantize:
+        speed["fp32_export_seconds"] = _time_per_pass(lambda w: fp32_engine.transcribe([w]), [w for _, _, w in wavs])
+    for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
+        speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
+    if quantize:
+        fp32_path.unlink()  # the artefact carries the int8 graph only; its fp32 size and speed stay in export.json
+    sizes["artefact_bytes"] = file_size(out)
+    info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _write_info(out, info)
+    _print_summary(info)
+    return info
+
+
+def _write_info(out: Path, info: dict[str, Any]) -> None:
+    tmp = out / (EXPORT_JSON + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=float) + "\n")
+    os.replace(tmp, out / EXPORT_JSON)
+
+
+def _spx_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spx")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _print_summary(info: dict[str, Any]) -> None:
+    p, s, z = info["parity"], info["speed"], info["sizes"]
+    kind = f"{info['format']}{'-' + info['quantize'] if info['quantize'] else ''}"
+    print(f"spx export: {info['backend']} -> {kind}: parity {'passed' if p['passed'] else 'FAILED'} on "
+          f"{p['utterances']} utterances: {p['summary']}", flush=True)
+    line = f"spx export: RTFx torch {s['torch_rtfx']:.1f}, {kind} {s['export_rtfx']:.1f}"
+    if "fp32_export_rtfx" in s:
+        line += f", fp32 {s['fp32_export_rtfx']:.1f}"
+    line += f" (batch 1, {s['threads']} threads); model {z.get('int8_model_bytes', z['fp32_model_bytes']) / 1e6:.2f} MB"
+    if "int8_model_bytes" in z:
+        line += f" (fp32 {z['fp32_model_bytes'] / 1e6:.2f} MB)"
+    print(line, flush=True)

@@ -1,0 +1,152 @@
+"""Child step `export` (`spx export`): a finished ESPnet conformer_ctc run -> ONNX (torch.onnx.export) or
+TorchScript (torch.jit.trace) of the model's feature normalisation + encoder + CTC head (log-mel features in,
+log-probs and lengths out), with the frontend's settings for spx's numpy frontend, the token list, and the parity
+check. espnet_onnx (ESPnet's own exporter) is not used: it cannot join spx's lock (its pins conflict).
+
+The legacy TorchScript-based ONNX exporter (dynamo=False) on purpose: the dynamo exporter needs onnxscript (not in
+the lock) and its data-dependent shapes (padding masks from lengths) need guards the tracer does not.
+
+`python -m spx.adapters.espnet.steps.export RUN_DIR OUT_DIR --format onnx|torchscript [--quantize int8] [--opset N]`
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spx.adapters.common import child
+from spx.adapters.common.export import Exporter, export_run, main
+from spx.adapters.espnet.decode import load_transcriber  # MERGE: spx.adapters.espnet.steps.decode
+from spx.adapters.espnet.lazy_imports import defer_unused_imports  # MERGE: spx.adapters.espnet.helpers
+from spx.deploy.features import LogMelFrontend, centred_window
+
+
+def _frontend(model, sample_rate: int) -> LogMelFrontend:
+    import torch
+
+    fe = model.frontend
+    stft, logmel = getattr(fe, "stft", None), getattr(fe, "logmel", None)
+    enhancement = getattr(fe, "frontend", None)  # WPE/beamformer: identity on one channel unless switched on
+    enhances = enhancement is not None and (enhancement.use_wpe or enhancement.use_beamformer)
+    if type(fe).__name__ != "DefaultFrontend" or stft is None or logmel is None or enhances:
+        raise SystemExit(f"spx export: ESPnet frontend {type(fe).__name__} is not reproduced by spx's numpy "
+                         "frontend yet (it takes DefaultFrontend: STFT + log-mel)")
+    if stft.normalized or not stft.onesided or logmel.log_base not in (None,):
+        raise SystemExit("spx export: ESPnet STFT normalized/two-sided or a log_base is not supported yet")
+    window = getattr(torch, f"{stft.window}_window")(stft.win_length).numpy() if stft.window else np.ones(stft.win_length)
+    return LogMelFrontend(
+        settings={"sample_rate": sample_rate, "n_fft": int(stft.n_fft), "hop_length": int(stft.hop_length),
+                  "center": bool(stft.center), "pad_mode": "reflect", "preemph": None,
+                  "log": {"type": "clamp", "floor": 1e-10}, "normalize": None, "valid_frames": "all",
+                  "layout": "BTD", "toolkit": "espnet2 DefaultFrontend (Stft + LogMel); normalisation in the graph"},
+        window=centred_window(window, int(stft.n_fft)), mel=logmel.melmat.detach().cpu().numpy().T)
+
+
+def _tokens(s2t) -> dict[str, Any]:
+    tokens = list(s2t.converter.token_list)
+    blank = int(s2t.asr_model.blank_id)
+    kind = type(s2t.tokenizer).__name__ if s2t.tokenizer is not None else None
+    if kind == "CharTokenizer":
+        return {"tokens": tokens, "blank": blank, "space": s2t.tokenizer.space_symbol, "bpe": False, "strip": False}
+    if kind == "SentencepiecesTokenizer":
+        return {"tokens": tokens, "blank": blank, "space": None, "bpe": True, "strip": True}
+    raise SystemExit(f"spx export: ESPnet tokenizer {kind} is not supported yet (char and bpe are)")
+
+
+@contextlib.contextmanager
+def traceable_pad_masks():
+    """ESPnet's encoders size their padding mask with int(max(lengths)), which the tracer freezes to the example's
+    length; during export the encoder modules get a mask sized by a tensor (the same values)."""
+    import torch
+    from espnet2.asr.encoder import conformer_encoder
+
+    original = conformer_encoder.make_pad_mask
+
+    def make_pad_mask(lengths, xs=None, length_dim=-1, maxlen=None):
+        if xs is not None or maxlen is not None:
+            return original(lengths, xs, length_dim, maxlen)
+        steps = torch.arange(lengths.max(), device=lengths.device)  # a tensor bound: stays dynamic in the graph
+        return steps[None, :] >= lengths[:, None]
+
+    conformer_encoder.make_pad_mask = make_pad_mask
+    try:
+        yield
+    finally:
+        conformer_encoder.make_pad_mask = original
+
+
+def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
+           parity_utterances: int = 0) -> dict[str, Any]:
+    out_dir = str(Path(out_dir).resolve())
+    spec, rd = child.load_run(run_dir)
+    os.chdir(rd.path)  # the ESPnet config names its feature statistics relative to the run dir
+    summary = json.loads((rd / "train_summary.json").read_text())
+    defer_unused_imports()
+    import torch
+    from espnet2.bin.asr_inference import Speech2Text
+
+    s2t = Speech2Text(asr_train_config=summary["config"], asr_model_file=summary["exported_model"], device="cpu",
+                      beam_size=1, ctc_weight=1.0, lm_weight=0.0, nbest=1)
+    model = s2t.asr_model.eval()
+    transcribe = load_transcriber(run_dir, "cpu")  # spx's own decode path: the reference greedy text
+
+    class EncoderCtc(torch.nn.Module):
+        """normalize -> encoder -> CTC log-softmax: ESPnetASRModel.encode after the frontend."""
+
+        def __init__(self):
+            super().__init__()
+            self.normalize, self.encoder, self.ctc = model.normalize, model.encoder, model.ctc
+
+        def forward(self, feats, lengths):
+            if self.normalize is not None:
+                feats, lengths = self.normalize(feats, lengths)
+            enc, enc_lens, _ = self.encoder(feats, lengths)
+            return self.ctc.log_softmax(enc), enc_lens
+
+    if model.preencoder is not None or model.postencoder is not None:
+        raise SystemExit("spx export: ESPnet models with a pre/post-encoder are not supported yet")
+    frontend = _frontend(model, spec.features.sample_rate)
+
+    def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
+        net = EncoderCtc().eval()
+        if int8:
+            net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+        n_frames = 400  # example input; every axis but features is dynamic
+        example = (torch.randn(2, n_frames, frontend.mel.shape[0]), torch.tensor([n_frames, n_frames - 37]))
+        with traceable_pad_masks(), torch.inference_mode(False), torch.no_grad():
+            if fmt == "onnx":
+                torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset,
+                                  input_names=["features", "lengths"], output_names=["log_probs", "out_lengths"],
+                                  dynamic_axes={"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
+                                                "log_probs": {0: "batch", 1: "out_frames"},
+                                                "out_lengths": {0: "batch"}})
+            else:
+                torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
+        return {"inputs": {"features": "features", "lengths": "lengths"},
+                "input_shapes": {"features": ["batch", "frames", "n_mels"], "lengths": ["batch"]},
+                "outputs": {"log_probs": "log_probs", "lengths": "out_lengths"},
+                "output_order": ["log_probs", "out_lengths"],
+                "output_shapes": {"log_probs": ["batch", "out_frames", "vocab"], "out_lengths": ["batch"]}}
+
+    @torch.inference_mode()
+    def reference(wav: np.ndarray) -> tuple[np.ndarray, str]:
+        enc, enc_lens = model.encode(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+        return model.ctc.log_softmax(enc)[0, : int(enc_lens[0])].numpy(), transcribe([wav])[0]
+
+    @torch.inference_mode()
+    def toolkit_features(wav: np.ndarray) -> np.ndarray:
+        feats, _ = model._extract_feats(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+        return feats[0].numpy()
+
+    exporter = Exporter(backend="espnet", route="torch.onnx.export (TorchScript exporter, dynamo=False) of "
+                        "normalize + encoder + CTC", write_graph=write_graph, frontend=frontend, tokens=_tokens(s2t),
+                        reference=reference, toolkit_features=toolkit_features)
+    return export_run(run_dir, out_dir, fmt, quantize, opset, exporter, parity_utterances=parity_utterances)
+
+
+if __name__ == "__main__":
+    main(export)

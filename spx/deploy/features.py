@@ -1,0 +1,104 @@
+"""The exported artefact's feature extractor: numpy only (no torch, no toolkit), so an ONNX export is served with
+onnxruntime and numpy alone.
+
+The exported graphs take log-mel features, as each toolkit's own export route does (NeMo's Exportable and
+espnet_onnx both export the network after the frontend). The frontend is the same recipe on every toolkit with
+different settings: [pre-emphasis] -> framing (centred, padded) -> window -> |FFT|^2 -> mel matrix -> log ->
+[per-utterance normalisation]. Its settings and arrays (window, mel matrix) are read from the toolkit's own modules
+at export time (frontend.json + frontend.npz), and the export's parity check compares these features with the
+toolkit's on the test set.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FRONTEND_JSON = "frontend.json"
+FRONTEND_NPZ = "frontend.npz"
+
+
+@dataclass
+class LogMelFrontend:
+    """settings: sample_rate, n_fft, hop_length, center, pad_mode ("constant"|"reflect"), preemph (float|None),
+    log ({"type": "add", "guard": g} | {"type": "clamp", "floor": f} | {"type": "db", "amin", "top_db",
+    "multiplier"}), normalize (None|"per_feature"), valid_frames ("all" | "len_div_hop": NeMo counts len // hop
+    frames and zeroes the last), layout ("BDT" | "BTD": how the graph takes them).
+    window: [n_fft] (the toolkit's window, centred and zero-padded to n_fft as torch.stft does); mel: [n_mels, n_freq]."""
+
+    settings: dict[str, Any]
+    window: np.ndarray
+    mel: np.ndarray
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.settings["sample_rate"])
+
+    def save(self, out_dir: Path) -> None:
+        (out_dir / FRONTEND_JSON).write_text(json.dumps(self.settings, indent=2) + "\n")
+        np.savez(out_dir / FRONTEND_NPZ, window=self.window.astype(np.float32), mel=self.mel.astype(np.float32))
+
+    @classmethod
+    def load(cls, export_dir: Path) -> "LogMelFrontend":
+        arrays = np.load(export_dir / FRONTEND_NPZ)
+        return cls(json.loads((export_dir / FRONTEND_JSON).read_text()), arrays["window"], arrays["mel"])
+
+    def __call__(self, wav: np.ndarray) -> tuple[np.ndarray, int]:
+        """One waveform -> (features [frames, n_mels] float32, valid frame count)."""
+        s = self.settings
+        n_fft, hop = int(s["n_fft"]), int(s["hop_length"])
+        x = np.asarray(wav, dtype=np.float32)
+        n_samples = len(x)
+        if s.get("preemph"):
+            x = np.concatenate([x[:1], x[1:] - np.float32(s["preemph"]) * x[:-1]])
+        if s["center"]:
+            x = np.pad(x, (n_fft // 2, n_fft // 2), mode="reflect" if s["pad_mode"] == "reflect" else "constant")
+        if len(x) < n_fft:
+            x = np.pad(x, (0, n_fft - len(x)))
+        n_frames = 1 + (len(x) - n_fft) // hop
+        frames = np.lib.stride_tricks.as_strided(x, (n_frames, n_fft), (x.strides[0] * hop, x.strides[0]))
+        spec = np.fft.rfft(frames * self.window, n=n_fft)
+        power = (spec.real.astype(np.float32) ** 2 + spec.imag.astype(np.float32) ** 2)
+        feats = power @ self.mel.T
+        log = s["log"]
+        if log["type"] == "add":
+            feats = np.log(feats + np.float32(log["guard"]))
+        elif log["type"] == "clamp":
+            feats = np.log(np.maximum(feats, np.float32(log["floor"])))
+        elif log["type"] == "db":
+            feats = log["multiplier"] * np.log10(np.maximum(feats, np.float32(log["amin"])))
+            feats = np.maximum(feats, feats.max() - log["top_db"])
+        else:
+            raise ValueError(f"unknown log type {log['type']!r} in {FRONTEND_JSON}")
+        valid = n_frames if s.get("valid_frames", "all") == "all" else max(n_samples // hop, 1)
+        if s.get("normalize") == "per_feature":
+            v = feats[:valid]
+            mean = v.mean(axis=0)
+            std = np.sqrt(((v - mean) ** 2).sum(axis=0) / max(valid - 1, 1)) + np.float32(1e-5)
+            feats = (feats - mean) / std
+            feats[valid:] = 0.0
+        elif s.get("normalize"):
+            raise ValueError(f"unknown normalize {s['normalize']!r} in {FRONTEND_JSON}")
+        return feats.astype(np.float32), valid
+
+    def batch(self, wavs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Waveforms -> (features padded with zeros, in the graph's layout, valid frame counts int64)."""
+        out = [self(w) for w in wavs]
+        t_max = max(f.shape[0] for f, _ in out)
+        n_mels = out[0][0].shape[1]
+        feats = np.zeros((len(out), t_max, n_mels), dtype=np.float32)
+        for i, (f, _) in enumerate(out):
+            feats[i, : f.shape[0]] = f
+        lengths = np.array([n for _, n in out], dtype=np.int64)
+        if self.settings.get("layout", "BTD") == "BDT":
+            feats = np.ascontiguousarray(feats.transpose(0, 2, 1))
+        return feats, lengths
+
+
+def centred_window(window: np.ndarray, n_fft: int) -> np.ndarray:
+    """torch.stft's placement of a win_length window inside n_fft."""
+    left = (n_fft - len(window)) // 2
+    return np.pad(np.asarray(window, dtype=np.float32), (left, n_fft - len(window) - left))
