@@ -32,7 +32,7 @@ def engines_figures(run_dir: str, threads: int, repeats: int) -> dict:
 
     from spx.adapters.common import child
     from spx.deploy.engine import ExportEngine
-    from spx.deploy.modules import inference_module
+    from spx.adapters import get_adapter
     from spx.rundir import RunDir
 
     torch.set_num_threads(threads)
@@ -44,7 +44,7 @@ def engines_figures(run_dir: str, threads: int, repeats: int) -> dict:
     audio_s = sum(len(a) for a in audio) / spec.features.sample_rate
     bs = spec.decoding.batch_size
     batches = [audio[i: i + bs] for i in range(0, len(audio), bs)]
-    engines = {"torch": importlib.import_module(inference_module(rd.backend, spec)).load_transcriber(run_dir, "cpu")}
+    engines = {"torch": importlib.import_module(get_adapter(rd.backend).inference_module(spec)).load_transcriber(run_dir, "cpu")}
     for kind in ("onnx", "onnx-int8"):
         engines[kind] = ExportEngine(rd.path / "export" / kind, threads=threads).transcribe
     out = {"backend": rd.backend, "audio_seconds": audio_s, "utterances": len(audio), "batch_size": bs,

@@ -74,10 +74,10 @@ def serve(target, host, port, workers, max_batch, max_wait_ms, max_seconds, max_
         pass
     else:
         from spx.deploy.export import finished_run
-        from spx.deploy.modules import inference_module
+        from spx.adapters import get_adapter
 
         rd = finished_run(target)
-        inference_module(rd.backend, rd.spec)  # refuses a family without a loader before starting a server
+        get_adapter(rd.backend).inference_module(rd.spec)  # refuses a family without a loader before starting a server
     args = [str(target), "--host", host, "--port", str(port), "--workers", str(workers), "--max-batch",
             str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-seconds", str(max_seconds), "--max-bytes",
             str(max_bytes), "--device", device, "--threads", str(threads)]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spx.deploy.modules import export_module
+from spx.adapters import get_adapter
 from spx.errors import RunFailed, SpxError
 from spx.rundir import RunDir
 
@@ -37,7 +37,7 @@ def default_out(rd: RunDir, fmt: str, quantize: str | None) -> Path:
 def export(run_dir: Path, fmt: str, quantize: str | None = None, opset: int = 17, out: Path | None = None,
            force: bool = False, parity_utterances: int = 0) -> dict[str, Any]:
     rd = finished_run(run_dir)
-    module = export_module(rd.backend, rd.spec)
+    module = get_adapter(rd.backend).export_module(rd.spec)
     out = (out or default_out(rd, fmt, quantize)).resolve()
     if out.exists() and not force:
         raise SpxError(f"{out} exists", where="--out", hint="pass --force to replace it, or another --out")

@@ -71,12 +71,12 @@ class Model:
             self.describe = {"kind": "export", "backend": info["backend"], "format": info["format"],
                              "quantize": info["quantize"], "path": str(target)}
         else:
-            from spx.deploy.modules import inference_module
+            from spx.adapters import get_adapter
             from spx.rundir import RunDir
 
             rd = RunDir(target.resolve())
             spec = rd.spec
-            module = importlib.import_module(inference_module(rd.backend, spec))
+            module = importlib.import_module(get_adapter(rd.backend).inference_module(spec))
             if cfg.threads:
                 import torch
 

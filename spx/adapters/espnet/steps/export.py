@@ -20,8 +20,8 @@ import numpy as np
 
 from spx.adapters.common import child
 from spx.adapters.common.export import Exporter, export_run, main
-from spx.adapters.espnet.decode import load_transcriber  # MERGE: spx.adapters.espnet.steps.decode
-from spx.adapters.espnet.lazy_imports import defer_unused_imports  # MERGE: spx.adapters.espnet.helpers
+from spx.adapters.espnet.steps.decode import load_transcriber
+from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
 from spx.deploy.features import LogMelFrontend, centred_window
 
 

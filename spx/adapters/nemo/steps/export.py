@@ -14,7 +14,7 @@ import numpy as np
 
 from spx.adapters.common import child
 from spx.adapters.common.export import Exporter, export_run, main
-from spx.adapters.nemo.decode import load_transcriber  # MERGE: spx.adapters.nemo.steps.decode
+from spx.adapters.nemo.steps.decode import load_transcriber
 from spx.deploy.features import LogMelFrontend, centred_window
 
 

@@ -19,8 +19,8 @@ import torch
 
 from spx.adapters.common import child
 from spx.adapters.common.export import Exporter, export_run, main
-from spx.adapters.speechbrain.decode import load_model, load_transcriber  # MERGE: spx.adapters.speechbrain.steps.decode
-from spx.adapters.speechbrain.model import encode_log_probs  # MERGE: spx.adapters.speechbrain.helpers (child side)
+from spx.adapters.speechbrain.steps.decode import load_model, load_transcriber
+from spx.adapters.speechbrain.steps.model import encode_log_probs
 from spx.deploy.features import LogMelFrontend, centred_window
 
 
