@@ -135,7 +135,7 @@ def test_the_fastpitch_recipe_renders_on_nemo_and_speechbrain(tts_multi_corpus, 
 
 @pytest.mark.parametrize("override, match", [
     ("tts.multi_speaker=true", "no speaker input"),
-    ("freeze=[encoder] init_from=/no/such/model.ckpt", "freeze is not mapped"),  # without init_from: the shared check
+    ("freeze=[encoder]", "has no mapping for freeze"),
     ("resources.devices=2", "one process"),
     ("training.precision=bf16", "fp32"),
     ("training.scheduler.name=noam", "not mapped for TTS on speechbrain"),

@@ -103,10 +103,11 @@ def test_multi_speaker_rejects_a_test_speaker_unseen_in_training(tts_multi_corpu
 @pytest.mark.parametrize("override, match, backends", [
     ("model.embedding_dim=32", "one width for the character embedding and the encoder", ("speechbrain",)),
     ("model.reduction_factor=2", "one frame per step", ("speechbrain",)),
-    ("freeze=[encoder] init_from=/no/such/model.pth", "freeze is not mapped", ("speechbrain",)),
+    ("freeze=[encoder] init_from=/no/such/model.pth", "has no mapping for freeze", ("speechbrain",)),
     ("tts.vocoder=/no/such/vocoder", "tts.vocoder", BACKENDS),
     ("init_from=/no/such/model.pth", "init_from", BACKENDS),
-    ("training.precision=bf16", "fp32", BACKENDS),
+    ("training.precision=bf16", "trains in fp32, not bf16", BACKENDS),
+    ("training.precision=bf16 resources.accelerator=gpu", "trains in fp32, not bf16", BACKENDS),
 ])
 def test_what_a_backend_cannot_do_is_one_clear_error_before_anything_runs(tts_multi_corpus, tmp_path, override,
                                                                           match, backends):

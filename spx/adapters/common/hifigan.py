@@ -36,10 +36,6 @@ def check_hifigan_job(spec: Spec, mel: dict[str, Any], toolkit: str) -> None:
     if t.scheduler.name not in {"cosine", "constant"}:
         raise SpxError(f"training.scheduler {t.scheduler.name!r} is not mapped for the {toolkit} vocoder",
                        where="training.scheduler.name", hint="use cosine (with warmup_steps) or constant")
-    if t.precision != "fp32":
-        raise SpxError("the vocoder job trains in fp32 in spx", where="training.precision", hint="set precision: fp32")
-    if spec.freeze:
-        raise SpxError(f"freeze is not mapped for the {toolkit} vocoder in spx", where="freeze", hint="remove freeze")
     if spec.tts.vocoder:
         raise SpxError("tts.vocoder names the vocoder of an acoustic model; this job *is* a vocoder",
                        where="tts.vocoder", hint="remove tts.vocoder from the hifigan recipe")

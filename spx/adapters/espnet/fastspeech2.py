@@ -25,7 +25,9 @@ from spx.yamlio import atomic_write_text, dump_yaml, read_json
 
 TASK = "tts"
 NAME = "fastspeech2"
+PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
+FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = helpers.TTS_INIT_FROM
 INFERENCE = None  # steps.tts_synth synthesizes inside its own step; no load_synthesizer yet
 EXPORT = None
@@ -133,9 +135,6 @@ def check(spec: Spec) -> None:
     """Raise SpxError before anything runs when the spec cannot become an ESPnet FastSpeech2 (the Spec itself
     checks what holds on every backend: heads dividing d_model, n_fft covering the window)."""
     helpers.check_tts(spec)
-    if spec.freeze:
-        raise SpxError("freeze is not rendered for ESPnet FastSpeech2 by spx", where="freeze",
-                       hint="remove freeze (init_from alone fine-tunes every weight)")
     if spec.tts.duration_teacher is None:
         raise SpxError("ESPnet FastSpeech2 trains on durations from a teacher model (ESPnet has no internal aligner "
                        "for it), and tts.duration_teacher is not set", where="tts.duration_teacher",

@@ -205,8 +205,6 @@ def check_tts(spec: Spec) -> None:
     t = spec.training
     if t.batch_size is None:
         raise SpxError("TTS jobs batch by utterances", where="training.batch_size", hint="set training.batch_size")
-    if t.precision != "fp32":
-        raise SpxError("TTS jobs train in fp32 in spx", where="training.precision", hint="set precision: fp32")
 
 
 def refuse_duration_teacher(spec: Spec) -> None:

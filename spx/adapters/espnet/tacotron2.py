@@ -24,6 +24,7 @@ from spx.spec import Spec
 
 TASK = "tts"
 NAME = "tacotron2"
+PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
 INIT_FROM = helpers.TTS_INIT_FROM
 INFERENCE = None  # steps.tts_synth synthesizes inside its own step; no load_synthesizer yet

@@ -19,7 +19,9 @@ from spx.spec import Spec
 
 TASK = "tts"
 NAME = "vits"
+PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
+FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = helpers.TTS_INIT_FROM
 INFERENCE = None  # steps.tts_synth synthesizes inside its own step; no load_synthesizer yet
 EXPORT = None
@@ -51,9 +53,6 @@ def check(spec: Spec) -> None:
     if spec.tts.vocoder is not None:
         raise SpxError("tts.vocoder is set, but VITS generates the waveform itself", where="tts.vocoder",
                        hint="leave tts.vocoder unset for model.family vits")
-    if spec.freeze:
-        raise SpxError("freeze is not rendered for ESPnet VITS by spx", where="freeze",
-                       hint="remove freeze (init_from alone fine-tunes every weight)")
     helpers.refuse_duration_teacher(spec)
 
 

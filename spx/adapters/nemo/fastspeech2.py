@@ -29,7 +29,9 @@ from spx.yamlio import atomic_write_json, read_json
 
 TASK = "tts"
 NAME = "fastspeech2"
+PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
+FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "a FastPitch .nemo (a nemo fastspeech2 run's checkpoints/model.nemo) or that run dir"
 INFERENCE = None  # tts_synth has no load_synthesizer(run_dir, device) yet
 EXPORT = None
@@ -61,10 +63,6 @@ def check(spec: Spec) -> None:
     if t.scheduler.name not in TTS_SCHEDULERS:
         raise SpxError(f"training.scheduler {t.scheduler.name!r} is not mapped for TTS on nemo",
                        where="training.scheduler.name", hint="use cosine (with warmup_steps) or constant")
-    if t.precision != "fp32":
-        raise SpxError("TTS jobs train in fp32 in spx", where="training.precision", hint="set precision: fp32")
-    if spec.freeze:
-        raise SpxError("freeze is not mapped for NeMo FastPitch in spx", where="freeze", hint="remove freeze")
     if spec.resources.devices * spec.resources.nodes > 1:
         raise SpxError("NeMo FastPitch runs as one process in spx (its pitch cache is written on the fly)",
                        where="resources.devices", hint="set resources.devices: 1 and resources.nodes: 1")

@@ -27,7 +27,9 @@ from spx.yamlio import atomic_write_json
 
 TASK = "tts"
 NAME = "hifigan"
+PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
+FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "a HifiGanModel .nemo (a nemo hifigan run's checkpoints/model.nemo) or that run dir"
 INFERENCE = None  # tts_synth has no load_synthesizer(run_dir, device) yet
 EXPORT = None

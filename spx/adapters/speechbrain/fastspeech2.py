@@ -26,7 +26,9 @@ from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
 TASK, NAME = "tts", "fastspeech2"
+PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
+FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "an spx speechbrain fastspeech2 run dir, a CKPT+... folder, or its model.ckpt"
 INFERENCE = None  # steps/tts_fastspeech2_synth.py synthesizes the test sets; there is no load_synthesizer yet
 EXPORT = None
@@ -48,8 +50,6 @@ def check(spec: Spec) -> None:
         raise SpxError("tts.multi_speaker is not available for SpeechBrain FastSpeech2: FastSpeech2WithAlignment "
                        "has no speaker input", where="tts.multi_speaker",
                        hint="set tts.multi_speaker: false, or use family tacotron2 (espnet/speechbrain)")
-    if spec.freeze:
-        raise SpxError("freeze is not mapped for SpeechBrain FastSpeech2 in spx", where="freeze", hint="remove freeze")
     if spec.resources.devices * spec.resources.nodes > 1:
         raise SpxError("SpeechBrain FastSpeech2 runs as one process in spx", where="resources.devices",
                        hint="set resources.devices: 1 and resources.nodes: 1")

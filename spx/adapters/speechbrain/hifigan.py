@@ -33,7 +33,9 @@ from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
 TASK, NAME = "tts", "hifigan"
+PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
+FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "an spx speechbrain hifigan run dir, its checkpoints/export folder, or a generator.ckpt"
 INFERENCE = None  # steps/vocoder_synth.py copy-synthesizes the test sets; there is no load_synthesizer yet
 EXPORT = None

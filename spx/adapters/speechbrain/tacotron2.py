@@ -23,7 +23,9 @@ from spx.spec import Spec
 from spx.yamlio import atomic_write_json, atomic_write_text
 
 TASK, NAME = "tts", "tacotron2"
+PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
+FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "an spx speechbrain tacotron2 run dir, a CKPT+... folder, or its model.ckpt"
 INFERENCE = None  # steps/tts_synth.py synthesizes the test sets; there is no load_synthesizer yet
 EXPORT = None
@@ -42,8 +44,6 @@ def check(spec: Spec) -> None:
         raise SpxError(f"SpeechBrain's Tacotron2 decodes one frame per step; model.reduction_factor="
                        f"{m.reduction_factor} is not supported there", where="model.reduction_factor",
                        hint="use reduction_factor: 1 to compare across backends")
-    if spec.freeze:  # the Tacotron2 training step trains every weight
-        raise SpxError("freeze is not mapped for SpeechBrain Tacotron2 in spx", where="freeze", hint="remove freeze")
     check_tts_training(spec)
     resolve_vocoder(spec)
     if spec.init_from:
