@@ -143,12 +143,7 @@ def decode_and_time(
         {"id": u.id, "test_set": name, "ref": u.text or "", "hyp": h, "duration": u.duration, "decode_time": t}
         for (name, u), h, t in zip(items, hyps, per_utt_time)
     ]
-    for n, r in enumerate(rows, 1):
-        records.check(r, records.HYP_TYPES[spec.task], f"{run_dir / 'hyps.jsonl'}: row {n}")
-    with open(run_dir / "hyps.jsonl.tmp", "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(run_dir / "hyps.jsonl.tmp", run_dir / "hyps.jsonl")
+    write_hyps(run_dir, spec, rows)
     import torch
 
     speed = {
@@ -166,6 +161,16 @@ def decode_and_time(
     }
     records.write(run_dir / "speed.json", records.Speed, speed)
     return speed
+
+
+def write_hyps(run_dir: RunDir, spec: Spec, rows: list[dict[str, Any]]) -> None:
+    """hyps.jsonl, each row checked against the task's record type first, written atomically."""
+    for n, r in enumerate(rows, 1):
+        records.check(r, records.HYP_TYPES[spec.task], f"{run_dir / 'hyps.jsonl'}: row {n}")
+    with open(run_dir / "hyps.jsonl.tmp", "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(run_dir / "hyps.jsonl.tmp", run_dir / "hyps.jsonl")
 
 
 def append_curve(run_dir: RunDir, row: dict[str, Any]) -> None:
@@ -286,12 +291,7 @@ def synthesize_and_time(
         rows.append({"id": u.id, "test_set": name, "text": text, "speaker": u.speaker, "audio": str(path),
                      "ref_audio": u.audio, "duration": len(wav) / sample_rate, "synth_time": dt,
                      "sample_rate": sample_rate})
-    for n, r in enumerate(rows, 1):
-        records.check(r, records.HYP_TYPES[spec.task], f"{run_dir / 'hyps.jsonl'}: row {n}")
-    with open(run_dir / "hyps.jsonl.tmp", "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(run_dir / "hyps.jsonl.tmp", run_dir / "hyps.jsonl")
+    write_hyps(run_dir, spec, rows)
     import torch
 
     speed = {

@@ -61,6 +61,32 @@ def main(export_fn: Callable[..., dict[str, Any]], argv: list[str] | None = None
     sys.exit(0 if info["parity"]["passed"] else 3)
 
 
+def trace_encoder_ctc(net: Any, path: Path, fmt: str, opset: int, int8: bool, n_mels: int, masks: Any) -> dict[str, Any]:
+    """Write a features -> (log-probs, output lengths) module as ONNX (the TorchScript-based exporter, dynamo=False:
+    the dynamo one needs onnxscript, which the lock does not hold) or TorchScript; batch, frames and output frames are
+    dynamic. `masks`: a context manager that makes the toolkit's padding masks traceable while it runs."""
+    import torch
+
+    net = net.eval()
+    if int8:
+        net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+    n_frames = 400  # example input; every axis but features is dynamic
+    example = (torch.randn(2, n_frames, n_mels), torch.tensor([n_frames, n_frames - 37]))
+    with masks, torch.inference_mode(False), torch.no_grad():
+        if fmt == "onnx":
+            torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset,
+                              input_names=["features", "lengths"], output_names=["log_probs", "out_lengths"],
+                              dynamic_axes={"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
+                                            "log_probs": {0: "batch", 1: "out_frames"}, "out_lengths": {0: "batch"}})
+        else:
+            torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
+    return {"inputs": {"features": "features", "lengths": "lengths"},
+            "input_shapes": {"features": ["batch", "frames", "n_mels"], "lengths": ["batch"]},
+            "outputs": {"log_probs": "log_probs", "lengths": "out_lengths"},
+            "output_order": ["log_probs", "out_lengths"],
+            "output_shapes": {"log_probs": ["batch", "out_frames", "vocab"], "out_lengths": ["batch"]}}
+
+
 def file_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 

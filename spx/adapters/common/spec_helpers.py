@@ -84,3 +84,12 @@ def speaker_table(spec: Spec, model: str) -> dict[str, int]:
                 raise SpxError(f"row {u.id!r} has speaker {u.speaker!r}, which is not in the training set",
                                where=path, hint=f"a speaker-id {model} can only speak as its training speakers")
     return table
+
+
+def tts_mel_settings(spec: Spec) -> dict[str, Any]:
+    """The mel spectrogram of a TTS job (the acoustic model's targets, the vocoder's input), STFT sizes in samples at
+    tts.sample_rate; every backend renders it in its own key names."""
+    sr = spec.tts.sample_rate
+    return {"sample_rate": sr, "n_mels": spec.tts.n_mels, "n_fft": spec.features.n_fft,
+            "win_length": int(round(spec.features.win_length_ms * sr / 1000)),
+            "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "f_min": 0.0, "f_max": sr / 2}

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from spx.adapters.common.spec_helpers import tts_mel_settings
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
@@ -111,10 +112,10 @@ def training_settings(spec: Spec, n_train: int) -> tuple[dict[str, Any], dict[st
 
 
 def mel_settings(spec: Spec) -> dict[str, Any]:
-    sr = spec.tts.sample_rate
-    return {"fs": sr, "n_mels": spec.tts.n_mels, "n_fft": spec.features.n_fft,
-            "win_length": int(round(spec.features.win_length_ms * sr / 1000)),
-            "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "fmin": 0, "fmax": sr // 2}
+    """The TTS mel in ESPnet's key names (its fbank/linear-spectrogram options)."""
+    mel = tts_mel_settings(spec)
+    return {"fs": mel["sample_rate"], "n_mels": mel["n_mels"], "n_fft": mel["n_fft"], "win_length": mel["win_length"],
+            "hop_length": mel["hop_length"], "fmin": 0, "fmax": mel["sample_rate"] // 2}
 
 
 def fbank_conf(spec: Spec) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from spx.adapters.common.spec_helpers import deep_merge
+from spx.adapters.common.spec_helpers import deep_merge, tts_mel_settings
 from spx.errors import SpxError
 from spx.manifests import Utterance, read_manifest
 from spx.rundir import RunDir, Step
@@ -154,12 +154,7 @@ def write_whole_file_manifest(src: str, dst: Path, row: Callable[[Utterance], di
 
 
 # ------------------------------------------------------------------ TTS families (FastPitch, HiFi-GAN)
-def mel_settings(spec: Spec) -> dict[str, Any]:
-    """The mel spectrogram both TTS families use (FastPitch's targets, the vocoder's input), in samples."""
-    sr = spec.tts.sample_rate
-    return {"sample_rate": sr, "n_mels": spec.tts.n_mels, "n_fft": spec.features.n_fft,
-            "win_length": int(round(spec.features.win_length_ms * sr / 1000)),
-            "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "f_min": 0.0, "f_max": sr / 2}
+mel_settings = tts_mel_settings  # both TTS families use it (FastPitch's targets, the vocoder's input)
 
 
 def check_no_duration_teacher(spec: Spec) -> None:

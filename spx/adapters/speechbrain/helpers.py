@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spx.adapters.common.spec_helpers import tts_mel_settings
 from spx.errors import SpxError
 from spx.rundir import Step
 from spx.spec import Spec
@@ -67,12 +68,7 @@ checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
 
 
 # ---------------------------------------------------------------- TTS
-def mel_settings(spec: Spec) -> dict[str, Any]:
-    """The mel every SpeechBrain TTS family makes (and the vocoder hears): STFT sizes in samples."""
-    sr = spec.tts.sample_rate
-    return {"sample_rate": sr, "n_mels": spec.tts.n_mels, "n_fft": spec.features.n_fft,
-            "win_length": int(round(spec.features.win_length_ms * sr / 1000)),
-            "hop_length": int(round(spec.features.hop_length_ms * sr / 1000)), "f_min": 0.0, "f_max": sr / 2}
+mel_settings = tts_mel_settings  # the mel every SpeechBrain TTS family makes (and the vocoder hears)
 
 
 def acoustic_run_keys(spec: Spec) -> str:

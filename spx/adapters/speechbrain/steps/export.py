@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from spx.adapters.common import child
-from spx.adapters.common.export import Exporter, export_run, main
+from spx.adapters.common.export import Exporter, export_run, main, trace_encoder_ctc
 from spx.adapters.speechbrain.steps.decode import load_model, load_transcriber
 from spx.adapters.speechbrain.steps.model import encode_log_probs
 from spx.deploy.features import LogMelFrontend, centred_window
@@ -102,25 +102,7 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
             return log_probs, torch.round(rel * log_probs.shape[1]).long()
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
-        net = EncoderCtc().eval()
-        if int8:
-            net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
-        n_frames = 400
-        example = (torch.randn(2, n_frames, frontend.mel.shape[0]), torch.tensor([n_frames, n_frames - 37]))
-        with traceable_length_masks(), torch.no_grad():
-            if fmt == "onnx":
-                torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset,
-                                  input_names=["features", "lengths"], output_names=["log_probs", "out_lengths"],
-                                  dynamic_axes={"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
-                                                "log_probs": {0: "batch", 1: "out_frames"},
-                                                "out_lengths": {0: "batch"}})
-            else:
-                torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
-        return {"inputs": {"features": "features", "lengths": "lengths"},
-                "input_shapes": {"features": ["batch", "frames", "n_mels"], "lengths": ["batch"]},
-                "outputs": {"log_probs": "log_probs", "lengths": "out_lengths"},
-                "output_order": ["log_probs", "out_lengths"],
-                "output_shapes": {"log_probs": ["batch", "out_frames", "vocab"], "out_lengths": ["batch"]}}
+        return trace_encoder_ctc(EncoderCtc(), path, fmt, opset, int8, frontend.mel.shape[0], traceable_length_masks())
 
     @torch.no_grad()
     def reference(wav: np.ndarray) -> tuple[np.ndarray, str]:
