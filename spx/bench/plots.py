@@ -31,6 +31,17 @@ def _color(backend: str, i: int) -> str:
     return COLORS.get(backend, f"C{i}")
 
 
+def _points_against_speed(ax: Any, pts: list[dict[str, Any]], metric: str) -> None:
+    """One point per cell: RTFx (with its min-max over repeats) against 100 x `metric` (with its 95% CI)."""
+    for i, r in enumerate(pts):
+        x, y = r["speed"]["rtfx"], 100 * r[metric]
+        ci = r.get(f"{metric}_ci")
+        yerr = [[y - 100 * ci[0]], [100 * ci[1] - y]] if ci else None
+        xerr = [[x - r["speed"]["rtfx_min"]], [r["speed"]["rtfx_max"] - x]]
+        ax.errorbar([x], [y], yerr=yerr, xerr=xerr, fmt="o", capsize=4, color=_color(r["backend"], i),
+                    label=f"{r['backend']} ({r['recipe']})")
+
+
 def pareto(rows: list[dict[str, Any]]) -> str | None:
     """WER (with 95% CI) against RTFx; the Pareto front (lower WER, higher RTFx) is drawn as a line."""
     pts = [r for r in rows if r.get("wer") is not None and r.get("speed")]
@@ -38,13 +49,7 @@ def pareto(rows: list[dict[str, Any]]) -> str | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, r in enumerate(pts):
-        x, y = r["speed"]["rtfx"], 100 * r["wer"]
-        ci = r.get("wer_ci")
-        yerr = [[y - 100 * ci[0]], [100 * ci[1] - y]] if ci else None
-        xerr = [[x - r["speed"]["rtfx_min"]], [r["speed"]["rtfx_max"] - x]]
-        ax.errorbar([x], [y], yerr=yerr, xerr=xerr, fmt="o", capsize=4, color=_color(r["backend"], i),
-                    label=f"{r['backend']} ({r['recipe']})")
+    _points_against_speed(ax, pts, "wer")
     front, best = [], float("inf")
     for r in sorted(pts, key=lambda r: -r["speed"]["rtfx"]):
         if r["wer"] < best:
@@ -178,13 +183,7 @@ def accuracy_vs_speed(rows: list[dict[str, Any]]) -> str | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, r in enumerate(pts):
-        x, y = r["speed"]["rtfx"], 100 * r["accuracy"]
-        ci = r.get("accuracy_ci")
-        yerr = [[y - 100 * ci[0]], [100 * ci[1] - y]] if ci else None
-        xerr = [[x - r["speed"]["rtfx_min"]], [r["speed"]["rtfx_max"] - x]]
-        ax.errorbar([x], [y], yerr=yerr, xerr=xerr, fmt="o", capsize=4, color=_color(r["backend"], i),
-                    label=f"{r['backend']} ({r['recipe']})")
+    _points_against_speed(ax, pts, "accuracy")
     ax.set_xlabel("RTFx (audio s / decode s, higher is faster)")
     ax.set_ylabel("accuracy % (95% bootstrap CI)")
     ax.set_title("Classification: accuracy vs speed")
