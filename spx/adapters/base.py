@@ -92,6 +92,7 @@ class BackendAdapter:
     name: str
     families: dict[str, dict[str, str]]  # task -> {family -> module name inside spx.adapters.<name>}
     hint: str = ""                       # what to do when a job is not supported here
+    loggers: tuple[str, ...] = ("tensorboard", "wandb")  # the spec.logging loggers the toolkit has
     _modules: dict[str, ModuleType] = field(default_factory=dict, repr=False)
 
     @property
@@ -115,6 +116,11 @@ class BackendAdapter:
         fam = self.family(spec)
         what = f"spx's {self.name} {spec.model.family} family"
         check_nodes(spec)
+        missing = [name for name in ("tensorboard", "wandb", "mlflow") if getattr(spec.logging, name)
+                   and name not in self.loggers]
+        if missing:
+            raise SpxError(f"{self.name} has no {' or '.join(missing)} logger", where=f"logging.{missing[0]}",
+                           hint=f"set logging.{missing[0]}: false; {self.name} logs to {', '.join(self.loggers)}")
         precisions = getattr(fam, "PRECISIONS", None)
         if precisions is not None and spec.training.precision not in precisions:
             raise SpxError(f"{what} trains in {' or '.join(precisions)}, not {spec.training.precision}",

@@ -234,6 +234,16 @@ class Eval(Strict):
     bootstrap_samples: int = Field(1000, ge=100)
 
 
+class Logging(Strict):
+    """Each toolkit's own training loggers, writing into the run dir (`tensorboard --logdir runs/` shows every
+    backend's curves side by side). curve.jsonl is written whatever is set here."""
+
+    tensorboard: bool = Field(True, description="the toolkit's native TensorBoard logger, event files in the run dir")
+    wandb: bool = Field(False, description="the toolkit's Weights & Biases logger (needs `wandb login` or WANDB_MODE)")
+    mlflow: bool = Field(False, description="the toolkit's MLflow logger, where it has one (NeMo)")
+    project: str | None = Field(None, description="W&B / MLflow project or experiment name (default: the spec name)")
+
+
 class SlurmResources(Strict):
     partition: str | None = None
     account: str | None = None
@@ -301,6 +311,7 @@ class Spec(Strict):
     freeze: list[str] = Field(default_factory=list, description="'encoder', 'feature_extractor' or 'encoder.layers:N'")
     decoding: Decoding = Field(default_factory=Decoding)
     eval: Eval = Field(default_factory=Eval)
+    logging: Logging = Field(default_factory=Logging)
     tts: TTSSettings = Field(default_factory=TTSSettings)
     resources: Resources = Field(default_factory=Resources)
     backends: dict[Literal[BACKEND_NAMES], dict[str, Any]] = Field(  # type: ignore[valid-type]

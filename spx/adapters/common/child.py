@@ -26,9 +26,14 @@ def load_run(run_dir: str | Path) -> tuple[Spec, RunDir]:
     return rd.spec, rd
 
 
+def rank() -> int:
+    """This process's global rank under torchrun (0 alone): only rank 0 writes the run records."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def progress(**fields: Any) -> None:
     """One machine-readable progress line; the launcher shows it live, the log keeps it."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if rank() == 0:
         print(PROGRESS_PREFIX + json.dumps(fields, default=float), flush=True)
 
 
@@ -174,7 +179,7 @@ def write_hyps(run_dir: RunDir, spec: Spec, rows: list[dict[str, Any]]) -> None:
 
 
 def append_curve(run_dir: RunDir, row: dict[str, Any]) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank() != 0:
         return
     records.check(row, records.CurveRow, str(run_dir / "curve.jsonl"))
     with open(run_dir / "curve.jsonl", "a", encoding="utf-8") as fh:
@@ -207,7 +212,7 @@ def peak_memory_mb(device: str) -> float:
 
 
 def write_train_summary(run_dir: RunDir, **fields: Any) -> None:
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank() != 0:
         return
     records.write(run_dir / "train_summary.json", records.TrainSummary, fields)
 

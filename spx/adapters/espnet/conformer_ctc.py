@@ -183,7 +183,7 @@ def native_commands(spec: Spec, rd: RunDir, derived: dict[str, Any]) -> dict[str
                          "--normalize", "global_mvn", "--normalize_conf", f"stats_file={STATS}/train/feats_stats.npz",
                          "--train_shape_file", f"{STATS}/train/speech_shape", "--valid_shape_file", f"{STATS}/valid/speech_shape",
                          "--fold_length", "80000",
-                         "--resume", "true", "--output_dir", EXP, "--use_matplotlib", "false", "--use_tensorboard", "false"]
+                         "--resume", "true", "--output_dir", EXP, "--use_matplotlib", "false", *helpers.logger_args(spec)]
     if spec.freeze:
         cmds["asr_train"] += ["--freeze_param", *freeze_params(spec)]
     if spec.training.precision == "bf16":

@@ -118,6 +118,15 @@ def mel_settings(spec: Spec) -> dict[str, Any]:
             "hop_length": mel["hop_length"], "fmin": 0, "fmax": mel["sample_rate"] // 2}
 
 
+def logger_args(spec: Spec) -> list[str]:
+    """ESPnet's own loggers as spec.logging asks: TensorBoard events in <output_dir>/tensorboard, W&B."""
+    lg = spec.logging
+    args = ["--use_tensorboard", "true" if lg.tensorboard else "false"]
+    if lg.wandb:
+        args += ["--use_wandb", "true", "--wandb_project", lg.project or spec.name, "--wandb_name", spec.name]
+    return args
+
+
 def fbank_conf(spec: Spec) -> dict[str, Any]:
     """`feats_extract: fbank` settings (Tacotron2, FastSpeech2; a duration teacher must have the same)."""
     mel = mel_settings(spec)
@@ -287,7 +296,7 @@ def tts_commands(spec: Spec, speakers: dict[str, int], *, entry: str = TTS_TRAIN
                       "--valid_shape_file", f"{TTS_STATS}/valid/text_shape",
                       "--valid_shape_file", f"{TTS_STATS}/valid/speech_shape",
                       "--fold_length", "150", "--fold_length", "204800",
-                      "--resume", "true", "--output_dir", EXP, "--use_tensorboard", "false"],
+                      "--resume", "true", "--output_dir", EXP, *logger_args(spec)],
     })
     if spec.init_from:  # an spx run dir of another backend or family was refused by BackendAdapter.supports
         cmds["tts_train"] += ["--init_param", resolve_tts_init(spec.init_from)]

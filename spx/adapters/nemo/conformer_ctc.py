@@ -273,7 +273,7 @@ def native_config(spec: Spec, run_dir: RunDir, labels: list[str], durations: lis
         "name": spec.name,
         "model": model,
         "trainer": trainer,
-        "exp_manager": exp_manager_config(run_dir, tr, *MONITOR[tr.early_stopping.monitor if tr.early_stopping
+        "exp_manager": exp_manager_config(spec, run_dir, *MONITOR[tr.early_stopping.monitor if tr.early_stopping
                                                                 else "valid_loss"]),
         # spx-run settings NeMo has no config key for (read by spx.adapters.nemo.steps.train)
         "spx": {

@@ -76,16 +76,30 @@ def trainer_config(spec: Spec, max_epochs: int, *, devices: int = 1, nodes: int 
     }
 
 
-def exp_manager_config(run_dir: RunDir, t: Training, monitor: str, mode: str) -> dict[str, Any]:
+def logger_config(spec: Spec, run_dir: RunDir) -> dict[str, Any]:
+    """exp_manager's own loggers as spec.logging asks; they write into its explicit_log_dir (logs/nemo/)."""
+    lg = spec.logging
+    project = lg.project or spec.name
+    out: dict[str, Any] = {"create_tensorboard_logger": lg.tensorboard, "create_wandb_logger": lg.wandb,
+                           "create_mlflow_logger": lg.mlflow}
+    if lg.wandb:
+        out["wandb_logger_kwargs"] = {"project": project, "name": run_dir.path.name,
+                                      "save_dir": str(run_dir / "logs" / "wandb")}
+    if lg.mlflow:
+        out["mlflow_logger_kwargs"] = {"experiment_name": project, "run_name": run_dir.path.name}
+    return out
+
+
+def exp_manager_config(spec: Spec, run_dir: RunDir, monitor: str, mode: str) -> dict[str, Any]:
     """exp_manager keeps the top-k checkpoints by `monitor` in run_dir/checkpoints, resumes from *last.ckpt, and stops
     early when the spec asks; spx exports the final .nemo itself (checkpoints/model.nemo)."""
+    t = spec.training
     exp_manager: dict[str, Any] = {
         # not the checkpoint dir: on resume exp_manager moves the log dir's old files into run_N/
         "explicit_log_dir": str(run_dir / "logs" / "nemo"),
         "resume_if_exists": True,
         "resume_ignore_no_checkpoint": True,
-        "create_tensorboard_logger": False,
-        "create_wandb_logger": False,
+        **logger_config(spec, run_dir),
         "log_step_timing": False,
         "log_tflops_per_sec_per_gpu": False,
         "create_preemption_callback": False,
@@ -186,7 +200,7 @@ def check_tts_early_stopping(spec: Spec) -> None:
 def tts_trainer_and_exp_manager(spec: Spec, run_dir: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
     """One fp32 Lightning process; exp_manager keeps the top-k checkpoints by val_loss."""
     t = spec.training
-    return trainer_config(spec, t.epochs or 100), exp_manager_config(run_dir, t, "val_loss", "min")
+    return trainer_config(spec, t.epochs or 100), exp_manager_config(spec, run_dir, "val_loss", "min")
 
 
 def tts_config(spec: Spec, run_dir: RunDir, model: dict[str, Any], trainer: dict[str, Any],

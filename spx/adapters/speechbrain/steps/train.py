@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 import speechbrain as sb
+from spx.adapters.speechbrain.steps.loggers import record_epoch
 from spx.adapters.common import child
 from spx.adapters.speechbrain.conformer_ctc import EXPORT_INFO
 from spx.adapters.speechbrain.steps.model import (
@@ -110,7 +111,7 @@ class CTCBrain(sb.Brain):
         elapsed = time.time() - self.t0
         epochs_this_run = epoch - self.resumed_from_epoch
         eta = elapsed / max(1, epochs_this_run) * max(0, self.planned_epochs - epoch)
-        child.append_curve(self.run_dir, {"epoch": epoch, "step": self.optimizer_step, "train_loss": self.train_loss,
+        record_epoch(self.run_dir, {"epoch": epoch, "step": self.optimizer_step, "train_loss": self.train_loss,
                                           "valid_loss": valid_loss, "valid_wer": valid_wer, "lr": lr,
                                           "time": round(elapsed + self.prior_seconds, 2)})
         child.progress(epoch=epoch, epochs=self.planned_epochs, step=self.optimizer_step, train_loss=self.train_loss,

@@ -17,7 +17,8 @@ import numpy as np
 import speechbrain as sb
 import torch
 
-from spx.adapters.common.child import append_curve, load_audio, main_guard, progress
+from spx.adapters.speechbrain.steps.loggers import record_epoch
+from spx.adapters.common.child import load_audio, main_guard, progress
 from spx.adapters.speechbrain.steps.tts_fastspeech2_prepare import mel_and_energy, split_rows, sup_file
 from spx.adapters.speechbrain.steps.tts_model import encode_text
 from spx.adapters.speechbrain.steps.tts_train import fit_and_summarize, note_resume, start_job
@@ -92,7 +93,7 @@ class FastSpeech2Brain(sb.Brain):
             # checkpoint first: a run killed in between resumes this epoch instead of logging it twice
             self.checkpointer.save_and_keep_only(meta={"loss": float(stage_loss)}, min_keys=["loss"],
                                                  num_to_keep=self.hparams.keep_checkpoints)
-            append_curve(self.run_dir, {
+            record_epoch(self.run_dir, {
                 "epoch": epoch, "step": self.optimizer_step, "train_loss": self.train_loss,
                 "valid_loss": float(stage_loss), "lr": lr, "time": time.time(),
                 "valid_mel_loss": valid_parts.get("mel_loss"), "valid_duration_loss": valid_parts.get("dur_loss"),

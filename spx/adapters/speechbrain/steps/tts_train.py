@@ -16,7 +16,8 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 import speechbrain as sb
 
-from spx.adapters.common.child import (append_curve, count_params, keep_curve_through, load_audio, load_run, main_guard,
+from spx.adapters.speechbrain.steps.loggers import record_epoch
+from spx.adapters.common.child import (count_params, keep_curve_through, load_audio, load_run, main_guard,
                                        peak_memory_mb, pick_device, progress, set_threads, write_train_summary)
 from spx.adapters.speechbrain.steps.tts_model import compute_mel, encode_text, load_native
 from spx.manifests import read_manifest
@@ -135,7 +136,7 @@ class TacotronBrain(sb.Brain):
             # checkpoint first: a run killed in between resumes this epoch instead of logging it twice
             self.checkpointer.save_and_keep_only(meta={"loss": stage_loss}, min_keys=["loss"],
                                                  num_to_keep=self.hparams.keep_checkpoints)
-            append_curve(self.run_dir, {"epoch": epoch, "step": self.optimizer_step, "train_loss": self.train_loss,
+            record_epoch(self.run_dir, {"epoch": epoch, "step": self.optimizer_step, "train_loss": self.train_loss,
                                         "valid_loss": stage_loss, "lr": lr, "time": time.time()})
             progress(phase="train", epoch=epoch, of=self.hparams.epochs, train_loss=round(self.train_loss, 4),
                      valid_loss=round(stage_loss, 4))

@@ -23,7 +23,8 @@ import time
 import speechbrain as sb
 import torch
 
-from spx.adapters.common.child import (append_curve, count_params, load_audio, main_guard, peak_memory_mb, progress,
+from spx.adapters.speechbrain.steps.loggers import record_epoch
+from spx.adapters.common.child import (count_params, load_audio, main_guard, peak_memory_mb, progress,
                                        write_train_summary)
 from spx.adapters.speechbrain.steps.tts_train import note_resume, start_job
 from spx.adapters.speechbrain.helpers import VOCODER_CLASS, VOCODER_EXPORT_INFO
@@ -146,7 +147,7 @@ class HifiGanBrain(sb.Brain):
                "train_discriminator_loss": train.get("D_loss"), "valid_loss": valid_mel_l1,
                "lr": self.optimizers_dict["generator"].param_groups[0]["lr"],
                "time": round(time.time() - self.started, 2)}
-        append_curve(self.run_dir, row)
+        record_epoch(self.run_dir, row)
         progress(phase="train", epoch=epoch, of=self.hparams.epochs, step=self.optimizer_step,
                  train_loss=round(row["train_loss"], 4), train_mel_l1=round(row["train_mel_l1"], 4),
                  valid_loss=round(valid_mel_l1, 4))

@@ -1,0 +1,40 @@
+"""SpeechBrain's own training loggers as spec.logging asks (TensorboardLogger into run_dir/tensorboard, WandBLogger),
+fed the same per-epoch row as curve.jsonl: `record_epoch` replaces a bare child.append_curve in every train step."""
+from __future__ import annotations
+
+from typing import Any
+
+from spx.adapters.common import child
+from spx.rundir import RunDir
+
+_LOGGERS: dict[str, list[Any]] = {}  # run dir -> its loggers, made on the first epoch of this process
+
+
+def native_loggers(run_dir: RunDir) -> list[Any]:
+    key = str(run_dir.path)
+    if key not in _LOGGERS:
+        from speechbrain.utils import train_logger
+
+        spec, loggers = run_dir.spec, []
+        if spec.logging.tensorboard:
+            loggers.append(train_logger.TensorboardLogger(save_dir=str(run_dir / "tensorboard")))
+        if spec.logging.wandb:
+            import wandb
+
+            loggers.append(train_logger.WandBLogger(initializer=wandb.init, project=spec.logging.project or spec.name,
+                                                    name=run_dir.path.name, dir=str(run_dir / "logs"), resume="allow"))
+        _LOGGERS[key] = loggers
+    return _LOGGERS[key]
+
+
+def record_epoch(run_dir: RunDir, row: dict[str, Any]) -> None:
+    """curve.jsonl row (rank 0) and the same numbers to SpeechBrain's loggers: meta = epoch/step/lr, train/valid
+    stats = the row's train_* / valid_* values."""
+    child.append_curve(run_dir, row)
+    if child.rank() != 0:
+        return
+    meta = {k: row[k] for k in ("epoch", "step", "lr") if row.get(k) is not None}
+    train = {k[len("train_"):]: v for k, v in row.items() if k.startswith("train_") and v is not None}
+    valid = {k[len("valid_"):]: v for k, v in row.items() if k.startswith("valid_") and v is not None}
+    for logger in native_loggers(run_dir):
+        logger.log_stats(stats_meta=meta, train_stats=train or None, valid_stats=valid or None)

@@ -1,0 +1,63 @@
+"""spec.logging: each toolkit's own TensorBoard logger writes into the run dir by default (`tensorboard --logdir
+runs/` shows every backend side by side), W&B / MLflow where the toolkit has them and only when asked."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import RECIPE, run_spx
+
+BACKENDS = ("nemo", "speechbrain", "espnet")
+
+
+def _steps_argv(rd: Path) -> list[str]:
+    return [a for s in json.loads((rd / "steps.json").read_text()) for a in s["argv"]]
+
+
+def test_native_loggers_are_rendered_as_spec_logging_says(tmp_path):
+    rd = tmp_path / "nemo"
+    assert run_spx("run", "--backend", "nemo", RECIPE, "--run-dir", rd, "--dry-run").returncode == 0
+    exp = yaml.safe_load((rd / "native" / "config.yaml").read_text())["exp_manager"]
+    assert exp["create_tensorboard_logger"] is True and exp["create_wandb_logger"] is False
+    rd = tmp_path / "nemo-wandb"
+    assert run_spx("run", "--backend", "nemo", RECIPE, "--run-dir", rd, "--dry-run", "logging.tensorboard=false",
+                   "logging.wandb=true", "logging.mlflow=true", "logging.project=study").returncode == 0
+    exp = yaml.safe_load((rd / "native" / "config.yaml").read_text())["exp_manager"]
+    assert exp["create_tensorboard_logger"] is False and exp["wandb_logger_kwargs"]["project"] == "study"
+    assert exp["mlflow_logger_kwargs"]["experiment_name"] == "study"
+
+    rd = tmp_path / "espnet"
+    assert run_spx("run", "--backend", "espnet", RECIPE, "--run-dir", rd, "--dry-run", "logging.wandb=true").returncode == 0
+    cmds = json.loads((rd / "native" / "commands.json").read_text())["commands"]["asr_train"]
+    assert cmds[cmds.index("--use_tensorboard") + 1] == "true" and cmds[cmds.index("--use_wandb") + 1] == "true"
+
+
+@pytest.mark.parametrize("backend", ["espnet", "speechbrain"])
+def test_a_logger_the_toolkit_lacks_is_one_clear_error(tmp_path, backend):
+    proc = run_spx("run", "--backend", backend, RECIPE, "--run-dir", tmp_path / "rd", "--dry-run", "logging.mlflow=true")
+    assert proc.returncode == 2
+    assert f"{backend} has no mlflow logger" in proc.stderr and "logging.mlflow" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "rd" / "steps.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trained_runs_hold_tensorboard_events_with_the_loss(trained_run, backend):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rd = trained_run(backend)
+    files = sorted(rd.rglob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event files under {rd}"
+    losses = {}
+    for f in files:
+        acc = EventAccumulator(str(f))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            if "loss" in tag.lower():
+                losses[tag] = [e.value for e in acc.Scalars(tag)]
+    assert losses, f"{backend}: no loss scalar in {[str(f) for f in files]}"
+    assert all(math.isfinite(v) for values in losses.values() for v in values) and max(map(len, losses.values())) >= 2
