@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spx.adapters.base import BackendAdapter  # CLS-WIRING
 from spx.adapters.base import collect_normalized, unsupported
 from spx.adapters.common.spec_helpers import (check_cpu_precision, check_fine_tuning, check_nodes, deep_merge,
                                               frozen_layer_count)
@@ -266,11 +267,17 @@ def _check_init_architecture(spec: Spec, init: dict[str, str], cfg: dict[str, An
 
 
 # ------------------------------------------------------------------ the adapter
+_CLS = BackendAdapter(name="espnet", families={"classification": {"kws_classifier": "kws_classifier"}})  # CLS-WIRING
+
+
 class EspnetAdapter:
     name = "espnet"
-    tasks = {"asr": {"conformer_ctc"}, "tts": {"tacotron2", "fastspeech2", "vits"}}
+    tasks = {"asr": {"conformer_ctc"}, "tts": {"tacotron2", "fastspeech2", "vits"},  # CLS-WIRING
+             "classification": {"kws_classifier"}}  # CLS-WIRING
 
     def supports(self, spec: Spec) -> None:
+        if spec.task == "classification":  # CLS-WIRING
+            return _CLS.supports(spec)  # CLS-WIRING
         why = unsupported(spec, self.name, self.tasks)
         if why:
             raise SpxError(why, where="task" if spec.task not in self.tasks else "model.family",
@@ -296,6 +303,8 @@ class EspnetAdapter:
                            hint="set the batch in one place")
 
     def render(self, spec: Spec, rd: RunDir) -> list[Step]:
+        if spec.task == "classification":  # CLS-WIRING
+            return _CLS.render(spec, rd)  # CLS-WIRING
         if spec.task == "tts":
             from spx.adapters.espnet.tts import render_tts
 
@@ -351,6 +360,8 @@ class EspnetAdapter:
         return steps
 
     def collect(self, rd: RunDir) -> dict[str, Any]:
+        if rd.spec.task == "classification":  # CLS-WIRING
+            return _CLS.collect(rd)  # CLS-WIRING
         if (rd / f"{NATIVE}/tts_commands.json").exists():
             from spx.adapters.espnet.tts import collect_tts
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spx.adapters.base import BackendAdapter  # CLS-WIRING
 from spx.adapters.base import collect_normalized, unsupported
 from spx.adapters.common.spec_helpers import check_cpu_precision, check_fine_tuning, check_nodes, deep_merge
 from spx.errors import SpxError
@@ -44,12 +45,18 @@ def _speed_rates(rates: list[float]) -> dict[str, Any]:
     return {"min_speed_rate": rates[0], "max_speed_rate": rates[-1], "num_rates": n}
 
 
+_CLS = BackendAdapter(name="nemo", families={"classification": {"kws_classifier": "kws_classifier"}})  # CLS-WIRING
+
+
 class NemoAdapter:
     name = "nemo"
-    tasks = {"asr": {"conformer_ctc"}, "tts": {"fastspeech2", "hifigan"}}
+    tasks = {"asr": {"conformer_ctc"}, "tts": {"fastspeech2", "hifigan"},  # CLS-WIRING
+             "classification": {"kws_classifier"}}  # CLS-WIRING
 
     # ------------------------------------------------------------------ contract
     def supports(self, spec: Spec) -> None:
+        if spec.task == "classification":  # CLS-WIRING
+            return _CLS.supports(spec)  # CLS-WIRING
         why = unsupported(spec, self.name, self.tasks)
         if why:
             raise SpxError(f"{why}; this job is task {spec.task!r}, model.family {spec.model.family!r}",
@@ -82,6 +89,8 @@ class NemoAdapter:
         check_nodes(spec)
 
     def render(self, spec: Spec, run_dir: RunDir) -> list[Step]:
+        if spec.task == "classification":  # CLS-WIRING
+            return _CLS.render(spec, run_dir)  # CLS-WIRING
         if spec.task == "tts" and spec.model.family == "hifigan":
             from spx.adapters.nemo.vocoder import render_vocoder_job
 
@@ -131,6 +140,8 @@ class NemoAdapter:
         return steps
 
     def collect(self, run_dir: RunDir) -> dict[str, Any]:
+        if run_dir.spec.task == "classification":  # CLS-WIRING
+            return _CLS.collect(run_dir)  # CLS-WIRING
         if (run_dir / "native" / "tts_info.json").exists():
             from spx.adapters.nemo.tts import collect_tts
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spx.adapters.base import BackendAdapter  # CLS-WIRING
 from spx.adapters.base import collect_normalized, unsupported
 from spx.adapters.common.spec_helpers import check_cpu_precision, check_fine_tuning
 from spx.errors import SpxError
@@ -76,12 +77,18 @@ def frontend_out_dim(n_mels: int, blocks: int, channels: int) -> int:
 FRONTEND_CHANNELS = [64, 32, 32]
 
 
+_CLS = BackendAdapter(name="speechbrain", families={"classification": {"kws_classifier": "kws_classifier"}})  # CLS-WIRING
+
+
 class SpeechBrainAdapter:
     name = "speechbrain"
-    tasks: dict[str, set[str]] = {"asr": {"conformer_ctc"}, "tts": {"tacotron2", "fastspeech2", "hifigan"}}
+    tasks: dict[str, set[str]] = {"asr": {"conformer_ctc"}, "tts": {"tacotron2", "fastspeech2", "hifigan"},  # CLS-WIRING
+                                  "classification": {"kws_classifier"}}  # CLS-WIRING
 
     # ---------------------------------------------------------------- contract
     def supports(self, spec: Spec) -> None:
+        if spec.task == "classification":  # CLS-WIRING
+            return _CLS.supports(spec)  # CLS-WIRING
         why = unsupported(spec, self.name, self.tasks)
         if why:
             raise SpxError(why, hint="choose another backend or model.family (see `spx spec schema`)")
@@ -107,6 +114,8 @@ class SpeechBrainAdapter:
             raise SpxError(f"backends.speechbrain keys must be strings, got {bad_keys}", hint="use hparams key names")
 
     def render(self, spec: Spec, run_dir: RunDir) -> list[Step]:
+        if spec.task == "classification":  # CLS-WIRING
+            return _CLS.render(spec, run_dir)  # CLS-WIRING
         if spec.task == "tts":
             from spx.adapters.speechbrain.tts import render_tts
 
@@ -189,6 +198,8 @@ class SpeechBrainAdapter:
         ]
 
     def collect(self, run_dir: RunDir) -> dict[str, Any]:
+        if run_dir.spec.task == "classification":  # CLS-WIRING
+            return _CLS.collect(run_dir)  # CLS-WIRING
         if (run_dir / "native" / "tts_info.json").exists():
             from spx.adapters.speechbrain.tts import collect_tts
 
