@@ -322,6 +322,14 @@ class ClassificationSettings(Strict):
                                       "a training example; a valid/test label outside the list is an error")
     top_k: int = Field(5, ge=1, description="hyps.jsonl keeps the k most probable classes' scores per utterance")
 
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(c, bool) for c in value):
+            raise ValueError("YAML reads unquoted yes/no/on/off/true/false as booleans, not labels: quote them, "
+                             "e.g. classes: ['yes', 'no', 'on', 'off']")
+        return value
+
     @field_validator("classes")
     @classmethod
     def _unique(cls, value: list[str] | None) -> list[str] | None:
