@@ -87,10 +87,11 @@ def main(run_dir: str) -> None:
         def build_model(cls, args):
             model = super().build_model(args)
             info["params"] = sum(p.numel() for p in model.parameters())
-            info["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
             def count(module, inputs):
                 if module.training:
+                    if "trainable" not in info:  # ESPnet applies --freeze_param after build_model
+                        info["trainable"] = sum(p.numel() for p in module.parameters() if p.requires_grad)
                     counter["iters"] = counter.get("iters", 0) + 1
                     counter["here"] = counter.get("here", 0) + 1
 
