@@ -8,6 +8,10 @@ corpus is made on first use (not counted when it exists already: run once before
 arguments go to `spx bench` unchanged (e.g. `--jobs 1`). Run it on an otherwise idle machine.
 
     uv run python benchmarks/kws_bench.py [--out DIR] [-- spx bench arguments]
+
+Measured (2 CPU cores shared with other jobs, load ~5; corpus made beforehand; 3 cells side by side, 1 thread each):
+266 s wall; held-out accuracy espnet 0.917 [0.830, 0.961], nemo 0.903 [0.813, 0.952], speechbrain 0.889
+[0.796, 0.943] (72 clips, 12 classes); training 119 / 127 / 79 s.
 """
 from __future__ import annotations
 
