@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from spx.errors import SpxError
-from spx.spec.models import ASR_FAMILIES, TTS_FAMILIES, Spec, SpecKeyError
+from spx.spec.models import ASR_FAMILIES, CLASSIFICATION_FAMILIES, TTS_FAMILIES, Spec, SpecKeyError
 from spx.yamlio import KeyPath, dump_yaml, load_yaml_file, load_yaml_with_lines
 
 PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("augmentation", "noise", "manifest"))
@@ -58,7 +58,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 # discriminated unions add the family tag (e.g. 'conformer_ctc') to an error's loc; it is dropped for the user
-FAMILY_TAGS = tuple(sorted(ASR_FAMILIES)) + tuple(sorted(TTS_FAMILIES))
+FAMILY_TAGS = tuple(sorted(ASR_FAMILIES)) + tuple(sorted(TTS_FAMILIES)) + tuple(sorted(CLASSIFICATION_FAMILIES))
 
 
 def _line_for(loc: tuple[Any, ...], lines: dict[KeyPath, int]) -> int | None:

@@ -124,9 +124,39 @@ class HifiGan(Strict):
         return self
 
 
-ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits, HifiGan], Field(discriminator="family")]
+class KwsClassifier(Strict):
+    """A small keyword-spotting / utterance classifier: fbank -> `blocks` blocks of width `channels` -> pooled
+    utterance embedding -> class layer. Each backend renders its own toolkit's classifier with these sizes
+    (docs/backends/*.md): NeMo EncDecClassificationModel with a MatchboxNet encoder, SpeechBrain ECAPA-TDNN +
+    Classifier, ESPnet's cls task with a Conformer encoder and mean-pooling linear decoder."""
+    family: Literal["kws_classifier"] = "kws_classifier"
+    channels: int = Field(64, ge=8, description="width of every block: MatchboxNet filters (nemo), ECAPA-TDNN "
+                                                "channels (speechbrain), Conformer output_size (espnet)")
+    blocks: int = Field(3, ge=1, description="MatchboxNet residual blocks (nemo), ECAPA SE-Res2 blocks "
+                                             "(speechbrain), Conformer blocks (espnet)")
+    kernel_size: int = Field(5, ge=3, description="time kernel of the blocks' convolutions (odd): MatchboxNet "
+                                                  "separable convs, ECAPA SE-Res2 blocks, Conformer convolution module")
+    embedding_dim: int = Field(64, ge=8, description="utterance embedding the class layer reads: MatchboxNet's "
+                                                     "epilogue width (nemo), ECAPA lin_neurons (speechbrain); ESPnet's "
+                                                     "mean-pooled Conformer output has channels dims (no separate "
+                                                     "embedding layer), so espnet ignores it")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "KwsClassifier":
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size ({self.kernel_size}) must be odd")
+        if self.channels % 4:
+            raise ValueError(f"channels ({self.channels}) must be divisible by 4 (ESPnet's Conformer uses 4 "
+                             "attention heads, SpeechBrain's Res2Net blocks split channels into 4 scales)")
+        return self
+
+
+ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits, HifiGan, KwsClassifier],
+                      Field(discriminator="family")]
 ASR_FAMILIES = {"conformer_ctc"}
 TTS_FAMILIES = {"tacotron2", "fastspeech2", "vits", "hifigan"}  # hifigan: a vocoder job
+CLASSIFICATION_FAMILIES = {"kws_classifier"}
 
 
 # ---------------------------------------------------------------- the rest of the job
@@ -295,6 +325,33 @@ class TTSSettings(Strict):
                                                 "model name/path; unset = the bundled whisper tiny.en")
 
 
+class ClassificationSettings(Strict):
+    """task: classification. Every manifest row carries its class in `label`."""
+    classes: list[str] | None = Field(None, min_length=2, description="the class labels, in the order of the model's "
+                                      "outputs; unset = the sorted labels of the training manifest. Every class needs "
+                                      "a training example; a valid/test label outside the list is an error")
+    top_k: int = Field(5, ge=1, description="hyps.jsonl keeps the k most probable classes' scores per utterance")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _no_yaml_booleans(cls, value: Any) -> Any:
+        if isinstance(value, list) and any(isinstance(c, bool) for c in value):
+            raise ValueError("YAML reads unquoted yes/no/on/off/true/false as booleans, not labels: quote them, "
+                             "e.g. classes: ['yes', 'no', 'on', 'off']")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            dup = sorted({c for c in value if value.count(c) > 1})
+            if dup:
+                raise ValueError(f"classes lists {dup} more than once")
+            if any(not c.strip() or c != c.strip() or " " in c for c in value):
+                raise ValueError("class labels are single words with no spaces (ESPnet's label files split on spaces)")
+        return value
+
+
 class Spec(Strict):
     """One job: data, task, model, tokenizer, training, augmentation, fine-tuning, decoding, resources."""
 
@@ -313,6 +370,7 @@ class Spec(Strict):
     eval: Eval = Field(default_factory=Eval)
     logging: Logging = Field(default_factory=Logging)
     tts: TTSSettings = Field(default_factory=TTSSettings)
+    classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
     resources: Resources = Field(default_factory=Resources)
     backends: dict[Literal[BACKEND_NAMES], dict[str, Any]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="backend-specific settings, passed through untouched"
@@ -325,6 +383,11 @@ class Spec(Strict):
             raise ValueError(f"model.family {fam!r} is not an ASR family (asr families: {sorted(ASR_FAMILIES)})")
         if self.task == "tts" and fam not in TTS_FAMILIES:
             raise ValueError(f"model.family {fam!r} is not a TTS family (tts families: {sorted(TTS_FAMILIES)})")
+        if self.task == "classification" and fam not in CLASSIFICATION_FAMILIES:
+            raise ValueError(f"model.family {fam!r} is not a classification family (classification families: "
+                             f"{sorted(CLASSIFICATION_FAMILIES)})")
+        if fam in CLASSIFICATION_FAMILIES and self.task != "classification":
+            raise ValueError(f"model.family {fam!r} is a classification model: set task: classification")
         for item in self.freeze:
             if item not in ("encoder", "feature_extractor") and not item.startswith("encoder.layers:"):
                 raise ValueError(f"freeze item {item!r}: use 'encoder', 'feature_extractor' or 'encoder.layers:N'")

@@ -9,8 +9,10 @@ from spx.adapters.base import BackendAdapter
 
 ADAPTER = BackendAdapter(
     name="espnet",
-    families={"asr": {"conformer_ctc": "conformer_ctc"},
+    families={"classification": {"kws_classifier": "kws_classifier"},
+              "asr": {"conformer_ctc": "conformer_ctc"},
               "tts": {"tacotron2": "tacotron2", "fastspeech2": "fastspeech2", "vits": "vits"}},
-    hint="ESPnet in spx renders asr/conformer_ctc and tts/tacotron2, tts/fastspeech2, tts/vits; use another backend "
+    hint="ESPnet in spx renders asr/conformer_ctc, classification/kws_classifier and tts/tacotron2, tts/fastspeech2, "
+         "tts/vits; use another backend "
          "for this job",
 )

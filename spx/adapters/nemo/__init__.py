@@ -9,9 +9,11 @@ from spx.adapters.base import BackendAdapter
 ADAPTER = BackendAdapter(
     name="nemo",
     loggers=("tensorboard", "wandb", "mlflow"),  # exp_manager creates each
-    families={"asr": {"conformer_ctc": "conformer_ctc"},
+    families={"classification": {"kws_classifier": "kws_classifier"},
+              "asr": {"conformer_ctc": "conformer_ctc"},
               "tts": {"fastspeech2": "fastspeech2", "hifigan": "hifigan"}},
-    hint="run it on a backend that has it; nemo has task: asr with family: conformer_ctc and task: tts with family: "
+    hint="run it on a backend that has it; nemo has task: asr with family: conformer_ctc, task: classification with "
+         "family: kws_classifier (MatchboxNet) and task: tts with family: "
          "fastspeech2 (FastPitch) or hifigan (a vocoder job); NeMo 3.0 ships no Tacotron2/VITS: run those on espnet "
          "or speechbrain; NeMo loads no Hugging Face or fairseq models, so ssl_ctc and whisper run on the other backends",
 )

@@ -8,7 +8,8 @@ from spx.adapters.base import BackendAdapter
 
 ADAPTER = BackendAdapter(
     name="speechbrain",
-    families={"asr": {"conformer_ctc": "conformer_ctc"},
+    families={"classification": {"kws_classifier": "kws_classifier"},
+              "asr": {"conformer_ctc": "conformer_ctc"},
               "tts": {"tacotron2": "tacotron2", "fastspeech2": "fastspeech2", "hifigan": "hifigan"}},
     hint="choose another backend or model.family (see `spx spec schema`)",
 )
