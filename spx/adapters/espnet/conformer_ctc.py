@@ -84,15 +84,8 @@ def train_config(spec: Spec, durations: list[float]) -> tuple[dict[str, Any], di
     enc, feat, t = spec.model.encoder, spec.features, spec.training
     world = spec.resources.devices * spec.resources.nodes
     batches = _batches_per_epoch(spec, durations, world)
-    iters_per_epoch = None
-    epochs = t.epochs
-    if t.max_steps is not None:  # ESPnet counts epochs; max_steps -> equal-length epochs of whole mini-batches
-        iters_total = t.max_steps * t.grad_accumulation
-        epochs = math.ceil(iters_total / batches)
-        iters_per_epoch = math.ceil(iters_total / epochs)
-        batches = iters_per_epoch
-    steps_per_epoch = max(batches // t.grad_accumulation, 1)
-    total_steps = steps_per_epoch * epochs
+    epochs, iters_per_epoch, steps_per_epoch, total_steps = helpers.epoch_plan(spec, batches)
+    batches = iters_per_epoch or batches
     cfg: dict[str, Any] = {
         "seed": t.seed,
         "num_workers": t.num_workers,

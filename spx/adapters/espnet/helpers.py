@@ -95,6 +95,20 @@ def epoch_settings(spec: Spec, epochs: int) -> dict[str, Any]:
             "keep_nbest_models": t.keep_checkpoints}
 
 
+def epoch_plan(spec: Spec, batches: int) -> tuple[int, int | None, int, int]:
+    """ESPnet counts epochs: training.max_steps becomes equal-length epochs of whole mini-batches (its
+    num_iters_per_epoch). Returns (epochs, num_iters_per_epoch or None, steps_per_epoch, total_steps) for an epoch of
+    `batches` mini-batches."""
+    t = spec.training
+    epochs, iters_per_epoch = t.epochs, None
+    if t.max_steps is not None:
+        iters_total = t.max_steps * t.grad_accumulation
+        epochs = math.ceil(iters_total / batches)
+        iters_per_epoch = batches = math.ceil(iters_total / epochs)
+    steps_per_epoch = max(batches // t.grad_accumulation, 1)
+    return epochs, iters_per_epoch, steps_per_epoch, steps_per_epoch * epochs
+
+
 def training_settings(spec: Spec, n_train: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The training part of an ESPnet tts config (optimizer, scheduler, epochs, batches, checkpoints), shared by
     Tacotron2 and FastSpeech2, and what spx derived (step counts) for the record."""

@@ -79,13 +79,9 @@ def vits_config(spec: Spec, n_train: int, speakers: dict[str, int]) -> tuple[dic
     """ESPnet's gan_tts training config for the spec, and what spx derived (step counts) for the record."""
     m, t = spec.model, spec.training
     batches = math.ceil(n_train / t.batch_size)
-    epochs, iters_per_epoch = t.epochs, None
-    if t.max_steps is not None:  # ESPnet counts epochs: max_steps -> equal epochs of num_iters_per_epoch batches
-        iters_total = t.max_steps * t.grad_accumulation
-        epochs = math.ceil(iters_total / batches)
-        iters_per_epoch = batches = math.ceil(iters_total / epochs)
-    steps_per_epoch = max(batches // t.grad_accumulation, 1)
-    total_steps = steps_per_epoch * epochs  # the generator and the discriminator each step once per batch
+    # the generator and the discriminator each step once per batch
+    epochs, iters_per_epoch, steps_per_epoch, total_steps = helpers.epoch_plan(spec, batches)
+    batches = iters_per_epoch or batches
     mel = helpers.mel_settings(spec)
     generator = {
         "hidden_channels": m.hidden_channels,
