@@ -169,8 +169,8 @@ class FineTune(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "FineTune":
-        if self.method == "full" and "target_modules" in self.model_fields_set:
-            raise ValueError("finetune.target_modules applies to method lora only (method is full)")
+        if self.method != "lora" and self.target_modules is not None:
+            raise ValueError(f"finetune.target_modules applies to method lora only (method is {self.method})")
         return self
 
 
