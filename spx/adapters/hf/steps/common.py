@@ -200,6 +200,18 @@ def last_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(done, key=lambda d: int(d.name.split("-")[1])) if done else None
 
 
+def base_digest(model, head: tuple[str, ...]) -> str:
+    """sha256 over the pretrained weights that LoRA must leave untouched (everything but the adapters and the head)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for n, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if "lora_" not in n and not is_head(n, head):
+            h.update(n.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def wer(hyps: list[str], refs: list[str]) -> float:
     import jiwer
 
@@ -208,7 +220,7 @@ def wer(hyps: list[str], refs: list[str]) -> float:
 
 
 def train_with(rd, spec, make_trainer: Callable[[dict[str, Any], Path | None], Any], export: Callable[[Any], Path],
-               describe: dict[str, Any]) -> None:
+               describe: dict[str, Any], head: tuple[str, ...]) -> None:
     """The shared train flow: resume point, Trainer.train, rank counts, export, train_summary.json."""
     from transformers import TrainingArguments  # noqa: F401  (imported for the log's version line)
     import transformers
@@ -236,7 +248,11 @@ def train_with(rd, spec, make_trainer: Callable[[dict[str, Any], Path | None], A
     trainer = make_trainer({"records": records}, resume)
     device = str(trainer.args.device)
     log(f"device {device}, {threads} threads, world size {WORLD}, transformers {transformers.__version__}")
+    lora = describe.get("finetune_method") == "lora"
+    before = base_digest(trainer.model, head) if lora else None
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if lora:  # the proof that LoRA left the pretrained weights as they were (bit for bit)
+        describe.update(base_weights_sha256_before=before, base_weights_sha256_after=base_digest(trainer.model, head))
     mine = {"rank": RANK, "batches": records.batches, "updates": records.updates}
     ranks = [mine]
     if WORLD > 1 and torch.distributed.is_initialized():

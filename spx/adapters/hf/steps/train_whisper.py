@@ -111,7 +111,7 @@ def main(run_dir: str) -> None:
         common.export_info(tmp, info)
         return common.replace_dir(tmp, out)
 
-    common.train_with(rd, spec, make_trainer, export, describe)
+    common.train_with(rd, spec, make_trainer, export, describe, ())
 
 
 if __name__ == "__main__":
