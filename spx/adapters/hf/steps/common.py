@@ -222,7 +222,6 @@ def wer(hyps: list[str], refs: list[str]) -> float:
 def train_with(rd, spec, make_trainer: Callable[[dict[str, Any], Path | None], Any], export: Callable[[Any], Path],
                describe: dict[str, Any], head: tuple[str, ...]) -> None:
     """The shared train flow: resume point, Trainer.train, rank counts, export, train_summary.json."""
-    from transformers import TrainingArguments  # noqa: F401  (imported for the log's version line)
     import transformers
 
     t_start = time.time()

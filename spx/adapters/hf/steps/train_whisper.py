@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from spx.adapters.common import child
@@ -25,7 +26,6 @@ def main(run_dir: str) -> None:
     child.precision_dtype(spec, "cuda" if torch.cuda.is_available() else "cpu")
     args_kw, settings = common.native_settings(rd)
     source = settings["init_from"] or settings["pretrained"]
-    model_holder: dict = {}
     describe: dict = {"init_from": settings["init_from"], "pretrained": settings["pretrained"],
                       "finetune_method": settings["method"], "language": settings["language"],
                       "whisper_task": settings["task"]}
@@ -40,7 +40,7 @@ def main(run_dir: str) -> None:
                 "labels": tokenizer(row["text"]).input_ids}
 
     def collate(features):
-        feats = torch.tensor(__import__("numpy").stack([f["input_features"] for f in features]))
+        feats = torch.tensor(np.stack([f["input_features"] for f in features]))
         labels = tokenizer.pad([{"input_ids": f["labels"]} for f in features], return_tensors="pt")
         ids = labels["input_ids"].masked_fill(labels["attention_mask"].ne(1), -100)
         if (ids[:, 0] == start).all():  # the model prepends <|startoftranscript|> itself (shift right)
@@ -73,7 +73,6 @@ def main(run_dir: str) -> None:
         lora = settings["method"] == "lora"
         if lora:
             m = common.apply_lora(m, settings)
-        model_holder["model"] = m
         describe.update(common.param_report(m, lora), model_type="whisper", frozen_parameters=frozen)
         common.log(f"whisper from {source}: {describe['params']} parameters, {describe['trainable_params']} trainable"
                    + (f" ({describe['lora_params']} LoRA)" if lora else ""))
