@@ -124,6 +124,21 @@ def make_trainer_class(base, opt: dict[str, Any], head: tuple[str, ...], hold_st
             self.optimizer = cls(param_groups, **kwargs)
             return self.optimizer
 
+        def _save(self, output_dir=None, state_dict=None):
+            """LoRA checkpoints: the adapter (+ head) only, without embedding layers (peft#1569: the "auto" check
+            asks the base for its input embeddings, which speech encoders do not have, and the vocabulary changed)."""
+            from peft import PeftModel
+
+            if not isinstance(self.model, PeftModel):
+                return super()._save(output_dir, state_dict)
+            output_dir = output_dir or self.args.output_dir
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                self.model.save_pretrained(output_dir, save_embedding_layers=False)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+                torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
         def create_scheduler(self, num_training_steps, optimizer=None):
             sched = super().create_scheduler(num_training_steps, optimizer)
             if hold_steps and hasattr(sched, "lr_lambdas"):
