@@ -98,6 +98,36 @@ def test_bpe_tokenizer_is_trained_by_the_train_step_not_rendered_as_a_vocabulary
     assert not (rd / "native" / "vocab.json").exists()
 
 
+@pytest.mark.slow  # imports Transformers' Trainer (tens of seconds), trains nothing
+def test_trainer_optimizer_groups_pretrained_lr_and_the_held_pretrained_part(tmp_path):
+    """spx's Trainer subclass on a real Trainer: the new head at lr, the pretrained part at pretrained_lr, and the
+    pretrained part's lr held at 0 for freeze_pretrained_steps optimizer steps."""
+    from transformers import Trainer, TrainingArguments, Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from spx.adapters.hf.steps.common import make_trainer_class
+
+    model = Wav2Vec2ForCTC(Wav2Vec2Config(**SSL))
+    opt = {"name": "adamw", "lr": 1e-3, "pretrained_lr": 1e-4, "weight_decay": 0.01, "betas": [0.9, 0.98]}
+    cls = make_trainer_class(Trainer, opt, ("lm_head",), hold_steps=3)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", learning_rate=1e-3,
+                             lr_scheduler_type="constant_with_warmup", warmup_steps=0)
+    trainer = cls(model=model, args=args)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    groups = trainer.optimizer.param_groups
+    head = [g for g in groups if not g["spx_pretrained"]]
+    pretrained = [g for g in groups if g["spx_pretrained"]]
+    assert sum(len(g["params"]) for g in head) == 2  # lm_head weight and bias
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.01}
+    seen = []
+    for _ in range(5):
+        seen.append(([g["lr"] for g in head], [g["lr"] for g in pretrained]))
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert all(h == [1e-3] * len(head) for h, _ in seen)
+    assert [set(p) for _, p in seen] == [{0.0}, {0.0}, {0.0}, {1e-4}, {1e-4}]
+
+
 @pytest.mark.parametrize("overrides, key, message", [
     (["finetune.method=adapter"], "finetune.method", "finetune.method adapter is not supported by spx's hf ssl_ctc"),
     (["model.encoder.layer_weighting=true"], "model.encoder.layer_weighting", "layer_weighting is not rendered"),

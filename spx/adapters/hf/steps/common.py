@@ -9,6 +9,7 @@ checkpoint complete once the Trainer has written it (resume takes only complete 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -182,7 +183,7 @@ class RecordsCallback(TrainerCallback):
         logs = [h for h in state.log_history if "loss" in h]
         train_loss = logs[-1]["loss"] if logs else None
         lr = logs[-1].get("learning_rate") if logs else None
-        epoch = int(round(state.epoch or 0))
+        epoch = max(1, math.ceil((state.epoch or 0) - 1e-6))  # the epoch this evaluation ends (or is inside)
         row = {"epoch": epoch, "step": state.global_step, "train_loss": train_loss,
                "valid_loss": metrics.get("eval_loss"), "lr": lr, "time": round(time.time() - self.t0 + self.prior, 2)}
         if "eval_wer" in metrics:
