@@ -280,7 +280,7 @@ def train_with(rd, spec, make_trainer: Callable[[dict[str, Any], Path | None], A
         args = trainer.args
         last = last_checkpoint(ckpt_dir)
         child.write_train_summary(
-            rd, wall_seconds=round(time.time() - t_start, 2), epochs=int(round(st.epoch or 0)), steps=st.global_step,
+            rd, wall_seconds=round(time.time() - t_start, 2), epochs=max(1, math.ceil((st.epoch or 0) - 1e-6)), steps=st.global_step,
             peak_memory_mb=round(child.peak_memory_mb(device), 1), last_checkpoint=str(last) if last else None,
             best_checkpoint=st.best_model_checkpoint, exported_model=str(exported),
             effective_batch=args.per_device_train_batch_size * WORLD * args.gradient_accumulation_steps,
