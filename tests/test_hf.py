@@ -285,6 +285,13 @@ def test_lora_trains_adapters_and_head_only_and_leaves_the_base_bit_identical(hf
     k = "encoder.layers.0.attention.k_proj.weight"
     assert not (merged["hubert." + q] == base[q]).all() and (merged["hubert." + k] == base[k]).all()
     assert json.loads((rd / "metrics.json").read_text())["utterances"] == 40
+    # full fine-tuning from the LoRA run: base + adapter merged on load, and every weight trains again
+    full = tmp_path / "full_from_lora"
+    run_spx("run", "--backend", "hf", CTC_RECIPE, "--run-dir", full, f"model.encoder.pretrained={hf_models / 'hubert'}",
+            f"init_from={rd}", "training.max_steps=3", check=True)
+    again = json.loads((full / "train_summary.json").read_text())
+    assert again["trainable_params"] == again["params"] == summary["params"] - lora - head and again["steps"] == 3
+    assert "+ LoRA adapter" in (full / "train.log").read_text()
 
 
 def _descendants(pid: int) -> list[int]:

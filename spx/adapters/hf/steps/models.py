@@ -131,7 +131,8 @@ def load_ctc(source: str, text: CtcText, settings: dict[str, Any] | None, keep_h
     if info and info["method"] == "lora":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(src / "adapter")).merge_and_unload()
+        # PeftModel.from_pretrained loads for inference (everything frozen): the merged model trains again
+        model = PeftModel.from_pretrained(model, str(src / "adapter")).merge_and_unload().requires_grad_(True)
         log(f"loaded {base} + LoRA adapter {src / 'adapter'} (merged)")
     if not keep_head:
         model.lm_head.reset_parameters()  # a new vocabulary: a new head, whatever the source had
@@ -150,7 +151,7 @@ def load_whisper(source: str, settings: dict[str, Any] | None):
     if info and info["method"] == "lora":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(src / "adapter")).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(src / "adapter")).merge_and_unload().requires_grad_(True)
         log(f"loaded {base} + LoRA adapter {src / 'adapter'} (merged)")
     processor = WhisperProcessor.from_pretrained(str(src) if info else source)
     return model, processor
