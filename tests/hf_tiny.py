@@ -27,6 +27,11 @@ def build_ssl(folder: Path) -> None:
         model(config(**SSL)).save_pretrained(folder / name)
         Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                  return_attention_mask=True).save_pretrained(folder / name)
+    # the large/XLS-R/MMS layout (pre-norm layers): the one that has Transformers' attention adapters
+    Wav2Vec2Model(Wav2Vec2Config(**SSL, do_stable_layer_norm=True, feat_extract_norm="layer")).save_pretrained(
+        folder / "wav2vec2_stable")
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(folder / "wav2vec2_stable")
 
 
 def build_whisper(folder: Path) -> None:

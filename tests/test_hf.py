@@ -129,7 +129,7 @@ def test_trainer_optimizer_groups_pretrained_lr_and_the_held_pretrained_part(tmp
 
 
 @pytest.mark.parametrize("overrides, key, message", [
-    (["finetune.method=adapter"], "finetune.method", "finetune.method adapter is not supported by spx's hf ssl_ctc"),
+    (["finetune.method=adapter"], "finetune.method", "exist only in wav2vec2 models with do_stable_layer_norm"),
     (["model.encoder.layer_weighting=true"], "model.encoder.layer_weighting", "layer_weighting is not rendered"),
     (["decoding.strategy=beam"], "decoding.strategy", "greedy CTC"),
     (['freeze=["encoder.layers:3"]'], "freeze", "the pretrained encoder has 2 layers"),
@@ -200,8 +200,8 @@ def test_cli_refusal_exits_2_and_writes_nothing(tmp_path):
     pre = _fake_pretrained(tmp_path / "w2v", "wav2vec2")
     rd = tmp_path / "run"
     proc = run_spx("run", "--backend", "hf", CTC_RECIPE, "--run-dir", rd, f"model.encoder.pretrained={pre}",
-                   "finetune.method=adapter")
-    assert proc.returncode == 2 and "finetune.method" in proc.stderr and "Traceback" not in proc.stderr
+                   "decoding.strategy=beam")
+    assert proc.returncode == 2 and "decoding.strategy" in proc.stderr and "Traceback" not in proc.stderr
     assert not rd.exists()
 
 
@@ -292,6 +292,25 @@ def test_lora_trains_adapters_and_head_only_and_leaves_the_base_bit_identical(hf
     again = json.loads((full / "train_summary.json").read_text())
     assert again["trainable_params"] == again["params"] == summary["params"] - lora - head and again["steps"] == 3
     assert "+ LoRA adapter" in (full / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_attention_adapters_train_with_the_head_and_leave_the_base_bit_identical(hf_models, tmp_path):
+    """finetune.method adapter: Transformers' MMS attention adapters (adapter_attn_dim) in a stable-layer-norm
+    wav2vec2; the base frozen (freeze_base_model), the adapters and the new head train."""
+    rd = tmp_path / "adapter"
+    run_spx("run", "--backend", "hf", CTC_RECIPE, "--run-dir", rd,
+            f"model.encoder.pretrained={hf_models / 'wav2vec2_stable'}", "finetune.method=adapter", "finetune.rank=8",
+            "training.max_steps=5", check=True)
+    summary = json.loads((rd / "train_summary.json").read_text())
+    hidden, vocab = SSL["hidden_size"], summary["vocab_size"]
+    per_layer = 2 * hidden + (hidden * 8 + 8) + (8 * hidden + hidden)  # LayerNorm, down, up
+    assert summary["adapter_params"] == SSL["num_hidden_layers"] * per_layer
+    assert summary["trainable_params"] == summary["adapter_params"] + hidden * vocab + vocab
+    assert summary["base_weights_sha256_before"] == summary["base_weights_sha256_after"]
+    export = Path(summary["exported_model"])
+    assert json.loads((export / "config.json").read_text())["adapter_attn_dim"] == 8
+    assert json.loads((rd / "metrics.json").read_text())["utterances"] == 40
 
 
 def _descendants(pid: int) -> list[int]:

@@ -206,6 +206,8 @@ def finetune_settings(spec: Spec, default_targets: list[str], head: list[str]) -
     ft = spec.finetune
     out: dict[str, Any] = {"method": ft.method, "freeze_pretrained_steps": ft.freeze_pretrained_steps,
                            "merge_lora": bool(spec.backends.get("hf", {}).get("merge_lora", False))}
+    if ft.method == "adapter":
+        out["adapter_dim"] = ft.rank
     if ft.method == "lora":
         out["lora_config"] = {"r": ft.rank, "lora_alpha": ft.alpha, "lora_dropout": ft.dropout,
                               "target_modules": ft.target_modules or default_targets, "modules_to_save": head,

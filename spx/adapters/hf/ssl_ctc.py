@@ -17,11 +17,12 @@ CPU_PRECISIONS = ("fp32",)
 INIT_FROM = "a finished hf ssl_ctc run dir (or its checkpoints/export)"
 INFERENCE = "spx.adapters.hf.steps.decode"
 EXPORT = None
-FINETUNE_METHODS = ("full", "lora")
+FINETUNE_METHODS = ("full", "lora", "adapter")  # adapter: Transformers' MMS attention adapters
 FINETUNE_OPTIONS = ("training.optimizer.pretrained_lr", "finetune.freeze_pretrained_steps")
 MODEL_TYPES = ("wav2vec2", "hubert", "wavlm")
 LORA_TARGETS = ["q_proj", "v_proj"]  # the attention projections of every encoder layer
 HEAD = ["lm_head"]                    # the new CTC head: trained in full, kept beside the LoRA weights
+NEW_PARTS = ("lm_head", "adapter_layer")  # what is new (not pretrained): the head, and the adapters of method adapter
 # the Wav2Vec2CTCTokenizer layout: the pad token is the CTC blank (id 0), '|' the word delimiter
 PAD, UNK, DELIMITER = "[PAD]", "[UNK]", "|"
 
@@ -39,6 +40,13 @@ def check(spec: Spec) -> None:
     if spec.decoding.strategy != "greedy":
         raise SpxError("decoding.strategy beam: the hf ssl_ctc decoder is greedy CTC (a beam needs an n-gram LM "
                        "decoder, pyctcdecode, not installed)", where="decoding.strategy", hint="use greedy")
+    if spec.finetune.method == "adapter" and config is not None and not (
+            config.get("model_type") == "wav2vec2" and config.get("do_stable_layer_norm")):
+        raise SpxError(f"finetune.method adapter: Transformers' attention adapters (adapter_attn_dim, as MMS uses "
+                       f"them) exist only in wav2vec2 models with do_stable_layer_norm; {enc.pretrained!r} is a "
+                       f"{config.get('model_type')} model" + ("" if config.get("model_type") != "wav2vec2" else
+                                                              " without it"), where="finetune.method",
+                       hint="use finetune.method lora, or a large/XLS-R/MMS-style wav2vec2 checkpoint")
     helpers.check_freeze_layers(spec, config)
     helpers.check_common(spec, NAME)
 

@@ -263,10 +263,10 @@ def train_with(rd, spec, make_trainer: Callable[[dict[str, Any], Path | None], A
     trainer = make_trainer({"records": records}, resume)
     device = str(trainer.args.device)
     log(f"device {device}, {threads} threads, world size {WORLD}, transformers {transformers.__version__}")
-    lora = describe.get("finetune_method") == "lora"
+    lora = describe.get("finetune_method") in ("lora", "adapter")
     before = base_digest(trainer.model, head) if lora else None
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if lora:  # the proof that LoRA left the pretrained weights as they were (bit for bit)
+    if lora:  # the proof that LoRA / adapters left the pretrained weights as they were (bit for bit)
         describe.update(base_weights_sha256_before=before, base_weights_sha256_after=base_digest(trainer.model, head))
     mine = {"rank": RANK, "batches": records.batches, "updates": records.updates}
     ranks = [mine]

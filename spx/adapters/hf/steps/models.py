@@ -124,6 +124,12 @@ def load_ctc(source: str, text: CtcText, settings: dict[str, Any] | None, keep_h
     config = AutoConfig.from_pretrained(base)
     overrides: dict[str, Any] = {"vocab_size": text.size, "pad_token_id": text.blank, "ctc_loss_reduction": "mean",
                                  "ctc_zero_infinity": True}
+    if settings is not None and settings["method"] == "adapter":
+        if not (config.model_type == "wav2vec2" and config.do_stable_layer_norm):
+            raise RuntimeError(f"finetune.method adapter: {base} is a {config.model_type} model"
+                               f"{'' if config.model_type != 'wav2vec2' else ' without do_stable_layer_norm'}; "
+                               "Transformers' attention adapters exist only in stable-layer-norm wav2vec2 models")
+        overrides["adapter_attn_dim"] = settings["adapter_dim"]
     if settings is not None:
         overrides["final_dropout"] = settings["head_dropout"]
         overrides.update(spec_augment_config("ssl_ctc", config, settings))

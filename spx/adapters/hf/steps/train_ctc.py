@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from spx.adapters.common import child
 from spx.adapters.hf.steps import common
+from spx.adapters.hf.ssl_ctc import NEW_PARTS
 from spx.adapters.hf.steps.models import CtcText, char_text, export_info, load_ctc, train_bpe
 
 
@@ -83,12 +84,18 @@ def main(run_dir: str) -> None:
         lora = settings["method"] == "lora"
         if lora:
             model = common.apply_lora(model, settings)
+        if settings["method"] == "adapter":  # as the MMS adapter fine-tuning guide: base frozen, adapters + head train
+            model.freeze_base_model()
+            for p in model._get_adapters().values():
+                p.requires_grad_(True)
         describe.update(common.param_report(model, lora), model_type=model.config.model_type,
                         frozen_parameters=frozen)
+        if settings["method"] == "adapter":
+            describe["adapter_params"] = common.count(p for n, p in model.named_parameters() if "adapter_layer" in n)
         common.log(f"{describe['model_type']} from {source}: {describe['params']} parameters, "
                    f"{describe['trainable_params']} trainable" + (f" ({describe['lora_params']} LoRA)" if lora else ""))
         args = TrainingArguments(**args_kw)
-        cls = common.make_trainer_class(Trainer, settings["optimizer"], ("lm_head",),
+        cls = common.make_trainer_class(Trainer, settings["optimizer"], NEW_PARTS,
                                         settings["freeze_pretrained_steps"])
         cbs = [callbacks["records"]]
         if settings["early_stopping"]:
@@ -128,7 +135,7 @@ def main(run_dir: str) -> None:
         common.export_info(tmp, info)
         return common.replace_dir(tmp, out)
 
-    common.train_with(rd, spec, make_trainer, export, describe, ("lm_head",))
+    common.train_with(rd, spec, make_trainer, export, describe, NEW_PARTS)
 
 
 if __name__ == "__main__":
