@@ -48,6 +48,8 @@ class TrainSummary(msgspec.Struct, kw_only=True):
     steps: int
     params: int
     trainable_params: int | None = None
+    frozen_params: int | None = None
+    lora_params: int | None = None      # finetune.method lora: the adapters' size (trainable = adapters + new head)
     peak_memory_mb: Number | None = None
     last_checkpoint: str | None = None
     best_checkpoint: str | None = None

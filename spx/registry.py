@@ -26,6 +26,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("nemo", "nemo.collections.asr", "nemo-toolkit", "#76b900"),
     Backend("speechbrain", "speechbrain", "speechbrain", "#7b3fb3"),
     Backend("espnet", "espnet2.bin.asr_train", "espnet", "#1f77b4"),
+    Backend("hf", "transformers", "transformers", "#ff9d00"),
 )}
 BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
 

@@ -127,7 +127,20 @@ class MatrixView:
         return t
 
 
-def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool = False, launcher: str = "local",
+def backends_for(specs: list[Any]) -> list[str]:
+    """The registry's backends that have every spec's task and model family (`spx bench` without --backends)."""
+    from spx.adapters import get_adapter
+    from spx.adapters.base import unsupported
+    from spx.registry import BACKEND_NAMES
+
+    names = [b for b in BACKEND_NAMES if all(unsupported(s, b, get_adapter(b).tasks) is None for s in specs)]
+    if not names:
+        raise SpxError("no backend has every recipe's task and model family",
+                       hint="bench recipes of one family together, or name --backends")
+    return names
+
+
+def run_bench(recipes: list[Path], backends: list[str] | None, out: Path, force: bool = False, launcher: str = "local",
               report_only: bool = False, overrides: list[str] | None = None, seed: int = 0,
               argv: list[str] | None = None, jobs: int | None = None,
               dry_run: bool = False) -> tuple[dict[str, Any], list[str]]:
@@ -150,6 +163,7 @@ def run_bench(recipes: list[Path], backends: list[str], out: Path, force: bool =
     recipes = recipes or [default_recipe()]
     extra = [f"resources.launcher={launcher}"] if launcher == "slurm" else []
     specs = [(r, load_spec(r, list(overrides or []) + extra)) for r in recipes]  # all validated before anything runs
+    backends = backends or backends_for([spec for _, spec in specs])
     stems = [r.stem for r in recipes]
     if len(set(stems)) != len(stems):
         raise SpxError(f"two recipes share a file name ({', '.join(stems)}): cells are named <recipe>-<backend>",

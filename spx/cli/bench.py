@@ -12,7 +12,9 @@ from spx.registry import BACKEND_NAMES as ALL_BACKENDS
 
 
 
-def _backends(value: str) -> list[str]:
+def _backends(value: str | None) -> list[str] | None:
+    if value is None:  # every backend that has the recipes' task and model family (spx.bench.runner.backends_for)
+        return None
     names = [b.strip() for b in value.split(",") if b.strip()]
     bad = [b for b in names if b not in ALL_BACKENDS]
     if bad or not names:
@@ -23,7 +25,8 @@ def _backends(value: str) -> list[str]:
 
 @click.command(context_settings=CONTEXT)
 @click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--backends", default=",".join(ALL_BACKENDS), show_default=True, help="Comma-separated backends to run.")
+@click.option("--backends", default=None, help="Comma-separated backends to run [default: every backend that has "
+              f"the recipes' task and model family, of {','.join(ALL_BACKENDS)}].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: runs/<recipe>-<backend>/ cells and the report files [default: bench_out; "
                    "with --from: the results.json's folder].")

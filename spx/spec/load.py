@@ -13,7 +13,8 @@ from spx.yamlio import KeyPath, dump_yaml, load_yaml_file, load_yaml_with_lines
 
 PATH_KEYS = (("data", "train"), ("data", "valid"), ("data", "test"), ("augmentation", "noise", "manifest"))
 # a local path or a name (hub model, whisper size): resolved against the recipe's folder only when it exists there
-PATH_OR_NAME_KEYS = (("init_from",), ("tts", "vocoder"), ("tts", "duration_teacher"), ("tts", "judge"))
+PATH_OR_NAME_KEYS = (("init_from",), ("tts", "vocoder"), ("tts", "duration_teacher"), ("tts", "judge"),
+                     ("model", "encoder", "pretrained"), ("model", "pretrained"))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -152,9 +152,61 @@ class KwsClassifier(Strict):
         return self
 
 
-ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits, HifiGan, KwsClassifier],
+class PretrainedEncoder(Strict):
+    pretrained: str = Field(..., description="the pretrained self-supervised model: a hub name "
+                            "(facebook/wav2vec2-base) or a local folder in the Transformers layout (config.json + "
+                            "weights); its kind (wav2vec2, hubert, wavlm) is read from config.json model_type")
+    layer_weighting: bool = Field(False, description="feed the CTC head a learned softmax-weighted sum of all "
+                                  "encoder layers (SUPERB style) instead of the last layer")
+
+
+class SslCtc(Strict):
+    """A pretrained self-supervised encoder (wav2vec2 / HuBERT / WavLM) with a new CTC head on the spec's
+    tokenizer (char or bpe), fine-tuned on the job's data."""
+    family: Literal["ssl_ctc"] = "ssl_ctc"
+    encoder: PretrainedEncoder
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the CTC head")
+
+
+class Whisper(Strict):
+    """A pretrained Whisper encoder-decoder fine-tuned on the job's data with its own tokenizer (the spec's
+    tokenizer: section does not apply)."""
+    family: Literal["whisper"] = "whisper"
+    pretrained: str = Field(..., description="a hub name (openai/whisper-small) or a local folder in the Transformers "
+                            "layout (config.json, weights, tokenizer and feature-extractor files)")
+    language: str | None = Field("en", description="language token the decoder is prompted with (Whisper's code, "
+                                 "e.g. en, de); null: detected (multilingual checkpoints only)")
+    task: Literal["transcribe", "translate"] = Field("transcribe", description="Whisper's task token (translate: "
+                                                     "into English)")
+    timestamps: Literal[False] = Field(False, description="timestamp tokens (not supported: always off)")
+    max_new_tokens: int = Field(128, ge=1, le=448, description="longest hypothesis the decoder generates, in tokens")
+
+
+class FineTune(Strict):
+    """How the pretrained part of a model is fine-tuned (every family; a backend refuses what it cannot do)."""
+    method: Literal["full", "lora", "adapter"] = Field(
+        "full", description="full: every unfrozen weight trains; lora: low-rank adapters on target_modules (the base "
+                            "stays bit-identical, the new head trains); adapter: small bottleneck adapters per layer")
+    rank: int = Field(8, ge=1, description="LoRA rank r (lora) or adapter bottleneck width (adapter)")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (the update is scaled by alpha / rank)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA / adapter input")
+    target_modules: list[str] | None = Field(None, min_length=1, description="module names the LoRA adapters wrap "
+                                             "(e.g. [q_proj, v_proj]); null: the family's default")
+    freeze_pretrained_steps: int = Field(0, ge=0, description="the pretrained part stays fixed for this many "
+                                         "optimizer steps while the new head warms up (then it trains too)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FineTune":
+        if self.method != "lora" and self.target_modules is not None:
+            raise ValueError(f"finetune.target_modules applies to method lora only (method is {self.method})")
+        return self
+
+
+ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits, HifiGan, SslCtc, Whisper, KwsClassifier],
                       Field(discriminator="family")]
-ASR_FAMILIES = {"conformer_ctc"}
+ASR_FAMILIES = {"conformer_ctc", "ssl_ctc", "whisper"}
+# families that start from a pretrained model named in the spec (model.encoder.pretrained / model.pretrained)
+PRETRAINED_FAMILIES = {"ssl_ctc", "whisper"}
 TTS_FAMILIES = {"tacotron2", "fastspeech2", "vits", "hifigan"}  # hifigan: a vocoder job
 CLASSIFICATION_FAMILIES = {"kws_classifier"}
 
@@ -193,6 +245,9 @@ class Data(Strict):
 class Optimizer(Strict):
     name: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
+    pretrained_lr: float | None = Field(None, gt=0, description="learning rate of the pretrained part (the weights "
+                                        "loaded from model.*.pretrained or init_from); lr then applies to the new "
+                                        "head only. Unset: one lr for everything")
     weight_decay: float = Field(1e-3, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)
 
@@ -366,6 +421,7 @@ class Spec(Strict):
     augmentation: Augmentation = Field(default_factory=Augmentation)
     init_from: str | None = Field(None, description="native checkpoint of the backend, or a hub model name")
     freeze: list[str] = Field(default_factory=list, description="'encoder', 'feature_extractor' or 'encoder.layers:N'")
+    finetune: FineTune = Field(default_factory=FineTune)
     decoding: Decoding = Field(default_factory=Decoding)
     eval: Eval = Field(default_factory=Eval)
     logging: Logging = Field(default_factory=Logging)
@@ -391,6 +447,14 @@ class Spec(Strict):
         for item in self.freeze:
             if item not in ("encoder", "feature_extractor") and not item.startswith("encoder.layers:"):
                 raise ValueError(f"freeze item {item!r}: use 'encoder', 'feature_extractor' or 'encoder.layers:N'")
+        if fam not in PRETRAINED_FAMILIES and not self.init_from:  # nothing pretrained to treat differently
+            ft = self.finetune
+            for key, is_set in (("finetune.method", ft.method != "full"),
+                                ("finetune.freeze_pretrained_steps", ft.freeze_pretrained_steps > 0),
+                                ("training.optimizer.pretrained_lr", self.training.optimizer.pretrained_lr is not None)):
+                if is_set:
+                    raise SpecKeyError(key, f"{key} needs a pretrained model, but model.family {fam} trains from "
+                                       "scratch here (init_from is not set): set init_from, or drop it")
         rate, rate_key = (self.tts.sample_rate, "tts.sample_rate") if self.task == "tts" else (
             self.features.sample_rate, "features.sample_rate")
         window = int(round(self.features.win_length_ms * rate / 1000))  # the window in samples, as every backend

@@ -25,19 +25,53 @@ def frozen_layer_count(item: str, layers: int) -> int:
     return n
 
 
-def check_fine_tuning(spec: Spec, init_hint: str) -> None:
-    """Every `encoder.layers:N` in range, and freezing only with something to start from (`init_hint` says what
-    init_from takes on this backend)."""
+def check_fine_tuning(spec: Spec, init_hint: str, backend: str = "", methods: tuple[str, ...] = ("full",),
+                      options: tuple[str, ...] = ()) -> None:
+    """Every `encoder.layers:N` in range, freezing only with something to start from (`init_hint` says what
+    init_from takes on this backend), and the finetune: controls the family runs (`methods`, `options`: its
+    FINETUNE_METHODS / FINETUNE_OPTIONS; a caller that passes none accepts only full fine-tuning, as before)."""
+    check_finetune_support(spec, backend, methods, options)
     encoder = getattr(spec.model, "encoder", None)
+    pretrained = pretrained_model(spec)
     for item in spec.freeze:
         if item.startswith(FREEZE_LAYERS):
+            if pretrained is not None:  # the layer count is the pretrained model's: its family checks it
+                continue
             if not hasattr(encoder, "layers"):
                 raise SpxError(f"freeze item {item!r}: model.family {spec.model.family} has no encoder layers to count",
                                where="freeze", hint="freeze 'encoder' or 'feature_extractor' for this family")
             frozen_layer_count(item, encoder.layers)
-    if spec.freeze and not spec.init_from:
+    if spec.freeze and not spec.init_from and pretrained is None:
         raise SpxError("freeze is set but init_from is not: freezing untrained weights makes no sense", where="freeze",
                        hint=f"set init_from to {init_hint}, or drop freeze")
+
+
+def pretrained_model(spec: Spec) -> str | None:
+    """The pretrained model a family starts from by design (model.encoder.pretrained / model.pretrained), or None."""
+    encoder = getattr(spec.model, "encoder", None)
+    return getattr(encoder, "pretrained", None) or getattr(spec.model, "pretrained", None)
+
+
+# the fine-tuning controls beyond freeze: (spec key, is it set?) -> what a family must declare to accept it
+FINETUNE_OPTIONS = {
+    "training.optimizer.pretrained_lr": lambda spec: spec.training.optimizer.pretrained_lr is not None,
+    "finetune.freeze_pretrained_steps": lambda spec: spec.finetune.freeze_pretrained_steps > 0,
+}
+
+
+def check_finetune_support(spec: Spec, backend: str, methods: tuple[str, ...], options: tuple[str, ...]) -> None:
+    """finetune.method must be one the family runs (`methods`, from its FINETUNE_METHODS; default full only), and
+    every other fine-tuning control that is set one it declares (`options`, its FINETUNE_OPTIONS)."""
+    where = f"spx's {backend} {spec.model.family} family" if backend else f"this backend's {spec.model.family} family"
+    if spec.finetune.method not in methods:
+        raise SpxError(f"finetune.method {spec.finetune.method} is not supported by {where} (it has: "
+                       f"{', '.join(methods)})", where="finetune.method",
+                       hint="use finetune.method " + " or ".join(methods) + ", or a backend/family that has "
+                            f"{spec.finetune.method} (docs/backends/hf.md lists them)")
+    for key, is_set in FINETUNE_OPTIONS.items():
+        if is_set(spec) and key not in options:
+            raise SpxError(f"{key} is not supported by {where}", where=key,
+                           hint=f"drop {key}, or use a backend/family that has it (docs/backends/hf.md lists them)")
 
 
 def check_cpu_precision(spec: Spec, backend: str, runs_on_cpu: tuple[str, ...]) -> None:
