@@ -9,6 +9,9 @@ from spx.errors import SpxError
 from spx.spec import Spec
 
 FREEZE_LAYERS = "encoder.layers:"
+# the characters child.clean_transcript keeps: one fixed inventory for every TTS family, so a checkpoint fine-tunes on
+# any corpus
+TTS_CHARACTERS: tuple[str, ...] = tuple(" '0123456789abcdefghijklmnopqrstuvwxyz")
 
 
 def frozen_layer_count(item: str, layers: int) -> int:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from spx.adapters.common.spec_helpers import tts_mel_settings
+from spx.adapters.common.spec_helpers import TTS_CHARACTERS, tts_mel_settings
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
@@ -40,8 +40,7 @@ TTS_CONF = f"{NATIVE}/conf/train_tts.yaml"
 GL_CONF = f"{NATIVE}/conf/griffin_lim.yaml"
 TTS_COMMANDS = f"{NATIVE}/tts_commands.json"
 TTS_TRAIN_ENTRY = "espnet2.bin.tts_train"
-# the characters clean_transcript keeps: one fixed inventory, so a checkpoint fine-tunes on any corpus
-CHARACTERS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
+CHARACTERS = list(TTS_CHARACTERS)
 SPACE = "<space>"  # ESPnet's char tokenizer writes a space as <space>
 
 

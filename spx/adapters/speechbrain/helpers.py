@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.common.spec_helpers import tts_mel_settings
+from spx.adapters.common.spec_helpers import TTS_CHARACTERS, tts_mel_settings
 from spx.errors import SpxError
 from spx.rundir import Step
 from spx.spec import Spec
@@ -20,8 +20,7 @@ STEPS = "spx.adapters.speechbrain.steps"  # the child-process entry points
 # warmup + cosine/constant (SpeechBrain has none); the hparams of every family name it
 WARMUP_ANNEALING = f"{STEPS}.schedulers.WarmupAnnealing"
 OPTIMIZERS = {"adam": "torch.optim.Adam", "adamw": "torch.optim.AdamW", "sgd": "torch.optim.SGD"}
-# the characters clean_transcript keeps: one fixed inventory, so a TTS checkpoint fine-tunes on any corpus
-SYMBOLS = list(" '0123456789abcdefghijklmnopqrstuvwxyz")
+SYMBOLS = list(TTS_CHARACTERS)
 # what an spx HiFi-GAN run exports: SpeechBrain's generator class, and the file (in the exported folder) that records
 # the mel settings an acoustic model must match
 VOCODER_CLASS = "HifiganGenerator"
