@@ -29,10 +29,9 @@ def native_loggers(run_dir: RunDir) -> list[Any]:
 
 def record_epoch(run_dir: RunDir, row: dict[str, Any]) -> None:
     """curve.jsonl row (rank 0) and the same numbers to SpeechBrain's loggers: meta = epoch/step/lr, train/valid
-    stats = the row's train_* / valid_* values."""
-    child.append_curve(run_dir, row)
-    if child.rank() != 0:
-        return
+    stats = the row's train_* / valid_* values. Called by every rank."""
+    child.append_curve(run_dir, row)  # rank 0 only
+    # every rank calls the loggers: SpeechBrain writes on the main process and broadcasts to the others (a collective)
     meta = {k: row[k] for k in ("epoch", "step", "lr") if row.get(k) is not None}
     train = {k[len("train_"):]: v for k, v in row.items() if k.startswith("train_") and v is not None}
     valid = {k[len("valid_"):]: v for k, v in row.items() if k.startswith("valid_") and v is not None}
