@@ -56,7 +56,8 @@ class TrainSummary(msgspec.Struct, kw_only=True):
     exported_model: str | None = None
     effective_batch: int | None = None
     world_size: int | None = None
-    init_from: str | None = None
+    init_from: str | None = None                # the model it started from
+    init_details: dict[str, Any] | None = None  # what was loaded from it (tensors, a new head, ...)
     device: str | None = None
     threads: int | None = None
 

@@ -151,7 +151,7 @@ def test_finetune_from_own_checkpoint_with_frozen_layers(trained_run, tmp_path):
     # starts from the trained weights: its first epoch is far better than an untrained model's first epoch
     assert ft_curve[0]["valid_loss"] < 0.3 * base_curve[0]["valid_loss"]
     summary = json.loads((rd / "train_summary.json").read_text())
-    assert summary["init_from"]["new_ctc_head"] is False and summary["frozen_params"] > 0
+    assert summary["init_details"]["new_ctc_head"] is False and summary["frozen_params"] > 0
     before, after = _nemo_weights(Path(source)), _nemo_weights(Path(summary["exported_model"]))
     frozen = [k for k in before if k.startswith(("encoder.pre_encode.", "encoder.layers.0."))]
     trained = [k for k in before if k.startswith("encoder.layers.1.") and before[k].is_floating_point()]

@@ -132,7 +132,8 @@ def main(run_dir: str) -> None:
         peak_memory_mb=round(child.peak_memory_mb(device), 1), last_checkpoint=last or None,
         best_checkpoint=best or None, exported_model=str(exported),
         effective_batch=(tr.batch_size or 16) * tr.grad_accumulation, world_size=1, device=device, threads=threads,
-        precision=str(trainer_kwargs["precision"]), init_from=init_info, resumed=callback.first_epoch > 0,
+        precision=str(trainer_kwargs["precision"]), init_from=init_info and init_info["source"], init_details=init_info,
+        resumed=callback.first_epoch > 0,
         started_at_epoch=callback.first_epoch + 1, model_class="EncDecClassificationModel")
     (rd / "native" / "model_summary.json").write_text(json.dumps(
         {"class": "EncDecClassificationModel", "params": child.count_params(model),

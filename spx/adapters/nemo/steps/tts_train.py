@@ -129,7 +129,8 @@ def main(run_dir: str) -> None:
         steps=trainer.global_step // optimizer_steps_per_batch,
         params=child.count_params(model), peak_memory_mb=round(child.peak_memory_mb(device), 1), **export,
         effective_batch=spec.training.batch_size * spec.training.grad_accumulation,
-        world_size=1, device=device, threads=threads, vocoder=info["vocoder_name"], init_from=init_info,
+        world_size=1, device=device, threads=threads, vocoder=info["vocoder_name"],
+        init_from=init_info and init_info["source"], init_details=init_info,
         resumed=callback.first_epoch > 0, model_class=model_class,
         **({"pitch_mean": float(cfg.model.pitch_mean), "pitch_std": float(cfg.model.pitch_std)} if is_fastpitch else {}),
     )

@@ -239,7 +239,8 @@ def main(run_dir: str) -> None:
         peak_memory_mb=round(child.peak_memory_mb(device), 1), last_checkpoint=str(last), best_checkpoint=str(best),
         exported_model=str(export), effective_batch=(t.batch_size or 16) * t.grad_accumulation, world_size=1,
         updates_this_process=brain.updates_here, resumed_from_epoch=brain.resumed_from_epoch or None,
-        device=device, threads=threads, init_from=init_info, speechbrain=sb.__version__)
+        device=device, threads=threads, init_from=init_info and init_info["source"], init_details=init_info,
+        speechbrain=sb.__version__)
     (rd / "native" / "model_summary.json").write_text(json.dumps(
         {"class": "speechbrain ECAPA_TDNN + Classifier", "params": model_params, "classes": len(classes)}, indent=1))
 
