@@ -63,3 +63,25 @@ def test_trained_runs_hold_tensorboard_events_with_the_loss(trained_run, backend
     # model, as NaN)
     curves = [tag for tag, values in losses.items() if len(values) >= 2 and all(map(math.isfinite, values))]
     assert curves, f"{backend}: no finite loss curve in {losses}"
+
+
+def test_speechbrain_loggers_take_every_curve_row_a_train_step_writes(tmp_path):
+    """record_epoch feeds SpeechBrain's TensorboardLogger the curve row: numbers only, parts dicts flattened (the
+    FastSpeech2 step's train_parts), None values left out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from spx.adapters.speechbrain.steps.loggers import record_epoch
+    from spx.rundir import RunDir
+
+    rd = tmp_path / "rd"
+    assert run_spx("run", "--backend", "speechbrain", RECIPE, "--run-dir", rd, "--dry-run").returncode == 0
+    for epoch in (1, 2):
+        record_epoch(RunDir(rd), {"epoch": epoch, "step": 10 * epoch, "train_loss": 2.0 / epoch, "valid_loss": 2.5 / epoch,
+                                  "valid_mel_loss": None, "lr": 1e-3, "time": 1.0,
+                                  "train_parts": {"mel_loss": 0.5, "dur_loss": 0.25}})
+    [events] = (rd / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert {"loss/train", "loss/valid", "parts.mel_loss/train", "epoch"} <= set(acc.Tags()["scalars"])
+    assert [e.value for e in acc.Scalars("loss/train")] == [2.0, 1.0]
+    assert len((rd / "curve.jsonl").read_text().splitlines()) == 2

@@ -33,7 +33,21 @@ def record_epoch(run_dir: RunDir, row: dict[str, Any]) -> None:
     child.append_curve(run_dir, row)  # rank 0 only
     # every rank calls the loggers: SpeechBrain writes on the main process and broadcasts to the others (a collective)
     meta = {k: row[k] for k in ("epoch", "step", "lr") if row.get(k) is not None}
-    train = {k[len("train_"):]: v for k, v in row.items() if k.startswith("train_") and v is not None}
-    valid = {k[len("valid_"):]: v for k, v in row.items() if k.startswith("valid_") and v is not None}
+    train, valid = _scalars(row, "train_"), _scalars(row, "valid_")
     for logger in native_loggers(run_dir):
         logger.log_stats(stats_meta=meta, train_stats=train or None, valid_stats=valid or None)
+
+
+def _scalars(row: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The row's numbers under `prefix`, a dict of parts flattened (train_parts: {mel_loss: ..} -> parts.mel_loss):
+    TensorBoard takes scalars only."""
+    out: dict[str, float] = {}
+    for key, value in row.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for part, v in items:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[name if part is None else f"{name}.{part}"] = float(v)
+    return out
