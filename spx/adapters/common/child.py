@@ -94,21 +94,14 @@ def test_utterances(spec: Spec) -> list[tuple[str, Utterance]]:
     return out
 
 
-def decode_and_time(
-    run_dir: RunDir,
-    spec: Spec,
-    transcribe_batch: Callable[[list[np.ndarray]], list[str]],
-    device: str,
-    dtype: str,
-    sample_rate: int | None = None,
-) -> dict[str, Any]:
-    """The decoding protocol shared by every backend.
+def time_batches(spec: Spec, run_batch: Callable[[list[np.ndarray]], list[Any]], device: str,
+                 sample_rate: int | None = None) -> tuple[list, list[Any], list[float], list[float], int]:
+    """The decoding protocol shared by every backend and task.
 
     Audio is read and resampled before the clock; the model is warmed up on `eval.warmup_batches`
-    batches; the whole test set is then decoded `eval.speed_repeats` times in batches of
-    `decoding.batch_size` (sorted by duration), and the clock covers transcribe_batch only
-    (feature extraction + model + search + detokenization). Hypotheses come from the first repeat.
-    """
+    batches; the whole test set is then run `eval.speed_repeats` times in batches of `decoding.batch_size`
+    (sorted by duration), and the clock covers run_batch only. Outputs come from the first repeat.
+    Returns (test items, outputs, per-utterance seconds, seconds per repeat, number of batches)."""
     sr = sample_rate or spec.features.sample_rate
     items = test_utterances(spec)
     items.sort(key=lambda it: it[1].duration)
@@ -123,49 +116,71 @@ def decode_and_time(
             torch.cuda.synchronize()
 
     for b in batches[: spec.eval.warmup_batches]:
-        transcribe_batch([audio[i] for i in b])
+        run_batch([audio[i] for i in b])
     sync()
-    hyps: list[str] = [""] * len(items)
+    outputs: list[Any] = [None] * len(items)
     per_utt_time = [0.0] * len(items)
     totals = []
     for repeat in range(spec.eval.speed_repeats):
         total = 0.0
         for b in batches:
             t0 = time.perf_counter()
-            out = transcribe_batch([audio[i] for i in b])
+            out = run_batch([audio[i] for i in b])
             sync()
             dt = time.perf_counter() - t0
             total += dt
             if len(out) != len(b):
-                raise RuntimeError(f"transcribe_batch returned {len(out)} hypotheses for {len(b)} inputs")
+                raise RuntimeError(f"{getattr(run_batch, '__name__', 'the model')} returned {len(out)} results for "
+                                   f"{len(b)} inputs")
             if repeat == 0:
-                for i, h in zip(b, out):
-                    hyps[i] = h
+                for i, o in zip(b, out):
+                    outputs[i] = o
                     per_utt_time[i] = dt * items[i][1].duration / sum(items[j][1].duration for j in b)
         totals.append(total)
         progress(phase="decode", repeat=repeat + 1, of=spec.eval.speed_repeats, seconds=round(total, 3))
-    rows = [
-        {"id": u.id, "test_set": name, "ref": u.text or "", "hyp": h, "duration": u.duration, "decode_time": t}
-        for (name, u), h, t in zip(items, hyps, per_utt_time)
-    ]
-    write_hyps(run_dir, spec, rows)
+    return items, outputs, per_utt_time, totals, len(batches)
+
+
+def write_speed(run_dir: RunDir, spec: Spec, device: str, dtype: str, items: list, totals: list[float],
+                n_batches: int, clock: str) -> dict[str, Any]:
+    """speed.json of the decoding protocol (time_batches), checked and written atomically."""
     import torch
 
     speed = {
         "device": device if device == "cpu" else torch.cuda.get_device_name(0),
         "dtype": dtype,
-        "batch_size": bs,
+        "batch_size": spec.decoding.batch_size,
         "threads": torch.get_num_threads(),
-        "warmup_batches": min(spec.eval.warmup_batches, len(batches)),
+        "warmup_batches": min(spec.eval.warmup_batches, n_batches),
         "repeats": spec.eval.speed_repeats,
         "audio_seconds": float(sum(u.duration for _, u in items)),
         "decode_seconds": totals,
         "median_decode_seconds": statistics.median(totals),
-        "clock": "model forward + search + detokenization on audio already in memory (features included)",
+        "clock": clock,
         "utterances": len(items),
     }
     records.write(run_dir / "speed.json", records.Speed, speed)
     return speed
+
+
+def decode_and_time(
+    run_dir: RunDir,
+    spec: Spec,
+    transcribe_batch: Callable[[list[np.ndarray]], list[str]],
+    device: str,
+    dtype: str,
+    sample_rate: int | None = None,
+) -> dict[str, Any]:
+    """ASR through the shared decoding protocol (time_batches): the clock covers transcribe_batch (feature
+    extraction + model + search + detokenization). Writes hyps.jsonl and speed.json."""
+    items, hyps, per_utt_time, totals, n_batches = time_batches(spec, transcribe_batch, device, sample_rate)
+    rows = [
+        {"id": u.id, "test_set": name, "ref": u.text or "", "hyp": h, "duration": u.duration, "decode_time": t}
+        for (name, u), h, t in zip(items, hyps, per_utt_time)
+    ]
+    write_hyps(run_dir, spec, rows)
+    return write_speed(run_dir, spec, device, dtype, items, totals, n_batches,
+                       "model forward + search + detokenization on audio already in memory (features included)")
 
 
 def write_hyps(run_dir: RunDir, spec: Spec, rows: list[dict[str, Any]]) -> None:
