@@ -13,6 +13,9 @@ SSL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermedi
            conv_kernel=(10, 4, 4), conv_stride=(5, 4, 4), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
            vocab_size=12, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
            layerdrop=0.0)
+# the real checkpoints' total conv stride, 320 samples (20 ms) per frame: s3prl's experts (ESPnet's ssl frontend)
+# assume it, so the cross-toolkit tests use these
+SSL_320 = {**SSL, "conv_dim": (32, 32, 32, 32), "conv_kernel": (10, 4, 4, 4), "conv_stride": (5, 4, 4, 4)}
 
 
 def build_ssl(folder: Path) -> None:
@@ -23,10 +26,11 @@ def build_ssl(folder: Path) -> None:
     torch.manual_seed(0)
     for name, config, model in (("wav2vec2", Wav2Vec2Config, Wav2Vec2Model), ("hubert", HubertConfig, HubertModel),
                                 ("wavlm", WavLMConfig, WavLMModel)):
-        # the base model only, as the hub's pretrained SSL checkpoints are: no CTC head yet
-        model(config(**SSL)).save_pretrained(folder / name)
-        Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                 return_attention_mask=True).save_pretrained(folder / name)
+        for sub, sizes in ((name, SSL), (f"{name}_s320", SSL_320)):
+            # the base model only, as the hub's pretrained SSL checkpoints are: no CTC head yet
+            model(config(**sizes)).save_pretrained(folder / sub)
+            Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                     return_attention_mask=True).save_pretrained(folder / sub)
     # the large/XLS-R/MMS layout (pre-norm layers): the one that has Transformers' attention adapters
     Wav2Vec2Model(Wav2Vec2Config(**SSL, do_stable_layer_norm=True, feat_extract_norm="layer")).save_pretrained(
         folder / "wav2vec2_stable")
@@ -78,7 +82,8 @@ def build_whisper(folder: Path) -> None:
 
 
 def tiny_models(tmp_path_factory) -> Path:
-    """Folder with wav2vec2/, hubert/, wavlm/ and whisper/ (built once per test run)."""
+    """Folder with wav2vec2/, hubert/, wavlm/ (5 ms frames), wavlm_s320/, hubert_s320/, wav2vec2_s320/ (20 ms frames,
+    the real checkpoints' stride), wav2vec2_stable/ and whisper/ (built once per test run)."""
     def build(folder: Path) -> None:
         build_ssl(folder)
         build_whisper(folder / "whisper")
