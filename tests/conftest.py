@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from filelock import FileLock
@@ -87,6 +90,48 @@ def run_spx(*args: str, cwd: Path | None = None, timeout: float = 1800, env: dic
     if check and proc.returncode != 0:
         raise AssertionError(f"spx {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (from /proc), children first."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def run_spx_and_crash(args: list, ready: Callable[[], bool], what: str, timeout: float = 900, grace: float = 0.0,
+                      settle: float = 1.0) -> None:
+    """Start `spx ARGS` and, `grace` seconds after ready() holds (a checkpoint is on disk), kill -9 every process of
+    the run at once (spx, the trainer, which may have its own process group or session, its workers): a node crash or
+    an OOM kill. Then wait `settle` seconds for the file system to show what the dead processes left."""
+    proc = subprocess.Popen([sys.executable, "-m", "spx", *map(str, args)], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"spx run ended before {what}"
+            assert time.time() < deadline, f"no {what} within {timeout:.0f} s"
+            time.sleep(0.2)
+        time.sleep(grace)
+        groups = {os.getpgid(p) for p in [proc.pid, *descendants(proc.pid)] if Path(f"/proc/{p}").exists()}
+        for g in groups:
+            try:
+                os.killpg(g, signal.SIGKILL)
+            except ProcessLookupError:  # the group ended between the listing and the kill
+                pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(settle)
 
 
 @pytest.fixture(scope="session")

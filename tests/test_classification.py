@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, read_jsonl, run_spx
+from conftest import REPO, read_jsonl, run_spx, run_spx_and_crash
 from shared_artifacts import build_once, shared_dir
 from spx.demo.kws_corpus import CLASSES, generate_kws_corpus
 from spx.demo.resolve import KWS_DEMO
@@ -106,20 +104,6 @@ def _checkpointed_epochs(rd: Path, backend: str) -> int:
     return max((int(p.name.split("-")[0].split("=")[1]) + 1 for p in lasts), default=0)
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_finetune_from_own_run_resumes_after_kill(trained_kws, kws_corpus, backend, tmp_path):
@@ -127,26 +111,10 @@ def test_finetune_from_own_run_resumes_after_kill(trained_kws, kws_corpus, backe
     one run checks both (each costs a toolkit start and a decode)."""
     base = trained_kws(backend)
     rd = tmp_path / "ft"
-    argv = [sys.executable, "-m", "spx", "run", "--backend", backend, str(RECIPE), "--run-dir", str(rd),
-            f"init_from={base}", "freeze=[encoder]", "training.epochs=2", "training.scheduler.warmup_steps=0",
-            "training.optimizer.lr=0.0005", *data_overrides(kws_corpus), *QUICK]
-    proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 900
-    try:
-        while _checkpointed_epochs(rd, backend) < 1:
-            assert proc.poll() is None, "spx run ended before its first checkpoint"
-            assert time.time() < deadline, "no checkpoint within 15 minutes"
-            time.sleep(0.2)
-        # a crash: every process of the run dies at once (spx and the trainer, which has its own process group)
-        groups = {os.getpgid(p) for p in [proc.pid, *_descendants(proc.pid)] if Path(f"/proc/{p}").exists()}
-        for g in groups:
-            os.killpg(g, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    time.sleep(1)
+    run_spx_and_crash(["run", "--backend", backend, RECIPE, "--run-dir", rd, f"init_from={base}", "freeze=[encoder]",
+                       "training.epochs=2", "training.scheduler.warmup_steps=0", "training.optimizer.lr=0.0005",
+                       *data_overrides(kws_corpus), *QUICK],
+                      lambda: _checkpointed_epochs(rd, backend) >= 1, "its first checkpoint")
     assert not (rd / "train_summary.json").exists()
     done = _checkpointed_epochs(rd, backend)
     assert done == 1, f"killed after epoch {done}"

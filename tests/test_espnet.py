@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import RECIPE, REPO, run_spx
+from conftest import RECIPE, REPO, run_spx, run_spx_and_crash
 
 DEMO = REPO / "spx" / "demo" / "corpus"
 
@@ -160,44 +158,13 @@ def test_fine_tune_from_trained_checkpoint_with_frozen_layer(trained_run, tmp_pa
     assert any(not torch.equal(before[k], after[k]) for k in trainable)
 
 
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
 @pytest.mark.slow
 def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     rd = tmp_path / "resume"
-    proc = subprocess.Popen([sys.executable, "-m", "spx", "run", "--backend", "espnet", str(RECIPE), "--run-dir", str(rd),
-                             "training.epochs=3", "training.batch_size=16", "eval.speed_repeats=1"], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 1200
-        while not (rd / "checkpoints" / "checkpoint.pth").exists():
-            assert proc.poll() is None, "spx run ended before writing a checkpoint"
-            assert time.time() < deadline, "no checkpoint within 20 min"
-            time.sleep(1)
-        time.sleep(1)  # let the epoch's checkpoint be written completely
-    finally:
-        # kill -9 the whole tree: spx's group and the step's own session (a node crash, an OOM kill)
-        groups = {os.getpgid(p) for p in _descendants(proc.pid) if Path(f"/proc/{p}").exists()}
-        for g in groups:
-            try:
-                os.killpg(g, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+    # ESPnet torch.saves checkpoint.pth in place: the kill waits a second for it to be written completely
+    run_spx_and_crash(["run", "--backend", "espnet", RECIPE, "--run-dir", rd, "training.epochs=3",
+                       "training.batch_size=16", "eval.speed_repeats=1"],
+                      (rd / "checkpoints" / "checkpoint.pth").exists, "a checkpoint", timeout=1200, grace=1.0, settle=0)
     assert not (rd / "train_summary.json").exists()
     run_spx("run", "--resume", rd, check=True)
     log = (rd / "train.log").read_text()

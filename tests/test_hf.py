@@ -4,16 +4,11 @@ their refusals, and (slow) real fine-tuning of tiny random wav2vec2 / HuBERT / W
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_spx
+from conftest import REPO, run_spx, run_spx_and_crash
 from hf_tiny import SSL, tiny_models
 from shared_artifacts import build_once, shared_dir
 
@@ -313,20 +308,6 @@ def test_attention_adapters_train_with_the_head_and_leave_the_base_bit_identical
     assert json.loads((rd / "metrics.json").read_text())["utterances"] == 40
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
 def _complete_steps(ckpt_dir: Path) -> int:
     done = [int(d.name.split("-")[1]) for d in ckpt_dir.glob("checkpoint-*") if (d / "spx_complete").exists()]
     return max(done, default=0)
@@ -335,23 +316,9 @@ def _complete_steps(ckpt_dir: Path) -> int:
 @pytest.mark.slow
 def test_resume_after_kill_continues_from_checkpoint(hf_models, tmp_path):
     rd = tmp_path / "resume"
-    proc = subprocess.Popen([sys.executable, "-m", "spx", "run", "--backend", "hf", str(CTC_RECIPE), "--run-dir",
-                             str(rd), f"model.encoder.pretrained={hf_models / 'wavlm'}", "training.epochs=3",
-                             "training.batch_size=16"], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 900
-    try:
-        while _complete_steps(rd / "checkpoints") < 15:
-            assert proc.poll() is None, "spx run ended before writing a checkpoint"
-            assert time.time() < deadline, "no first-epoch checkpoint within 15 minutes"
-            time.sleep(0.3)
-        groups = {os.getpgid(p) for p in [proc.pid, *_descendants(proc.pid)] if Path(f"/proc/{p}").exists()}
-        for g in groups:  # a crash: every process of the run dies at once
-            os.killpg(g, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    run_spx_and_crash(["run", "--backend", "hf", CTC_RECIPE, "--run-dir", rd,
+                       f"model.encoder.pretrained={hf_models / 'wavlm'}", "training.epochs=3", "training.batch_size=16"],
+                      lambda: _complete_steps(rd / "checkpoints") >= 15, "a first-epoch checkpoint", settle=0)
     assert not (rd / "train_summary.json").exists()
     done = _complete_steps(rd / "checkpoints")
     assert done in (15, 30)

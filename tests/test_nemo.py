@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, RECIPE, run_spx
+from conftest import RECIPE, run_spx, run_spx_and_crash
 
 
 def _config(run_dir: Path) -> dict:
@@ -161,20 +156,6 @@ def test_finetune_from_own_checkpoint_with_frozen_layers(trained_run, tmp_path):
     assert metrics["wer"] < 0.6
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
 def _resumable_checkpoint(ckpt_dir: Path, min_epoch: int) -> bool:
     """A finished NeMo 'last' checkpoint of epoch index >= min_epoch (NeMo marks half-written ones '-unfinished')."""
     for p in ckpt_dir.glob("epoch=*-last.ckpt"):
@@ -187,24 +168,9 @@ def _resumable_checkpoint(ckpt_dir: Path, min_epoch: int) -> bool:
 @pytest.mark.slow
 def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     rd = tmp_path / "resume"
-    proc = subprocess.Popen([sys.executable, "-m", "spx", "run", "--backend", "nemo", str(RECIPE), "--run-dir", str(rd),
-                             "training.epochs=4", "training.batch_size=16", "eval.speed_repeats=1"], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 900
-    try:
-        while not _resumable_checkpoint(rd / "checkpoints", min_epoch=1):  # epoch index 1 = two epochs done
-            assert proc.poll() is None, "spx run ended before writing a checkpoint"
-            assert time.time() < deadline, "no checkpoint within 15 minutes"
-            time.sleep(1)
-        # a crash: every process of the run dies at once (spx, the trainer, its workers)
-        groups = {os.getpgid(p) for p in [proc.pid, *_descendants(proc.pid)] if Path(f"/proc/{p}").exists()}
-        for g in groups:
-            os.killpg(g, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    time.sleep(1)
+    run_spx_and_crash(["run", "--backend", "nemo", RECIPE, "--run-dir", rd, "training.epochs=4", "training.batch_size=16",
+                       "eval.speed_repeats=1"],  # epoch index 1 = two epochs done
+                      lambda: _resumable_checkpoint(rd / "checkpoints", min_epoch=1), "a checkpoint")
     epochs_before = [r["epoch"] for r in _jsonl(rd / "curve.jsonl")]
     assert 2 <= len(epochs_before) < 4
     run_spx("run", "--resume", rd, check=True)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, RECIPE, run_spx
+from conftest import REPO, RECIPE, run_spx, run_spx_and_crash
 
 
 class _TagLoader(yaml.SafeLoader):
@@ -232,20 +230,6 @@ def test_finetune_from_own_checkpoint_with_frozen_layers(trained_run, tmp_path):
     assert metrics["wer"] < 0.6
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                kids = [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            out += kids
-            todo += kids
-    return out
-
-
 def _finished_epochs(ckpt_dir: Path) -> int:
     """Highest epoch with a complete checkpoint (spx marks it once SpeechBrain has written every file)."""
     best = 0
@@ -262,24 +246,9 @@ def _finished_epochs(ckpt_dir: Path) -> int:
 @pytest.mark.slow
 def test_resume_after_kill_continues_from_checkpoint(tmp_path):
     rd = tmp_path / "resume"
-    proc = subprocess.Popen([sys.executable, "-m", "spx", "run", "--backend", "speechbrain", str(RECIPE),
-                             "--run-dir", str(rd), "training.epochs=4", "training.batch_size=16", "eval.speed_repeats=1"], cwd=REPO,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 1200
-    try:
-        while _finished_epochs(rd / "checkpoints") < 2:
-            assert proc.poll() is None, "spx run ended before writing a checkpoint"
-            assert time.time() < deadline, "no epoch-2 checkpoint within 20 minutes"
-            time.sleep(0.5)
-        # a crash: every process of the run dies at once (spx, the trainer)
-        groups = {os.getpgid(p) for p in [proc.pid, *_descendants(proc.pid)] if Path(f"/proc/{p}").exists()}
-        for g in groups:
-            os.killpg(g, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    time.sleep(1)
+    run_spx_and_crash(["run", "--backend", "speechbrain", RECIPE, "--run-dir", rd, "training.epochs=4",
+                       "training.batch_size=16", "eval.speed_repeats=1"],
+                      lambda: _finished_epochs(rd / "checkpoints") >= 2, "an epoch-2 checkpoint", timeout=1200)
     assert not (rd / "train_summary.json").exists()
     done = _finished_epochs(rd / "checkpoints")
     assert 2 <= done < 4
