@@ -107,24 +107,6 @@ def test_whisper_is_refused_with_the_upstream_reason(tmp_path):
     assert "espnet#5792" in proc.stderr and "N_MELS" in proc.stderr and not rd.exists()
 
 
-def test_s3prl_shims_stand_in_only_for_what_torchaudio_lost():
-    """The shims add the two removed names and nothing else (checked in a fresh process: they patch torchaudio)."""
-    code = ("import torchaudio, sys; had = hasattr(torchaudio, 'set_audio_backend');"
-            "from spx.adapters.espnet.steps.s3prl_compat import apply; done = apply(); again = apply();"
-            "import torchaudio.sox_effects as fx; torchaudio.set_audio_backend('sox_io');"
-            "import json; err = None\n"
-            "try: fx.apply_effects_tensor(None, 16000, [])\n"
-            "except RuntimeError as exc: err = str(exc)\n"
-            "print(json.dumps({'had': had, 'done': done, 'again': again, 'err': err}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         check=True).stdout
-    info = json.loads(out.strip().splitlines()[-1])
-    assert info["again"] == []  # idempotent
-    if not info["had"]:  # torchaudio >= 2.9
-        assert info["done"] == ["torchaudio.set_audio_backend", "torchaudio.sox_effects"]
-        assert "removed in torchaudio 2.9" in info["err"]
-
-
 # ---------------------------------------------------------------- slow: real models
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory) -> Path:
@@ -133,16 +115,24 @@ def hf_models(tmp_path_factory) -> Path:
 
 PARITY = r"""
 import json, sys
-import numpy as np, soundfile as sf, torch
+import torchaudio
+from spx.adapters.espnet.steps.s3prl_compat import apply, build_frontend
+had = hasattr(torchaudio, "set_audio_backend")
+shims = {"had_set_audio_backend": had, "done": apply(), "again": apply()}
+import torchaudio.sox_effects as fx
+try:
+    fx.apply_effects_tensor(None, 16000, [])
+except RuntimeError as exc:
+    shims["sox_effects_error"] = str(exc)
+import soundfile as sf, torch
 from transformers import AutoModel, Wav2Vec2FeatureExtractor
-from spx.adapters.espnet.steps.s3prl_compat import build_frontend
-from spx.adapters.espnet.ssl_ctc import MODEL, UPSTREAMS, freeze_params
+from spx.adapters.espnet.ssl_ctc import UPSTREAMS, freeze_params
 from spx.spec import load_spec
 
 folders, audio, recipe = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
 wav, rate = sf.read(audio, dtype="float32")
 assert rate == 16000
-out = {}
+out = {"shims": shims}
 torch.set_grad_enabled(False)
 for folder in folders:
     kind = json.load(open(folder + "/config.json"))["model_type"]
@@ -156,8 +146,10 @@ for folder in folders:
     names = [n for n, _ in frontend.named_parameters()]
     spec = load_spec(recipe, [f"model.encoder.pretrained={folder}", 'freeze=["feature_extractor","encoder.layers:2"]'])
     prefixes = [p[len("frontend."):] for p in freeze_params(spec)]
+    n = ref.shape[0]  # s3prl counts ceil(samples / 320) frames, repeating the last one to get there
     out[kind] = {"shape": list(espnet_last.shape), "ref_shape": list(ref.shape),
-                 "max_abs_diff": float((espnet_last - ref).abs().max()), "ref_scale": float(ref.abs().max()),
+                 "max_abs_diff": float((espnet_last[:n] - ref).abs().max()), "ref_scale": float(ref.abs().max()),
+                 "extra_frames_repeat_last": bool((espnet_last[n:] == espnet_last[n - 1]).all()),
                  "frontend_frames": int(feats_lens[0]), "frontend_dim": int(feats.shape[-1]),
                  "freeze_prefixes_found": {p: any(n.startswith(p + ".") for n in names) for p in prefixes}}
 print("PARITY " + json.dumps(out))
@@ -167,17 +159,26 @@ print("PARITY " + json.dumps(out))
 @pytest.mark.slow
 def test_espnet_s3prl_frontend_matches_transformers_forward(hf_models):
     """ESPnet's loaded frontend (its s3prl upstream, last layer, before the featurizer) computes what
-    transformers.AutoModel computes on the same folder and the same normalized audio."""
-    audio = json.loads(DEMO_TEST.read_text().splitlines()[0])["audio"]
-    audio = str((DEMO_TEST.parent / audio).resolve()) if not Path(audio).is_absolute() else audio
+    transformers.AutoModel computes on the same folder and the same normalized audio; in the same process (one
+    s3prl import), the s3prl shims add the two names torchaudio lost and nothing else."""
+    from spx.manifests import read_manifest
+
+    audio = read_manifest(str(DEMO_TEST))[0].audio
     folders = ",".join(str(hf_models / name) for name in ("wav2vec2_s320", "hubert_s320"))
     proc = subprocess.run([sys.executable, "-c", PARITY, folders, audio, str(CTC_RECIPE)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("PARITY "))[7:])
+    shims = result.pop("shims")  # the s3prl shims stand in only for what torchaudio lost, once
+    assert shims["again"] == []
+    if not shims["had_set_audio_backend"]:  # torchaudio >= 2.9
+        assert shims["done"] == ["torchaudio.set_audio_backend", "torchaudio.sox_effects"]
+        assert "removed in torchaudio 2.9" in shims["sox_effects_error"]
     assert set(result) == {"wav2vec2", "hubert"}
     for kind, r in result.items():
-        assert r["shape"] == r["ref_shape"] and r["shape"][1] == SSL_320["hidden_size"], (kind, r)
+        # the same frames; s3prl's length convention (ceil(samples / 320)) adds at most one, a copy of the last
+        assert r["shape"][1] == r["ref_shape"][1] == SSL_320["hidden_size"], (kind, r)
+        assert 0 <= r["shape"][0] - r["ref_shape"][0] <= 1 and r["extra_frames_repeat_last"], (kind, r)
         assert r["max_abs_diff"] <= 1e-4 * max(r["ref_scale"], 1.0), (kind, r)
         assert r["frontend_frames"] == r["shape"][0] and r["frontend_dim"] == SSL_320["hidden_size"], (kind, r)
         assert all(r["freeze_prefixes_found"].values()), (kind, r)  # --freeze_param names real parameters
@@ -189,7 +190,7 @@ def espnet_lora_run(hf_models, tmp_path_factory) -> Path:
     def build(folder: Path) -> None:
         run_spx("run", "--backend", "espnet", CTC_RECIPE, "--run-dir", folder / "run", "--force",
                 f"model.encoder.pretrained={hf_models / 'hubert_s320'}", "model.encoder.layer_weighting=true",
-                "finetune.method=lora", "finetune.rank=4", "finetune.alpha=8", "training.epochs=3",
+                "finetune.method=lora", "finetune.rank=4", "finetune.alpha=8", "training.epochs=2",
                 "training.optimizer.lr=0.005", check=True)
 
     return build_once(shared_dir(tmp_path_factory, "espnet_lora_run"), build) / "run"
@@ -219,7 +220,7 @@ def test_lora_fine_tune_trains_adapters_and_new_layers_only_decodes_and_scores(e
     assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in exported.items())  # B starts at 0: it trained
     # ... and the run trained, decoded and scored (wiring: a tiny random base, few steps)
     curve = [json.loads(line) for line in (rd / "curve.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in curve] == [1, 2, 3] and curve[-1]["train_loss"] < 0.6 * curve[0]["train_loss"]
+    assert [r["epoch"] for r in curve] == [1, 2] and curve[-1]["train_loss"] < 0.7 * curve[0]["train_loss"]
     metrics = json.loads((rd / "metrics.json").read_text())
     print(f"espnet ssl_ctc LoRA tiny: WER {metrics['wer']:.3f} CER {metrics['cer']:.3f}")
     assert metrics["utterances"] == 40 and metrics["cer"] < 1.0

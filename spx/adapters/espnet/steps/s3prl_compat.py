@@ -54,6 +54,9 @@ def apply() -> list[str]:
 def build_frontend(pretrained: str, upstream: str, multilayer_feature: bool = False):
     """ESPnet's S3prlFrontend as ssl_ctc's config builds it (upstream hf_wav2vec2_custom / hf_hubert_custom,
     path_or_url = `pretrained`), in eval mode, after the shims: what the parity test compares with Transformers."""
+    from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
+
+    defer_unused_imports()  # s3prl imports espnet2's tasks: the same deferred imports as the child steps
     apply()
     from espnet2.asr.frontend.s3prl import S3prlFrontend
 
