@@ -128,9 +128,18 @@ def check(spec: Spec) -> None:
     if spec.augmentation.noise is not None:
         raise SpxError("augmentation.noise is not rendered for ESPnet by spx yet", where="augmentation.noise",
                        hint="remove augmentation.noise")
-    if spec.init_from and helpers.resolve_init(spec.init_from) is None:
-        raise SpxError(f"init_from {spec.init_from!r}: ESPnet ssl_ctc fine-tunes its own runs (a local *.pth), not a "
-                       "hub model", where="init_from", hint=f"give {INIT_FROM}")
+    if spec.init_from:
+        init = helpers.resolve_init(spec.init_from)
+        if init is None:
+            raise SpxError(f"init_from {spec.init_from!r}: ESPnet ssl_ctc fine-tunes its own runs (a local *.pth), "
+                           "not a hub model", where="init_from", hint=f"give {INIT_FROM}")
+        import yaml
+
+        with open(init["config"], encoding="utf-8") as fh:
+            if (yaml.safe_load(fh) or {}).get("use_adapter"):
+                raise SpxError(f"init_from {spec.init_from!r} is a LoRA run: its model file holds the adapters and "
+                               "new layers only (the base is its pretrained folder)", where="init_from",
+                               hint="fine-tune the pretrained folder again, or start from a full fine-tuning run")
 
 
 def freeze_params(spec: Spec) -> list[str]:
