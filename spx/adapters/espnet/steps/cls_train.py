@@ -16,36 +16,8 @@ from pathlib import Path
 
 from spx.adapters.common import child
 from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
-from spx.adapters.espnet.steps.train import parse_epoch_results
+from spx.adapters.espnet.steps.train import EpochListener
 from spx.yamlio import read_jsonl
-
-
-class EpochListener(logging.Handler):
-    """Per-epoch curve row + progress line from ESPnet's own epoch summary log record."""
-
-    def __init__(self, rd, max_epoch: int, start_step: int, counter: dict[str, int], accum: int):
-        super().__init__(level=logging.INFO)
-        self.rd, self.max_epoch, self.step, self.counter, self.accum = rd, max_epoch, start_step, counter, accum
-        self.t0, self.epochs_here = time.time(), 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            parsed = parse_epoch_results(record.getMessage())
-        except Exception:  # a log line spx cannot read must not break training; the row is simply missing
-            return
-        if parsed is None:
-            return
-        epoch, sec = parsed
-        tr, va = sec.get("train", {}), sec.get("valid", {})
-        self.step += self.counter.pop("iters", 0) // self.accum
-        self.epochs_here += 1
-        elapsed = time.time() - self.t0
-        row = {"epoch": epoch, "step": self.step, "train_loss": tr.get("loss"), "valid_loss": va.get("loss"),
-               "valid_acc": va.get("acc"), "lr": tr.get("optim0_lr0"), "time": round(elapsed, 2)}
-        child.append_curve(self.rd, row)
-        eta = elapsed / self.epochs_here * (self.max_epoch - epoch)
-        child.progress(epoch=epoch, epochs=self.max_epoch, step=self.step, train_loss=row["train_loss"],
-                       valid_loss=row["valid_loss"], valid_acc=row["valid_acc"], eta_s=round(eta, 1))
 
 
 def main(run_dir: str) -> None:
@@ -99,8 +71,8 @@ def main(run_dir: str) -> None:
             return model
 
     cfg = yaml.safe_load((rd / "native/conf/train_cls.yaml").read_text())
-    listener = EpochListener(rd, cfg["max_epoch"], rows[-1]["step"] if rows else 0, counter,
-                             spec.training.grad_accumulation)
+    listener = EpochListener(rd, cfg["max_epoch"], spec.training.grad_accumulation, counter,
+                             rows[-1]["step"] if rows else 0, metric=("acc", "valid_acc"))
     logging.getLogger().addHandler(listener)
     if done_epoch:
         print(f"spx: resuming from checkpoints/checkpoint.pth after epoch {done_epoch}", flush=True)

@@ -22,6 +22,10 @@ def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
         raise SystemExit(f"no trained ESPnet model in {rd / 'checkpoints'} (train_summary.json has no exported_model)")
 
     defer_unused_imports()
+    if spec.model.family == "ssl_ctc":  # before espnet2 imports s3prl (the model's frontend)
+        from spx.adapters.espnet.steps.s3prl_compat import apply
+
+        apply()
     import torch
     from espnet2.bin.asr_inference import Speech2Text
 

@@ -50,11 +50,14 @@ def parse_epoch_results(message: str) -> tuple[int, dict[str, dict[str, float]]]
 
 
 class EpochListener(logging.Handler):
-    """Per-epoch curve row + progress line, from ESPnet's own epoch summary log record (rank 0 only)."""
+    """Per-epoch curve row + progress line, from ESPnet's own epoch summary log record (rank 0 only). `metric`:
+    (the valid value ESPnet reports, its curve-row name), e.g. ("cer_ctc", "valid_cer") for ASR, ("acc",
+    "valid_acc") for the classifier."""
 
-    def __init__(self, rd, max_epoch: int, accum: int, counter: dict[str, int], start_step: int):
+    def __init__(self, rd, max_epoch: int, accum: int, counter: dict[str, int], start_step: int,
+                 metric: tuple[str, str] = ("cer_ctc", "valid_cer")):
         super().__init__(level=logging.INFO)
-        self.rd, self.max_epoch, self.accum, self.counter = rd, max_epoch, accum, counter
+        self.rd, self.max_epoch, self.accum, self.counter, self.metric = rd, max_epoch, accum, counter, metric
         self.step = start_step
         self.t0 = time.time()
         self.epochs_here = 0
@@ -71,12 +74,13 @@ class EpochListener(logging.Handler):
         self.step += self.counter.pop("iters", 0) // self.accum
         self.epochs_here += 1
         elapsed = time.time() - self.t0
+        espnet_key, name = self.metric
         row = {"epoch": epoch, "step": self.step, "train_loss": tr.get("loss"), "valid_loss": va.get("loss"),
-               "valid_cer": va.get("cer_ctc"), "lr": tr.get("optim0_lr0"), "time": round(elapsed, 2)}
+               name: va.get(espnet_key), "lr": tr.get("optim0_lr0"), "time": round(elapsed, 2)}
         child.append_curve(self.rd, row)
         eta = elapsed / self.epochs_here * (self.max_epoch - epoch)
         child.progress(epoch=epoch, epochs=self.max_epoch, step=self.step, train_loss=row["train_loss"],
-                       valid_loss=row["valid_loss"], eta_s=round(eta, 1))
+                       valid_loss=row["valid_loss"], **{name: row[name]}, eta_s=round(eta, 1))
 
 
 def token_list(path: Path) -> list[str]:
@@ -108,6 +112,21 @@ def init_args(spec, rd) -> list[str]:
     print(f"# spx: init_from vocabulary ({len(theirs or [])} tokens) differs from this run's ({len(ours)}): "
           "new CTC head (ctc.* not loaded)", file=sys.stderr, flush=True)
     return ["--init_param", f"{init['model']}:::ctc.", "--ignore_init_mismatch", "true"]
+
+
+def pretrained_check(spec, model) -> dict[str, Any] | None:
+    """ssl_ctc: the pretrained model it started from, and how many of its tensors are still bit-identical to what
+    ESPnet's s3prl frontend loaded (it keeps a copy: S3prlFrontend.pretrained_params); with the upstream frozen
+    (freeze: [encoder], finetune.method lora) every one."""
+    import torch
+
+    ref = getattr(getattr(model, "frontend", None), "pretrained_params", None)
+    if spec.model.family != "ssl_ctc" or ref is None:
+        return None
+    now = model.frontend.upstream.state_dict()
+    same = sum(1 for k, v in ref.items() if k in now and torch.equal(now[k].detach().cpu(), v.cpu()))
+    return {"pretrained": spec.model.encoder.pretrained, "pretrained_tensors": len(ref),
+            "pretrained_tensors_unchanged": same}
 
 
 def main(run_dir: str) -> None:
@@ -199,6 +218,11 @@ def main(run_dir: str) -> None:
         epochs=rows[-1]["epoch"] if rows else 0,
         steps=rows[-1]["step"] if rows else 0,
         params=info.get("params"),
+        trainable_params=info.get("trainable"),
+        frozen_params=info.get("frozen"),
+        lora_params=info.get("lora"),
+        init_from=spec.init_from,
+        init_details=pretrained_check(spec, info.get("model")),
         peak_memory_mb=round(child.peak_memory_mb(device), 1),
         last_checkpoint=real("checkpoint.pth"),
         best_checkpoint=real("valid.loss.best.pth"),
