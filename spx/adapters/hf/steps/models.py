@@ -157,10 +157,11 @@ def load_audio_classifier(source: str, classes: list[str], settings: dict[str, A
     config = AutoConfig.from_pretrained(base)
     overrides: dict[str, Any] = {"num_labels": len(classes), "label2id": {c: i for i, c in enumerate(classes)},
                                  "id2label": {i: c for i, c in enumerate(classes)}}
+    head = settings if settings is not None else info  # a LoRA export's base config knows nothing of the head
+    if head is not None:
+        overrides.update(classifier_proj_size=head["projector_dim"], use_weighted_layer_sum=head["layer_weighting"])
     if settings is not None:
-        overrides.update(classifier_proj_size=settings["projector_dim"],
-                         use_weighted_layer_sum=settings["layer_weighting"],
-                         **spec_augment_config("ssl_classifier", config, settings))
+        overrides.update(spec_augment_config("ssl_classifier", config, settings))
     model = AutoModelForAudioClassification.from_pretrained(base, ignore_mismatched_sizes=True, **overrides)
     if info and info["method"] == "lora":
         from peft import PeftModel

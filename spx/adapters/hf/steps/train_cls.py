@@ -56,7 +56,8 @@ def main(run_dir: str) -> None:
                                     preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))
 
     def export(trainer) -> Path:
-        info = {"family": "ssl_classifier", "model_type": describe["model_type"], "classes": classes}
+        info = {"family": "ssl_classifier", "model_type": describe["model_type"], "classes": classes,
+                "projector_dim": settings["projector_dim"], "layer_weighting": settings["layer_weighting"]}
         return common.export_model(rd, trainer, settings, source, info, lambda folder: fe.save_pretrained(str(folder)))
 
     common.train_with(rd, spec, make_trainer, export, describe, NEW_PARTS)
