@@ -39,6 +39,16 @@ def _finished_hf_cell(out: Path, pretrained: Path) -> Path:
     return cell
 
 
+def _same_cells_as_header(md: str) -> None:
+    """Each unsupported row of report.md has as many cells as its table's header."""
+    lines = md.splitlines()
+    rows = [i for i, line in enumerate(lines) if "| unsupported |" in line]
+    assert rows
+    for i in rows:
+        header = next(h for h in lines[:i][::-1] if h.startswith("| Recipe"))
+        assert lines[i].count("|") == header.count("|"), (lines[i], header)
+
+
 def test_bench_marks_a_refused_backend_unsupported_not_failed(tmp_path):
     pre = _fake_wav2vec2(tmp_path / "w2v")
     out = tmp_path / "bench"
@@ -58,6 +68,7 @@ def test_bench_marks_a_refused_backend_unsupported_not_failed(tmp_path):
     assert by["hf"]["wer"] == 0.0 and res["comparisons"] == []  # nothing to pair the hf cell with
     md = (out / "report.md").read_text()
     assert "| ssl_ctc_tiny | nemo | unsupported |" in md and "## Failures" not in md
+    _same_cells_as_header(md)
     assert "ssl_ctc_tiny-nemo: unsupported, not run (not a failure): model.family: spx's 'nemo' backend" in md
     speed = md.split("## Speed")[1].split("## Training cost")[0]
     assert "| nemo |" not in speed and "| hf |" in speed  # the speed and cost tables hold the cells that ran
@@ -120,9 +131,7 @@ def test_unsupported_tts_and_classification_cells_in_their_sections(tmp_path):
     cls_md = md.split("## Classification")[1].split("## Speed")[0]
     assert "| kws | hf | unsupported |" in cls_md and "kws-hf: unsupported, not run" in cls_md
     assert "## Accuracy" not in md and "## Failures" not in md
-    for line in (ln for ln in md.splitlines() if "| unsupported |" in ln):  # as many cells as the table's header
-        header = next(h for h in md.split(line)[0].splitlines()[::-1] if h.startswith("| Recipe"))
-        assert line.count("|") == header.count("|"), line
+    _same_cells_as_header(md)
     html = (out / "report.html").read_text()
     tts_html = html.split('id="tts-table"')[1].split("</table>")[0]
     cls_html = html.split('id="classification-table"')[1].split("</table>")[0]

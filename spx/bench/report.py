@@ -256,7 +256,7 @@ def render_md(res: dict[str, Any]) -> str:
             L.append(f"| {r['recipe']} | {r['backend']} | {pct(r['wer'])} | "
                      f"{f'[{pct(ci[0])}, {pct(ci[1])}]' if ci else '—'} | {pct(r['cer'])} | {r['substitutions']} | "
                      f"{r['deletions']} | {r['insertions']} | {r['words']} | {r['scored_utterances']} |")
-        L += md_unsupported(asr_unsupported, 8)
+        L += md_unsupported(asr_unsupported, 7)
         L.append("")
     if tts or tts_unsupported:
         L += md_tts(res, tts, tts_unsupported)
