@@ -28,11 +28,12 @@ Number = int | float
 
 class Status(msgspec.Struct, kw_only=True):
     state: Literal["rendered", "submitted", "running", "waiting", "finished", "failed", "interrupted", "cancelled",
-                   "unknown"]
+                   "unsupported", "unknown"]
     updated: str | None = None
     step: str | None = None
     completed_steps: list[str] = []
     error: str | None = None
+    reason: str | None = None  # state unsupported (a bench cell): why the backend refused the recipe
     log: str | None = None
     backend: str | None = None
     launcher: str | None = None

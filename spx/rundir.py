@@ -31,7 +31,8 @@ from spx.errors import SpxError
 from spx.yamlio import atomic_write_json
 
 # waiting: its steps up to the first timed one are done (`spx bench` runs the timed steps one cell at a time)
-State = Literal["rendered", "submitted", "running", "waiting", "finished", "failed", "interrupted", "cancelled"]
+State = Literal["rendered", "submitted", "running", "waiting", "finished", "failed", "interrupted", "cancelled",
+                "unsupported"]
 LaunchMode = Literal["single", "torchrun", "tasks", "self"]
 
 

@@ -41,7 +41,7 @@ def test_registry_and_adapter_declare_hf():
     from spx.registry import BACKENDS
 
     assert BACKENDS["hf"].probe_module == "transformers" and BACKENDS["hf"].distribution == "transformers"
-    assert get_adapter("hf").tasks == {"asr": {"ssl_ctc", "whisper"}}
+    assert get_adapter("hf").tasks == {"asr": {"ssl_ctc", "whisper"}, "classification": {"ssl_classifier"}}
 
 
 def test_ssl_ctc_renders_training_arguments_and_lora(tmp_path):

@@ -17,14 +17,15 @@ from spx.yamlio import atomic_write_text
 TTS_CSV_COLUMNS = (["task", "vocoder"] + [f"{k}{suffix}" for k in TTS_METRICS for suffix in ("", "_ci_low", "_ci_high")]
                    + [f"judge_{k}{suffix}" for k in TTS_RATES for suffix in ("", "_ci_low", "_ci_high")]
                    + ["judge", "synthesis_rtf"])
-# classification columns come last, for the same reason
+# classification columns come after those, for the same reason; last `unsupported`: why the backend refused the
+# recipe (state unsupported: the cell did not run, and is no failure)
 CLASSIFICATION_CSV_COLUMNS = ["accuracy", "accuracy_ci_low", "accuracy_ci_high", "macro_f1", "classes",
                               "unknown_predictions"]
 CSV_COLUMNS = ["recipe", "backend", "state", "wer", "wer_ci_low", "wer_ci_high", "cer", "substitutions", "deletions",
                "insertions", "words", "utterances", "rtf", "rtfx", "rtfx_min", "rtfx_max", "decode_seconds_median",
                "audio_seconds", "device", "dtype", "batch_size", "threads", "warmup_batches", "repeats",
                "train_wall_s", "epochs", "s_per_epoch", "peak_memory_mb", "params", "seed", "normalizer", "run_dir",
-               "error", "log"] + TTS_CSV_COLUMNS + CLASSIFICATION_CSV_COLUMNS
+               "error", "log"] + TTS_CSV_COLUMNS + CLASSIFICATION_CSV_COLUMNS + ["unsupported"]
 COMPARISON_CSV_COLUMNS = ["recipe", "metric", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value",
                           "utterances", "samples", "higher_is_better", "better"]
 TEX_TTS_KEYS = ("dnsmos_ovrl", "distillmos", "utmos", "wer", "mcd", "speaker_similarity")  # what fits a paper column
@@ -72,9 +73,29 @@ def flat_row(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- row kinds
+def failed_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in res["rows"] if "error" in r]
+
+
+def done_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cells that ran to the end (neither failed nor unsupported)."""
+    return [r for r in res["rows"] if "error" not in r and "unsupported" not in r]
+
+
+def unsupported_rows(res: dict[str, Any], task: str | None = None) -> list[dict[str, Any]]:
+    """The cells whose backend refused the recipe (state unsupported, `unsupported`: the adapter's reason), of one
+    task (asr: also a cell whose spec names no task) or of all."""
+    return [r for r in res["rows"] if "unsupported" in r and (task is None or (r.get("task") or "asr") == task)]
+
+
+def unsupported_notes(rows: list[dict[str, Any]]) -> list[str]:
+    return [f"{r['recipe']}-{r['backend']}: unsupported, not run (not a failure): {r['unsupported']}" for r in rows]
+
+
 # ---------------------------------------------------------------- classification helpers
 def classification_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in res["rows"] if r.get("task") == "classification" and "error" not in r]
+    return [r for r in done_rows(res) if r.get("task") == "classification"]
 
 
 def accuracy_cell(r: dict[str, Any]) -> str:
@@ -120,7 +141,7 @@ def accuracy_diff(x: float) -> str:
 
 # ---------------------------------------------------------------- TTS helpers
 def tts_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in res["rows"] if r.get("task") == "tts" and "error" not in r]
+    return [r for r in done_rows(res) if r.get("task") == "tts"]
 
 
 def tts_label(key: str) -> str:
@@ -218,14 +239,16 @@ def audio_source(path: str | None) -> dict[str, str]:
 def render_md(res: dict[str, Any]) -> str:
     rows = res["rows"]
     ok = [r for r in rows if r.get("wer") is not None]
-    done = [r for r in rows if "error" not in r]
+    done = done_rows(res)
     tts = tts_rows(res)
+    asr_unsupported = unsupported_rows(res, "asr")
     L = ["# spx bench report", "", f"Generated {res['generated']}. Normalizer: "
          f"`{res['scoring']['normalizer']['name']}` ({res['scoring']['normalizer']['implementation']} "
          f"{res['scoring']['normalizer'].get('version') or ''}). WER/CER are corpus level; intervals are 95% paired "
          f"bootstrap over utterances.", ""]
     cls = classification_rows(res)
-    if ok or not (tts or cls):
+    tts_unsupported, cls_unsupported = unsupported_rows(res, "tts"), unsupported_rows(res, "classification")
+    if ok or asr_unsupported or not (tts or cls or tts_unsupported or cls_unsupported):
         L += ["## Accuracy", "", "| Recipe | Backend | WER % | 95% CI | CER % | Sub | Del | Ins | Words | Utts |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in ok:
@@ -233,11 +256,12 @@ def render_md(res: dict[str, Any]) -> str:
             L.append(f"| {r['recipe']} | {r['backend']} | {pct(r['wer'])} | "
                      f"{f'[{pct(ci[0])}, {pct(ci[1])}]' if ci else '—'} | {pct(r['cer'])} | {r['substitutions']} | "
                      f"{r['deletions']} | {r['insertions']} | {r['words']} | {r['scored_utterances']} |")
+        L += md_unsupported(asr_unsupported, 7)
         L.append("")
-    if tts:
-        L += md_tts(res, tts)
-    if cls:
-        L += md_classification(res, cls)
+    if tts or tts_unsupported:
+        L += md_tts(res, tts, tts_unsupported)
+    if cls or cls_unsupported:
+        L += md_classification(res, cls, cls_unsupported)
     L += ["## Speed", "", "| Recipe | Backend | RTFx (median) | RTFx range | RTF | Decode s (median) | Audio s | "
           "Device | dtype | Batch | Threads | Warmup | Repeats |", "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in done:
@@ -282,7 +306,7 @@ def render_md(res: dict[str, Any]) -> str:
         for r in other:
             L.append(f"- {r['recipe']} / {r['backend']} ({r.get('task')}): " +
                      ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["metrics"].items()))
-    failed = [r for r in rows if "error" in r]
+    failed = failed_rows(res)
     if failed:
         L += ["", "## Failures", "", "| Recipe | Backend | Task | State | Error | Log |", "|---|---|---|---|---|---|"]
         for r in failed:
@@ -305,7 +329,15 @@ def render_md(res: dict[str, Any]) -> str:
     return "\n".join(L) + "\n"
 
 
-def md_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> list[str]:
+def md_unsupported(rows: list[dict[str, Any]], empty_cells: int) -> list[str]:
+    """Table rows of a task section for its unsupported cells ("unsupported" and dashes), then the reasons."""
+    if not rows:
+        return []
+    L = [f"| {r['recipe']} | {r['backend']} | unsupported |" + " — |" * empty_cells for r in rows]
+    return L + [""] + [f"- {n}" for n in unsupported_notes(rows)]
+
+
+def md_tts(res: dict[str, Any], tts: list[dict[str, Any]], unsupported: list[dict[str, Any]] = ()) -> list[str]:
     """The TTS quality table of report.md (one row per recipe x backend, vocoder disclosed) and its notes."""
     cols = tts_columns(tts)
     L = ["## TTS quality", "",
@@ -318,17 +350,20 @@ def md_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> list[str]:
         L.append(f"| {r['recipe']} | {r['backend']} | {r.get('vocoder') or 'unknown'} | "
                  + " | ".join(tts_cell(r, k) for k in cols)
                  + f" | {num(r.get('synthesis_rtf'), 3)} | {r.get('utterances')} |")
+    L += md_unsupported(list(unsupported), len(cols) + 2)
     L.append("")
     L += [f"- {n}" for n in tts_notes(res)]
     return L + [""]
 
 
-def md_classification(res: dict[str, Any], cls: list[dict[str, Any]]) -> list[str]:
+def md_classification(res: dict[str, Any], cls: list[dict[str, Any]],
+                      unsupported: list[dict[str, Any]] = ()) -> list[str]:
     """report.md's classification section: accuracy per recipe x backend, pairwise accuracy differences, and the
     per-class precision / recall / F1 (the confusion matrices are figures in report.html)."""
     L = ["## Classification", "", CLASSIFICATION_NOTE, "", "| " + " | ".join(CLASSIFICATION_HEAD) + " |",
          "|---|---|" + "---:|" * (len(CLASSIFICATION_HEAD) - 2)]
     L += ["| " + " | ".join(cells) + " |" for cells in classification_table_rows(cls)]
+    L += md_unsupported(list(unsupported), len(CLASSIFICATION_HEAD) - 3)
     comps = res.get("classification_comparisons") or []
     if comps:
         L += ["", "### Pairwise accuracy differences (paired bootstrap)", "",
@@ -388,23 +423,38 @@ def render_tex(res: dict[str, Any]) -> str:
     ok = [r for r in res["rows"] if r.get("wer") is not None]
     tts = tts_rows(res)
     cls = classification_rows(res)
-    if ok or not (tts or cls):
-        out = render_tex_asr(res, ok)
+    unsupported = {task: unsupported_rows(res, task) for task in ("asr", "tts", "classification")}
+    if ok or unsupported["asr"] or not (tts or cls or unsupported["tts"] or unsupported["classification"]):
+        out = render_tex_asr(res, ok, unsupported["asr"])
     else:
         out = "% spx bench: paste into a document with \\usepackage{booktabs}\n"
-    return out + (tex_tts(res, tts) if tts else "") + (tex_classification(res, cls) if cls else "")
+    return (out + (tex_tts(res, tts, unsupported["tts"]) if tts or unsupported["tts"] else "")
+            + (tex_classification(res, cls, unsupported["classification"]) if cls or unsupported["classification"]
+               else ""))
 
 
-def tex_classification(res: dict[str, Any], cls: list[dict[str, Any]]) -> str:
+def tex_unsupported(rows: list[dict[str, Any]], columns: int) -> tuple[list[str], str]:
+    """(table rows, caption sentence) for a task's unsupported cells: the row says unsupported, the caption why."""
+    lines = [f"{_tex(r['recipe'])} & {_tex(r['backend'])} & \\multicolumn{{{columns}}}{{l}}{{unsupported}} \\\\"
+             for r in rows]
+    caption = (" Unsupported, not run: " + "; ".join(f"{_tex(r['backend'])} on {_tex(r['recipe'])}: "
+                                                      f"{_tex(r['unsupported'])}" for r in rows) + ".") if rows else ""
+    return lines, caption
+
+
+def tex_classification(res: dict[str, Any], cls: list[dict[str, Any]],
+                       unsupported: list[dict[str, Any]] = ()) -> str:
     """booktabs tables: accuracy / macro-F1 per recipe x backend and the pairwise accuracy differences."""
     L = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{llrrrrr}", r"\toprule",
          r"Recipe & Backend & Acc.\ (\%) & 95\% CI & Macro-F1 (\%) & RTFx & Train s \\", r"\midrule"]
     for cells in classification_table_rows(cls):
         recipe, backend, acc, ci, f1, _, _, rtfx, train = (_tex(c).replace("—", "--") for c in cells)
         L.append(f"{recipe} & {backend} & {acc} & {ci} & {f1} & {rtfx} & {train} \\\\")
+    lines, why = tex_unsupported(list(unsupported), 5)
+    L += lines
     L += [r"\bottomrule", r"\end{tabular}",
           r"\caption{Classification accuracy over the test rows with 95\% bootstrap CIs; macro-F1 = unweighted mean "
-          r"of the per-class F1. RTFx = audio seconds / median decode seconds.}", r"\label{tab:spx-bench-cls}",
+          r"of the per-class F1. RTFx = audio seconds / median decode seconds." + why + "}", r"\label{tab:spx-bench-cls}",
           r"\end{table}"]
     comps = res.get("classification_comparisons") or []
     if comps:
@@ -420,7 +470,7 @@ def tex_classification(res: dict[str, Any], cls: list[dict[str, Any]]) -> str:
     return "\n".join(L) + "\n"
 
 
-def tex_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> str:
+def tex_tts(res: dict[str, Any], tts: list[dict[str, Any]], unsupported: list[dict[str, Any]] = ()) -> str:
     """booktabs tables: TTS quality per recipe x backend (vocoder disclosed) and the pairwise differences."""
     cols = tts_columns(tts, TEX_TTS_KEYS)
     head = " & ".join(_tex(tts_label(k) + (" (%)" if k in TTS_RATES else "")) for k in cols)
@@ -430,11 +480,14 @@ def tex_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> str:
         L.append(f"{_tex(r['recipe'])} & {_tex(r['backend'])} & {_tex(r.get('vocoder') or 'unknown')} & "
                  + " & ".join(_tex(tts_cell(r, k)).replace("—", "--") for k in cols)
                  + f" & {num(r.get('synthesis_rtf'), 3).replace('—', '--')} \\\\")
+    lines, why = tex_unsupported(list(unsupported), len(cols) + 2)
+    L += lines
     judges = "; ".join(sorted({judge_str(r.get("judge")) for r in tts if r.get("judge")})) or "n/a"
     L += [r"\bottomrule", r"\end{tabular}",
           r"\caption{TTS quality: means over the test sentences with 95\% bootstrap CIs. MOS proxies 1--5 (higher is "
           r"better); judge WER of " + _tex(judges) + r" on the synthesized audio; MCD against the reference "
-          r"recording. Synthesis RTF = synthesis seconds / audio seconds.}", r"\label{tab:spx-bench-tts}", r"\end{table}"]
+          r"recording. Synthesis RTF = synthesis seconds / audio seconds." + why + "}", r"\label{tab:spx-bench-tts}",
+          r"\end{table}"]
     comps = res.get("tts_comparisons") or []
     if comps:
         L += [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{lllrrrl}", r"\toprule",
@@ -449,7 +502,7 @@ def tex_tts(res: dict[str, Any], tts: list[dict[str, Any]]) -> str:
     return "\n".join(L) + "\n"
 
 
-def render_tex_asr(res: dict[str, Any], ok: list[dict[str, Any]]) -> str:
+def render_tex_asr(res: dict[str, Any], ok: list[dict[str, Any]], unsupported: list[dict[str, Any]] = ()) -> str:
     L = ["% spx bench: paste into a document with \\usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
          r"\begin{tabular}{llrrrrr}", r"\toprule",
          r"Recipe & Backend & WER (\%) & 95\% CI & CER (\%) & RTFx & Params \\", r"\midrule"]
@@ -459,13 +512,15 @@ def render_tex_asr(res: dict[str, Any], ok: list[dict[str, Any]]) -> str:
         L.append(f"{_tex(r['recipe'])} & {_tex(r['backend'])} & {pct(r['wer'])} & "
                  f"{f'[{pct(ci[0])}, {pct(ci[1])}]' if ci else '--'} & {pct(r['cer'])} & "
                  f"{('%.1f' % s['rtfx']) if s else '--'} & {_tex(params_str(r.get('params')))} \\\\")
+    lines, why = tex_unsupported(list(unsupported), 5)
+    L += lines
     devs = sorted({f"{(r.get('speed') or {}).get('device')}, {(r.get('speed') or {}).get('dtype')}, batch "
                    f"{(r.get('speed') or {}).get('batch_size')}, {(r.get('speed') or {}).get('threads')} threads"
                    for r in ok if r.get("speed")})
     L += [r"\bottomrule", r"\end{tabular}",
           r"\caption{Corpus-level WER/CER after " + _tex(res["scoring"]["normalizer"]["name"]) +
           r" normalization; 95\% paired-bootstrap CIs. RTFx = audio seconds / median decode seconds (" +
-          _tex("; ".join(devs) or "n/a") + ").}", r"\label{tab:spx-bench}", r"\end{table}"]
+          _tex("; ".join(devs) or "n/a") + ")." + why + "}", r"\label{tab:spx-bench}", r"\end{table}"]
     return "\n".join(L) + "\n"
 
 
@@ -527,8 +582,8 @@ def render_html(res: dict[str, Any]) -> str:
         cls_comparisons=res.get("classification_comparisons") or [], per_class=per_class_tables(cls),
         accuracy_diff=accuracy_diff,
         res=res, ok=[r for r in res["rows"] if r.get("wer") is not None],
-        done=[r for r in res["rows"] if "error" not in r],
-        failed=[r for r in res["rows"] if "error" in r],
+        done=done_rows(res), failed=failed_rows(res),
+        unsupported={task: unsupported_rows(res, task) for task in ("asr", "tts", "classification")},
         clocks="; ".join(sorted({str(r["speed"].get("clock")) for r in res["rows"] if r.get("speed")})) or "—", figures=figures, pct=pct, num=num,
         params_str=params_str, p_str=p_str, repro=repro_lines(res), markup=jinja2.utils.markupsafe.Markup)
 

@@ -125,6 +125,10 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
         curves[cell_key(cell["recipe"], cell["backend"])] = [
             {k: r.get(k) for k in ("epoch", "step", "train_loss", "valid_loss", "valid_wer", "lr", "time")}
             for r in cell["curve"]]
+        if row["state"] == "unsupported":  # the backend refused the recipe before anything ran: not a failure
+            row["unsupported"] = st.get("reason") or "the backend does not support this recipe"
+            rows.append(row)
+            continue
         ok = row["state"] == "finished" and cell["hyps"]
         if not ok:
             row["error"] = st.get("error") or (f"state {row['state']!r}" if row["state"] != "finished"

@@ -78,6 +78,53 @@ def _record_failure(cell: Path, backend: str, recipe: Path, exc: BaseException) 
         rd.set_status("failed", log=str(log))
 
 
+def refusal(spec, backend: str) -> str | None:
+    """Why `backend` cannot run `spec` (its adapter's supports() refused it, before anything is written), or None.
+    The bench marks such a cell unsupported, with this reason, instead of running it into a failure."""
+    from spx.adapters import get_adapter
+
+    try:
+        get_adapter(backend).supports(spec)
+    except SpxError as exc:
+        return exc.one_line() + (f" (hint: {exc.hint})" if exc.hint else "")
+    return None
+
+
+def check_some_backend_runs(specs: list[tuple[Path, Any]], backends: list[str]) -> dict[tuple[Path, str], str]:
+    """{(recipe, backend): reason} of the cells whose backend refuses the recipe; a recipe that every backend of the
+    matrix refuses is one SpxError naming each reason (nothing would run for it: bad input, or the wrong backends)."""
+    refused: dict[tuple[Path, str], str] = {}
+    for recipe, spec in specs:
+        for backend in backends:
+            why = refusal(spec, backend)
+            if why is not None:
+                refused[(recipe, backend)] = why
+        if all((recipe, b) in refused for b in backends):
+            raise SpxError(f"{recipe}: no backend of the bench runs it: "
+                           + "; ".join(f"{b}: {refused[(recipe, b)]}" for b in backends),
+                           hint="fix the recipe, or bench it on backends that have its task and model family "
+                                "(--backends; without it spx picks them)")
+    return refused
+
+
+def record_unsupported(cell: Path, backend: str, recipe: Path, spec, reason: str) -> None:
+    """An unsupported cell on disk, for the report (also --report-only): its spec.yaml (the task the report files it
+    under), backend and status.json state unsupported with the reason. What an earlier run left there is replaced,
+    as a re-run of a changed cell replaces it."""
+    import shutil
+
+    from spx.rundir import RunDir
+    from spx.spec import spec_to_yaml
+    from spx.yamlio import atomic_write_text
+
+    if cell.exists():
+        shutil.rmtree(cell)
+    cell.mkdir(parents=True)
+    atomic_write_text(cell / "spec.yaml", spec_to_yaml(spec))
+    atomic_write_text(cell / "backend", backend + "\n")
+    RunDir(cell).set_status("unsupported", reason=reason, recipe=str(recipe), backend=backend)
+
+
 class MatrixView:
     """Live table of the matrix: state, step, latest progress line of each cell (read from its files)."""
 
@@ -120,7 +167,7 @@ class MatrixView:
                 st = {}
             state = self.note.get(cell) or st.get("state", "pending")
             color = {"finished": "green", "failed": "red", "running": "yellow", "waiting": "blue",
-                     "skipped": "cyan"}.get(state, "white")
+                     "skipped": "cyan", "unsupported": "magenta"}.get(state, "white")
             elapsed = f"{time.time() - self.started[cell]:.0f}s" if cell in self.started and state == "running" else ""
             step = st.get("step") if state in ("running", "waiting") else ""
             t.add_row(f"{recipe}-{backend}", f"[{color}]{state}[/]", step or "", self._progress(cell, step), elapsed)
@@ -168,11 +215,17 @@ def run_bench(recipes: list[Path], backends: list[str] | None, out: Path, force:
     if len(set(stems)) != len(stems):
         raise SpxError(f"two recipes share a file name ({', '.join(stems)}): cells are named <recipe>-<backend>",
                        hint="rename one of the recipe files")
-    matrix = [(r, spec, b, cell_path(out, r, b)) for r, spec in specs for b in backends]
+    refused = check_some_backend_runs(specs, backends)
+    matrix = [(r, spec, b, cell_path(out, r, b)) for r, spec in specs for b in backends if (r, b) not in refused]
     (out / "runs").mkdir(parents=True, exist_ok=True)
 
     if dry_run:
+        for (recipe, backend), why in refused.items():
+            console.print(f"{cell_path(out, recipe, backend).name}: unsupported, would not run: {why}", highlight=False)
         return _render_only(matrix, force, console), []
+    for (recipe, backend), why in refused.items():  # not failures: the report shows them, the exit status ignores them
+        record_unsupported(cell_path(out, recipe, backend), backend, recipe, dict(specs)[recipe], why)
+        console.log(f"{cell_path(out, recipe, backend).name}: unsupported: {why}")
     if launcher == "slurm":
         return _submit_slurm(matrix, out, force, seed, console), []
 
@@ -185,7 +238,8 @@ def run_bench(recipes: list[Path], backends: list[str] | None, out: Path, force:
     if jobs is None:
         jobs = parallel_cells([spec for _, spec, _, _ in matrix])
         command += f" --jobs {jobs}"  # the recorded command says what ran, whatever machine re-runs it
-    view = MatrixView([(r.stem, b, c) for r, _, b, c in matrix])
+    view = MatrixView([(r.stem, b, c) for r, _, b, c in matrix]
+                      + [(r.stem, b, cell_path(out, r, b)) for r, b in refused])
     t_all = time.time()
     failed_now: list[str] = []
 
@@ -388,17 +442,21 @@ def print_summary(res: dict[str, Any], console) -> None:
 
     from spx.bench.report import params_str, pct
 
+    from spx.bench.report import failed_rows, unsupported_rows
+
     rows = res["rows"]
-    tts_rows = [r for r in rows if r.get("task") == "tts" and "error" not in r]
-    cls_rows = [r for r in rows if r.get("task") == "classification" and "error" not in r]
+    failed = failed_rows(res)
+    tts_rows = [r for r in rows if r.get("task") == "tts" and r not in failed]
+    cls_rows = [r for r in rows if r.get("task") == "classification" and r not in failed]
     asr_rows = [r for r in rows if r not in tts_rows and r not in cls_rows]
     if asr_rows:
         t = Table(title="spx bench results", box=box.SIMPLE_HEAD, pad_edge=False)
         for col in ("recipe", "backend", "WER % [95% CI]", "CER %", "RTFx", "train s", "params"):
             t.add_column(col, justify="left" if col in ("recipe", "backend") else "right", no_wrap=True)
         for r in asr_rows:
-            if "error" in r:
-                t.add_row(r["recipe"], r["backend"], f"[red]{r['state']}[/]", "—", "—", "—", "—")
+            if "error" in r or "unsupported" in r:
+                t.add_row(r["recipe"], r["backend"], f"[{'red' if 'error' in r else 'magenta'}]{r['state']}[/]", "—",
+                          "—", "—", "—")
                 continue
             ci = r.get("wer_ci")
             s = r.get("speed") or {}
@@ -416,6 +474,9 @@ def print_summary(res: dict[str, Any], console) -> None:
             return "—" if v is None else (pct(v) if key == "wer" else f"{v:.2f}")
 
         for r in tts_rows:
+            if "unsupported" in r:
+                t.add_row(r["recipe"], r["backend"], f"[magenta]{r['state']}[/]", *["—"] * 6)
+                continue
             rtf = r.get("synthesis_rtf")
             t.add_row(r["recipe"], r["backend"], str(r.get("vocoder") or "—"), num(r, "dnsmos_ovrl"), num(r, "distillmos"),
                       num(r, "wer"), num(r, "mcd"), "—" if rtf is None else f"{rtf:.3f}",
@@ -428,11 +489,16 @@ def print_summary(res: dict[str, Any], console) -> None:
         for col in ("recipe", "backend", "accuracy % [95% CI]", "macro-F1 %", "RTFx", "train s"):
             t.add_column(col, justify="left" if col in ("recipe", "backend") else "right", no_wrap=True)
         for r in cls_rows:
+            if "unsupported" in r:
+                t.add_row(r["recipe"], r["backend"], f"[magenta]{r['state']}[/]", *["—"] * 3)
+                continue
             s = r.get("speed") or {}
             t.add_row(r["recipe"], r["backend"], f"{pct(r.get('accuracy'))} {accuracy_cell(r)}", pct(r.get("macro_f1")),
                       f"{s['rtfx']:.1f}" if s else "—", num_str(r.get("train_wall_s"), 0))
         console.print(t)
-    for r in rows:
-        if "error" in r:
-            console.print(f"[red]{r['recipe']}-{r['backend']} {r['state']}[/]: {r.get('error')}\n  log: {r.get('log') or r['run_dir']}",
-                          highlight=False)
+    for r in unsupported_rows(res):
+        console.print(f"[magenta]{r['recipe']}-{r['backend']} unsupported[/] (not run, not a failure): {r['unsupported']}",
+                      highlight=False)
+    for r in failed:
+        console.print(f"[red]{r['recipe']}-{r['backend']} {r['state']}[/]: {r.get('error')}\n  log: {r.get('log') or r['run_dir']}",
+                      highlight=False)

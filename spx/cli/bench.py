@@ -50,7 +50,8 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
 
     With no RECIPES, runs the tiny conformer_ctc recipe on the embedded demo corpus (test voices held out).
     Writes OUT/report.md, report.html, report.tex, results.json, results.csv. Exits 1 when a cell failed
-    (the report is still written, with the failure and its log).
+    (the report is still written, with the failure and its log). A backend that does not run a recipe (its family,
+    task or settings) gives an `unsupported` cell with the reason: reported, not run, not a failure.
 
     \b
     Examples:

@@ -11,7 +11,7 @@ import click
 
 from spx.cli.common import CONTEXT, echo_json
 
-TERMINAL = ("finished", "failed", "cancelled", "interrupted")
+TERMINAL = ("finished", "failed", "cancelled", "interrupted", "unsupported")  # unsupported: a bench cell never run
 
 
 def _run_dirs(paths: tuple[Path, ...]) -> list[Path]:

@@ -168,6 +168,16 @@ class SslCtc(Strict):
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before the CTC head")
 
 
+class SslClassifier(Strict):
+    """A pretrained self-supervised encoder (wav2vec2 / HuBERT / WavLM), mean-pooled over time, with a new class
+    layer (a projector and a linear classifier: Transformers' AutoModelForAudioClassification), fine-tuned on the
+    job's labels (task: classification)."""
+    family: Literal["ssl_classifier"] = "ssl_classifier"
+    encoder: PretrainedEncoder
+    projector_dim: int = Field(256, ge=8, description="width of the projection between the pooled encoder output "
+                               "and the class layer (Transformers' classifier_proj_size)")
+
+
 class Whisper(Strict):
     """A pretrained Whisper encoder-decoder fine-tuned on the job's data with its own tokenizer (the spec's
     tokenizer: section does not apply)."""
@@ -202,13 +212,13 @@ class FineTune(Strict):
         return self
 
 
-ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits, HifiGan, SslCtc, Whisper, KwsClassifier],
-                      Field(discriminator="family")]
+ModelSpec = Annotated[Union[ConformerCTC, Tacotron2, FastSpeech2, Vits, HifiGan, SslCtc, Whisper, KwsClassifier,
+                            SslClassifier], Field(discriminator="family")]
 ASR_FAMILIES = {"conformer_ctc", "ssl_ctc", "whisper"}
 # families that start from a pretrained model named in the spec (model.encoder.pretrained / model.pretrained)
-PRETRAINED_FAMILIES = {"ssl_ctc", "whisper"}
+PRETRAINED_FAMILIES = {"ssl_ctc", "whisper", "ssl_classifier"}
 TTS_FAMILIES = {"tacotron2", "fastspeech2", "vits", "hifigan"}  # hifigan: a vocoder job
-CLASSIFICATION_FAMILIES = {"kws_classifier"}
+CLASSIFICATION_FAMILIES = {"kws_classifier", "ssl_classifier"}
 
 
 # ---------------------------------------------------------------- the rest of the job

@@ -62,7 +62,7 @@ def check_freeze_layers(spec: Spec, config: dict[str, Any] | None) -> None:
 
 
 def check_common(spec: Spec, family: str) -> None:
-    """What neither hf family renders: refused by key before anything is written."""
+    """What no hf family renders: refused by key before anything is written."""
     tr = spec.training
     if tr.batch_seconds is not None:
         raise SpxError("training.batch_seconds (dynamic batches) is not rendered by the hf backend: Trainer batches "
@@ -120,18 +120,25 @@ def resolve_init_from(init_from: str, family: str) -> Path:
 
 
 def data_rows(spec: Spec, path: str) -> list[dict[str, Any]]:
-    """Training/validation rows for datasets: cleaned text, the spec's duration filters, empty texts dropped."""
+    """Training/validation rows for datasets, the spec's duration filters applied: ASR rows carry the cleaned text
+    (empty texts dropped), classification rows the label (every row has one: labels.check_labels ran first)."""
     from spx.adapters.common.child import clean_transcript
     from spx.manifests import iter_manifest
 
     d = spec.data
     rows = []
     for u in iter_manifest(path):
-        text = clean_transcript(u.text or "", spec.tokenizer.lowercase)
-        if not text or (d.max_duration is not None and u.duration > d.max_duration) or (
+        if (d.max_duration is not None and u.duration > d.max_duration) or (
                 d.min_duration is not None and u.duration < d.min_duration):
             continue
-        rows.append({"id": u.id, "audio": u.audio, "offset": u.offset, "duration": u.duration, "text": text})
+        row = {"id": u.id, "audio": u.audio, "offset": u.offset, "duration": u.duration}
+        if spec.task == "classification":
+            row["label"] = str(u.label)
+        else:
+            row["text"] = clean_transcript(u.text or "", spec.tokenizer.lowercase)
+            if not row["text"]:
+                continue
+        rows.append(row)
     if not rows:
         raise SpxError(f"no usable utterances in {path} (all empty or filtered by duration)",
                        hint="check data.* and data.min_duration/max_duration")
@@ -216,7 +223,7 @@ def finetune_settings(spec: Spec, default_targets: list[str], head: list[str]) -
 
 
 def render_common(spec: Spec, run_dir: RunDir, family: str, settings: dict[str, Any], args: dict[str, Any],
-                  train_step: str) -> list[Step]:
+                  train_step: str, decode_step: str = "decode") -> list[Step]:
     """Write native/ and return the steps: train (torchrun: one process per device) and the timed decode."""
     native = run_dir / "native"
     native.mkdir(parents=True, exist_ok=True)
@@ -237,7 +244,7 @@ def render_common(spec: Spec, run_dir: RunDir, family: str, settings: dict[str, 
     return [
         Step("train", [py, "-m", f"{MODULE}.steps.{train_step}", str(run_dir)], launch="torchrun", log="train.log",
              env=env),
-        Step("decode", [py, "-m", f"{MODULE}.steps.decode", str(run_dir)], timed=True,
+        Step("decode", [py, "-m", f"{MODULE}.steps.{decode_step}", str(run_dir)], timed=True,
              env={"TOKENIZERS_PARALLELISM": "false"}),
     ]
 

@@ -155,6 +155,86 @@ def make_trainer_class(base, opt: dict[str, Any], head: tuple[str, ...], hold_st
     return SpxTrainer
 
 
+def feature_extractor(source: str):
+    """The checkpoint's own feature extractor; a folder without preprocessor_config.json gets Wav2Vec2FeatureExtractor
+    defaults (16 kHz, normalized input), and the log says so."""
+    from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
+
+    try:
+        return AutoFeatureExtractor.from_pretrained(source)
+    except OSError:
+        log(f"{source} has no preprocessor_config.json: Wav2Vec2FeatureExtractor defaults (normalized input)")
+        return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                        return_attention_mask=True)
+
+
+def prepare_model(model, settings: dict[str, Any], describe: dict[str, Any], source: str, model_type: str,
+                  encoder: torch.nn.Module, encoder_layers, freeze_feature_extractor: Callable[[], None],
+                  after_lora: Callable[[Any], None] | None = None):
+    """What every hf train step does to the loaded model before the Trainer gets it: the spec's freeze items,
+    peft LoRA (finetune.method lora), the family's own step (`after_lora`: ssl_ctc's attention adapters), and the
+    parameter counts in `describe` (train_summary.json). Returns the model (a PeftModel with LoRA)."""
+    frozen = freeze_parameters(model, settings["freeze"], encoder_layers, freeze_feature_extractor, encoder)
+    if frozen:
+        log(f"frozen: {frozen} parameter tensors ({', '.join(settings['freeze'])})")
+    lora = settings["method"] == "lora"
+    if lora:
+        model = apply_lora(model, settings)
+    if after_lora is not None:
+        after_lora(model)
+    describe.update(param_report(model, lora), model_type=model_type, frozen_parameters=frozen)
+    log(f"{model_type} from {source}: {describe['params']} parameters, {describe['trainable_params']} trainable"
+        + (f" ({describe['lora_params']} LoRA)" if lora else ""))
+    return model
+
+
+def build_trainer(trainer_cls, args_cls, args_kw: dict[str, Any], settings: dict[str, Any], head: tuple[str, ...],
+                  model, records: "RecordsCallback", rd, sample_rate: int,
+                  encode: Callable[[dict[str, Any], np.ndarray], dict[str, Any]], collate, **kwargs):
+    """The Trainer set-up of every hf family: `args_cls(**native/training_args.json)`, spx's Trainer subclass
+    (parameter groups, held pretrained part, LoRA saving), the records and early-stopping callbacks, and the
+    datasets of native/train.jsonl and valid.jsonl. `kwargs` go to the Trainer (processing_class, compute_metrics,
+    preprocess_logits_for_metrics)."""
+    from transformers import EarlyStoppingCallback
+
+    args = args_cls(**args_kw)
+    cls = make_trainer_class(trainer_cls, settings["optimizer"], head, settings["freeze_pretrained_steps"])
+    callbacks: list = [records]
+    if settings["early_stopping"]:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings["early_stopping"]["patience"]))
+    train = dataset(rd / "native" / "train.jsonl", sample_rate, encode)
+    valid = dataset(rd / "native" / "valid.jsonl", sample_rate, encode)
+    return cls(model=model, args=args, data_collator=collate, train_dataset=train, eval_dataset=valid,
+               callbacks=callbacks, **kwargs)
+
+
+def export_model(rd, trainer, settings: dict[str, Any], source: str, info: dict[str, Any],
+                 save_extra: Callable[[Path], None]) -> Path:
+    """checkpoints/export, written whole or not at all: the full model (Trainer.save_model), or for LoRA the adapter
+    weights and the new head (modules_to_save) apart from the base, which spx_export.json names (no embedding
+    layers: peft#1569, the base's vocabulary or classes differ from the new head's), plus merged/ when
+    backends.hf.merge_lora. `save_extra` writes the feature extractor / processor / tokenizer beside it."""
+    out = rd / "checkpoints" / "export"
+    tmp = rd / "checkpoints" / ".export.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    info = {**info, "method": settings["method"], "source": source}
+    if settings["method"] == "lora":
+        trainer.model.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
+        info["base_model"] = str(Path(source).resolve()) if Path(source).exists() else source
+        info["adapter"] = "adapter"
+        if settings["merge_lora"]:
+            import copy
+
+            copy.deepcopy(trainer.model).merge_and_unload().save_pretrained(str(tmp / "merged"))
+            info["merged"] = "merged"
+    else:
+        trainer.save_model(str(tmp))
+    save_extra(tmp)
+    export_info(tmp, info)
+    return replace_dir(tmp, out)
+
+
 def param_report(model, lora: bool) -> dict[str, int]:
     total = count(model.parameters())
     trainable = count(p for p in model.parameters() if p.requires_grad)
@@ -188,9 +268,11 @@ class RecordsCallback(TrainerCallback):
                "valid_loss": metrics.get("eval_loss"), "lr": lr, "time": round(time.time() - self.t0 + self.prior, 2)}
         if "eval_wer" in metrics:
             row["valid_wer"] = metrics["eval_wer"]
+        if "eval_accuracy" in metrics:  # classification
+            row["valid_acc"] = metrics["eval_accuracy"]
         child.append_curve(self.rd, row)
         child.progress(epoch=epoch, epochs=self.planned, step=state.global_step, train_loss=train_loss,
-                       valid_loss=row["valid_loss"], valid_wer=row.get("valid_wer"))
+                       valid_loss=row["valid_loss"], **{k: row[k] for k in ("valid_wer", "valid_acc") if k in row})
 
     def on_save(self, args, state, control, **kw):
         if RANK == 0:

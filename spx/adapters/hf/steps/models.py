@@ -145,6 +145,35 @@ def load_ctc(source: str, text: CtcText, settings: dict[str, Any] | None, keep_h
     return model
 
 
+def load_audio_classifier(source: str, classes: list[str], settings: dict[str, Any] | None):
+    """AutoModelForAudioClassification from a pretrained folder/hub name or an spx ssl_classifier export (LoRA
+    exports: base + adapter, merged) with one output per class of `classes`: the class layers are new unless the
+    source is an export with exactly these classes (then they are kept, with their label ids)."""
+    from transformers import AutoConfig, AutoModelForAudioClassification
+
+    src = Path(source)
+    info = export_info(src) if (src / EXPORT_INFO).is_file() else None
+    base = info["base_model"] if info and info["method"] == "lora" else source
+    config = AutoConfig.from_pretrained(base)
+    overrides: dict[str, Any] = {"num_labels": len(classes), "label2id": {c: i for i, c in enumerate(classes)},
+                                 "id2label": {i: c for i, c in enumerate(classes)}}
+    head = settings if settings is not None else info  # a LoRA export's base config knows nothing of the head
+    if head is not None:
+        overrides.update(classifier_proj_size=head["projector_dim"], use_weighted_layer_sum=head["layer_weighting"])
+    if settings is not None:
+        overrides.update(spec_augment_config("ssl_classifier", config, settings))
+    model = AutoModelForAudioClassification.from_pretrained(base, ignore_mismatched_sizes=True, **overrides)
+    if info and info["method"] == "lora":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(src / "adapter")).merge_and_unload().requires_grad_(True)
+        log(f"loaded {base} + LoRA adapter {src / 'adapter'} (merged)")
+    if not (info and info.get("classes") == classes):
+        model.projector.reset_parameters()  # new classes: new class layers, whatever the source had
+        model.classifier.reset_parameters()
+    return model
+
+
 def load_whisper(source: str, settings: dict[str, Any] | None):
     """WhisperForConditionalGeneration + WhisperProcessor from a pretrained folder/hub name or an spx export."""
     from transformers import AutoConfig, WhisperForConditionalGeneration, WhisperProcessor

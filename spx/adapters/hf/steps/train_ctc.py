@@ -39,19 +39,13 @@ def text_codec(rd, settings) -> CtcText:
 
 
 def main(run_dir: str) -> None:
-    from transformers import AutoFeatureExtractor, EarlyStoppingCallback, Trainer, TrainingArguments, \
-        Wav2Vec2FeatureExtractor
+    from transformers import Trainer, TrainingArguments
 
     spec, rd = child.load_run(run_dir)
     child.precision_dtype(spec, "cuda" if torch.cuda.is_available() else "cpu")
     args_kw, settings = common.native_settings(rd)
     source = settings["init_from"] or settings["pretrained"]
-    try:
-        fe = AutoFeatureExtractor.from_pretrained(source)
-    except OSError:
-        fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                      return_attention_mask=True)
-        common.log(f"{source} has no preprocessor_config.json: Wav2Vec2FeatureExtractor defaults (normalized input)")
+    fe = common.feature_extractor(source)
     sr = fe.sampling_rate
     text = text_codec(rd, settings)
     describe: dict = {"init_from": settings["init_from"], "pretrained": settings["pretrained"],
@@ -74,66 +68,31 @@ def main(run_dir: str) -> None:
         refs = [text.decode_labels(r) for r in pred.label_ids]
         return {"wer": common.wer(hyps, refs)}
 
-    def make_trainer(callbacks, resume):
-        model = load_ctc(source, text, settings, settings["keep_head"])
-        base = model.base_model  # wav2vec2 / hubert / wavlm
-        frozen = common.freeze_parameters(model, settings["freeze"], base.encoder.layers,
-                                          model.freeze_feature_encoder, base)
-        if frozen:
-            common.log(f"frozen: {frozen} parameter tensors ({', '.join(settings['freeze'])})")
-        lora = settings["method"] == "lora"
-        if lora:
-            model = common.apply_lora(model, settings)
+    def attention_adapters(model) -> None:
         if settings["method"] == "adapter":  # as the MMS adapter fine-tuning guide: base frozen, adapters + head train
             model.freeze_base_model()
             for p in model._get_adapters().values():
                 p.requires_grad_(True)
-        describe.update(common.param_report(model, lora), model_type=model.config.model_type,
-                        frozen_parameters=frozen)
-        if settings["method"] == "adapter":
             describe["adapter_params"] = common.count(p for n, p in model.named_parameters() if "adapter_layer" in n)
-        common.log(f"{describe['model_type']} from {source}: {describe['params']} parameters, "
-                   f"{describe['trainable_params']} trainable" + (f" ({describe['lora_params']} LoRA)" if lora else ""))
-        args = TrainingArguments(**args_kw)
-        cls = common.make_trainer_class(Trainer, settings["optimizer"], NEW_PARTS,
-                                        settings["freeze_pretrained_steps"])
-        cbs = [callbacks["records"]]
-        if settings["early_stopping"]:
-            cbs.append(EarlyStoppingCallback(early_stopping_patience=settings["early_stopping"]["patience"]))
-        train = common.dataset(rd / "native" / "train.jsonl", sr, encode)
-        valid = common.dataset(rd / "native" / "valid.jsonl", sr, encode)
-        return cls(model=model, args=args, data_collator=collate, train_dataset=train, eval_dataset=valid,
-                   processing_class=fe, compute_metrics=compute_metrics, callbacks=cbs,
-                   preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))
+
+    def make_trainer(callbacks, resume):
+        model = load_ctc(source, text, settings, settings["keep_head"])
+        base = model.base_model  # wav2vec2 / hubert / wavlm
+        model = common.prepare_model(model, settings, describe, source, model.config.model_type, base,
+                                     base.encoder.layers, model.freeze_feature_encoder, attention_adapters)
+        return common.build_trainer(Trainer, TrainingArguments, args_kw, settings, NEW_PARTS, model,
+                                    callbacks["records"], rd, sr, encode, collate, processing_class=fe,
+                                    compute_metrics=compute_metrics,
+                                    preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1))
 
     def export(trainer) -> Path:
-        out = rd / "checkpoints" / "export"
-        tmp = rd / "checkpoints" / ".export.tmp"
-        import shutil
+        def save_extra(folder: Path) -> None:
+            fe.save_pretrained(str(folder))
+            text.save(folder)
 
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model = trainer.model
-        info = {"family": "ssl_ctc", "method": settings["method"], "model_type": describe["model_type"],
-                "tokenizer": text.kind, "vocab_size": settings["tokenizer"]["vocab_size"], "ctc_size": text.size,
-                "blank": text.blank, "source": source}
-        if settings["method"] == "lora":
-            # adapter weights + the new head (modules_to_save) apart from the base; no embedding layers (peft#1569:
-            # the base's vocabulary differs from the new head's, so there is nothing of the base to save)
-            model.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
-            info["base_model"] = str(Path(source).resolve()) if Path(source).exists() else source
-            info["adapter"] = "adapter"
-            if settings["merge_lora"]:
-                import copy
-
-                copy.deepcopy(model).merge_and_unload().save_pretrained(str(tmp / "merged"))
-                info["merged"] = "merged"
-        else:
-            trainer.save_model(str(tmp))
-        fe.save_pretrained(str(tmp))
-        text.save(tmp)
-        common.export_info(tmp, info)
-        return common.replace_dir(tmp, out)
+        info = {"family": "ssl_ctc", "model_type": describe["model_type"], "tokenizer": text.kind,
+                "vocab_size": settings["tokenizer"]["vocab_size"], "ctc_size": text.size, "blank": text.blank}
+        return common.export_model(rd, trainer, settings, source, info, save_extra)
 
     common.train_with(rd, spec, make_trainer, export, describe, NEW_PARTS)
 

@@ -7,7 +7,6 @@ Whisper's own tokens with the spec's prefix (<|startoftranscript|><|lang|><|task
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from spx.adapters.hf.steps.models import load_whisper
 
 
 def main(run_dir: str) -> None:
-    from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     spec, rd = child.load_run(run_dir)
     child.precision_dtype(spec, "cuda" if torch.cuda.is_available() else "cpu")
@@ -57,58 +56,24 @@ def main(run_dir: str) -> None:
         return {"wer": common.wer([h.strip() for h in hyps], [r.strip() for r in refs])}
 
     def make_trainer(callbacks, resume):
-        m = model
-        m.generation_config.language = settings["language"]
-        m.generation_config.task = settings["task"]
-        m.generation_config.forced_decoder_ids = None
-        enc = m.model.encoder
+        model.generation_config.language = settings["language"]
+        model.generation_config.task = settings["task"]
+        model.generation_config.forced_decoder_ids = None
+        enc = model.model.encoder
 
         def freeze_conv() -> None:
             for p in [*enc.conv1.parameters(), *enc.conv2.parameters()]:
                 p.requires_grad_(False)
 
-        frozen = common.freeze_parameters(m, settings["freeze"], enc.layers, freeze_conv, enc)
-        if frozen:
-            common.log(f"frozen: {frozen} parameter tensors ({', '.join(settings['freeze'])})")
-        lora = settings["method"] == "lora"
-        if lora:
-            m = common.apply_lora(m, settings)
-        describe.update(common.param_report(m, lora), model_type="whisper", frozen_parameters=frozen)
-        common.log(f"whisper from {source}: {describe['params']} parameters, {describe['trainable_params']} trainable"
-                   + (f" ({describe['lora_params']} LoRA)" if lora else ""))
-        args = Seq2SeqTrainingArguments(**args_kw)
-        cls = common.make_trainer_class(Seq2SeqTrainer, settings["optimizer"], (), settings["freeze_pretrained_steps"])
-        cbs = [callbacks["records"]]
-        if settings["early_stopping"]:
-            cbs.append(EarlyStoppingCallback(early_stopping_patience=settings["early_stopping"]["patience"]))
-        train = common.dataset(rd / "native" / "train.jsonl", 16000, encode)
-        valid = common.dataset(rd / "native" / "valid.jsonl", 16000, encode)
-        return cls(model=m, args=args, data_collator=collate, train_dataset=train, eval_dataset=valid,
-                   processing_class=processor, callbacks=cbs,
-                   compute_metrics=compute_metrics if args.predict_with_generate else None)
+        m = common.prepare_model(model, settings, describe, source, "whisper", enc, enc.layers, freeze_conv)
+        return common.build_trainer(Seq2SeqTrainer, Seq2SeqTrainingArguments, args_kw, settings, (), m,
+                                    callbacks["records"], rd, 16000, encode, collate, processing_class=processor,
+                                    compute_metrics=compute_metrics if args_kw.get("predict_with_generate") else None)
 
     def export(trainer) -> Path:
-        out = rd / "checkpoints" / "export"
-        tmp = rd / "checkpoints" / ".export.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        m = trainer.model
-        info = {"family": "whisper", "method": settings["method"], "language": settings["language"],
-                "task": settings["task"], "source": source}
-        if settings["method"] == "lora":
-            m.save_pretrained(str(tmp / "adapter"), save_embedding_layers=False)
-            info["base_model"] = str(Path(source).resolve()) if Path(source).exists() else source
-            info["adapter"] = "adapter"
-            if settings["merge_lora"]:
-                import copy
-
-                copy.deepcopy(m).merge_and_unload().save_pretrained(str(tmp / "merged"))
-                info["merged"] = "merged"
-        else:
-            trainer.save_model(str(tmp))
-        processor.save_pretrained(str(tmp))
-        common.export_info(tmp, info)
-        return common.replace_dir(tmp, out)
+        info = {"family": "whisper", "language": settings["language"], "task": settings["task"]}
+        return common.export_model(rd, trainer, settings, source, info, lambda folder: processor.save_pretrained(
+            str(folder)))
 
     common.train_with(rd, spec, make_trainer, export, describe, ())
 
