@@ -141,18 +141,21 @@ def test_adapters_on_a_new_vocabulary(trained_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_partial_init_include_exclude(trained_run, tmp_path):
+def test_partial_init_and_pretrained_lr(trained_run, tmp_path):
     """init_include [encoder] and init_exclude [encoder.layers.1]: exactly the source's encoder tensors outside block
-    1 are loaded, the rest (block 1, the CTC head) keep their fresh init; freezing the front end and block 0 shows
-    the loaded weights are the source's."""
+    1 are loaded, the rest (block 1, the CTC head) keep their fresh init. pretrained_lr puts the encoder in its own
+    NeMo param group (optim_param_groups), and freeze_pretrained_steps holds it at lr 0 for longer than this run:
+    the loaded weights are still the source's after training, while the head trains at training.optimizer.lr."""
     source = _source(trained_run)
     rd = tmp_path / "partial"
     run_spx("run", "--backend", "nemo", RECIPE, "--run-dir", rd, "--dry-run", f"init_from={source}",
             "finetune.init_include=[encoder]", "finetune.init_exclude=[encoder.layers.1]",
-            "freeze=[encoder.layers:1]", *FEW_STEPS, check=True)
+            "training.optimizer.pretrained_lr=0.0001", "finetune.freeze_pretrained_steps=1000", *FEW_STEPS,
+            check=True)
     cfg = yaml.safe_load((rd / "native" / "config.yaml").read_text())
     assert cfg["init_from_nemo_model"] == {"spx": {"path": source, "include": ["encoder"],
                                                    "exclude": ["encoder.layers.1"]}}
+    assert cfg["model"]["optim_param_groups"] == {"encoder": {"lr": 0.0001}}
     proc = subprocess.run([sys.executable, "-m", "spx.adapters.nemo.steps.train", str(rd)], capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -166,6 +169,11 @@ def test_partial_init_include_exclude(trained_run, tmp_path):
     assert info["modules"] == {"preprocessor": "fresh", "encoder": f"{len(expected)} of {len(encoder)} tensors loaded",
                                "decoder": "fresh"}
     assert info["include"] == ["encoder"] and info["exclude"] == ["encoder.layers.1"]
-    frozen = [k for k in before if k.startswith(("encoder.pre_encode.", "encoder.layers.0."))]
-    assert frozen and all(before[k].equal(after[k]) for k in frozen)
-    assert summary["frozen_params"] > 0 and summary["trainable_params"] == summary["params"] - summary["frozen_params"]
+    groups = {g["module"]: g for g in summary["param_groups"]}
+    assert groups["encoder"]["lr"] == pytest.approx(1e-4) and groups["rest"]["lr"] == pytest.approx(4e-3)
+    head = [k for k in after if k.startswith("decoder.")]
+    assert groups["rest"]["params"] == sum(after[k].numel() for k in head)
+    assert summary["steps"] > 0 and summary["trainable_params"] == summary["params"]
+    statistics = ("running_mean", "running_var", "num_batches_tracked")  # batch norm follows the data at lr 0 too
+    held = [k for k in expected if not k.endswith(statistics)]
+    assert held and all(before[k].equal(after[k]) for k in held)

@@ -33,7 +33,8 @@ INFERENCE = "spx.adapters.nemo.steps.decode"
 EXPORT = "spx.adapters.nemo.steps.export"
 # adapter: NeMo's LinearAdapter in every Conformer block (its PEFT for ASR; NeMo 3.0 has no LoRA for ASR modules)
 FINETUNE_METHODS = ("full", "adapter")
-FINETUNE_OPTIONS = ("finetune.init_include", "finetune.init_exclude")
+FINETUNE_OPTIONS = ("finetune.init_include", "finetune.init_exclude", "training.optimizer.pretrained_lr",
+                    "finetune.freeze_pretrained_steps")
 ENCODER = "nemo.collections.asr.modules.ConformerEncoder"
 ENCODER_WITH_ADAPTERS = "nemo.collections.asr.modules.ConformerEncoderAdapter"
 # a pretrained model name: stt_en_conformer_ctc_small (NGC) or nvidia/stt_en_conformer_ctc_small (Hugging Face)
@@ -121,6 +122,12 @@ def check(spec: Spec) -> None:
     if spec.finetune.method == "adapter" and spec.freeze:
         raise SpxError("finetune.method adapter freezes the whole pretrained model already; freeze has nothing left "
                        "to do", where="freeze", hint="drop freeze, or use finetune.method full with freeze")
+    ft, opt = spec.finetune, spec.training.optimizer
+    if ft.method == "adapter" and (opt.pretrained_lr is not None or ft.freeze_pretrained_steps):
+        key = "training.optimizer.pretrained_lr" if opt.pretrained_lr is not None else "finetune.freeze_pretrained_steps"
+        raise SpxError(f"{key} acts on the pretrained encoder, which finetune.method adapter keeps frozen (its "
+                       "adapters live in the encoder and train at training.optimizer.lr)", where=key,
+                       hint=f"drop {key}, or use finetune.method full")
     if spec.init_from:
         source = resolve_init(spec.init_from)  # missing file / unfinished run: say so before anything is written
         if source.endswith(".nemo"):
@@ -302,6 +309,9 @@ def native_config(spec: Spec, run_dir: RunDir, labels: list[str], durations: lis
         "decoding": decoding,
         "optim": optim,
     }
+    if tr.optimizer.pretrained_lr is not None or spec.finetune.freeze_pretrained_steps:
+        # NeMo's per-module learning rates: the pretrained encoder in its own group, the CTC head at optim.lr
+        model["optim_param_groups"] = {"encoder": {"lr": tr.optimizer.pretrained_lr or tr.optimizer.lr}}
     if bpe:
         model["tokenizer"] = {"dir": str(native / "tokenizer"), "type": "bpe"}
     else:
@@ -330,7 +340,8 @@ def native_config(spec: Spec, run_dir: RunDir, labels: list[str], durations: lis
             "freeze": list(spec.freeze),
             "init_from": spec.init_from,
             "finetune": {"method": spec.finetune.method, "adapter_dim": spec.finetune.rank,
-                         "adapter_dropout": spec.finetune.dropout},
+                         "adapter_dropout": spec.finetune.dropout,
+                         "freeze_pretrained_steps": spec.finetune.freeze_pretrained_steps},
             "threads": spec.resources.threads,
             "exported_model": str(ckpt_dir / "model.nemo"),
             "tokenizer": {"type": spec.tokenizer.type, "vocab_size": spec.tokenizer.vocab_size},

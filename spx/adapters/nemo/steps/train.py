@@ -167,6 +167,14 @@ def _add_adapter(model, spx_ft, fresh: set[str]) -> None:
             p.requires_grad_(True)
 
 
+def _param_groups(trainer, model) -> list[dict]:
+    """The optimizer's parameter groups as trained: which module, how many parameters, the scheduler's peak lr."""
+    encoder = {id(p) for p in model.encoder.parameters()}
+    return [{"module": "encoder" if any(id(p) in encoder for p in g["params"]) else "rest",
+             "params": int(sum(p.numel() for p in g["params"])), "lr": g.get("initial_lr", g["lr"])}
+            for g in trainer.optimizers[0].param_groups]
+
+
 def main(run_dir: str, extra_callbacks: list | None = None) -> None:
     """Train the run dir's native config; extra_callbacks (Lightning) are for in-process tools (benchmarks)."""
     t_start = time.time()
@@ -187,6 +195,7 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
 
     cfg = OmegaConf.load(rd / "native" / "config.yaml")
     spx_cfg = cfg.pop("spx")
+    ft_cfg = spx_cfg.get("finetune") or OmegaConf.create({"method": "full"})  # a run rendered before finetune
     pl.seed_everything(spx_cfg.seed, workers=True)
 
     trainer_args = trainer_kwargs(cfg, device)
@@ -263,8 +272,23 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
                            valid_loss=row["valid_loss"], valid_wer=row["valid_wer"],
                            eta_s=round(eta, 1) if eta is not None else None)
 
+    hold_steps = int(ft_cfg.get("freeze_pretrained_steps", 0))
+
+    class HoldPretrained(pl.Callback):
+        """finetune.freeze_pretrained_steps: the encoder's param group (model.optim_param_groups) gets lr 0 for the
+        first optimizer steps, so only the head moves; the scheduler sets its lr again after every step."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step >= hold_steps:
+                return
+            encoder = {id(p) for p in pl_module.encoder.parameters()}
+            for group in trainer.optimizers[0].param_groups:
+                if any(id(p) in encoder for p in group["params"]):
+                    group["lr"] = 0.0
+
     callback = SpxProgress()
-    trainer = pl.Trainer(**trainer_args, callbacks=[callback, *(extra_callbacks or [])])
+    trainer = pl.Trainer(**trainer_args, callbacks=[callback, *([HoldPretrained()] if hold_steps else []),
+                                                    *(extra_callbacks or [])])
     exp_manager(trainer, cfg.get("exp_manager"))
 
     bpe = spx_cfg.tokenizer.type == "bpe"
@@ -275,9 +299,9 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
     if spx_cfg.init_from:
         init_info, fresh = _init_from(model, cfg.get("init_from_nemo_model") or cfg.get("init_from_pretrained_model"),
                                       rd / "native")
-    adapter = spx_cfg.finetune.method == "adapter"
+    adapter = ft_cfg.method == "adapter"
     if adapter:
-        _add_adapter(model, spx_cfg.finetune, fresh)
+        _add_adapter(model, ft_cfg, fresh)
     frozen = _frozen_modules(model, list(spx_cfg.freeze))
     for _, mod in frozen:
         for p in mod.parameters():
@@ -327,7 +351,8 @@ def main(run_dir: str, extra_callbacks: list | None = None) -> None:
         trainable_params=trainable,
         frozen_params=params - trainable,
         adapter_params=adapter_params if adapter else None,
-        finetune_method=spx_cfg.finetune.method,
+        finetune_method=ft_cfg.method,
+        param_groups=_param_groups(trainer, model),
         frozen_modules=[n for n, _ in frozen],
         peak_memory_mb=round(child.peak_memory_mb(device), 1),
         **export,
