@@ -48,9 +48,10 @@ def _source(trained_run) -> str:
 def test_what_nemo_cannot_do_is_refused_by_key():
     err = _refusal("init_from=x.nemo", "finetune.method=lora")
     assert err.where == "finetune.method" and "full, adapter" in err.message
-    err = _refusal("init_from=x.nemo", "training.optimizer.pretrained_lr=0.0001")
-    assert err.where == "training.optimizer.pretrained_lr"
-    err = _refusal("init_from=x.nemo", "finetune.freeze_pretrained_steps=10")
+    # the adapters sit in the encoder: a separate lr or a hold for the (frozen) pretrained encoder has no meaning
+    err = _refusal("init_from=x.nemo", "finetune.method=adapter", "training.optimizer.pretrained_lr=0.0001")
+    assert err.where == "training.optimizer.pretrained_lr" and "adapter" in err.message
+    err = _refusal("init_from=x.nemo", "finetune.method=adapter", "finetune.freeze_pretrained_steps=10")
     assert err.where == "finetune.freeze_pretrained_steps"
     err = _refusal("init_from=x.nemo", "finetune.method=adapter", "freeze=[encoder]")
     assert err.where == "freeze" and "adapter" in err.message
@@ -80,7 +81,8 @@ def test_pretrained_name_renders_nemo_partial_init(tmp_path):
                                                          "include": ["encoder"], "exclude": ["encoder.layers.0"]}}
     assert "init_from_nemo_model" not in cfg
     assert cfg["model"]["encoder"]["_target_"] == "nemo.collections.asr.modules.ConformerEncoderAdapter"
-    assert cfg["spx"]["finetune"] == {"method": "adapter", "adapter_dim": 16, "adapter_dropout": 0.05}
+    assert cfg["spx"]["finetune"] == {"method": "adapter", "adapter_dim": 16, "adapter_dropout": 0.05,
+                                      "freeze_pretrained_steps": 0}
 
 
 # ---------------------------------------------------------------- slow: the suite's trained NeMo model as source

@@ -128,7 +128,8 @@ def _init_from(model, init_cfg, native_dir) -> tuple[dict, set[str]]:
     if mismatched:
         fail(f"init_from {source!r} has a different architecture than the spec: " + "; ".join(mismatched[:4])
              + " (set model.encoder / features to the source model's sizes)")
-    missing = [k for k in own if k not in src_state]
+    wanted = [k for k in own if _selected(k, include) and not (exclude and _selected(k, exclude))]
+    missing = [k for k in wanted if k not in src_state]
     if missing:
         fail(f"init_from {source!r} lacks {len(missing)} tensors of this model, e.g. {missing[:3]}")
     model.load_state_dict(take, strict=False)
