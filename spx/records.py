@@ -51,6 +51,7 @@ class TrainSummary(msgspec.Struct, kw_only=True):
     trainable_params: int | None = None
     frozen_params: int | None = None
     lora_params: int | None = None      # finetune.method lora: the adapters' size (trainable = adapters + new head)
+    adapter_params: int | None = None   # finetune.method adapter: the adapters' size (trainable = adapters + new head)
     peak_memory_mb: Number | None = None
     last_checkpoint: str | None = None
     best_checkpoint: str | None = None

@@ -1,6 +1,7 @@
 """Pydantic models of the job spec. Unknown keys are rejected; every field says what it means."""
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -204,11 +205,20 @@ class FineTune(Strict):
                                              "(e.g. [q_proj, v_proj]); null: the family's default")
     freeze_pretrained_steps: int = Field(0, ge=0, description="the pretrained part stays fixed for this many "
                                          "optimizer steps while the new head warms up (then it trains too)")
+    init_include: list[str] | None = Field(None, min_length=1, description="partial init: load only the tensors "
+                                           "of these modules from init_from (module-name prefixes such as encoder "
+                                           "or encoder.layers.0); null: every module the source has")
+    init_exclude: list[str] = Field(default_factory=list, description="partial init: never load these modules "
+                                    "from init_from (module-name prefixes, e.g. decoder); they keep their fresh init")
 
     @model_validator(mode="after")
     def _check(self) -> "FineTune":
         if self.method != "lora" and self.target_modules is not None:
             raise ValueError(f"finetune.target_modules applies to method lora only (method is {self.method})")
+        for key, names in (("init_include", self.init_include or []), ("init_exclude", self.init_exclude)):
+            bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w]+)*", n)]
+            if bad:
+                raise ValueError(f"finetune.{key} {bad}: give module names such as encoder or encoder.layers.0")
         return self
 
 
@@ -461,7 +471,9 @@ class Spec(Strict):
             ft = self.finetune
             for key, is_set in (("finetune.method", ft.method != "full"),
                                 ("finetune.freeze_pretrained_steps", ft.freeze_pretrained_steps > 0),
-                                ("training.optimizer.pretrained_lr", self.training.optimizer.pretrained_lr is not None)):
+                                ("training.optimizer.pretrained_lr", self.training.optimizer.pretrained_lr is not None),
+                                ("finetune.init_include", ft.init_include is not None),
+                                ("finetune.init_exclude", bool(ft.init_exclude))):
                 if is_set:
                     raise SpecKeyError(key, f"{key} needs a pretrained model, but model.family {fam} trains from "
                                        "scratch here (init_from is not set): set init_from, or drop it")

@@ -59,6 +59,8 @@ def pretrained_model(spec: Spec) -> str | None:
 FINETUNE_OPTIONS = {
     "training.optimizer.pretrained_lr": lambda spec: spec.training.optimizer.pretrained_lr is not None,
     "finetune.freeze_pretrained_steps": lambda spec: spec.finetune.freeze_pretrained_steps > 0,
+    "finetune.init_include": lambda spec: spec.finetune.init_include is not None,
+    "finetune.init_exclude": lambda spec: bool(spec.finetune.init_exclude),
 }
 
 

@@ -9,12 +9,14 @@ augmentation.noise; tokenizer_text.txt with a bpe tokenizer). Steps: tokenizer (
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.nemo.helpers import exp_manager_config, exported_model_of_run, optim_config, trainer_config, \
-    write_config
+from spx.adapters.common.spec_helpers import deep_merge
+from spx.adapters.nemo.helpers import architecture_differences, exp_manager_config, exported_model_of_run, \
+    nemo_model_config, optim_config, tokenizer_kind, trainer_config, write_config
 from spx.errors import SpxError
 from spx.manifests import iter_manifest
 from spx.manifests.exporters import export_nemo
@@ -25,9 +27,18 @@ from spx.yamlio import read_json
 TASK = "asr"
 NAME = "conformer_ctc"
 CPU_PRECISIONS = ("fp32", "bf16")
-INIT_FROM = "a .nemo file (a run's exported_model)"
+INIT_FROM = ("a .nemo file (a run's exported_model), an spx nemo run dir, or a NeMo pretrained CTC model name "
+             "(stt_en_conformer_ctc_small, nvidia/stt_en_conformer_ctc_small)")
 INFERENCE = "spx.adapters.nemo.steps.decode"
 EXPORT = "spx.adapters.nemo.steps.export"
+# adapter: NeMo's LinearAdapter in every Conformer block (its PEFT for ASR; NeMo 3.0 has no LoRA for ASR modules)
+FINETUNE_METHODS = ("full", "adapter")
+FINETUNE_OPTIONS = ("finetune.init_include", "finetune.init_exclude", "training.optimizer.pretrained_lr",
+                    "finetune.freeze_pretrained_steps")
+ENCODER = "nemo.collections.asr.modules.ConformerEncoder"
+ENCODER_WITH_ADAPTERS = "nemo.collections.asr.modules.ConformerEncoderAdapter"
+# a pretrained model name: stt_en_conformer_ctc_small (NGC) or nvidia/stt_en_conformer_ctc_small (Hugging Face)
+PRETRAINED_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 NATIVE_CONFIG = "native/config.yaml"
 PRECISION = {"fp32": 32, "fp16": "16-mixed", "bf16": "bf16-mixed"}
@@ -52,17 +63,48 @@ def speed_rates(rates: list[float]) -> dict[str, Any]:
 
 
 def resolve_init(init_from: str) -> str:
-    """A .nemo file or an spx nemo run dir (its exported .nemo), resolved; anything else is a pretrained model name
-    NeMo looks up itself."""
-    p = Path(init_from)
+    """A .nemo file or an spx nemo run dir (its exported .nemo), resolved; a pretrained model name as it is (the train
+    step loads it with NeMo's from_pretrained)."""
+    p = Path(init_from).expanduser()
     if p.is_dir():
+        if not (p / "train_summary.json").exists():
+            raise SpxError(f"init_from {init_from!r} is a folder but not a finished spx nemo run", where="init_from",
+                           hint="pass a .nemo file, an spx nemo run dir, or a NeMo pretrained model name")
         return exported_model_of_run(p, init_from)
     if init_from.endswith(".nemo"):
         if not p.is_file():
             raise SpxError(f"init_from {init_from!r}: file not found", where="init_from",
                            hint="pass an existing .nemo file (a run's checkpoints/model.nemo)")
         return str(p.resolve())
+    if p.exists() or not PRETRAINED_NAME.fullmatch(init_from):
+        raise SpxError(f"init_from {init_from!r} is not a .nemo file", where="init_from",
+                       hint="pass a .nemo file (a run's train_summary.json names it as exported_model), "
+                            "an spx nemo run dir, or a NeMo pretrained model name such as stt_en_conformer_ctc_small")
     return init_from
+
+
+def model_blocks(spec: Spec) -> dict[str, Any]:
+    """The rendered preprocessor and encoder blocks, backends.nemo merged in (what the train step builds)."""
+    blocks = {"preprocessor": preprocessor_config(spec), "encoder": encoder_config(spec)}
+    extra = (spec.backends.get("nemo") or {}).get("model") or {}
+    return deep_merge(blocks, {k: v for k, v in extra.items() if k in blocks})
+
+
+def check_source(spec: Spec, source: str) -> None:
+    """A .nemo source's tokenizer kind and architecture must be the job's (the train step checks a pretrained name
+    the same way once NeMo has it)."""
+    cfg = nemo_model_config(source)
+    theirs = tokenizer_kind(cfg)
+    if theirs != spec.tokenizer.type:
+        raise SpxError(f"init_from {spec.init_from!r} is a {theirs} model and this job's tokenizer.type is "
+                       f"{spec.tokenizer.type}: NeMo's change_vocabulary keeps the kind of tokenizer",
+                       where="tokenizer.type", hint=f"set tokenizer.type: {theirs} (its vocabulary may differ: the "
+                                                    "CTC head is then new)")
+    diffs = architecture_differences(model_blocks(spec), cfg)
+    if diffs:
+        raise SpxError(f"init_from {spec.init_from!r} has another architecture than this job: " + "; ".join(diffs[:6]),
+                       where="model.encoder", hint="set model.encoder / features (or backends.nemo.model.encoder / "
+                                                   "preprocessor) to the source model's values")
 
 
 def check(spec: Spec) -> None:
@@ -77,17 +119,19 @@ def check(spec: Spec) -> None:
         if aug.noise:
             raise SpxError("augmentation.noise with training.batch_seconds is not supported on nemo",
                            where="augmentation.noise", hint="use training.batch_size with noise")
-    init = Path(spec.init_from) if spec.init_from else None
-    if init is None:
-        return
-    is_run_dir = init.is_dir() and (init / "train_summary.json").exists()
-    looks_like_path = "/" in str(init) or init.exists()
-    if looks_like_path and not str(init).endswith(".nemo") and not is_run_dir:  # a run dir uses its exported_model
-        raise SpxError(f"init_from {spec.init_from!r} is not a .nemo file", where="init_from",
-                       hint="pass a .nemo file (a run's train_summary.json names it as exported_model), "
-                            "an spx nemo run dir, or a pretrained NeMo model name")
-    if str(init).endswith(".nemo") or is_run_dir:
-        resolve_init(str(init))  # missing file / unfinished run: say so before anything is written
+    if spec.finetune.method == "adapter" and spec.freeze:
+        raise SpxError("finetune.method adapter freezes the whole pretrained model already; freeze has nothing left "
+                       "to do", where="freeze", hint="drop freeze, or use finetune.method full with freeze")
+    ft, opt = spec.finetune, spec.training.optimizer
+    if ft.method == "adapter" and (opt.pretrained_lr is not None or ft.freeze_pretrained_steps):
+        key = "training.optimizer.pretrained_lr" if opt.pretrained_lr is not None else "finetune.freeze_pretrained_steps"
+        raise SpxError(f"{key} acts on the pretrained encoder, which finetune.method adapter keeps frozen (its "
+                       "adapters live in the encoder and train at training.optimizer.lr)", where=key,
+                       hint=f"drop {key}, or use finetune.method full")
+    if spec.init_from:
+        source = resolve_init(spec.init_from)  # missing file / unfinished run: say so before anything is written
+        if source.endswith(".nemo"):
+            check_source(spec, source)
 
 
 def render(spec: Spec, run_dir: RunDir) -> list[Step]:
@@ -175,6 +219,55 @@ def dataset_config(spec: Spec, run_dir: RunDir, manifest: Path, train: bool, lab
     return d
 
 
+def preprocessor_config(spec: Spec) -> dict[str, Any]:
+    """NeMo's log-mel front end from spec.features."""
+    feat = spec.features
+    return {
+        "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+        "sample_rate": feat.sample_rate,
+        "normalize": "per_feature",
+        "window_size": feat.win_length_ms / 1000.0,
+        "window_stride": feat.hop_length_ms / 1000.0,
+        "window": "hann",
+        "features": feat.n_mels,
+        "n_fft": feat.n_fft,
+        "log": True,
+        "frame_splicing": 1,
+        "dither": 1e-5,
+        "pad_to": 0,
+        "pad_value": 0.0,
+    }
+
+
+def encoder_config(spec: Spec) -> dict[str, Any]:
+    """NeMo's ConformerEncoder from spec.model.encoder (its adapter-capable subclass for finetune.method adapter)."""
+    enc, feat = spec.model.encoder, spec.features
+    return {
+        "_target_": ENCODER_WITH_ADAPTERS if spec.finetune.method == "adapter" else ENCODER,
+        "feat_in": feat.n_mels,
+        "feat_out": -1,
+        "n_layers": enc.layers,
+        "d_model": enc.d_model,
+        "subsampling": "striding",
+        "subsampling_factor": enc.subsampling,
+        "subsampling_conv_channels": -1,
+        "causal_downsampling": False,
+        "ff_expansion_factor": enc.ff_expansion,
+        "self_attention_model": "rel_pos",
+        "n_heads": enc.heads,
+        "att_context_size": [-1, -1],
+        "xscaling": True,
+        "untie_biases": True,
+        "pos_emb_max_len": 5000,
+        "conv_kernel_size": enc.conv_kernel,
+        "conv_norm_type": "batch_norm",
+        "dropout": enc.dropout,
+        "dropout_pre_encoder": enc.dropout,
+        "dropout_emb": 0.0,
+        "dropout_att": enc.dropout,
+    }
+
+
 def native_config(spec: Spec, run_dir: RunDir, labels: list[str], durations: list[float]) -> dict[str, Any]:
     enc, feat, tr, aug = spec.model.encoder, spec.features, spec.training, spec.augmentation
     native = run_dir / "native"
@@ -204,46 +297,9 @@ def native_config(spec: Spec, run_dir: RunDir, labels: list[str], durations: lis
         "validation_ds": dataset_config(spec, run_dir, native / "valid.json", False, ds_labels),
         "test_ds": dataset_config(spec, run_dir, native / f"test_{Path(spec.test_sets[0]).stem}.json", False,
                                   ds_labels),
-        "preprocessor": {
-            "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-            "sample_rate": feat.sample_rate,
-            "normalize": "per_feature",
-            "window_size": feat.win_length_ms / 1000.0,
-            "window_stride": feat.hop_length_ms / 1000.0,
-            "window": "hann",
-            "features": feat.n_mels,
-            "n_fft": feat.n_fft,
-            "log": True,
-            "frame_splicing": 1,
-            "dither": 1e-5,
-            "pad_to": 0,
-            "pad_value": 0.0,
-        },
+        "preprocessor": preprocessor_config(spec),
         "spec_augment": None,
-        "encoder": {
-            "_target_": "nemo.collections.asr.modules.ConformerEncoder",
-            "feat_in": feat.n_mels,
-            "feat_out": -1,
-            "n_layers": enc.layers,
-            "d_model": enc.d_model,
-            "subsampling": "striding",
-            "subsampling_factor": enc.subsampling,
-            "subsampling_conv_channels": -1,
-            "causal_downsampling": False,
-            "ff_expansion_factor": enc.ff_expansion,
-            "self_attention_model": "rel_pos",
-            "n_heads": enc.heads,
-            "att_context_size": [-1, -1],
-            "xscaling": True,
-            "untie_biases": True,
-            "pos_emb_max_len": 5000,
-            "conv_kernel_size": enc.conv_kernel,
-            "conv_norm_type": "batch_norm",
-            "dropout": enc.dropout,
-            "dropout_pre_encoder": enc.dropout,
-            "dropout_emb": 0.0,
-            "dropout_att": enc.dropout,
-        },
+        "encoder": encoder_config(spec),
         "decoder": {
             "_target_": "nemo.collections.asr.modules.ConvASRDecoder",
             "feat_in": enc.d_model,
@@ -253,6 +309,9 @@ def native_config(spec: Spec, run_dir: RunDir, labels: list[str], durations: lis
         "decoding": decoding,
         "optim": optim,
     }
+    if tr.optimizer.pretrained_lr is not None or spec.finetune.freeze_pretrained_steps:
+        # NeMo's per-module learning rates: the pretrained encoder in its own group, the CTC head at optim.lr
+        model["optim_param_groups"] = {"encoder": {"lr": tr.optimizer.pretrained_lr or tr.optimizer.lr}}
     if bpe:
         model["tokenizer"] = {"dir": str(native / "tokenizer"), "type": "bpe"}
     else:
@@ -280,6 +339,9 @@ def native_config(spec: Spec, run_dir: RunDir, labels: list[str], durations: lis
             "seed": tr.seed,
             "freeze": list(spec.freeze),
             "init_from": spec.init_from,
+            "finetune": {"method": spec.finetune.method, "adapter_dim": spec.finetune.rank,
+                         "adapter_dropout": spec.finetune.dropout,
+                         "freeze_pretrained_steps": spec.finetune.freeze_pretrained_steps},
             "threads": spec.resources.threads,
             "exported_model": str(ckpt_dir / "model.nemo"),
             "tokenizer": {"type": spec.tokenizer.type, "vocab_size": spec.tokenizer.vocab_size},
@@ -288,7 +350,12 @@ def native_config(spec: Spec, run_dir: RunDir, labels: list[str], durations: lis
         },
     }
     if spec.init_from:
-        # NeMo's own fine-tuning keys (ModelPT.maybe_init_from_pretrained_checkpoint)
+        # NeMo's own fine-tuning keys (ModelPT.maybe_init_from_pretrained_checkpoint): the source alone, or with
+        # include / exclude in NeMo's {name: {path | name, include, exclude}} form for a partial init
         src = resolve_init(spec.init_from)
-        cfg["init_from_nemo_model" if src.endswith(".nemo") else "init_from_pretrained_model"] = src
+        key, field = ("init_from_nemo_model", "path") if src.endswith(".nemo") else ("init_from_pretrained_model",
+                                                                                     "name")
+        ft = spec.finetune
+        cfg[key] = src if ft.init_include is None and not ft.init_exclude else {
+            "spx": {field: src, "include": ft.init_include or [""], "exclude": list(ft.init_exclude)}}
     return cfg

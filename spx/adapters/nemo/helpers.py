@@ -138,6 +138,52 @@ def exported_model_of_run(run: Path, init_from: str) -> str:
     return str(Path(exported).resolve())
 
 
+# config keys that only act in training (dropout, dither) or name the adapter-capable subclass: a fine-tuned model may
+# set them differently from its init_from source; every other key both configs have must be the same
+TRAINING_ONLY_KEYS = ("_target_", "dither", "dropout", "dropout_pre_encoder", "dropout_emb", "dropout_att")
+
+
+def nemo_model_config(path: str) -> dict[str, Any]:
+    """The model config inside a .nemo archive (a tar holding model_config.yaml), read without NeMo."""
+    import tarfile
+
+    import yaml
+
+    try:
+        with tarfile.open(path) as tar:
+            member = next((m for m in tar.getmembers() if m.name.endswith("model_config.yaml")), None)
+            if member is None:
+                raise SpxError(f"init_from {path!r} holds no model_config.yaml: not a NeMo model", where="init_from",
+                               hint="pass a .nemo that NeMo's save_to wrote (a run's checkpoints/model.nemo)")
+            return yaml.safe_load(tar.extractfile(member).read()) or {}
+    except (tarfile.TarError, OSError, yaml.YAMLError) as exc:
+        raise SpxError(f"init_from {path!r} cannot be read as a .nemo archive: {exc}", where="init_from",
+                       hint="pass a .nemo that NeMo's save_to wrote (a run's checkpoints/model.nemo)") from None
+
+
+def tokenizer_kind(model_cfg: Any) -> str:
+    """'bpe' for a model config with a tokenizer (EncDecCTCModelBPE), 'char' for one with labels."""
+    return "bpe" if model_cfg.get("tokenizer") is not None else "char"
+
+
+def architecture_differences(ours: Any, theirs: Any) -> list[str]:
+    """Keys of the preprocessor and encoder configs whose values differ between the job's model and the source's
+    (both dict-like), training-only keys aside: loading weights into a model built differently would compute
+    something else."""
+    out = []
+    for block in ("preprocessor", "encoder"):
+        a, b = ours.get(block) or {}, theirs.get(block) or {}
+        for key in a:
+            if key in TRAINING_ONLY_KEYS or key not in b:
+                continue
+            mine, source = a[key], b[key]
+            if isinstance(mine, (list, tuple)) or isinstance(source, (list, tuple)):
+                mine, source = list(mine), list(source)
+            if mine != source:
+                out.append(f"{block}.{key}: {mine!r} here, {source!r} in the source")
+    return out
+
+
 def write_config(spec: Spec, path: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     """backends.nemo deep-merged untouched into the rendered config, then written atomically as YAML."""
     from omegaconf import OmegaConf
