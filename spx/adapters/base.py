@@ -19,7 +19,10 @@ A family module defines:
     EXPORT: str | None             the child module that exports a finished run (`spx export`; None: no export yet)
     FINETUNE_METHODS: tuple[str,...]  finetune.method values it runs (default ("full",))
     FINETUNE_OPTIONS: tuple[str,...]  other fine-tuning controls it honours, by spec key
-                                   ("training.optimizer.pretrained_lr", "finetune.freeze_pretrained_steps"; default none)
+                                   ("training.optimizer.pretrained_lr", "finetune.freeze_pretrained_steps",
+                                   "finetune.init_include", "finetune.init_exclude"; default none)
+    FINETUNE_REFUSED: dict[str, str]  why it lacks a method or option, shown in the refusal
+                                   ({"finetune.method lora": "NeMo 3.0's ASR has no LoRA ..."}; default none)
     check(spec) -> None            raise SpxError before anything is written when this family cannot run the job
     render(spec, run_dir) -> list[Step]   write native/ and return the steps
     collect_extras(run_dir) -> dict       what collect adds to the normalized files (e.g. {"native": {...}})
@@ -133,7 +136,8 @@ class BackendAdapter:
                            hint="remove freeze (fine-tune all weights), or use a family that maps it")
         check_cpu_precision(spec, self.name, getattr(fam, "CPU_PRECISIONS", ("fp32",)))
         check_fine_tuning(spec, getattr(fam, "INIT_FROM", f"a trained {self.name} {spec.model.family} model"), self.name,
-                          getattr(fam, "FINETUNE_METHODS", ("full",)), getattr(fam, "FINETUNE_OPTIONS", ()))
+                          getattr(fam, "FINETUNE_METHODS", ("full",)), getattr(fam, "FINETUNE_OPTIONS", ()),
+                          getattr(fam, "FINETUNE_REFUSED", {}))
         check_init_source(spec, self.name)
         fam.check(spec)
 

@@ -29,11 +29,12 @@ def frozen_layer_count(item: str, layers: int) -> int:
 
 
 def check_fine_tuning(spec: Spec, init_hint: str, backend: str = "", methods: tuple[str, ...] = ("full",),
-                      options: tuple[str, ...] = ()) -> None:
+                      options: tuple[str, ...] = (), reasons: dict[str, str] | None = None) -> None:
     """Every `encoder.layers:N` in range, freezing only with something to start from (`init_hint` says what
     init_from takes on this backend), and the finetune: controls the family runs (`methods`, `options`: its
-    FINETUNE_METHODS / FINETUNE_OPTIONS; a caller that passes none accepts only full fine-tuning, as before)."""
-    check_finetune_support(spec, backend, methods, options)
+    FINETUNE_METHODS / FINETUNE_OPTIONS; a caller that passes none accepts only full fine-tuning, as before;
+    `reasons`: its FINETUNE_REFUSED, why it lacks one, by "finetune.method <m>" or option key)."""
+    check_finetune_support(spec, backend, methods, options, reasons or {})
     encoder = getattr(spec.model, "encoder", None)
     pretrained = pretrained_model(spec)
     for item in spec.freeze:
@@ -64,18 +65,24 @@ FINETUNE_OPTIONS = {
 }
 
 
-def check_finetune_support(spec: Spec, backend: str, methods: tuple[str, ...], options: tuple[str, ...]) -> None:
+def check_finetune_support(spec: Spec, backend: str, methods: tuple[str, ...], options: tuple[str, ...],
+                           reasons: dict[str, str]) -> None:
     """finetune.method must be one the family runs (`methods`, from its FINETUNE_METHODS; default full only), and
-    every other fine-tuning control that is set one it declares (`options`, its FINETUNE_OPTIONS)."""
+    every other fine-tuning control that is set one it declares (`options`, its FINETUNE_OPTIONS); `reasons` says
+    why the family lacks one, where it knows."""
     where = f"spx's {backend} {spec.model.family} family" if backend else f"this backend's {spec.model.family} family"
+
+    def why(key: str) -> str:
+        return f": {reasons[key]}" if key in reasons else ""
+
     if spec.finetune.method not in methods:
         raise SpxError(f"finetune.method {spec.finetune.method} is not supported by {where} (it has: "
-                       f"{', '.join(methods)})", where="finetune.method",
+                       f"{', '.join(methods)}){why(f'finetune.method {spec.finetune.method}')}", where="finetune.method",
                        hint="use finetune.method " + " or ".join(methods) + ", or a backend/family that has "
                             f"{spec.finetune.method} (docs/backends/hf.md lists them)")
     for key, is_set in FINETUNE_OPTIONS.items():
         if is_set(spec) and key not in options:
-            raise SpxError(f"{key} is not supported by {where}", where=key,
+            raise SpxError(f"{key} is not supported by {where}{why(key)}", where=key,
                            hint=f"drop {key}, or use a backend/family that has it (docs/backends/hf.md lists them)")
 
 

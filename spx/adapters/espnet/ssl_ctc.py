@@ -34,10 +34,13 @@ INIT_FROM = "a finished espnet ssl_ctc run (its exported_model *.pth with config
 INFERENCE = f"{helpers.STEPS}.decode"
 EXPORT = None
 FINETUNE_METHODS = ("full", "lora")
-# training.optimizer.pretrained_lr / finetune.freeze_pretrained_steps: not declared, so refused by key before
-# check(): ESPnet trains every unfrozen weight with one optimizer and one lr, and its freeze_param holds for the whole
-# run (no per-group lr, no hold for N steps; docs/backends/espnet.md)
 FINETUNE_OPTIONS: tuple[str, ...] = ()
+FINETUNE_REFUSED = {  # docs/backends/espnet.md
+    "training.optimizer.pretrained_lr": "ESPnet trains every unfrozen weight with one optimizer at one learning rate",
+    "finetune.freeze_pretrained_steps": "ESPnet's --freeze_param holds for the whole run (no hold for N steps)",
+    "finetune.method adapter": "ESPnet's adapters for s3prl frontends are LoRA (finetune.method lora) and Houlsby "
+                               "adapters, which spx does not render yet",
+}
 # model_type in config.json -> s3prl's expert that loads a Transformers folder
 UPSTREAMS = {"wav2vec2": "hf_wav2vec2_custom", "hubert": "hf_hubert_custom"}
 STRIDE = 320  # s3prl's hf experts report a downsample rate of 320 samples whatever the model has

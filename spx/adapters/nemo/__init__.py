@@ -15,5 +15,5 @@ ADAPTER = BackendAdapter(
     hint="run it on a backend that has it; nemo has task: asr with family: conformer_ctc, task: classification with "
          "family: kws_classifier (MatchboxNet) and task: tts with family: "
          "fastspeech2 (FastPitch) or hifigan (a vocoder job); NeMo 3.0 ships no Tacotron2/VITS: run those on espnet "
-         "or speechbrain; NeMo loads no Hugging Face or fairseq models, so ssl_ctc and whisper run on the other backends",
+         "or speechbrain; NeMo loads no Hugging Face or fairseq models, so ssl_ctc, whisper and ssl_classifier run on the other backends",
 )

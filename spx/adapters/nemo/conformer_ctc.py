@@ -35,6 +35,8 @@ EXPORT = "spx.adapters.nemo.steps.export"
 FINETUNE_METHODS = ("full", "adapter")
 FINETUNE_OPTIONS = ("finetune.init_include", "finetune.init_exclude", "training.optimizer.pretrained_lr",
                     "finetune.freeze_pretrained_steps")
+FINETUNE_REFUSED = {"finetune.method lora": "NeMo 3.0 has no LoRA for its ASR modules; its parameter-efficient path "
+                                           "is LinearAdapter in every Conformer block (finetune.method adapter)"}
 ENCODER = "nemo.collections.asr.modules.ConformerEncoder"
 ENCODER_WITH_ADAPTERS = "nemo.collections.asr.modules.ConformerEncoderAdapter"
 # a pretrained model name: stt_en_conformer_ctc_small (NGC) or nvidia/stt_en_conformer_ctc_small (Hugging Face)
