@@ -122,7 +122,8 @@ def main(run_dir: str) -> None:
     if RANK == 0:
         quarantine_incomplete(Path(hparams["save_folder"]))
     backend = "gloo" if device == "cpu" else hparams["distributed_backend"]
-    run_opts = {"device": device, "distributed_backend": backend}
+    # DDP: a pretrained model can hold parameters no forward uses (wav2vec2's masked_spec_embed without SpecAugment)
+    run_opts = {"device": device, "distributed_backend": backend, "find_unused_parameters": WORLD > 1}
     sb.utils.distributed.ddp_init_group(run_opts)
 
     init_dir = Path(hparams["init_from"]) if hparams["init_from"] else None
