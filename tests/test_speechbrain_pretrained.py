@@ -64,6 +64,17 @@ def test_renders_speechbrains_integration_two_optimizers_and_freezing(tmp_path, 
                                               "spx.adapters.speechbrain.steps.ssl_decode"]
 
 
+def test_hub_name_renders_the_class_from_the_name_and_leaves_the_width_to_the_child(tmp_path):
+    """No hub here: render reads nothing of a hub model; the child reads its config after SpeechBrain downloads it."""
+    from spx.runner import render_run
+
+    rd = render_run(_spec("model.encoder.pretrained=facebook/hubert-base-ls960"), "speechbrain", tmp_path / "run")
+    text = (rd / "native" / "hparams.yaml").read_text()
+    assert "ssl_base: !new:speechbrain.integrations.huggingface.hubert.HuBERT\n" in text
+    assert 'pretrained_source: "facebook/hubert-base-ls960"' in text and "encoder_dim: null" in text
+    assert f"save_path: {json.dumps(str(rd / 'checkpoints' / 'pretrained_cache'))}" in text
+
+
 def test_renders_lora_as_an_adapted_model(tmp_path):
     from spx.runner import render_run
 
