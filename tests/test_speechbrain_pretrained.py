@@ -209,6 +209,18 @@ def test_fine_tunes_decodes_and_scores(sb_ssl_run, tiny):
     tuned, base = torch.load(export / "ssl.ckpt", map_location="cpu"), load_file(tiny / "wav2vec2_s320" / "model.safetensors")
     q = "encoder.layers.0.attention.q_proj.weight"
     assert not torch.equal(tuned["model." + q], base[q])
+    # the family's INFERENCE loader (the bench's judge, `spx serve`) loads the export and transcribes a batch
+    import importlib
+
+    from spx.adapters import get_adapter
+    from spx.adapters.common.child import load_audio, load_run
+    from spx.manifests import read_manifest
+
+    module = get_adapter("speechbrain").inference_module(load_run(rd)[0])
+    transcribe = importlib.import_module(module).load_transcriber(str(rd), "cpu")
+    utts = read_manifest(REPO / "spx" / "demo" / "corpus" / "test.jsonl")[:3]
+    texts = transcribe([load_audio(u, 16000) for u in utts])
+    assert len(texts) == 3 and all(set(t) <= set(info["tokens"]) | {" "} for t in texts), texts
 
 
 @pytest.mark.slow
