@@ -176,3 +176,40 @@ def vocoder_info(spec: Spec, vocoder: str | None) -> dict[str, Any]:
     """The tts_info.json keys that say how an acoustic model's mels become audio."""
     return {"vocoder": vocoder, "vocoder_name": vocoder or f"griffin-lim ({spec.tts.griffin_lim_iters} iters)",
             "griffin_lim_iters": spec.tts.griffin_lim_iters}
+
+
+# ---------------------------------------------------------------- ASR data
+def write_asr_csvs(spec: Spec, native: Path) -> tuple[list[Any], list[str]]:
+    """native/train.csv and valid.csv (cleaned targets, the spec's duration filters, empty texts dropped) and one CSV
+    per test set; returns the training utterances and the test CSV paths."""
+    from spx.adapters.common.child import clean_transcript
+    from spx.manifests import read_manifest
+    from spx.manifests.exporters import export_speechbrain_csv
+
+    d = spec.data
+
+    def cleaned(path: str) -> list[Any]:
+        out = []
+        for u in read_manifest(path):
+            text = clean_transcript(u.text or "", spec.tokenizer.lowercase)
+            if not text or (d.max_duration is not None and u.duration > d.max_duration) or (
+                    d.min_duration is not None and u.duration < d.min_duration):
+                continue
+            u.text = text
+            out.append(u)
+        return out
+
+    train, valid = cleaned(d.train), cleaned(d.valid)
+    if not train:
+        raise SpxError(f"no usable training utterances in {d.train} (all empty or filtered by duration)",
+                       where="data.train", hint="check data.train and data.min_duration/max_duration")
+    if not valid:
+        raise SpxError(f"no usable validation utterances in {d.valid}", where="data.valid", hint="check data.valid")
+    export_speechbrain_csv(train, native / "train.csv")
+    export_speechbrain_csv(valid, native / "valid.csv")
+    tests = []
+    for t in spec.test_sets:
+        dst = native / f"{Path(t).stem}.csv"
+        export_speechbrain_csv(read_manifest(t), dst)
+        tests.append(str(dst))
+    return train, tests
