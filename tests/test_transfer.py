@@ -3,8 +3,8 @@
 architecture from random init at the same step budget on the held-out voices of the test set.
 
 The bar is on CER: at this size and budget WER saturates near 1.0 either way (a word is right only when all of its
-characters are), while CER separates them clearly. Measured on this 2-core CPU machine (hf, 10 epochs): from the
-pretrained folder CER 0.59, from random init 0.95."""
+characters are), while CER separates them clearly. Measured on this 2-core CPU machine (10 epochs; CER from the
+pretrained folder vs from random init): hf 0.58 vs 0.81-0.95, speechbrain 0.56 vs 1.00, espnet 0.60 vs 0.89."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,8 @@ from shared_artifacts import build_once, shared_dir
 RECIPE = REPO / "recipes" / "tiny" / "ssl_ctc_tiny.yaml"
 PRETRAIN_EPOCHS = 20
 FINE_TUNE_EPOCHS = 10
-MARGIN = 0.15  # CER points the pretrained start must win by (measured: 0.36 on hf)
-BACKENDS = ["hf"]
+MARGIN = 0.15  # CER points the pretrained start must win by (measured: 0.23 to 0.44)
+BACKENDS = ["hf", "speechbrain", "espnet"]  # the backends with ssl_ctc (nemo loads no Transformers model)
 
 
 @pytest.fixture(scope="session")
