@@ -349,6 +349,10 @@ def create_app(cfg: ServeConfig, model: Model | None = None) -> FastAPI:
                 if len(text) > cfg.max_chars:
                     raise ApiError(413, "too_long", f"the text has {len(text)} characters; the limit is "
                                                     f"{cfg.max_chars} (--max-chars)")
+                speakers = getattr(model.run, "speakers", None)
+                if req.speaker is not None and speakers is not None and req.speaker not in speakers:
+                    raise ApiError(422, "unknown_speaker", f"unknown speaker {req.speaker!r}; the model has "
+                                                           f"{', '.join(speakers) if speakers else 'one voice'}")
                 (wav, rate), timing = await run_model((text, req.speaker), rid)
             except ApiError as err:
                 return failed(err, rid, t0)
