@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import read_jsonl, run_spx
+from conftest import REPO, read_jsonl, run_spx
 from shared_artifacts import build_once, shared_dir
 from spx.demo.kws_corpus import CLASSES
-from test_classification import kws_corpus, trained_kws  # noqa: F401  (session fixtures: the shared KWS runs)
+import test_classification
 from test_deploy import Server
+
+kws_corpus = test_classification.kws_corpus  # session fixtures: the shared KWS runs (no new training)
+trained_kws = test_classification.trained_kws
 
 BACKENDS = ("nemo", "speechbrain", "espnet")
 PARITY_UTTERANCES = "12"  # the check's wiring on CI; `spx export` checks the whole test set by default
@@ -161,3 +164,39 @@ def test_export_of_a_tts_run_is_refused(trained_tts, tmp_path):
     proc = run_spx("export", trained_tts("espnet").path, "--out", tmp_path / "out")
     assert proc.returncode == 2 and "cannot export espnet tacotron2 models yet" in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- spx bench --variants
+def test_bench_variants_are_checked_before_anything_runs(tmp_path):
+    bad = run_spx("bench", REPO / "recipes" / "kws.yaml", "--variants", "torch,onnx-fp16", "--out", tmp_path)
+    assert bad.returncode == 2 and "unknown variant onnx-fp16" in bad.stdout + bad.stderr
+    tts = run_spx("bench", REPO / "recipes" / "tacotron2.yaml", "--variants", "torch,onnx", "--out", tmp_path)
+    assert tts.returncode == 2 and "no tts exporter yet" in tts.stdout + tts.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_bench_variants_table(trained_kws, kws_corpus, tmp_path):
+    """The shared SpeechBrain KWS run as a finished bench cell (copied: the bench skips it), benched with
+    --variants torch,onnx: both decode the test set, the fp32 export's accuracy is the toolkit's, one table."""
+    import shutil
+
+    out = tmp_path / "bench"
+    cell = out / "runs" / "kws-speechbrain"
+    shutil.copytree(trained_kws("speechbrain"), cell, ignore=shutil.ignore_patterns("export"))
+    proc = run_spx("bench", REPO / "recipes" / "kws.yaml", "--backends", "speechbrain", "--out", out,
+                   "--variants", "torch,onnx", *[a for s in ("train", "valid", "test")
+                                                 for a in ("-o", f"data.{s}={kws_corpus / f'{s}.jsonl'}")], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "finished earlier, skipped" in proc.stderr  # the cell was not trained again
+    v = json.loads((cell / "variants.json").read_text())
+    assert v["metric"] == "accuracy" and list(v["variants"]) == ["torch", "onnx"]
+    torch_v, onnx_v = v["variants"]["torch"], v["variants"]["onnx"]
+    assert torch_v["accuracy"] == pytest.approx(json.loads((cell / "metrics.json").read_text())["accuracy"], abs=0.03)
+    assert onnx_v["accuracy"] == pytest.approx(torch_v["accuracy"], abs=0.03)  # fp32: labels move only on near-ties
+    assert onnx_v["rtfx"] > 0 and torch_v["rtfx"] > 0 and onnx_v["model_bytes"] > 0 and torch_v["model_bytes"] > 0
+    assert (cell / "export" / "onnx" / "export.json").is_file()
+    report = (out / "report.md").read_text()
+    table = report.split("## Deployment variants", 1)[1].split("\n## ", 1)[0]
+    assert "| kws | speechbrain | torch | accuracy |" in table and "| kws | speechbrain | onnx | accuracy |" in table
+    assert 'id="variants-table"' in (out / "report.html").read_text()
