@@ -17,10 +17,12 @@ from conftest import REPO, read_jsonl, run_spx
 from shared_artifacts import build_once, shared_dir
 from spx.demo.kws_corpus import CLASSES
 import test_classification
+import test_deploy
 from test_deploy import Server
 
 kws_corpus = test_classification.kws_corpus  # session fixtures: the shared KWS runs (no new training)
 trained_kws = test_classification.trained_kws
+exported = test_deploy.exported  # the shared ASR exports of tests/test_deploy.py
 
 BACKENDS = ("nemo", "speechbrain", "espnet")
 PARITY_UTTERANCES = "12"  # the check's wiring on CI; `spx export` checks the whole test set by default
@@ -76,6 +78,27 @@ def test_classifier_int8_export(cls_exported):
     assert info["quantize"] == "int8" and info["parity"]["passed"]
     assert info["parity"]["accuracy_delta"] >= -0.10 and "fp32_export_rtfx" in info["speed"]
     assert {"fp32_model_bytes", "int8_model_bytes"} <= set(info["sizes"])
+
+
+@pytest.mark.slow
+def test_asr_int8_static_export(exported):
+    """--quantize int8-static (onnxruntime static quantization of Conv and MatMul, calibrated on valid-set features)
+    on the SpeechBrain conformer: smaller than fp32, within the int8 parity rule, served by the same engine."""
+    from spx.deploy.engine import ExportEngine
+
+    d = exported("speechbrain", "onnx-int8-static")
+    info = json.loads((d / "export.json").read_text())
+    assert info["quantize"] == "int8-static" and info["parity"]["passed"] and info["parity"]["wer_delta"] <= 0.10
+    assert info["sizes"]["int8_model_bytes"] < info["sizes"]["fp32_model_bytes"]
+    ops = {n.op_type for n in __import__("onnx").load(str(d / "model.onnx")).graph.node}
+    assert {"QLinearConv", "QLinearMatMul"} <= ops  # convolutions quantized too, unlike the dynamic int8
+    wav, _ = sf.read(REPO / "spx" / "demo" / "corpus" / "audio" / "test_0000.flac", dtype="float32")
+    assert ExportEngine(d).transcribe([wav])[0].strip()
+
+
+def test_int8_static_is_onnx_only(tmp_path):
+    proc = run_spx("export", tmp_path, "--format", "torchscript", "--quantize", "int8-static")
+    assert proc.returncode == 2 and "int8-static is for ONNX exports" in proc.stdout + proc.stderr
 
 
 def _metric(text: str, name: str) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 
 from spx.errors import SpxError
 
-VARIANTS = ("torch", "onnx", "onnx-int8", "torchscript", "torchscript-int8")
+VARIANTS = ("torch", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "torchscript-int8")
 TASKS = ("asr", "classification")  # the tasks spx export handles
 VARIANTS_JSON = "variants.json"
 

@@ -24,6 +24,8 @@ from spx.deploy.features import LogMelFrontend
 from spx.deploy.parity import LOGIT_TOLERANCE, check_classifier_parity, check_parity
 
 FORMATS = ("onnx", "torchscript")
+QUANTIZE = ("int8", "int8-static")  # int8-static: ONNX only (onnxruntime static quantization, calibrated)
+CALIBRATION_UTTERANCES = 24         # valid-set utterances whose activation ranges int8-static calibrates on
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
 
 
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("run_dir")
     p.add_argument("out_dir")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="onnx")
-    p.add_argument("--quantize", choices=["int8"], default=None)
+    p.add_argument("--quantize", choices=list(QUANTIZE), default=None)
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--parity-utterances", type=int, default=0, help="test utterances to check (0: all)")
     return p.parse_args(argv)
@@ -139,13 +141,59 @@ def _time_per_pass(fn: Callable[[np.ndarray], Any], wavs: list[np.ndarray], repe
     return statistics.median(totals)
 
 
-def quantize_onnx(src: Path, dst: Path) -> None:
-    """onnxruntime dynamic quantization: int8 weights of MatMul/Gemm (and the attention's), activations quantized
-    on the fly; convolutions stay fp32 (quantizing them too, ConvInteger, ran no faster and up to 2x slower on the
-    demo models: measured with onnxruntime 1.31 on CPU)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]] | None = None) -> None:
+    """int8 (calibration None): onnxruntime dynamic quantization: int8 weights of MatMul/Gemm (and the attention's),
+    activations quantized on the fly; convolutions stay fp32 (dynamic ConvInteger ran 0.5-0.7x fp32 on the demo
+    models). int8-static (calibration: feeds of valid-set features): static quantization in the QOperator format,
+    per-channel int8 weights, uint8 activations with MinMax ranges from the calibration feeds, of Conv and MatMul
+    (QLinearConv / QLinearMatMul: 1.4-1.8x the fp32 graph on the demo ASR models where dynamic MatMul gave 1.1-1.3x;
+    measured by benchmarks/int8_options.py with onnxruntime 1.31 on CPU)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    if calibration is None:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        return
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(calibration)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    try:
+        quantize_static(str(src), str(dst), Feeds(), quant_format=QuantFormat.QOperator,
+                        op_types_to_quantize=["Conv", "MatMul"], per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    except RuntimeError as exc:  # e.g. SpeechBrain's ECAPA-TDNN: "Invalid model with unknown initializers/tensors"
+        raise SystemExit(f"spx export: onnxruntime's static quantizer cannot quantize this graph ({exc}); "
+                         "use --quantize int8 (dynamic)") from None
+
+
+def calibration_feeds(spec, engine: Any) -> list[dict[str, np.ndarray]]:
+    """The graph's inputs for the first CALIBRATION_UTTERANCES utterances of the run's valid set, one per feed."""
+    from spx.manifests import read_manifest
+
+    utts = list(read_manifest(spec.data.valid))[:CALIBRATION_UTTERANCES]
+    io = engine.info["inputs"]
+    feeds = []
+    for u in utts:
+        feats, lengths = engine.frontend.batch([child.load_audio(u, spec.features.sample_rate)])
+        feeds.append({io["features"]: feats, **({io["lengths"]: lengths} if io.get("lengths") else {})})
+    return feeds
+
+
+def _quantize(fmt: str, quantize: str, spec, fp32_path: Path, int8_path: Path, fp32_engine: Any, exporter: Any,
+              opset: int, info: dict[str, Any]) -> None:
+    if fmt == "onnx":
+        quantize_onnx(fp32_path, int8_path,
+                      calibration_feeds(spec, fp32_engine) if quantize == "int8-static" else None)
+    elif quantize == "int8-static":
+        raise SystemExit("spx export: --quantize int8-static is ONNX only (TorchScript takes int8: PyTorch dynamic "
+                         "quantization)")
+    else:
+        info.update(exporter.write_graph(int8_path, fmt, opset, True))
 
 
 def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int, exporter: Exporter,
@@ -181,10 +229,7 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
         _write_info(out, tmp_info)
         fp32_engine = ExportEngine(out, threads=threads)
         int8_path = out / model_file
-        if fmt == "onnx":
-            quantize_onnx(fp32_path, int8_path)
-        else:
-            info.update(exporter.write_graph(int8_path, fmt, opset, True))
+        _quantize(fmt, quantize, spec, fp32_path, int8_path, fp32_engine, exporter, opset, info)
         sizes["int8_model_bytes"] = file_size(int8_path)
         _write_info(out, info)
     engine = ExportEngine(out, threads=threads)
@@ -264,10 +309,7 @@ def export_classifier_run(run_dir: str, out_dir: str, fmt: str, quantize: str | 
     fp32_engine = ClassifierEngine(out, threads=threads) if quantize else None
     if quantize:
         int8_path = out / model_file
-        if fmt == "onnx":
-            quantize_onnx(fp32_path, int8_path)
-        else:
-            info.update(exporter.write_graph(int8_path, fmt, opset, True))
+        _quantize(fmt, quantize, spec, fp32_path, int8_path, fp32_engine, exporter, opset, info)
         sizes["int8_model_bytes"] = file_size(int8_path)
     info["model_file"] = model_file
     _write_info(out, info)
