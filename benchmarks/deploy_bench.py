@@ -1,8 +1,8 @@
-"""Deployment figures (issue 17): per backend, the toolkit's torch model vs its ONNX export vs the ONNX-int8 export
-(RTFx and WER on the run's test set, the same batches for each), then `spx serve` on the ONNX export: throughput and
-p50/p99 latency at 1, 8 and 32 concurrent clients.
+"""Deployment figures (issue 17): per backend, the toolkit's torch model vs its ONNX export vs the ONNX-int8 exports
+(dynamic `int8` and calibrated `int8-static`; RTFx and WER on the run's test set, the same batches for each), then
+`spx serve` on the ONNX export: throughput and p50/p99 latency at 1, 8 and 32 concurrent clients.
 
-    python benchmarks/deploy_bench.py RUN_DIR [RUN_DIR ...] [--threads 1] [--clients 1,8,32] [--requests 96]
+    python benchmarks/deploy_bench.py RUN_DIR [RUN_DIR ...] [--threads 1] [--clients 1,8,32] [--requests 96] [--skip-serve]
 
 Exports are made with `spx export` when RUN_DIR/export/onnx[-int8] is missing. Targets (issue 17): ONNX-int8 RTFx
 >= 2x torch at <= 1 point WER loss; p99 at 8 clients <= 2x the single-request latency.
@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+EXPORTS = ("onnx", "onnx-int8", "onnx-int8-static")
 sys.path.insert(0, str(REPO))
 
 
 def engines_figures(run_dir: str, threads: int, repeats: int) -> dict:
-    """(in a child process per backend) torch / onnx / onnx-int8: decode the test set in the run's batches."""
+    """(in a child process per backend) torch / onnx / onnx-int8[-static]: decode the test set in the run's batches."""
     import jiwer
     import torch
 
@@ -45,7 +46,7 @@ def engines_figures(run_dir: str, threads: int, repeats: int) -> dict:
     bs = spec.decoding.batch_size
     batches = [audio[i: i + bs] for i in range(0, len(audio), bs)]
     engines = {"torch": importlib.import_module(get_adapter(rd.backend).inference_module(spec)).load_transcriber(run_dir, "cpu")}
-    for kind in ("onnx", "onnx-int8"):
+    for kind in EXPORTS:
         engines[kind] = ExportEngine(rd.path / "export" / kind, threads=threads).transcribe
     out = {"backend": rd.backend, "audio_seconds": audio_s, "utterances": len(audio), "batch_size": bs,
            "threads": threads}
@@ -125,6 +126,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--clients", default="1,8,32")
     p.add_argument("--requests", type=int, default=96)
+    p.add_argument("--skip-serve", action="store_true", help="engine figures only (no server)")
     p.add_argument("--engines-only", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.engines_only:
@@ -134,7 +136,7 @@ def main() -> None:
     clients = [int(c) for c in a.clients.split(",")]
     for run in a.runs:
         rd = Path(run)
-        for kind in ("onnx", "onnx-int8"):
+        for kind in EXPORTS:
             if not (rd / "export" / kind / "export.json").is_file():
                 fmt, _, q = kind.partition("-")
                 subprocess.run([sys.executable, "-m", "spx", "export", run, "--format", fmt,
@@ -150,14 +152,17 @@ def main() -> None:
         t = f["torch"]
         print(f"\n{f['backend']}: {f['utterances']} utterances, {f['audio_seconds']:.1f} s audio, batch "
               f"{f['batch_size']}, {f['threads']} thread(s), CPU")
-        print(f"  {'engine':<10} {'RTFx':>8} {'x torch':>8} {'WER':>7} {'dWER pts':>9}")
-        for kind in ("torch", "onnx", "onnx-int8"):
+        print(f"  {'engine':<16} {'RTFx':>8} {'x torch':>8} {'WER':>7} {'dWER pts':>9}")
+        for kind in ("torch",) + EXPORTS:
             e = f[kind]
-            print(f"  {kind:<10} {e['rtfx']:8.1f} {e['rtfx'] / t['rtfx']:8.2f} {100 * e['wer']:7.2f} "
+            print(f"  {kind:<16} {e['rtfx']:8.1f} {e['rtfx'] / t['rtfx']:8.2f} {100 * e['wer']:7.2f} "
                   f"{100 * (e['wer'] - t['wer']):9.2f}")
-        i8 = f["onnx-int8"]
-        ok = i8["rtfx"] >= 2 * t["rtfx"] and (i8["wer"] - t["wer"]) <= 0.01
-        print(f"  target ONNX-int8 >= 2x torch RTFx at <= 1 pt WER loss: {'met' if ok else 'NOT met'}")
+        for kind in ("onnx-int8", "onnx-int8-static"):
+            i8 = f[kind]
+            ok = i8["rtfx"] >= 2 * t["rtfx"] and (i8["wer"] - t["wer"]) <= 0.01
+            print(f"  target {kind} >= 2x torch RTFx at <= 1 pt WER loss: {'met' if ok else 'NOT met'}")
+        if a.skip_serve:
+            continue
         manifest = [json.loads(x) for x in (rd / "manifests" / "test.jsonl").read_text().splitlines()[1:]]
         files = [Path(r["audio"]).read_bytes() for r in manifest]
         s = serve_figures(rd / "export" / "onnx", files, clients, a.requests, a.threads)

@@ -262,6 +262,7 @@ def render_md(res: dict[str, Any]) -> str:
         L += md_tts(res, tts, tts_unsupported)
     if cls or cls_unsupported:
         L += md_classification(res, cls, cls_unsupported)
+    L += md_variants(rows)
     L += ["## Speed", "", "| Recipe | Backend | RTFx (median) | RTFx range | RTF | Decode s (median) | Audio s | "
           "Device | dtype | Batch | Threads | Warmup | Repeats |", "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in done:
@@ -327,6 +328,47 @@ def render_md(res: dict[str, Any]) -> str:
             L.append("")
     L += ["", "## Reproducibility", ""] + [f"- {k}: {v}" for k, v in repro_lines(res)]
     return "\n".join(L) + "\n"
+
+
+def variant_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell x variant of `spx bench --variants` (spx.bench.variants), torch first."""
+    out = []
+    for r in rows:
+        v = r.get("variants")
+        if not v:
+            continue
+        metric = v["metric"]
+        base = v["variants"].get("torch") or {}
+        for name, x in v["variants"].items():
+            row = {"recipe": r["recipe"], "backend": r["backend"], "variant": name, "metric": metric,
+                   "error": x.get("error")}
+            if not x.get("error"):
+                row.update(value=x.get(metric), rtfx=x.get("rtfx"), model_mb=(x.get("model_bytes") or 0) / 1e6 or None,
+                           speedup=x["rtfx"] / base["rtfx"] if base.get("rtfx") and x.get("rtfx") else None,
+                           delta=(x[metric] - base[metric]) if x.get(metric) is not None
+                           and base.get(metric) is not None else None, parity=x.get("parity"))
+            out.append(row)
+    return out
+
+
+def md_variants(rows: list[dict[str, Any]]) -> list[str]:
+    vr = variant_rows(rows)
+    if not vr:
+        return []
+    L = ["## Deployment variants", "", "`spx bench --variants`: the cell's toolkit model (torch) and its exports "
+         "(`spx export`, parity-checked), each decoding the test set on its engine with the cell's batch size and "
+         "threads. Δ is against torch (points).", "",
+         "| Recipe | Backend | Variant | Metric | Value % | Δ | RTFx | × torch | Model MB |",
+         "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for v in vr:
+        if v["error"]:
+            first = v["error"].splitlines()[0].replace("|", "/")
+            L.append(f"| {v['recipe']} | {v['backend']} | {v['variant']} | {v['metric']} | failed: {first} ||||| ")
+            continue
+        delta = f"{100 * v['delta']:+.1f}" if v.get("delta") is not None else "—"
+        L.append(f"| {v['recipe']} | {v['backend']} | {v['variant']} | {v['metric'].upper() if v['metric'] == 'wer' else v['metric']} | "
+                 f"{pct(v['value'])} | {delta} | {num(v['rtfx'])} | {num(v['speedup'], 2)} | {num(v['model_mb'], 2)} |")
+    return L + [""]
 
 
 def md_unsupported(rows: list[dict[str, Any]], empty_cells: int) -> list[str]:
@@ -578,7 +620,7 @@ def render_html(res: dict[str, Any]) -> str:
         tts=tts, tts_cols=tts_columns(tts), tts_cell=tts_cell, tts_label=tts_label, tts_value=tts_value,
         tts_diff=tts_diff, tts_notes=tts_notes(res), tts_rates=TTS_RATES, gallery=gallery,
         tts_comparisons=res.get("tts_comparisons") or [],
-        cls=cls, cls_head=CLASSIFICATION_HEAD, cls_note=CLASSIFICATION_NOTE, cls_rows=classification_table_rows(cls),
+        variants=variant_rows(res["rows"]), cls=cls, cls_head=CLASSIFICATION_HEAD, cls_note=CLASSIFICATION_NOTE, cls_rows=classification_table_rows(cls),
         cls_comparisons=res.get("classification_comparisons") or [], per_class=per_class_tables(cls),
         accuracy_diff=accuracy_diff,
         res=res, ok=[r for r in res["rows"] if r.get("wer") is not None],

@@ -58,6 +58,7 @@ def read_cell(path: Path, recipe: str | None = None) -> dict[str, Any]:
         "spec": spec, "env": read_json(path / "env.json") or {},
         **records.read_run(path, (spec or {}).get("task", "asr")),
         "metrics": records.read(path / "metrics.json", records.Metrics), "steps": read_json(path / "steps.json") or [],
+        "variants": read_json(path / "variants.json"),  # spx bench --variants (spx.bench.variants)
     }
 
 
@@ -130,6 +131,8 @@ def build_results(cells: list[dict[str, Any]], samples: int | None = None, seed:
             rows.append(row)
             continue
         ok = row["state"] == "finished" and cell["hyps"]
+        if ok and cell.get("variants"):
+            row["variants"] = cell["variants"]
         if not ok:
             row["error"] = st.get("error") or (f"state {row['state']!r}" if row["state"] != "finished"
                                                else "finished but wrote no hyps.jsonl")

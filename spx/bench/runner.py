@@ -190,10 +190,11 @@ def backends_for(specs: list[Any]) -> list[str]:
 def run_bench(recipes: list[Path], backends: list[str] | None, out: Path, force: bool = False, launcher: str = "local",
               report_only: bool = False, overrides: list[str] | None = None, seed: int = 0,
               argv: list[str] | None = None, jobs: int | None = None,
-              dry_run: bool = False) -> tuple[dict[str, Any], list[str]]:
+              dry_run: bool = False, variants: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """Run the matrix and write the report; returns (results, names of the cells that failed in this call).
     jobs: cells trained side by side (None: parallel_cells); the timed steps always run one cell at a time.
-    dry_run: render the cells that would run and print their native commands; run nothing, write no report."""
+    dry_run: render the cells that would run and print their native commands; run nothing, write no report.
+    variants: besides "torch" (the cell itself), exports decoded on the deploy engine (spx.bench.variants)."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -210,6 +211,11 @@ def run_bench(recipes: list[Path], backends: list[str] | None, out: Path, force:
     recipes = recipes or [default_recipe()]
     extra = [f"resources.launcher={launcher}"] if launcher == "slurm" else []
     specs = [(r, load_spec(r, list(overrides or []) + extra)) for r in recipes]  # all validated before anything runs
+    variants = variants or ["torch"]
+    if variants != ["torch"]:
+        from spx.bench.variants import check_tasks
+
+        check_tasks([spec for _, spec in specs], variants)
     backends = backends or backends_for([spec for _, spec in specs])
     stems = [r.stem for r in recipes]
     if len(set(stems)) != len(stems):
@@ -278,6 +284,12 @@ def run_bench(recipes: list[Path], backends: list[str] | None, out: Path, force:
             write_bench_report(out, seed, [command], console)
             raise
     console.log(f"matrix done in {time.time() - t_all:.0f}s")
+    if variants != ["torch"]:
+        from spx.bench.variants import run_variants
+
+        for _, _, backend, cell in matrix:
+            if RunDir(cell).status().get("state") == "finished" and (cell / "metrics.json").exists():
+                run_variants(cell, variants, console)
     return write_bench_report(out, seed, [command], console), failed_now
 
 

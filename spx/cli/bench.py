@@ -45,7 +45,12 @@ def _backends(value: str | None) -> list[str] | None:
               help="Spec override applied to every recipe (repeatable), e.g. -o training.epochs=5.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result rows as JSON at the end.")
-def bench(recipes, backends, out, force, from_json, launcher, report_only, overrides, seed, as_json, jobs, dry_run):
+@click.option("--variants", default="torch", show_default=True,
+              help="Comma-separated model variants per ASR/classification cell: torch (the cell), onnx, onnx-int8, "
+                   "torchscript, torchscript-int8 (each exported with `spx export` and its test set decoded on the "
+                   "deploy engine): WER/accuracy, RTFx and model size side by side in the report.")
+def bench(recipes, backends, out, force, from_json, launcher, report_only, overrides, seed, as_json, jobs, dry_run,
+          variants):
     """Run RECIPES x backends, score them one way, and write one comparison report.
 
     With no RECIPES, runs the tiny conformer_ctc recipe on the embedded demo corpus (test voices held out).
@@ -59,10 +64,17 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
       spx bench recipes/conformer_ctc.yaml --backends nemo,espnet -o training.epochs=5
       spx bench recipes/tacotron2.yaml --backends espnet,speechbrain --dry-run   # render, print the commands
       spx bench --report-only --out bench_out         # report from the finished cells
+      spx bench --variants torch,onnx,onnx-int8       # + exported variants: WER, RTFx, size side by side
       spx bench --from bench_out/results.json --out paper/  # re-render, no runs
     """
     from spx.bench.runner import render_from_json, run_bench
+    from spx.bench.variants import parse_variants
 
+    variant_names = parse_variants(variants)
+    if variant_names != ["torch"] and (from_json is not None or report_only or dry_run or launcher == "slurm"):
+        raise SpxError("--variants runs exports after the cells train here: not with --from, --report-only, "
+                       "--dry-run or --launcher slurm", where="--variants",
+                       hint="spx bench RECIPE --variants torch,onnx,onnx-int8 (finished cells are reused)")
     failed: list[str] = []
     if from_json is not None:
         if recipes or report_only or dry_run:
@@ -73,7 +85,7 @@ def bench(recipes, backends, out, force, from_json, launcher, report_only, overr
         out = out or Path("bench_out")
         res, failed = run_bench(list(recipes), _backends(backends), out, force=force, launcher=launcher,
                                 report_only=report_only, overrides=list(overrides), seed=seed, argv=sys.argv,
-                                jobs=jobs, dry_run=dry_run)
+                                jobs=jobs, dry_run=dry_run, variants=variant_names)
     if as_json:
         import json
 

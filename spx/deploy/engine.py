@@ -57,17 +57,13 @@ def output_lengths(lengths: np.ndarray, rule: list[list[float]]) -> np.ndarray:
     return out.astype(np.int64)
 
 
-class ExportEngine:
-    """An export dir as log_probs(wavs) / transcribe(wavs)."""
+class Graph:
+    """The exported graph (onnxruntime, or TorchScript through torch): run(feeds by input role) -> outputs by name."""
 
-    def __init__(self, export_dir: str | Path, threads: int | None = None):
-        self.dir = Path(export_dir)
-        self.info = read_export_info(self.dir)
-        self.frontend = LogMelFrontend.load(self.dir)
-        self.ctc = CtcText.load(self.dir)
-        self.sample_rate = self.frontend.sample_rate
-        model_file = str(self.dir / self.info["model_file"])
-        self.format = self.info["format"]
+    def __init__(self, export_dir: Path, info: dict[str, Any], threads: int | None = None):
+        self.info = info
+        model_file = str(Path(export_dir) / info["model_file"])
+        self.format = info["format"]
         if self.format == "onnx":
             import onnxruntime as ort
 
@@ -76,6 +72,7 @@ class ExportEngine:
                 opts.intra_op_num_threads = threads
                 opts.inter_op_num_threads = 1
             self.session = ort.InferenceSession(model_file, opts, providers=["CPUExecutionProvider"])
+            self.output_names = [o.name for o in self.session.get_outputs()]
         elif self.format == "torchscript":
             import torch
 
@@ -83,21 +80,40 @@ class ExportEngine:
                 torch.set_num_threads(threads)
             self.module = torch.jit.load(model_file, map_location="cpu").eval()
         else:
-            raise ValueError(f"{self.dir / EXPORT_JSON}: unknown format {self.format!r}")
+            raise ValueError(f"{Path(export_dir) / EXPORT_JSON}: unknown format {self.format!r}")
+
+    def run(self, feats: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        io = self.info
+        with_lengths = bool(io["inputs"].get("lengths"))  # a graph whose outputs do not use the lengths has none
+        if self.format == "onnx":
+            feeds = {io["inputs"]["features"]: feats}
+            if with_lengths:
+                feeds[io["inputs"]["lengths"]] = lengths
+            return dict(zip(self.output_names, self.session.run(None, feeds)))
+        import torch
+
+        with torch.inference_mode():
+            args = (torch.from_numpy(feats),) + ((torch.from_numpy(lengths),) if with_lengths else ())
+            res = self.module(*args)
+        res = res if isinstance(res, (tuple, list)) else (res,)
+        return dict(zip(io["output_order"], [r.numpy() for r in res]))
+
+
+class ExportEngine:
+    """An ASR export dir as log_probs(wavs) / transcribe(wavs)."""
+
+    def __init__(self, export_dir: str | Path, threads: int | None = None):
+        self.dir = Path(export_dir)
+        self.info = read_export_info(self.dir)
+        self.frontend = LogMelFrontend.load(self.dir)
+        self.ctc = CtcText.load(self.dir)
+        self.sample_rate = self.frontend.sample_rate
+        self.format = self.info["format"]
+        self.graph = Graph(self.dir, self.info, threads)
 
     def _run(self, feats: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         io = self.info
-        if self.format == "onnx":
-            outs = self.session.run(None, {io["inputs"]["features"]: feats, io["inputs"]["lengths"]: lengths})
-            names = [o.name for o in self.session.get_outputs()]
-            named = dict(zip(names, outs))
-        else:
-            import torch
-
-            with torch.inference_mode():
-                res = self.module(torch.from_numpy(feats), torch.from_numpy(lengths))
-            res = res if isinstance(res, (tuple, list)) else (res,)
-            named = dict(zip(io["output_order"], [r.numpy() for r in res]))
+        named = self.graph.run(feats, lengths)
         log_probs = named[io["outputs"]["log_probs"]]
         if io["outputs"].get("lengths"):
             out_len = named[io["outputs"]["lengths"]].astype(np.int64)
@@ -112,3 +128,65 @@ class ExportEngine:
 
     def transcribe(self, wavs: list[np.ndarray]) -> list[str]:
         return [self.ctc.text(self.ctc.best_path(lp)) for lp in self.log_probs(wavs)]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ClassifierEngine:
+    """A classification export dir as logits(wavs) / classify(wavs) -> [(label, {class: probability})].
+
+    export.json `classes` (the graph's output order), `logit_scale` (what multiplies the graph's output before the
+    softmax: the margin loss's scale on SpeechBrain's cosines, 1 elsewhere) and `padding_changes_outputs` (a model
+    in which padded frames move the outputs, measured by the export: convolutions see the padding on all three
+    toolkits' classifiers, so only clips of the same length share a graph call)."""
+
+    def __init__(self, export_dir: str | Path, threads: int | None = None):
+        self.dir = Path(export_dir)
+        self.info = read_export_info(self.dir)
+        self.frontend = LogMelFrontend.load(self.dir)
+        self.sample_rate = self.frontend.sample_rate
+        self.format = self.info["format"]
+        self.classes: list[str] = list(self.info["classes"])
+        self.scale = float(self.info.get("logit_scale", 1.0))
+        self.graph = Graph(self.dir, self.info, threads)
+
+    def logits(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """Graph outputs per clip; clips of one padded batch when padding does not change the outputs, else only
+        clips with the same frame count share a call (no padding, so the answer does not depend on the batch)."""
+        if self.info.get("padding_changes_outputs"):
+            frames = [self.frontend(w)[0].shape[0] for w in wavs]
+            groups = [[i for i, n in enumerate(frames) if n == size] for size in dict.fromkeys(frames)]
+        else:
+            groups = [list(range(len(wavs)))]
+        out: list[np.ndarray | None] = [None] * len(wavs)
+        for group in groups:
+            out_rows = self.run_padded([wavs[i] for i in group])
+            for i, row in zip(group, out_rows):
+                out[i] = row
+        return out  # type: ignore[return-value]
+
+    def run_padded(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """One graph call on the zero-padded batch."""
+        feats, lengths = self.frontend.batch(wavs)
+        logits = self.graph.run(feats, lengths)[self.info["outputs"]["logits"]]
+        return [np.asarray(row, dtype=np.float32) for row in logits.reshape(len(wavs), -1)]
+
+    def classify(self, wavs: list[np.ndarray]) -> list[tuple[str, dict[str, float]]]:
+        out = []
+        for logits in self.logits(wavs):
+            if len(logits) != len(self.classes):
+                raise RuntimeError(f"the graph gave {len(logits)} scores for {len(self.classes)} classes")
+            probs = softmax(self.scale * logits.astype(np.float64))
+            best = int(probs.argmax())
+            out.append((self.classes[best], {c: float(p) for c, p in zip(self.classes, probs)}))
+        return out
+
+
+def load_engine(export_dir: str | Path, threads: int | None = None) -> "ExportEngine | ClassifierEngine":
+    """The engine of an export dir's task."""
+    task = read_export_info(Path(export_dir)).get("task", "asr")
+    return ClassifierEngine(export_dir, threads) if task == "classification" else ExportEngine(export_dir, threads)

@@ -53,3 +53,47 @@ def check_parity(ids: list[str], refs: list[str], toolkit: list[tuple[np.ndarray
             "wer_delta": exported_wer - toolkit_wer, "feature_max_abs_diff": feature_max_abs_diff,
             "mismatched": mismatched[:10], "length_mismatch": len_mismatch[:10], "summary": summary,
             "toolkit_hyps": dict(zip(ids, t_hyps))}  # batch 1, what a served request must get back (fp32)
+
+
+LOGIT_TOLERANCE = 2e-3        # classification fp32: max abs diff of the graph's logits against the toolkit's
+INT8_MAX_ACCURACY_LOSS = 0.10  # classification int8: accuracy at most 10 points below the toolkit's
+
+
+def check_classifier_parity(ids: list[str], ref_labels: list[str], classes: list[str], toolkit: list[np.ndarray],
+                            exported: list[np.ndarray], quantized: bool, scale: float = 1.0,
+                            feature_max_abs_diff: float | None = None) -> dict[str, Any]:
+    """The classification twin of check_parity, on logits (what the graph outputs) and top-1 labels.
+    fp32: logits within LOGIT_TOLERANCE (after `scale`, what the softmax sees) and the same top-1 label on every
+    utterance; int8: accuracy at most INT8_MAX_ACCURACY_LOSS below the toolkit's."""
+    diffs, mismatched, shape_mismatch = [], [], []
+    t_labels = [classes[int(np.argmax(t))] for t in toolkit]
+    e_labels = [classes[int(np.argmax(e))] if e.shape == t.shape else None for t, e in zip(toolkit, exported)]
+    for uid, t, e, tl, el in zip(ids, toolkit, exported, t_labels, e_labels):
+        if t.shape != e.shape:
+            shape_mismatch.append({"id": uid, "toolkit": list(t.shape), "exported": list(e.shape)})
+            continue
+        diffs.append(float(np.abs(scale * (t - e)).max()))
+        if tl != el:
+            mismatched.append({"id": uid, "toolkit": tl, "exported": el})
+
+    def accuracy(labels):
+        return sum(a == b for a, b in zip(labels, ref_labels)) / max(len(ref_labels), 1)
+
+    toolkit_acc, exported_acc = accuracy(t_labels), accuracy(e_labels)
+    max_diff = max(diffs) if diffs else float("nan")
+    agreement = sum(a == b for a, b in zip(t_labels, e_labels)) / max(len(t_labels), 1)
+    if quantized:
+        passed = not shape_mismatch and toolkit_acc - exported_acc <= INT8_MAX_ACCURACY_LOSS
+        rule = f"int8: accuracy at most {INT8_MAX_ACCURACY_LOSS:.2f} below the toolkit's"
+    else:
+        passed = not shape_mismatch and not mismatched and max_diff <= LOGIT_TOLERANCE
+        rule = f"fp32: the same top-1 labels and logits within {LOGIT_TOLERANCE}"
+    summary = (f"max |dlogit| {max_diff:.2e}, top-1 labels agree {agreement:.1%}, accuracy toolkit "
+               f"{toolkit_acc:.4f} exported {exported_acc:.4f}")
+    if feature_max_abs_diff is not None:
+        summary += f", features max |d| {feature_max_abs_diff:.2e}"
+    return {"passed": passed, "rule": rule, "utterances": len(ids), "max_abs_logit_diff": max_diff,
+            "label_agreement": agreement, "toolkit_accuracy": toolkit_acc, "exported_accuracy": exported_acc,
+            "accuracy_delta": exported_acc - toolkit_acc, "feature_max_abs_diff": feature_max_abs_diff,
+            "mismatched": mismatched[:10], "shape_mismatch": shape_mismatch[:10], "summary": summary,
+            "toolkit_labels": dict(zip(ids, t_labels))}  # batch 1, what a served request must get back (fp32)

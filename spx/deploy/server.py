@@ -1,23 +1,28 @@
 """`spx serve` (server process): an HTTP API over an export dir (onnxruntime / TorchScript engine) or a run dir
-(the family's inference loader: load_transcriber(run_dir, device), toolkit imported here, in this process).
+(the family's inference loader: load_transcriber / load_classifier / load_synthesizer(run_dir, device), toolkit
+imported here, in this process). One task endpoint, the run's or export's:
 
-    POST /v1/transcribe   audio as multipart (field `file`) or as the raw body -> {text, duration, timing, ...}
+    POST /v1/transcribe   (asr) audio as multipart (field `file`) or as the raw body -> {text, duration, timing, ...}
+    POST /v1/classify     (classification) the same audio input -> {label, scores (top-k), duration, timing, ...}
+    POST /v1/synthesize   (tts) JSON {text, speaker?} -> audio/wav
     GET  /healthz         the process answers
     GET  /readyz          the model is loaded and the batcher runs (503 before)
     GET  /metrics         Prometheus: requests, latency, audio seconds, errors, batch sizes
     GET  /docs            OpenAPI
 
 Concurrent requests are batched dynamically: the batcher takes the first waiting request, then waits up to
-max_wait_ms for more, up to max_batch, and runs them as one padded batch (one model call at a time).
+max_wait_ms for more, up to max_batch, and runs them as one model call (one at a time).
 Bad input is a 4xx JSON error and never stops the server; a model error is a 500 with a request id (logged).
 
-`python -m spx.deploy.server TARGET [--host --port --workers --max-batch --max-wait-ms --max-seconds --max-bytes]`
+`python -m spx.deploy.server TARGET [--host --port --workers --max-batch --max-wait-ms --max-seconds --max-bytes
+--max-chars]`
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
+import io
 import json
 import logging
 import os
@@ -30,8 +35,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import soundfile as sf
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
 
 from spx.errors import SpxError
 
@@ -52,30 +59,43 @@ class ServeConfig:
     max_wait_ms: float = 10.0
     max_seconds: float = 60.0
     max_bytes: int = 20_000_000
+    max_chars: int = 500
     device: str = "cpu"
     threads: int = 0
 
 
 class Model:
-    """transcribe(list of waveforms at sample_rate) -> texts, from an export dir or a run dir."""
+    """From an export dir or a run dir: `task` and `run(list of inputs) -> list of outputs`, one per input.
+    asr: waveforms at sample_rate -> texts; classification: waveforms -> (label, {class: probability});
+    tts: (text, speaker) -> (waveform, sample rate)."""
+
+    LOADERS = {"asr": "load_transcriber", "classification": "load_classifier", "tts": "load_synthesizer"}
 
     def __init__(self, cfg: ServeConfig):
         target = Path(cfg.target)
+        self.top_k = 0
         if (target / "export.json").is_file():
-            from spx.deploy.engine import ExportEngine
+            from spx.deploy.engine import ClassifierEngine, load_engine
 
-            engine = ExportEngine(target, threads=cfg.threads or None)
-            self.transcribe: Callable[[list[np.ndarray]], list[str]] = engine.transcribe
-            self.sample_rate = engine.sample_rate
+            engine = load_engine(target, threads=cfg.threads or None)
             info = engine.info
-            self.describe = {"kind": "export", "backend": info["backend"], "format": info["format"],
-                             "quantize": info["quantize"], "path": str(target)}
+            self.task = info.get("task", "asr")
+            self.run: Callable[[list[Any]], list[Any]] = (
+                engine.classify if isinstance(engine, ClassifierEngine) else engine.transcribe)
+            self.sample_rate = engine.sample_rate
+            if self.task == "classification":
+                self.top_k = int(info.get("top_k") or 3)
+            self.describe = {"kind": "export", "task": self.task, "backend": info["backend"],
+                             "format": info["format"], "quantize": info["quantize"], "path": str(target)}
         else:
             from spx.adapters import get_adapter
             from spx.rundir import RunDir
 
             rd = RunDir(target.resolve())
             spec = rd.spec
+            self.task = spec.task
+            if self.task not in self.LOADERS:
+                raise SpxError(f"spx serve has no endpoint for task {self.task!r}", where=str(target))
             module = importlib.import_module(get_adapter(rd.backend).inference_module(spec))
             if cfg.threads:
                 import torch
@@ -84,12 +104,18 @@ class Model:
             here = os.getcwd()
             os.chdir(rd.path)  # the run's steps run in the run dir; a toolkit config may name files relative to it
             try:
-                self.transcribe = module.load_transcriber(str(rd.path), cfg.device)
+                self.run = getattr(module, self.LOADERS[self.task])(str(rd.path), cfg.device)
             finally:
                 os.chdir(here)
             self.sample_rate = spec.features.sample_rate
-            self.describe = {"kind": "run", "backend": rd.backend, "format": "toolkit", "quantize": None,
-                             "path": str(target), "device": cfg.device}
+            if self.task == "classification":
+                self.top_k = spec.classification.top_k
+            self.describe = {"kind": "run", "task": self.task, "backend": rd.backend, "format": "toolkit",
+                             "quantize": None, "path": str(target), "device": cfg.device}
+
+    @property
+    def transcribe(self) -> Callable[[list[Any]], list[Any]]:  # the name the ASR callers know
+        return self.run
 
 
 class Batcher:
@@ -160,7 +186,8 @@ def make_metrics():
         "requests": Counter("spx_requests", "HTTP requests answered", ["endpoint", "status"], registry=reg),
         "latency": Histogram("spx_request_latency_seconds", "time from request to response", ["endpoint"],
                              buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30), registry=reg),
-        "audio": Counter("spx_audio_seconds", "seconds of audio transcribed", registry=reg),
+        "audio": Counter("spx_audio_seconds", "seconds of audio taken (transcribe, classify) or made "
+                                                   "(synthesize)", registry=reg),
         "errors": Counter("spx_errors", "requests that failed", ["kind"], registry=reg),
         "batch": Histogram("spx_batch_size", "requests per model call", buckets=(1, 2, 4, 8, 16, 32, 64),
                            registry=reg),
@@ -209,10 +236,24 @@ async def request_audio(request: Request, limit: int) -> bytes:
     return await read_limited(request, limit)
 
 
+AUDIO_BODY = {"requestBody": {"content": {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "audio/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+ENDPOINTS = {"asr": "transcribe", "classification": "classify", "tts": "synthesize"}
+DESCRIPTIONS = {"asr": "Speech recognition", "classification": "Audio classification", "tts": "Speech synthesis"}
+
+
+class SynthesizeRequest(BaseModel):
+    text: str
+    speaker: str | None = None
+
+
 def create_app(cfg: ServeConfig, model: Model | None = None) -> FastAPI:
     model = model or Model(cfg)
     registry, metrics = make_metrics()
-    batcher = Batcher(model.transcribe, cfg.max_batch, cfg.max_wait_ms / 1e3, metrics)
+    batcher = Batcher(model.run, cfg.max_batch, cfg.max_wait_ms / 1e3, metrics)
+    endpoint = ENDPOINTS[model.task]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -222,21 +263,29 @@ def create_app(cfg: ServeConfig, model: Model | None = None) -> FastAPI:
         await batcher.stop()
 
     app = FastAPI(title="spx serve", version="1", lifespan=lifespan,
-                  description=f"Speech recognition with {model.describe['backend']} ({model.describe['kind']}: "
-                              f"{model.describe['format']})")
+                  description=f"{DESCRIPTIONS[model.task]} with {model.describe['backend']} "
+                              f"({model.describe['kind']}: {model.describe['format']}): POST /v1/{endpoint}")
 
-    def answer(endpoint: str, status: int, body: dict[str, Any], t0: float) -> JSONResponse:
+    def answer(status: int, body: dict[str, Any], t0: float) -> JSONResponse:
         metrics["requests"].labels(endpoint, str(status)).inc()
         metrics["latency"].labels(endpoint).observe(time.perf_counter() - t0)
         return JSONResponse(body, status_code=status, headers={"X-Request-ID": body.get("request_id", "")})
 
-    @app.post("/v1/transcribe", openapi_extra={"requestBody": {"content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string",
-                                                                                      "format": "binary"}}}},
-        "audio/*": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-    async def transcribe(request: Request) -> JSONResponse:
-        """Transcribe one recording (any codec and rate spx reads: WAV, FLAC, OGG, MP3 via ffmpeg, ...)."""
+    def failed(err: ApiError, rid: str, t0: float) -> JSONResponse:
+        metrics["errors"].labels(err.kind).inc()
+        return answer(err.status, {"error": err.kind, "detail": err.message, "request_id": rid}, t0)
+
+    async def run_model(item: Any, rid: str) -> tuple[Any, dict[str, Any]]:
+        try:
+            return await batcher.submit(item)
+        except Exception:  # noqa: BLE001 - the model failed: a 500, logged with the request id
+            log.exception("spx serve: request %s: the model failed", rid)
+            metrics["errors"].labels("model").inc()
+            raise ApiError(500, "model_error", "the model failed on this request; the server log has the "
+                                               "traceback") from None
+
+    async def audio_in(request: Request, shape: Callable[[Any], dict[str, Any]]) -> JSONResponse:
+        """An audio request (multipart or raw body) through the checks, the batcher and `shape` (result -> body)."""
         t0 = time.perf_counter()
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
@@ -256,20 +305,66 @@ def create_app(cfg: ServeConfig, model: Model | None = None) -> FastAPI:
             if duration > cfg.max_seconds:
                 raise ApiError(413, "too_long", f"the audio is {duration:.1f} s; the limit is {cfg.max_seconds} s "
                                                 "(--max-seconds)")
-            try:
-                text, timing = await batcher.submit(wav)
-            except Exception:  # noqa: BLE001 - the model failed: a 500, logged with the request id
-                log.exception("spx serve: request %s: the model failed", rid)
-                metrics["errors"].labels("model").inc()
-                return answer("transcribe", 500, {"error": "model_error", "detail": "the model failed on this "
-                                                  "request; the server log has the traceback", "request_id": rid}, t0)
+            result, timing = await run_model(wav, rid)
         except ApiError as err:
-            metrics["errors"].labels(err.kind).inc()
-            return answer("transcribe", err.status, {"error": err.kind, "detail": err.message, "request_id": rid}, t0)
+            return failed(err, rid, t0)
         metrics["audio"].inc(duration)
         timing["total_ms"] = (time.perf_counter() - t0) * 1e3
-        return answer("transcribe", 200, {"text": text, "duration": duration, "input_sample_rate": rate,
-                                          "timing": timing, "request_id": rid}, t0)
+        return answer(200, {**shape(result), "duration": duration, "input_sample_rate": rate, "timing": timing,
+                            "request_id": rid}, t0)
+
+    if model.task == "asr":
+        @app.post("/v1/transcribe", openapi_extra=AUDIO_BODY)
+        async def transcribe(request: Request) -> JSONResponse:
+            """Transcribe one recording (any codec and rate spx reads: WAV, FLAC, OGG, MP3 via ffmpeg, ...)."""
+            return await audio_in(request, lambda text: {"text": text})
+
+    if model.task == "classification":
+        @app.post("/v1/classify", openapi_extra=AUDIO_BODY)
+        async def classify(request: Request) -> JSONResponse:
+            """Classify one recording: the best label and the top-k class probabilities (best first)."""
+            def shape(result: tuple[str, dict[str, float]]) -> dict[str, Any]:
+                label, scores = result
+                best = sorted(scores.items(), key=lambda kv: -kv[1])[: model.top_k]
+                return {"label": label, "scores": dict(best)}
+
+            return await audio_in(request, shape)
+
+    if model.task == "tts":
+        @app.post("/v1/synthesize", responses={200: {"content": {"audio/wav": {}}}})
+        async def synthesize(request: Request) -> Response:
+            """Synthesize a sentence: JSON {text, speaker?} -> a WAV (16-bit PCM at the model's rate)."""
+            t0 = time.perf_counter()
+            rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+            try:
+                body = await read_limited(request, cfg.max_bytes)
+                try:
+                    req = SynthesizeRequest.model_validate_json(body)
+                except ValidationError as exc:
+                    raise ApiError(422, "bad_request", "send JSON {\"text\": \"...\", \"speaker\": optional}: "
+                                                       + "; ".join(e["msg"] for e in exc.errors()[:3])) from None
+                text = req.text.strip()
+                if not text:
+                    raise ApiError(422, "empty_text", "the text is empty")
+                if len(text) > cfg.max_chars:
+                    raise ApiError(413, "too_long", f"the text has {len(text)} characters; the limit is "
+                                                    f"{cfg.max_chars} (--max-chars)")
+                speakers = getattr(model.run, "speakers", None)
+                if req.speaker is not None and speakers is not None and req.speaker not in speakers:
+                    raise ApiError(422, "unknown_speaker", f"unknown speaker {req.speaker!r}; the model has "
+                                                           f"{', '.join(speakers) if speakers else 'one voice'}")
+                (wav, rate), timing = await run_model((text, req.speaker), rid)
+            except ApiError as err:
+                return failed(err, rid, t0)
+            duration = len(wav) / rate
+            metrics["audio"].inc(duration)
+            buf = io.BytesIO()
+            sf.write(buf, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), rate, format="WAV", subtype="PCM_16")
+            metrics["requests"].labels(endpoint, "200").inc()
+            metrics["latency"].labels(endpoint).observe(time.perf_counter() - t0)
+            return Response(buf.getvalue(), media_type="audio/wav", headers={
+                "X-Request-ID": rid, "X-Audio-Duration": f"{duration:.3f}", "X-Sample-Rate": str(rate),
+                "X-Model-Ms": f"{timing['model_ms']:.1f}", "X-Total-Ms": f"{(time.perf_counter() - t0) * 1e3:.1f}"})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -304,7 +399,8 @@ def app_from_env() -> FastAPI:
 def parse_args(argv: list[str] | None = None) -> ServeConfig:
     p = argparse.ArgumentParser(prog="spx serve")
     p.add_argument("target")
-    for f in ("host", "port", "workers", "max_batch", "max_wait_ms", "max_seconds", "max_bytes", "device", "threads"):
+    for f in ("host", "port", "workers", "max_batch", "max_wait_ms", "max_seconds", "max_bytes", "max_chars", "device",
+              "threads"):
         default = getattr(ServeConfig, f)
         p.add_argument("--" + f.replace("_", "-"), dest=f, type=type(default), default=default)
     return ServeConfig(**vars(p.parse_args(argv)))

@@ -19,11 +19,13 @@ from typing import Any, Callable
 import numpy as np
 
 from spx.adapters.common import child
-from spx.deploy.engine import EXPORT_JSON, TOKENS_JSON, ExportEngine
+from spx.deploy.engine import EXPORT_JSON, TOKENS_JSON, ClassifierEngine, ExportEngine
 from spx.deploy.features import LogMelFrontend
-from spx.deploy.parity import check_parity
+from spx.deploy.parity import LOGIT_TOLERANCE, check_classifier_parity, check_parity
 
 FORMATS = ("onnx", "torchscript")
+QUANTIZE = ("int8", "int8-static")  # int8-static: ONNX only (onnxruntime static quantization, calibrated)
+CALIBRATION_UTTERANCES = 24         # valid-set utterances whose activation ranges int8-static calibrates on
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
 
 
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("run_dir")
     p.add_argument("out_dir")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="onnx")
-    p.add_argument("--quantize", choices=["int8"], default=None)
+    p.add_argument("--quantize", choices=list(QUANTIZE), default=None)
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--parity-utterances", type=int, default=0, help="test utterances to check (0: all)")
     return p.parse_args(argv)
@@ -87,6 +89,33 @@ def trace_encoder_ctc(net: Any, path: Path, fmt: str, opset: int, int8: bool, n_
             "output_shapes": {"log_probs": ["batch", "out_frames", "vocab"], "out_lengths": ["batch"]}}
 
 
+def trace_features_to_logits(net: Any, path: Path, fmt: str, opset: int, int8: bool, n_mels: int,
+                             masks: Any = None) -> dict[str, Any]:
+    """A classifier's features [B, T, n_mels] + lengths [B] -> logits [B, classes] module as ONNX (dynamo=False, as
+    trace_encoder_ctc) or TorchScript; batch and frames are dynamic."""
+    import contextlib
+
+    import torch
+
+    net = net.eval()
+    if int8:
+        net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+    n_frames = 120  # example input (a ~1.2 s clip); every axis but features is dynamic
+    example = (torch.randn(2, n_frames, n_mels), torch.tensor([n_frames, n_frames - 37]))
+    with masks or contextlib.nullcontext(), torch.inference_mode(False), torch.no_grad():
+        if fmt == "onnx":
+            torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset,
+                              input_names=["features", "lengths"], output_names=["logits"],
+                              dynamic_axes={"features": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
+                                            "logits": {0: "batch"}})
+        else:
+            torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
+    return {"inputs": {"features": "features", "lengths": "lengths"},
+            "input_shapes": {"features": ["batch", "frames", "n_mels"], "lengths": ["batch"]},
+            "outputs": {"logits": "logits"}, "output_order": ["logits"],
+            "output_shapes": {"logits": ["batch", "classes"]}}
+
+
 def file_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
@@ -112,13 +141,59 @@ def _time_per_pass(fn: Callable[[np.ndarray], Any], wavs: list[np.ndarray], repe
     return statistics.median(totals)
 
 
-def quantize_onnx(src: Path, dst: Path) -> None:
-    """onnxruntime dynamic quantization: int8 weights of MatMul/Gemm (and the attention's), activations quantized
-    on the fly; convolutions stay fp32 (quantizing them too, ConvInteger, ran no faster and up to 2x slower on the
-    demo models: measured with onnxruntime 1.31 on CPU)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]] | None = None) -> None:
+    """int8 (calibration None): onnxruntime dynamic quantization: int8 weights of MatMul/Gemm (and the attention's),
+    activations quantized on the fly; convolutions stay fp32 (dynamic ConvInteger ran 0.5-0.7x fp32 on the demo
+    models). int8-static (calibration: feeds of valid-set features): static quantization in the QOperator format,
+    per-channel int8 weights, uint8 activations with MinMax ranges from the calibration feeds, of Conv and MatMul
+    (QLinearConv / QLinearMatMul: 1.4-1.8x the fp32 graph on the demo ASR models where dynamic MatMul gave 1.1-1.3x;
+    measured by benchmarks/int8_options.py with onnxruntime 1.31 on CPU)."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    if calibration is None:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+        return
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(calibration)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    try:
+        quantize_static(str(src), str(dst), Feeds(), quant_format=QuantFormat.QOperator,
+                        op_types_to_quantize=["Conv", "MatMul"], per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+    except RuntimeError as exc:  # e.g. SpeechBrain's ECAPA-TDNN: "Invalid model with unknown initializers/tensors"
+        raise SystemExit(f"spx export: onnxruntime's static quantizer cannot quantize this graph ({exc}); "
+                         "use --quantize int8 (dynamic)") from None
+
+
+def calibration_feeds(spec, engine: Any) -> list[dict[str, np.ndarray]]:
+    """The graph's inputs for the first CALIBRATION_UTTERANCES utterances of the run's valid set, one per feed."""
+    from spx.manifests import read_manifest
+
+    utts = list(read_manifest(spec.data.valid))[:CALIBRATION_UTTERANCES]
+    io = engine.info["inputs"]
+    feeds = []
+    for u in utts:
+        feats, lengths = engine.frontend.batch([child.load_audio(u, spec.features.sample_rate)])
+        feeds.append({io["features"]: feats, **({io["lengths"]: lengths} if io.get("lengths") else {})})
+    return feeds
+
+
+def _quantize(fmt: str, quantize: str, spec, fp32_path: Path, int8_path: Path, fp32_engine: Any, exporter: Any,
+              opset: int, info: dict[str, Any]) -> None:
+    if fmt == "onnx":
+        quantize_onnx(fp32_path, int8_path,
+                      calibration_feeds(spec, fp32_engine) if quantize == "int8-static" else None)
+    elif quantize == "int8-static":
+        raise SystemExit("spx export: --quantize int8-static is ONNX only (TorchScript takes int8: PyTorch dynamic "
+                         "quantization)")
+    else:
+        info.update(exporter.write_graph(int8_path, fmt, opset, True))
 
 
 def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int, exporter: Exporter,
@@ -154,10 +229,7 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
         _write_info(out, tmp_info)
         fp32_engine = ExportEngine(out, threads=threads)
         int8_path = out / model_file
-        if fmt == "onnx":
-            quantize_onnx(fp32_path, int8_path)
-        else:
-            info.update(exporter.write_graph(int8_path, fmt, opset, True))
+        _quantize(fmt, quantize, spec, fp32_path, int8_path, fp32_engine, exporter, opset, info)
         sizes["int8_model_bytes"] = file_size(int8_path)
         _write_info(out, info)
     engine = ExportEngine(out, threads=threads)
@@ -182,6 +254,91 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
         speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
     if quantize:
         fp32_path.unlink()  # the artefact carries the int8 graph only; its fp32 size and speed stay in export.json
+    sizes["artefact_bytes"] = file_size(out)
+    info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _write_info(out, info)
+    _print_summary(info)
+    return info
+
+
+@dataclass
+class ClassifierExporter:
+    """What a backend's classification exporter gives to export_classifier_run."""
+
+    backend: str
+    route: str
+    write_graph: Callable[[Path, str, int, bool], dict[str, Any]]  # (path, fmt, opset, int8_torchscript) -> io info
+    frontend: LogMelFrontend
+    classes: list[str]                                          # the graph's output order
+    reference: Callable[[np.ndarray], np.ndarray]               # toolkit: waveform -> logits [classes] (graph's output)
+    logit_scale: float = 1.0                                    # softmax(scale * logits) = the toolkit's probabilities
+    toolkit_features: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+def export_classifier_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int,
+                          exporter: ClassifierExporter, parity_utterances: int = 0) -> dict[str, Any]:
+    """export_run for task: classification: graph + frontend + classes in export.json, parity on logits and top-1
+    labels (spx.deploy.parity.check_classifier_parity), timing against the toolkit's forward."""
+    import torch
+
+    spec, rd = child.load_run(run_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = child.set_threads(spec)
+    model_file = MODEL_FILES[fmt]
+    fp32_path = out / (model_file.replace("model.", "model.fp32.") if quantize else model_file)
+    t0 = time.perf_counter()
+    io = exporter.write_graph(fp32_path, fmt, opset, False)
+    exporter.frontend.save(out)
+    sizes: dict[str, int] = {"fp32_model_bytes": file_size(fp32_path)}
+    info: dict[str, Any] = {
+        "spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
+        "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route,
+        "model_file": fp32_path.name, **io, "frontend": {"json": "frontend.json", "arrays": "frontend.npz",
+                                                         "input": "log-mel features (numpy frontend, spx.deploy.features)"},
+        "classes": list(exporter.classes), "top_k": spec.classification.top_k, "logit_scale": exporter.logit_scale,
+        "padding_changes_outputs": True, "sample_rate": exporter.frontend.sample_rate,
+        "spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),
+        "spec_name": spec.name,
+    }
+    _write_info(out, info)
+    items = child.test_utterances(spec)[: parity_utterances or None]
+    utts = [(u.id, u.label or "", child.load_audio(u, spec.features.sample_rate)) for _, u in items]
+    wavs = [w for _, _, w in utts]
+    fp32_engine = ClassifierEngine(out, threads=threads) if quantize else None
+    if quantize:
+        int8_path = out / model_file
+        _quantize(fmt, quantize, spec, fp32_path, int8_path, fp32_engine, exporter, opset, info)
+        sizes["int8_model_bytes"] = file_size(int8_path)
+    info["model_file"] = model_file
+    _write_info(out, info)
+    engine = ClassifierEngine(out, threads=threads)
+    export_seconds = time.perf_counter() - t0
+
+    refs = [np.asarray(exporter.reference(w), dtype=np.float32) for w in wavs]
+    got = [engine.logits([w])[0] for w in wavs]
+    # does a padded batch give each clip what it gets alone? (the engine batches only clips of one length if not)
+    padded = [row for i in range(0, len(wavs), 8) for row in engine.run_padded(wavs[i: i + 8])]
+    padding_diff = max(float(np.abs(exporter.logit_scale * (a - b)).max()) for a, b in zip(padded, got))
+    info["padding_changes_outputs"] = padding_diff > LOGIT_TOLERANCE
+    info["padding_max_abs_logit_diff"] = padding_diff
+    feat_diff = None
+    if exporter.toolkit_features is not None:
+        feat_diff = max(float(np.abs(exporter.toolkit_features(w) - exporter.frontend(w)[0]).max()) for w in wavs)
+    parity = check_classifier_parity(ids=[i for i, _, _ in utts], ref_labels=[lab for _, lab, _ in utts],
+                                     classes=engine.classes, toolkit=refs, exported=got, quantized=bool(quantize),
+                                     scale=exporter.logit_scale, feature_max_abs_diff=feat_diff)
+    audio_s = sum(len(w) for w in wavs) / exporter.frontend.sample_rate
+    speed = {"threads": threads, "audio_seconds": audio_s, "batch": 1,
+             "torch_seconds": _time_per_pass(exporter.reference, wavs),
+             "export_seconds": _time_per_pass(lambda w: engine.classify([w]), wavs)}
+    if fp32_engine is not None:
+        speed["fp32_export_seconds"] = _time_per_pass(lambda w: fp32_engine.classify([w]), wavs)
+    for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
+        speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
+    if quantize:
+        fp32_path.unlink()
     sizes["artefact_bytes"] = file_size(out)
     info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

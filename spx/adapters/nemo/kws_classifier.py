@@ -30,7 +30,7 @@ NAME = "kws_classifier"
 CPU_PRECISIONS = ("fp32", "bf16")
 INIT_FROM = "an spx nemo kws_classifier run dir or its .nemo (train_summary.json exported_model)"
 INFERENCE = "spx.adapters.nemo.steps.cls_decode"
-EXPORT = None
+EXPORT = "spx.adapters.nemo.steps.cls_export"
 CONFIG = "native/config.yaml"
 SCHEDULERS = {"cosine": "CosineAnnealing", "noam": "InverseSquareRootAnnealing", "constant": "WarmupPolicy",
               "linear": "WarmupAnnealing"}

@@ -29,7 +29,7 @@ NAME = "kws_classifier"
 CPU_PRECISIONS = ("fp32",)
 INIT_FROM = "an spx speechbrain kws_classifier run dir (its checkpoints/export)"
 INFERENCE = "spx.adapters.speechbrain.steps.cls_decode"
-EXPORT = None
+EXPORT = "spx.adapters.speechbrain.steps.cls_export"
 CONFIG = "native/config.yaml"
 
 
