@@ -123,6 +123,10 @@ CHECKS = [
     (r"^spx bench recipes/conformer_ctc\.yaml --backends nemo,espnet .*--out my_bench --dry-run",
      lambda p, repo: sorted(c.name for c in (repo / "my_bench/runs").iterdir()) == ["conformer_ctc-espnet",
                                                                                    "conformer_ctc-nemo"]),
+    (r"^spx bench recipes/tiny/ssl_ctc_tiny\.yaml --backends hf,speechbrain,espnet,nemo --out ssl_bench --dry-run",
+     lambda p, repo: sorted(c.name for c in (repo / "ssl_bench/runs").iterdir()) == ["ssl_ctc_tiny-hf",
+                                                                                    "ssl_ctc_tiny-speechbrain"]
+     and "ssl_ctc_tiny-nemo: unsupported" in " ".join(p.stderr.split())),
     (r"^spx bench --from bench_out/results\.json --out paper/", lambda p, repo: (repo / "paper/report.html").exists()),
     (r"^spx score audio synth/ --ref refs/ --json",
      lambda p, repo: json.loads(p.stdout[p.stdout.index("{"):])["utterances"] == 2),
