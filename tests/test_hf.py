@@ -217,6 +217,35 @@ def hf_ctc_run(hf_models, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+def test_encoder_output_equals_transformers_forward(hf_models, tmp_path):
+    """The parity test of the pretrained-models issue, hf's part (SpeechBrain's and ESPnet's are in their
+    *_pretrained test files, against the same reference): the model the train step loads (load_ctc with the rendered
+    settings, a new CTC head) computes, below its head, what transformers.AutoModel computes from the same folder on
+    the same utterance, normalized by the feature extractor the train step uses."""
+    import torch
+    from transformers import AutoModel
+
+    from spx.adapters.common.child import load_audio
+    from spx.adapters.hf.steps.common import feature_extractor
+    from spx.adapters.hf.steps.models import char_text, load_ctc
+    from spx.manifests import read_manifest
+
+    wav = load_audio(read_manifest(REPO / "spx" / "demo" / "corpus" / "test.jsonl")[0], 16000)
+    for kind in ("wav2vec2_s320", "hubert_s320", "wavlm_s320"):
+        folder = hf_models / kind
+        rd = _render(tmp_path / kind, CTC_RECIPE, f"model.encoder.pretrained={folder}")
+        settings = json.loads((rd / "native" / "spx_hf.json").read_text())
+        model = load_ctc(str(folder), char_text(rd / "native" / "vocab.json"), settings, keep_head=False).eval()
+        inputs = feature_extractor(str(folder))(wav, sampling_rate=16000, return_tensors="pt")
+        with torch.no_grad():
+            ours = model.base_model(inputs.input_values, attention_mask=inputs.attention_mask).last_hidden_state
+            theirs = AutoModel.from_pretrained(folder).eval()(inputs.input_values,
+                                                              attention_mask=inputs.attention_mask).last_hidden_state
+        assert ours.shape == theirs.shape == (1, len(wav) // 320, SSL["hidden_size"]), kind
+        assert torch.equal(ours, theirs), (kind, (ours - theirs).abs().max().item())
+
+
+@pytest.mark.slow
 def test_ssl_ctc_fine_tunes_decodes_and_scores(hf_ctc_run):
     rd = hf_ctc_run
     metrics = json.loads((rd / "metrics.json").read_text())
