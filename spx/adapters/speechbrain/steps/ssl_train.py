@@ -10,7 +10,6 @@ the adapters and the head only: AdaptedModel saves its trainable parameters).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -25,7 +24,7 @@ from spx.adapters.speechbrain.ssl_ctc import EXPORT_INFO
 from spx.adapters.speechbrain.steps import ssl_model
 from spx.adapters.speechbrain.steps.model import ctc_decoder, make_tokenizer
 from spx.adapters.speechbrain.steps.train import (
-    RANK, WORLD, CTCBrain, datasets, loader_kwargs, log, make_scheduler, quarantine_incomplete,
+    RANK, WORLD, CTCBrain, datasets, log, make_scheduler, plan_updates, quarantine_incomplete,
 )
 
 
@@ -148,24 +147,11 @@ def main(run_dir: str) -> None:
     brain.run_dir, brain.decode = rd, ctc_decoder(hparams, tokenizer)
     brain.rank_batches = brain.rank_updates = 0
     brain.t0, brain.prior_seconds = time.time(), 0.0
-    train_loader = brain.make_dataloader(train, stage=sb.Stage.TRAIN, **loader_kwargs(hparams, train))
-    valid_loader = brain.make_dataloader(valid, stage=sb.Stage.VALID, ckpt_prefix=None,
-                                         batch_size=hparams["valid_batch_size"], num_workers=hparams["num_workers"])
-    accum = hparams["grad_accumulation_factor"]
-    updates_per_epoch = math.ceil(len(train_loader) / accum)
-    max_steps = hparams["optimizer_step_limit"]
-    if max_steps:
-        brain.planned_epochs = math.ceil(max_steps / updates_per_epoch)
-        hparams["epoch_counter"].limit = brain.planned_epochs
-        total = max_steps
-    else:
-        brain.planned_epochs = hparams["number_of_epochs"]
-        total = updates_per_epoch * brain.planned_epochs
+    train_loader, valid_loader, total = plan_updates(brain, hparams, train, valid)
     brain.scheduler = make_scheduler({"lr_annealing": hparams["lr_annealing_head"]}, total)
     brain.pretrained_scheduler = make_scheduler({"lr_annealing": hparams["lr_annealing_pretrained"]}, total)
     brain.checkpointer.add_recoverable("scheduler_head", brain.scheduler)
     brain.checkpointer.add_recoverable("scheduler_pretrained", brain.pretrained_scheduler)
-    log(f"{len(train)} train utterances, {len(train_loader)} batches/epoch on this rank, {total} updates planned")
 
     brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
 
@@ -186,7 +172,8 @@ def main(run_dir: str) -> None:
             rd, wall_seconds=round(time.time() - t_start, 2), epochs=hparams["epoch_counter"].current,
             steps=brain.optimizer_step, peak_memory_mb=round(child.peak_memory_mb(device), 1),
             last_checkpoint=str(last), best_checkpoint=str(best), best_metric=monitor, exported_model=str(export),
-            effective_batch=(bs * WORLD * accum) if bs and not hparams["dynamic_batching"] else None,
+            effective_batch=(bs * WORLD * hparams["grad_accumulation_factor"])
+            if bs and not hparams["dynamic_batching"] else None,
             world_size=WORLD, ranks=ranks, distributed_backend=backend if WORLD > 1 else None,
             resumed_from_epoch=brain.resumed_from_epoch,
             early_stopped=bool(getattr(hparams["epoch_counter"], "should_stop", False)), device=device,

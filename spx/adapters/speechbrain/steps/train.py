@@ -185,6 +185,26 @@ def quarantine_incomplete(ckpt_dir: Path) -> None:
             log(f"moved incomplete checkpoint {d.name} (killed while saving) to {dest}")
 
 
+def plan_updates(brain, hparams, train, valid):
+    """The train/valid loaders and the number of optimizer updates the run makes (optimizer_step_limit, else
+    epochs x updates per epoch), with brain.planned_epochs and the epoch counter set to match."""
+    train_loader = brain.make_dataloader(train, stage=sb.Stage.TRAIN, **loader_kwargs(hparams, train))
+    valid_loader = brain.make_dataloader(valid, stage=sb.Stage.VALID, ckpt_prefix=None,
+                                         batch_size=hparams["valid_batch_size"], num_workers=hparams["num_workers"])
+    updates_per_epoch = math.ceil(len(train_loader) / hparams["grad_accumulation_factor"])
+    max_steps = hparams["optimizer_step_limit"]
+    if max_steps:
+        brain.planned_epochs = math.ceil(max_steps / updates_per_epoch)
+        hparams["epoch_counter"].limit = brain.planned_epochs
+        total = max_steps
+    else:
+        brain.planned_epochs = hparams["number_of_epochs"]
+        total = updates_per_epoch * brain.planned_epochs
+    log(f"{len(train)} train utterances, {len(train_loader)} batches/epoch on this rank, {updates_per_epoch} "
+        f"updates/epoch, {total} updates planned")
+    return train_loader, valid_loader, total
+
+
 def make_scheduler(hparams, total_steps: int):
     """The per-update LR schedule from hparams' `lr_annealing` partial, given the planned number of updates."""
     partial = hparams["lr_annealing"]
@@ -260,23 +280,9 @@ def main(run_dir: str) -> None:
     brain.rank_updates = 0
     brain.t0 = time.time()
     brain.prior_seconds = 0.0
-    train_loader = brain.make_dataloader(train, stage=sb.Stage.TRAIN, **loader_kwargs(hparams, train))
-    valid_loader = brain.make_dataloader(valid, stage=sb.Stage.VALID, ckpt_prefix=None,
-                                         batch_size=hparams["valid_batch_size"], num_workers=hparams["num_workers"])
-    accum = hparams["grad_accumulation_factor"]
-    updates_per_epoch = math.ceil(len(train_loader) / accum)
-    max_steps = hparams["optimizer_step_limit"]
-    if max_steps:
-        brain.planned_epochs = math.ceil(max_steps / updates_per_epoch)
-        hparams["epoch_counter"].limit = brain.planned_epochs
-        total = max_steps
-    else:
-        brain.planned_epochs = hparams["number_of_epochs"]
-        total = updates_per_epoch * brain.planned_epochs
+    train_loader, valid_loader, total = plan_updates(brain, hparams, train, valid)
     brain.scheduler = make_scheduler(hparams, total)
     brain.checkpointer.add_recoverable("scheduler", brain.scheduler)
-    log(f"{len(train)} train utterances, {len(train_loader)} batches/epoch on this rank, {updates_per_epoch} updates/epoch, "
-        f"{total} updates planned")
 
     brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
 
@@ -297,8 +303,10 @@ def main(run_dir: str) -> None:
             trainable_params=int(sum(p.numel() for p in hparams["model"].parameters() if p.requires_grad)),
             peak_memory_mb=round(child.peak_memory_mb(device), 1), last_checkpoint=str(last), best_checkpoint=str(best),
             best_metric=monitor, exported_model=str(export),
-            effective_batch=(bs * WORLD * accum) if bs and not hparams["dynamic_batching"] else None,
-            effective_batch_seconds=(hparams["max_batch_length_seconds"] * WORLD * accum) if hparams["dynamic_batching"] else None,
+            effective_batch=(bs * WORLD * hparams["grad_accumulation_factor"])
+            if bs and not hparams["dynamic_batching"] else None,
+            effective_batch_seconds=(hparams["max_batch_length_seconds"] * WORLD * hparams["grad_accumulation_factor"])
+            if hparams["dynamic_batching"] else None,
             world_size=WORLD, ranks=ranks, distributed_backend=backend if WORLD > 1 else None,
             resumed_from_epoch=brain.resumed_from_epoch, early_stopped=bool(getattr(hparams["epoch_counter"], "should_stop", False)),
             device=device, precision=hparams["precision"], threads=threads, frozen_parameters=len(frozen),
