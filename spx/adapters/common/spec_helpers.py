@@ -3,6 +3,8 @@ no torch, no toolkit). A backend says what differs (its hint, the precisions its
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 from spx.errors import SpxError
@@ -50,6 +52,22 @@ def check_fine_tuning(spec: Spec, init_hint: str, backend: str = "", methods: tu
                        hint=f"set init_from to {init_hint}, or drop freeze")
 
 
+def exported_model_dir(init_from: str, what: str) -> Path:
+    """init_from as the folder of an exported model: the folder itself, or the one a finished run dir's
+    train_summary.json names (`exported_model`). `what` names what init_from takes, for the error hints."""
+    p = Path(init_from).expanduser()
+    if not p.exists():
+        raise SpxError(f"init_from {init_from!r} does not exist", where="init_from", hint=f"give {what}")
+    p = p.resolve()
+    if (p / "train_summary.json").is_file():
+        exported = json.loads((p / "train_summary.json").read_text()).get("exported_model")
+        if not exported:
+            raise SpxError(f"init_from {p}: its train_summary.json names no exported_model", where="init_from",
+                           hint="train it to the end first")
+        p = Path(exported)
+    return p
+
+
 def pretrained_model(spec: Spec) -> str | None:
     """The pretrained model a family starts from by design (model.encoder.pretrained / model.pretrained), or None."""
     encoder = getattr(spec.model, "encoder", None)
@@ -76,8 +94,9 @@ def check_finetune_support(spec: Spec, backend: str, methods: tuple[str, ...], o
         return f": {reasons[key]}" if key in reasons else ""
 
     if spec.finetune.method not in methods:
+        reason = why(f"finetune.method {spec.finetune.method}")
         raise SpxError(f"finetune.method {spec.finetune.method} is not supported by {where} (it has: "
-                       f"{', '.join(methods)}){why(f'finetune.method {spec.finetune.method}')}", where="finetune.method",
+                       f"{', '.join(methods)}){reason}", where="finetune.method",
                        hint="use finetune.method " + " or ".join(methods) + ", or a backend/family that has "
                             f"{spec.finetune.method} (docs/backends/hf.md lists them)")
     for key, is_set in FINETUNE_OPTIONS.items():

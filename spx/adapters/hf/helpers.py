@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.common.spec_helpers import FREEZE_LAYERS, deep_merge, pretrained_model
+from spx.adapters.common.spec_helpers import FREEZE_LAYERS, deep_merge, exported_model_dir, pretrained_model
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
@@ -98,17 +98,7 @@ def check_common(spec: Spec, family: str) -> None:
 
 def resolve_init_from(init_from: str, family: str) -> Path:
     """An spx hf run dir (its train_summary.json names the export) or an export folder (spx_export.json)."""
-    p = Path(init_from).expanduser()
-    if not p.exists():
-        raise SpxError(f"init_from {init_from!r} does not exist", where="init_from",
-                       hint="give a finished hf run dir, or its checkpoints/export folder")
-    p = p.resolve()
-    if (p / "train_summary.json").is_file():
-        exported = json.loads((p / "train_summary.json").read_text()).get("exported_model")
-        if not exported:
-            raise SpxError(f"init_from {p}: its train_summary.json names no exported_model", where="init_from",
-                           hint="train it to the end first")
-        p = Path(exported)
+    p = exported_model_dir(init_from, "a finished hf run dir, or its checkpoints/export folder")
     if not (p / EXPORT_INFO).is_file():
         raise SpxError(f"init_from {p} is not a model exported by spx's hf backend (no {EXPORT_INFO})",
                        where="init_from", hint="point init_from at a finished hf run dir or its checkpoints/export")

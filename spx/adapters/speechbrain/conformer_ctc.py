@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from spx.adapters.common.spec_helpers import exported_model_dir
 from spx.adapters.speechbrain.helpers import OPTIMIZERS, STEPS, WARMUP_ANNEALING, step, yaml_value
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
@@ -36,16 +37,7 @@ def resolve_init_from(init_from: str) -> Path:
     """The local SpeechBrain model spx fine-tunes from: a model exported by spx (run_dir/checkpoints/export:
     hparams.yaml, one <module>.ckpt per module, the tokenizer and spx_export.json) or an spx run dir
     (its train_summary.json names the export)."""
-    p = Path(init_from).expanduser()
-    if not p.exists():
-        raise SpxError(f"init_from {init_from!r} does not exist",
-                       hint="give a SpeechBrain model exported by spx (run_dir/checkpoints/export) or its run dir")
-    p = p.resolve()
-    if (p / "train_summary.json").exists():
-        exported = json.loads((p / "train_summary.json").read_text()).get("exported_model")
-        if not exported:
-            raise SpxError(f"init_from {p}: its train_summary.json names no exported_model", hint="train it to the end first")
-        p = Path(exported)
+    p = exported_model_dir(init_from, "a SpeechBrain model exported by spx (run_dir/checkpoints/export) or its run dir")
     if not (p / EXPORT_INFO).exists():
         raise SpxError(f"init_from {p} is not a SpeechBrain model exported by spx (no {EXPORT_INFO})",
                        hint="point init_from at run_dir/checkpoints/export of a finished speechbrain run, or at the run dir")

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spx.adapters.common.spec_helpers import FREEZE_LAYERS
+from spx.adapters.common.spec_helpers import FREEZE_LAYERS, exported_model_dir
 from spx.adapters.speechbrain.helpers import OPTIMIZERS, STEPS, WARMUP_ANNEALING, step, write_asr_csvs, yaml_value
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
@@ -73,17 +73,7 @@ def model_kind(name: str, config: dict[str, Any] | None) -> str:
 
 def resolve_init_from(init_from: str) -> Path:
     """An spx speechbrain ssl_ctc export (checkpoints/export with spx_export.json) or the run dir naming it."""
-    p = Path(init_from).expanduser()
-    if not p.exists():
-        raise SpxError(f"init_from {init_from!r} does not exist", where="init_from",
-                       hint="give a finished speechbrain ssl_ctc run dir or its checkpoints/export")
-    p = p.resolve()
-    if (p / "train_summary.json").is_file():
-        exported = json.loads((p / "train_summary.json").read_text()).get("exported_model")
-        if not exported:
-            raise SpxError(f"init_from {p}: its train_summary.json names no exported_model", where="init_from",
-                           hint="train it to the end first")
-        p = Path(exported)
+    p = exported_model_dir(init_from, "a finished speechbrain ssl_ctc run dir or its checkpoints/export")
     info_path = p / EXPORT_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     if info.get("family") != NAME:
