@@ -172,3 +172,9 @@ def test_fine_tunes_decodes_and_scores(sb_whisper_run, tiny):
     utts = read_manifest(REPO / "spx" / "demo" / "corpus" / "test.jsonl")[:3]
     texts = transcribe([load_audio(u, 16000) for u in utts])
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    # both searchers start from the same prefix the decoder was trained with
+    from spx.adapters.speechbrain.steps.whisper_model import load_whisper_hparams
+
+    hparams = load_whisper_hparams(load_run(rd)[1])
+    prefix = hparams["whisper"].tokenizer.convert_tokens_to_ids(summary["decoder_prefix"])
+    assert [list(hparams[s].initial_tokens) for s in ("valid_search", "test_search")] == [prefix, prefix]

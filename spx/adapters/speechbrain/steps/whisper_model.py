@@ -17,10 +17,10 @@ from spx.rundir import RunDir
 SEARCHERS = ("valid_search", "test_search")
 
 
-def multilingual(whisper: Any) -> bool:
-    """SpeechBrain decides by vocabulary size (>= 51865); a checkpoint's generation config may say so itself
+def multilingual(whisper: Any, source: str) -> bool:
+    """SpeechBrain decides by vocabulary size (>= 51865); a local checkpoint's generation config may say so itself
     (Transformers' own flag), which is what a small multilingual model has."""
-    gen = Path(whisper.model.config._name_or_path) / "generation_config.json"
+    gen = Path(source) / "generation_config.json"
     flag = json.loads(gen.read_text()).get("is_multilingual") if gen.is_file() else None
     return bool(whisper.is_multilingual or flag)
 
@@ -32,7 +32,7 @@ def load_whisper_hparams(rd: RunDir) -> dict[str, Any]:
     hparams = load_ssl_hparams(rd)
     whisper = hparams["whisper"]
     language, task = hparams["language"], hparams["whisper_task"]
-    if multilingual(whisper):
+    if multilingual(whisper, hparams["pretrained_source"]):
         whisper.tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
     elif (language, task) != ("en", "transcribe"):
         raise RuntimeError(f"model.pretrained {hparams['pretrained_source']} is an English-only Whisper: it takes "
