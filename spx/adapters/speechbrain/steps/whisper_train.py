@@ -45,7 +45,7 @@ class WhisperBrain(CTCBrain):
         tokens_eos, tokens_eos_lens = batch.tokens_eos
         loss = self.hparams.nll_loss(log_probs, tokens_eos, length=tokens_eos_lens)
         if hyps is not None:
-            texts = whisper_model.hyps_to_text(self.modules.whisper.tokenizer, hyps)
+            texts = whisper_model.hyps_to_text(self.hparams.whisper.tokenizer, hyps)  # unwrapped under DDP
             self.wer_metric.append(batch.id, [h.split() for h in texts], [w.split() for w in batch.wrd])
         return loss
 
