@@ -50,23 +50,39 @@ def test_renders_the_integration_searchers_and_freezing(tmp_path):
                           "decoding.strategy=beam", "decoding.beam_size=3", 'freeze=["encoder"]'),
                     "speechbrain", tmp_path / "run")
     text = (rd / "native" / "hparams.yaml").read_text()
-    assert "whisper: !new:speechbrain.integrations.huggingface.whisper.Whisper\n" in text
+    assert "whisper_base: !new:speechbrain.integrations.huggingface.whisper.Whisper\n" in text
     assert f"pretrained_source: {json.dumps(str(pre))}" in text
     assert 'language: "de"' in text and "whisper_task: translate" in text
     assert "freeze: false" in text and "freeze_encoder: true" in text and "encoder_only: false" in text
-    assert "valid_search: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher\n    model: !ref <whisper>" in text
-    assert ("test_search: !new:speechbrain.decoders.seq2seq.S2SWhisperBeamSearcher\n    module: [!ref <whisper>]"
+    assert "valid_search: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher\n    model: !ref <whisper_base>" in text
+    assert ("test_search: !new:speechbrain.decoders.seq2seq.S2SWhisperBeamSearcher\n    module: [!ref <whisper_base>]"
             in text) and "beam_size: 3" in text
     assert f"max_decode_ratio: {24 / 1500!r}" in text  # model.max_new_tokens 24 over 1500 encoder frames
     assert "nll_loss: !name:speechbrain.nnet.losses.nll_loss" in text and "opt_class: !name:torch.optim.AdamW" in text
     greedy = render_run(_spec(f"model.pretrained={pre}"), "speechbrain", tmp_path / "greedy")
     text = (greedy / "native" / "hparams.yaml").read_text()
     assert "test_search: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher" in text
-    assert "freeze_encoder: false" in text
+    assert "freeze_encoder: false" in text and "\nwhisper: !ref <whisper_base>\n" in text
+
+
+def test_renders_lora_as_an_adapted_model_the_searchers_use_the_integration(tmp_path):
+    from spx.runner import render_run
+
+    pre = _fake_whisper(tmp_path / "wh")
+    rd = render_run(_spec(f"model.pretrained={pre}", "finetune.method=lora", "finetune.rank=4",
+                          'finetune.target_modules=["q_proj"]', "finetune.dropout=0"), "speechbrain", tmp_path / "run")
+    text = (rd / "native" / "hparams.yaml").read_text()
+    assert "whisper: !new:speechbrain.nnet.adapters.AdaptedModel\n    model_to_adapt: !ref <whisper_base>" in text
+    assert "adapter_class: !name:speechbrain.nnet.adapters.LoRA" in text and 'target_layers: ["*.q_proj"]' in text
+    assert 'adapter_kwargs: {"rank": 4, "alpha": 16.0}' in text and "manual_adapter_insertion: True" in text
+    assert "valid_search: !new:speechbrain.decoders.seq2seq.S2SWhisperGreedySearcher\n    model: !ref <whisper_base>" in text
 
 
 @pytest.mark.parametrize("overrides, key, message", [
-    (["finetune.method=lora"], "finetune.method", "does not wire speechbrain.nnet.adapters"),
+    (["finetune.method=adapter"], "finetune.method", "HoulsbyAdapterLinear"),
+    (["finetune.method=lora", 'freeze=["encoder"]'], "freeze", "AdaptedModel keeps every base weight frozen"),
+    (["finetune.method=lora", "backends.speechbrain.merge_lora=true"], "backends.speechbrain.merge_lora",
+     "not wired"),
     (["training.optimizer.pretrained_lr=0.0001"], "training.optimizer.pretrained_lr", "pretrained_lr"),
     (["augmentation.spec_augment={}"], "augmentation.spec_augment", "not rendered"),
     (["augmentation.speed_perturb=[0.9,1.0,1.1]"], "augmentation.speed_perturb", "not rendered"),
@@ -178,3 +194,26 @@ def test_fine_tunes_decodes_and_scores(sb_whisper_run, tiny):
     hparams = load_whisper_hparams(load_run(rd)[1])
     prefix = hparams["whisper"].tokenizer.convert_tokens_to_ids(summary["decoder_prefix"])
     assert [list(hparams[s].initial_tokens) for s in ("valid_search", "test_search")] == [prefix, prefix]
+
+
+@pytest.mark.slow
+def test_lora_trains_the_adapters_only_and_leaves_the_base_bit_identical(tiny, tmp_path):
+    """LoRA (rank 4 on q_proj/v_proj of encoder self-attention and decoder self- and cross-attention): trainable =
+    the adapters, exactly; the base's digest unchanged; the export holds the adapters alone and decodes."""
+    rd = tmp_path / "lora"
+    run_spx("run", "--backend", "speechbrain", RECIPE, "--run-dir", rd, f"model.pretrained={tiny / 'whisper'}",
+            "finetune.method=lora", "finetune.rank=4", "training.max_steps=4", "model.max_new_tokens=4",
+            "eval.warmup_batches=0", check=True)  # short decodes: this run checks the parameters, not accuracy
+    summary = json.loads((rd / "train_summary.json").read_text())
+    d_model, layers = 32, 2 + 2 * 2  # encoder layers (self-attn) + decoder layers (self- and cross-attn)
+    assert summary["lora_layers"] == 2 * layers and summary["steps"] == 4
+    assert summary["trainable_params"] == summary["lora_params"] == 2 * layers * 4 * 2 * d_model
+    assert summary["params"] == summary["trainable_params"] + summary["frozen_params"]
+    assert summary["base_weights_sha256_before"] == summary["base_weights_sha256_after"]
+    export = Path(summary["exported_model"])
+    import torch
+
+    saved = torch.load(export / "whisper.ckpt", map_location="cpu")
+    assert saved and all(k.split(".")[-2] in ("adapter_down_proj", "adapter_up_proj") for k in saved)
+    assert json.loads((export / "spx_export.json").read_text())["method"] == "lora"
+    assert len(_jsonl(rd / "hyps.jsonl")) == 40

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from spx.adapters.speechbrain.steps.ssl_model import count, load_modules, load_ssl_hparams
+from spx.adapters.speechbrain.steps.ssl_model import ADAPTER_PARTS, count, load_modules, load_ssl_hparams
 from spx.adapters.speechbrain.whisper import EXPORT_INFO
 from spx.rundir import RunDir
 
@@ -30,7 +30,7 @@ def load_whisper_hparams(rd: RunDir) -> dict[str, Any]:
     <|notimestamps|> for training and both searchers (SpeechBrain's integration sets this prefix for multilingual
     vocabularies only, and its searchers read it when they are built)."""
     hparams = load_ssl_hparams(rd)
-    whisper = hparams["whisper"]
+    whisper = hparams["whisper_base"]
     language, task = hparams["language"], hparams["whisper_task"]
     if multilingual(whisper, hparams["pretrained_source"]):
         whisper.tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
@@ -46,7 +46,7 @@ def load_whisper_hparams(rd: RunDir) -> dict[str, Any]:
 def freeze_parts(hparams: dict[str, Any]) -> list[str]:
     """freeze: feature_extractor (the conv front-end) and encoder.layers:N; `encoder` is the integration's own
     freeze_encoder switch."""
-    encoder = hparams["whisper"].model.encoder
+    encoder = hparams["whisper_base"].model.encoder
     frozen: list[str] = []
     for item in hparams["freeze"]:
         if item == "feature_extractor":
@@ -65,10 +65,23 @@ def freeze_parts(hparams: dict[str, Any]) -> list[str]:
     return frozen
 
 
-def param_report(whisper: torch.nn.Module) -> dict[str, int]:
+def prepare(hparams: dict[str, Any]) -> list[str]:
+    """The model as the train step trains it: the freeze items applied, then (lora) the adapters inserted."""
+    frozen = freeze_parts(hparams)
+    if hparams["finetune_method"] == "lora":
+        hparams["whisper"].insert_adapters()
+    return frozen
+
+
+def param_report(hparams: dict[str, Any]) -> dict[str, int]:
+    whisper = hparams["whisper"]
     params = list(whisper.parameters())
     total, trainable = count(params), count(p for p in params if p.requires_grad)
-    return {"params": total, "trainable_params": trainable, "frozen_params": total - trainable}
+    out = {"params": total, "trainable_params": trainable, "frozen_params": total - trainable}
+    if hparams["finetune_method"] == "lora":
+        out["lora_params"] = count(p for n, p in whisper.named_parameters() if n.split(".")[-2] in ADAPTER_PARTS)
+        out["lora_layers"] = len(whisper.replace_layers)
+    return out
 
 
 def token_targets(tokenizer: Any, text: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,15 +100,17 @@ def load_exported(rd: RunDir, device: str):
     exported whisper weights through SpeechBrain's Pretrainer."""
     summary = json.loads((rd / "train_summary.json").read_text())
     export = Path(summary["exported_model"])
-    json.loads((export / EXPORT_INFO).read_text())  # an spx export, or a clear error here
+    info = json.loads((export / EXPORT_INFO).read_text())
     hparams = load_whisper_hparams(rd)
+    if info["method"] == "lora":  # the export holds the adapters only: the base comes from its source
+        hparams["whisper"].insert_adapters()
     load_modules({"whisper": hparams["whisper"]}, export, Path(hparams["output_folder"]) / "exported")
     hparams["whisper"].to(device).eval()
     return hparams, export
 
 
 def transcriber(hparams: dict[str, Any], device: str, dtype: str) -> Callable[[list[np.ndarray]], list[str]]:
-    whisper, search = hparams["whisper"], hparams["test_search"]
+    whisper, search = hparams["whisper_base"], hparams["test_search"]
     autocast = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     dev_type = "cuda" if device.startswith("cuda") else "cpu"
 

@@ -19,7 +19,7 @@ import torch
 
 import speechbrain as sb
 from spx.adapters.common import child
-from spx.adapters.speechbrain.steps import whisper_model
+from spx.adapters.speechbrain.steps import ssl_model, whisper_model
 from spx.adapters.speechbrain.steps.train import (
     RANK, WORLD, CTCBrain, audio_pipeline, loader_kwargs, log, make_scheduler, quarantine_incomplete,
 )
@@ -45,7 +45,7 @@ class WhisperBrain(CTCBrain):
         tokens_eos, tokens_eos_lens = batch.tokens_eos
         loss = self.hparams.nll_loss(log_probs, tokens_eos, length=tokens_eos_lens)
         if hyps is not None:
-            texts = whisper_model.hyps_to_text(self.hparams.whisper.tokenizer, hyps)  # unwrapped under DDP
+            texts = whisper_model.hyps_to_text(self.hparams.whisper_base.tokenizer, hyps)  # unwrapped under DDP
             self.wer_metric.append(batch.id, [h.split() for h in texts], [w.split() for w in batch.wrd])
         return loss
 
@@ -77,8 +77,10 @@ def export_best(brain: WhisperBrain, hparams, rd, monitor: str, describe: dict) 
     tmp.mkdir(parents=True)
     shutil.copy2(best.path / "whisper.ckpt", tmp / "whisper.ckpt")
     shutil.copy2(rd / "native" / "hparams.yaml", tmp / "hparams.yaml")
-    info = {"family": "whisper", "method": "full", "base_model": hparams["pretrained_source"],
+    method = hparams["finetune_method"]
+    info = {"family": "whisper", "method": method, "base_model": hparams["pretrained_source"],
             "language": hparams["language"], "task": hparams["whisper_task"], "modules": {"whisper": "whisper.ckpt"},
+            "whisper_weights": "LoRA adapters only (the base is base_model)" if method == "lora" else "full",
             "tokenizer": "the base model's own", "source_checkpoint": str(best.path), "meta": best.meta,
             "params": describe["params"], "speechbrain": sb.__version__}
     (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2))
@@ -104,16 +106,18 @@ def main(run_dir: str) -> None:
     run_opts = {"device": device, "distributed_backend": backend, "find_unused_parameters": WORLD > 1}
     sb.utils.distributed.ddp_init_group(run_opts)
 
-    whisper = hparams["whisper"]
-    frozen = whisper_model.freeze_parts(hparams)
+    whisper = hparams["whisper_base"]
+    frozen = whisper_model.prepare(hparams)
+    lora = hparams["finetune_method"] == "lora"
+    before = ssl_model.base_digest(hparams["whisper"]) if lora else None
     tokenizer = whisper.tokenizer
     describe = {"model_type": whisper.model.config.model_type, "pretrained": hparams["pretrained_source"],
-                "finetune_method": "full", "language": hparams["language"], "whisper_task": hparams["whisper_task"],
+                "finetune_method": hparams["finetune_method"], "language": hparams["language"], "whisper_task": hparams["whisper_task"],
                 "decoder_prefix": tokenizer.convert_ids_to_tokens(tokenizer.prefix_tokens),
-                "freeze": hparams["freeze"], **whisper_model.param_report(whisper)}
+                "freeze": hparams["freeze"], **whisper_model.param_report(hparams)}
     log(f"device {device}, {threads} threads, distributed backend {backend if WORLD > 1 else 'none'}; whisper from "
         f"{hparams['pretrained_source']}: {describe['params']} parameters, {describe['trainable_params']} trainable"
-        f"; decoder prefix {''.join(describe['decoder_prefix'])}")
+        + (f" ({describe['lora_params']} LoRA)" if lora else "") + f"; decoder prefix {''.join(describe['decoder_prefix'])}")
 
     train, valid = datasets(hparams, tokenizer)
     hparams["train_logger"] = sb.utils.train_logger.FileTrainLogger(save_file=hparams["train_log"])
@@ -140,6 +144,10 @@ def main(run_dir: str) -> None:
     log(f"{len(train)} train utterances, {len(train_loader)} batches/epoch on this rank, {total} updates planned")
 
     brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
+
+    if lora:  # the proof that LoRA left the pretrained weights as they were (bit for bit)
+        describe.update(base_weights_sha256_before=before,
+                        base_weights_sha256_after=ssl_model.base_digest(hparams["whisper"]))
 
     mine = {"rank": RANK, "batches": brain.rank_batches, "updates": brain.rank_updates}
     ranks = [mine]
