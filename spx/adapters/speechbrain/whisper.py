@@ -2,11 +2,12 @@
 SpeechBrain's own Transformers integration (speechbrain.integrations.huggingface.whisper.Whisper) and fine-tuned by
 a Brain, as SpeechBrain's recipe CommonVoice/ASR/transformer (train_hf_whisper.yaml, train_with_whisper.py) does:
 the decoder is fed <|startoftranscript|><|lang|><|task|><|notimestamps|> + the text in Whisper's own tokens, NLL
-loss on the next tokens, one optimizer, S2SWhisperGreedySearcher / S2SWhisperBeamSearcher to decode.
+loss on the next tokens, one optimizer, S2SWhisperGreedySearcher / S2SWhisperBeamSearcher to decode; LoRA through
+speechbrain.nnet.adapters.AdaptedModel as the ssl_ctc family does.
 
 render writes run_dir/native/:
-  hparams.yaml     the generated hyperpyyaml: `whisper` (the integration, source = model.pretrained, freeze_encoder
-                   for freeze: [encoder]), the optimizer and schedule, the searchers, Checkpointer, epoch counter
+  hparams.yaml     the generated hyperpyyaml: `whisper_base` (the integration, source = model.pretrained,
+                   freeze_encoder for freeze: [encoder]), `whisper` (it, or AdaptedModel around it for LoRA), the optimizer and schedule, the searchers, Checkpointer, epoch counter
   overrides.yaml   `backends.speechbrain`, applied untouched as hyperpyyaml overrides
   train.csv, valid.csv, <test>.csv   as the other SpeechBrain ASR families write them
 Steps: train (steps/whisper_train.py under torchrun) and decode (steps/whisper_decode.py). No torch or speechbrain
