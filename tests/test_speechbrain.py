@@ -131,6 +131,7 @@ def test_family_modules_declare_the_contract_and_import_no_toolkit():
     assert got["families"] == {
         "conformer_ctc": ["asr", "conformer_ctc", ["fp32", "bf16"], True, steps + "decode", steps + "export", True],
         "ssl_ctc": ["asr", "ssl_ctc", ["fp32"], True, steps + "ssl_decode", None, True],
+        "whisper": ["asr", "whisper", ["fp32"], True, steps + "whisper_decode", None, True],
         "kws_classifier": ["classification", "kws_classifier", ["fp32"], True, steps + "cls_decode", steps + "cls_export",
                            True],
         "tacotron2": ["tts", "tacotron2", ["fp32"], True, None, None, True],

@@ -213,3 +213,42 @@ def write_asr_csvs(spec: Spec, native: Path) -> tuple[list[Any], list[str]]:
         export_speechbrain_csv(read_manifest(t), dst)
         tests.append(str(dst))
     return train, tests
+
+
+LORA_TARGETS = ["q_proj", "v_proj"]  # the attention projections of every encoder layer (as the hf family)
+DROPOUT_LORA = f"{STEPS}.ssl_model.DropoutLoRA"  # SpeechBrain's LoRA with dropout on the adapter input
+
+
+def optimizer_momentum(spec: Spec) -> str:
+    """The optimizer keyword after lr in a pretrained family's hparams: Adam's betas or SGD's momentum."""
+    return "    betas: !ref <betas>" if spec.training.optimizer.name in ("adam", "adamw") else "    momentum: 0.9"
+
+
+def lr_annealing(spec: Spec, key: str, lr_key: str) -> str:
+    """The hparams entry `key`: the spec's scheduler as a SpeechBrain annealing of the learning rate `lr_key`."""
+    sch = spec.training.scheduler
+    if sch.name == "noam":
+        return f"""{key}: !name:speechbrain.nnet.schedulers.NoamScheduler
+    lr_initial: !ref <{lr_key}>
+    n_warmup_steps: {max(1, sch.warmup_steps)}"""
+    if sch.name == "linear":
+        return f"""{key}: !name:speechbrain.nnet.schedulers.LinearWarmupScheduler
+    initial_value: !ref <{lr_key}>
+    num_warmup_steps: !ref <warmup_steps>"""
+    return f"""{key}: !name:{WARMUP_ANNEALING}
+    shape: {sch.name}
+    lr: !ref <{lr_key}>
+    warmup_steps: !ref <warmup_steps>
+    min_lr: !ref <min_lr>"""
+
+
+def epoch_counter(spec: Spec) -> str:
+    """The hparams epoch_counter: with early stopping, SpeechBrain's EpochCounterWithStopper."""
+    if spec.training.early_stopping:
+        return """epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounterWithStopper
+    limit: !ref <number_of_epochs>
+    limit_to_stop: !ref <early_stopping_patience>
+    limit_warmup: 0
+    direction: min"""
+    return """epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounter
+    limit: !ref <number_of_epochs>"""

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from spx.adapters.common.spec_helpers import FREEZE_LAYERS, exported_model_dir
-from spx.adapters.speechbrain.helpers import OPTIMIZERS, STEPS, WARMUP_ANNEALING, step, write_asr_csvs, yaml_value
+from spx.adapters.speechbrain.helpers import (
+    DROPOUT_LORA, LORA_TARGETS, OPTIMIZERS, STEPS, epoch_counter, lr_annealing, optimizer_momentum, step, write_asr_csvs,
+    yaml_value,
+)
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
@@ -36,8 +39,6 @@ EXPORT_INFO = "spx_export.json"
 SSL_CLASSES = {"wav2vec2": "speechbrain.integrations.huggingface.wav2vec2.Wav2Vec2",
                "hubert": "speechbrain.integrations.huggingface.hubert.HuBERT",
                "wavlm": "speechbrain.integrations.huggingface.wavlm.WavLM"}
-LORA_TARGETS = ["q_proj", "v_proj"]  # the attention projections of every encoder layer (as the hf family)
-DROPOUT_LORA = f"{STEPS}.ssl_model.DropoutLoRA"  # SpeechBrain's LoRA with dropout on the adapter input
 
 
 def pretrained_config(name: str) -> dict[str, Any] | None:
@@ -291,16 +292,16 @@ modules:
 pretrained_opt_class: !name:{OPTIMIZERS[opt.name]}
     lr: !ref <lr_pretrained>
     weight_decay: !ref <weight_decay>
-{_momentum(spec)}
+{optimizer_momentum(spec)}
 head_opt_class: !name:{OPTIMIZERS[opt.name]}
     lr: !ref <lr>
     weight_decay: !ref <weight_decay>
-{_momentum(spec)}
-{_annealing(spec, 'lr_annealing_head', 'lr')}
-{_annealing(spec, 'lr_annealing_pretrained', 'lr_pretrained')}
+{optimizer_momentum(spec)}
+{lr_annealing(spec, 'lr_annealing_head', 'lr')}
+{lr_annealing(spec, 'lr_annealing_pretrained', 'lr_pretrained')}
 
 # ---- checkpointing (resume with recover_if_possible) and the epoch loop
-{_counter(spec)}
+{epoch_counter(spec)}
 checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
     checkpoints_dir: !ref <save_folder>
     recoverables:
@@ -309,35 +310,3 @@ checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
         counter: !ref <epoch_counter>
 """
     return out
-
-
-def _momentum(spec: Spec) -> str:
-    return "    betas: !ref <betas>" if spec.training.optimizer.name in ("adam", "adamw") else "    momentum: 0.9"
-
-
-def _annealing(spec: Spec, key: str, lr_key: str) -> str:
-    sch = spec.training.scheduler
-    if sch.name == "noam":
-        return f"""{key}: !name:speechbrain.nnet.schedulers.NoamScheduler
-    lr_initial: !ref <{lr_key}>
-    n_warmup_steps: {max(1, sch.warmup_steps)}"""
-    if sch.name == "linear":
-        return f"""{key}: !name:speechbrain.nnet.schedulers.LinearWarmupScheduler
-    initial_value: !ref <{lr_key}>
-    num_warmup_steps: !ref <warmup_steps>"""
-    return f"""{key}: !name:{WARMUP_ANNEALING}
-    shape: {sch.name}
-    lr: !ref <{lr_key}>
-    warmup_steps: !ref <warmup_steps>
-    min_lr: !ref <min_lr>"""
-
-
-def _counter(spec: Spec) -> str:
-    if spec.training.early_stopping:
-        return """epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounterWithStopper
-    limit: !ref <number_of_epochs>
-    limit_to_stop: !ref <early_stopping_patience>
-    limit_warmup: 0
-    direction: min"""
-    return """epoch_counter: !new:speechbrain.utils.epoch_loop.EpochCounter
-    limit: !ref <number_of_epochs>"""

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from spx.adapters.common.spec_helpers import FREEZE_LAYERS
-from spx.adapters.speechbrain.helpers import OPTIMIZERS, STEPS, step, write_asr_csvs, yaml_value
-from spx.adapters.speechbrain.ssl_ctc import DROPOUT_LORA, LORA_TARGETS, _annealing, _counter, _momentum
+from spx.adapters.speechbrain.helpers import (
+    DROPOUT_LORA, LORA_TARGETS, OPTIMIZERS, STEPS, epoch_counter, lr_annealing, optimizer_momentum, step, write_asr_csvs,
+    yaml_value,
+)
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 from spx.spec import Spec
@@ -221,11 +223,11 @@ test_search: !new:speechbrain.decoders.seq2seq.{searcher}
 opt_class: !name:{OPTIMIZERS[opt.name]}
     lr: !ref <lr>
     weight_decay: !ref <weight_decay>
-{_momentum(spec)}
-{_annealing(spec, 'lr_annealing', 'lr')}
+{optimizer_momentum(spec)}
+{lr_annealing(spec, 'lr_annealing', 'lr')}
 
 # ---- checkpointing (resume with recover_if_possible) and the epoch loop
-{_counter(spec)}
+{epoch_counter(spec)}
 checkpointer: !new:speechbrain.utils.checkpoints.Checkpointer
     checkpoints_dir: !ref <save_folder>
     recoverables:
