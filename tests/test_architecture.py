@@ -127,3 +127,18 @@ def test_backend_list_lives_in_the_registry_only():
     offenders = [str(p.relative_to(REPO)) for p in spx_modules().values()
                  if p.name != "registry.py" and spelled.search(p.read_text(encoding="utf-8"))]
     assert not offenders, f"backend list written out in {offenders}: use spx.registry.BACKEND_NAMES"
+
+
+def test_family_modules_import_no_other_family():
+    """docs/architecture.md: a family module imports its backend's helpers and the core, never another family (what
+    two families share goes to helpers.py), so a family is added or removed as one file."""
+    from spx.adapters import get_adapter
+    from spx.registry import BACKENDS
+
+    graph = import_graph()
+    wrong = []
+    for backend in BACKENDS:
+        families = {f"spx.adapters.{backend}.{module}" for fams in get_adapter(backend).families.values()
+                    for module in fams.values()}
+        wrong += [(f, sorted(graph[f] & (families - {f}))) for f in sorted(families) if graph[f] & (families - {f})]
+    assert not wrong, f"family modules importing another family: {wrong}"
