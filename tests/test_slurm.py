@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RECIPE, run_spx
+from conftest import RECIPE, REPO, run_spx
 from spx.errors import SpxError
 from spx.rundir import RunDir, Step
 
@@ -444,6 +444,23 @@ def test_spx_run_on_slurm_per_backend(slurm_cluster, tmp_path, backend):
     assert row["state"] == "finished" and row["slurm_state"] == "COMPLETED" and row["launcher"] == "slurm"
     logs = run_spx("logs", rd, "--step", "train", check=True).stdout
     assert logs.strip()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_hf_fine_tune_on_slurm(slurm_cluster, tmp_path, tmp_path_factory):
+    """The fourth backend's run dir runs under sbatch like the others (a tiny random wav2vec2, one epoch)."""
+    from hf_tiny import tiny_models
+
+    rd = tmp_path / "hf"
+    run_spx("run", "--backend", "hf", REPO / "recipes" / "tiny" / "ssl_ctc_tiny.yaml", "--launcher", "slurm",
+            "--run-dir", rd, "--force", "resources.slurm.cpus_per_task=2", "training.epochs=1",
+            f"model.encoder.pretrained={tiny_models(tmp_path_factory) / 'wav2vec2'}", check=True)
+    job = json.loads((rd / "status.json").read_text())["slurm_job_id"]
+    wait_job_done(job, 1200)
+    _assert_finished(rd, job)
+    assert status_json(rd)["slurm_state"] == "COMPLETED"
+    assert json.loads((rd / "train_summary.json").read_text())["steps"] == 30
 
 
 @pytest.mark.slurm
