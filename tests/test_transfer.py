@@ -8,8 +8,8 @@ its reason.
 
 The bar is on CER: at this size and budget WER saturates near 1.0 either way (a word is right only when all of its
 characters are), while CER separates them clearly. Measured on this 2-core CPU machine (10 epochs; CER from the
-pretrained folder vs from random init, over four runs): hf 0.58-0.62 vs 0.78-0.95, speechbrain 0.56-0.64 vs 1.00,
-espnet 0.60-0.61 vs 0.89."""
+pretrained folder vs from random init, over five runs): hf 0.58-0.65 vs 0.77-0.95, speechbrain 0.56-0.64 vs 1.00,
+espnet 0.60-0.61 vs 0.89. hf varies most from run to run (the pretraining run is redone each time)."""
 from __future__ import annotations
 
 import json
@@ -26,7 +26,7 @@ from shared_artifacts import build_once, shared_dir
 RECIPE = REPO / "recipes" / "tiny" / "ssl_ctc_tiny.yaml"
 PRETRAIN_EPOCHS = 20
 FINE_TUNE_EPOCHS = 10
-MARGIN = 0.10  # CER points the pretrained start must win by (measured: 0.16 to 0.44; hf's random start varies most)
+MARGIN = 0.08  # CER points the pretrained start must win by (measured: 0.12 to 0.44, the least on hf)
 BACKENDS = ["hf", "speechbrain", "espnet"]  # the backends with ssl_ctc; nemo loads no Transformers model
 
 
