@@ -24,7 +24,7 @@ from spx.adapters.speechbrain.ssl_ctc import EXPORT_INFO
 from spx.adapters.speechbrain.steps import ssl_model
 from spx.adapters.speechbrain.steps.model import ctc_decoder, make_tokenizer
 from spx.adapters.speechbrain.steps.train import (
-    RANK, WORLD, CTCBrain, datasets, log, make_scheduler, plan_updates, quarantine_incomplete,
+    RANK, WORLD, CTCBrain, datasets, log, make_scheduler, plan_updates, start_training,
 )
 
 
@@ -109,21 +109,10 @@ def export_best(brain: SslCTCBrain, hparams, tokenizer, rd, monitor: str, descri
 
 def main(run_dir: str) -> None:
     t_start = time.time()
-    spec, rd = child.load_run(run_dir)
-    threads = child.set_threads(spec)
-    device = child.pick_device(spec)
-    child.precision_dtype(spec, device)
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    os.environ.setdefault("SB_GLOBAL_SEED", str(spec.training.seed))
-    sb.utils.seed.seed_everything(spec.training.seed, verbose=False)
-    hparams = ssl_model.load_ssl_hparams(rd)
-    if RANK == 0:
-        quarantine_incomplete(Path(hparams["save_folder"]))
-    backend = "gloo" if device == "cpu" else hparams["distributed_backend"]
-    # DDP: a pretrained model can hold parameters no forward uses (wav2vec2's masked_spec_embed without SpecAugment)
-    run_opts = {"device": device, "distributed_backend": backend, "find_unused_parameters": WORLD > 1}
-    sb.utils.distributed.ddp_init_group(run_opts)
+    # DDP: wav2vec2's masked_spec_embed is a parameter no forward uses without SpecAugment
+    spec, rd, hparams, device, threads, run_opts = start_training(run_dir, ssl_model.load_ssl_hparams,
+                                                                  find_unused_parameters=True)
+    backend = run_opts["distributed_backend"]
 
     init_dir = Path(hparams["init_from"]) if hparams["init_from"] else None
     tokenizer = make_tokenizer(hparams, spec, init_dir, hparams["init_load_head"])
@@ -133,8 +122,7 @@ def main(run_dir: str) -> None:
     describe = {"model_type": hf.config.model_type, "pretrained": hparams["pretrained_source"],
                 "finetune_method": hparams["finetune_method"], "tokenizer": tokenizer.kind,
                 "vocab_size": hparams["output_neurons"], **ssl_model.param_report(hparams)}
-    log(f"device {device}, {threads} threads, distributed backend {backend if WORLD > 1 else 'none'}; "
-        f"{describe['model_type']} from {hparams['pretrained_source']} ({type(hparams['ssl_base']).__name__}): "
+    log(f"{describe['model_type']} from {hparams['pretrained_source']} ({type(hparams['ssl_base']).__name__}): "
         f"{describe['params']} parameters, {describe['trainable_params']} trainable"
         + (f" ({describe['lora_params']} LoRA)" if lora else "")
         + (f"; init from {init_dir} ({', '.join(details['loaded'])})" if init_dir else ""))

@@ -240,24 +240,34 @@ def export_best(brain: CTCBrain, hparams, tokenizer: Tokenizer, rd, monitor: str
     return export, best.path, last.path
 
 
-def main(run_dir: str) -> None:
-    t_start = time.time()
+def start_training(run_dir: str, load, find_unused_parameters: bool = False):
+    """What every SpeechBrain train step does first: the run's spec, threads, device (this rank's GPU), seed, the
+    hparams (`load(rd)`), incomplete checkpoints moved aside, the DDP group. Returns (spec, rd, hparams, device,
+    threads, run_opts)."""
     spec, rd = child.load_run(run_dir)
     threads = child.set_threads(spec)
     device = child.pick_device(spec)
     child.precision_dtype(spec, device)  # refuses fp16 on CPU clearly
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
-        device = f"cuda:{local_rank}"
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     os.environ.setdefault("SB_GLOBAL_SEED", str(spec.training.seed))
     sb.utils.seed.seed_everything(spec.training.seed, verbose=False)
-    hparams = load_hparams(rd)
+    hparams = load(rd)
     if RANK == 0:  # before the DDP rendezvous, so no other rank lists checkpoints meanwhile
         quarantine_incomplete(Path(hparams["save_folder"]))
     backend = "gloo" if device == "cpu" else hparams["distributed_backend"]
     run_opts = {"device": device, "distributed_backend": backend}
+    if find_unused_parameters:  # a pretrained model can hold parameters no forward uses
+        run_opts["find_unused_parameters"] = WORLD > 1
     sb.utils.distributed.ddp_init_group(run_opts)
     log(f"device {device}, {threads} threads, distributed backend {backend if WORLD > 1 else 'none'}")
+    return spec, rd, hparams, device, threads, run_opts
+
+
+def main(run_dir: str) -> None:
+    t_start = time.time()
+    spec, rd, hparams, device, threads, run_opts = start_training(run_dir, load_hparams)
+    backend = run_opts["distributed_backend"]
 
     init_dir = Path(hparams["init_from"]) if hparams["init_from"] else None
     tokenizer = make_tokenizer(hparams, spec, init_dir, hparams["init_load_head"])

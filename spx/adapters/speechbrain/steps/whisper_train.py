@@ -21,7 +21,7 @@ import speechbrain as sb
 from spx.adapters.common import child
 from spx.adapters.speechbrain.steps import ssl_model, whisper_model
 from spx.adapters.speechbrain.steps.train import (
-    RANK, WORLD, CTCBrain, audio_pipeline, loader_kwargs, log, make_scheduler, quarantine_incomplete,
+    RANK, WORLD, CTCBrain, audio_pipeline, loader_kwargs, log, make_scheduler, start_training,
 )
 from spx.adapters.speechbrain.whisper import EXPORT_INFO
 
@@ -91,20 +91,9 @@ def export_best(brain: WhisperBrain, hparams, rd, monitor: str, describe: dict) 
 
 def main(run_dir: str) -> None:
     t_start = time.time()
-    spec, rd = child.load_run(run_dir)
-    threads = child.set_threads(spec)
-    device = child.pick_device(spec)
-    child.precision_dtype(spec, device)
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    os.environ.setdefault("SB_GLOBAL_SEED", str(spec.training.seed))
-    sb.utils.seed.seed_everything(spec.training.seed, verbose=False)
-    hparams = whisper_model.load_whisper_hparams(rd)
-    if RANK == 0:
-        quarantine_incomplete(Path(hparams["save_folder"]))
-    backend = "gloo" if device == "cpu" else hparams["distributed_backend"]
-    run_opts = {"device": device, "distributed_backend": backend, "find_unused_parameters": WORLD > 1}
-    sb.utils.distributed.ddp_init_group(run_opts)
+    spec, rd, hparams, device, threads, run_opts = start_training(run_dir, whisper_model.load_whisper_hparams,
+                                                                  find_unused_parameters=True)
+    backend = run_opts["distributed_backend"]
 
     whisper = hparams["whisper_base"]
     frozen = whisper_model.prepare(hparams)
@@ -115,8 +104,7 @@ def main(run_dir: str) -> None:
                 "finetune_method": hparams["finetune_method"], "language": hparams["language"], "whisper_task": hparams["whisper_task"],
                 "decoder_prefix": tokenizer.convert_ids_to_tokens(tokenizer.prefix_tokens),
                 "freeze": hparams["freeze"], **whisper_model.param_report(hparams)}
-    log(f"device {device}, {threads} threads, distributed backend {backend if WORLD > 1 else 'none'}; whisper from "
-        f"{hparams['pretrained_source']}: {describe['params']} parameters, {describe['trainable_params']} trainable"
+    log(f"whisper from {hparams['pretrained_source']}: {describe['params']} parameters, {describe['trainable_params']} trainable"
         + (f" ({describe['lora_params']} LoRA)" if lora else "") + f"; decoder prefix {''.join(describe['decoder_prefix'])}")
 
     train, valid = datasets(hparams, tokenizer)
