@@ -10,7 +10,7 @@ REFS = ["the cat sat on the mat", "hello world", "Mr. Smith paid 20 dollars", "a
 
 
 def write_cell(out: Path, recipe: str, backend: str, hyps: list[str], decode_seconds=(1.0, 1.2, 1.1),
-               state: str = "finished", error: str | None = None, seed: int = 1234) -> Path:
+               state: str = "finished", error: str | None = None, seed: int = 1234, train: dict | None = None) -> Path:
     cell = out / "runs" / f"{recipe}-{backend}"
     cell.mkdir(parents=True, exist_ok=True)
     (cell / "backend").write_text(backend + "\n")
@@ -43,7 +43,8 @@ def write_cell(out: Path, recipe: str, backend: str, hyps: list[str], decode_sec
             fh.write(json.dumps({"epoch": ep, "step": ep * 10, "train_loss": 3.0 / ep, "valid_loss": 3.5 / ep,
                                  "time": 10.0 * ep}) + "\n")
     (cell / "train_summary.json").write_text(json.dumps({"wall_seconds": 30.0, "epochs": 3, "steps": 30,
-                                                         "params": 812345, "peak_memory_mb": 900.0}))
+                                                         "params": 812345, "peak_memory_mb": 900.0,
+                                                         "trainable_params": 812345, **(train or {})}))
     (cell / "metrics.json").write_text(json.dumps({"backend": backend, "task": "asr", "wer": None}))
     return cell
 
@@ -52,7 +53,7 @@ def write_demo_bench(out: Path) -> Path:
     write_cell(out, "demo", "nemo", REFS)
     write_cell(out, "demo", "speechbrain", ["the cat sat on a mat", "hello word", "mister smith paid twenty dollars",
                                              "a quick brown fox", "speech is fun", "one two three for five"],
-               decode_seconds=(2.0, 2.2, 2.1))
+               decode_seconds=(2.0, 2.2, 2.1), train={"trainable_params": 20480, "lora_params": 4096})
     write_cell(out, "demo", "espnet", ["the cat sat", "hello world", "mr smith paid $20", "quick brown box",
                                         "speech is fun fun", "one two three four five"], decode_seconds=(0.5, 0.6, 0.55))
     return out

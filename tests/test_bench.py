@@ -90,6 +90,7 @@ def test_report_all_formats_from_cells(tmp_path):
                     "## Where backends disagree (demo)", "## Reproducibility", "whisper_normalizer.english"):
         assert section in md, section
     assert str(out / "runs" / "broken-espnet" / "train.log") in md
+    assert "| 0.81M | 0.81M |" in md and "| 0.81M | 20.5k (4.1k adapters) |" in md  # params, trainable (LoRA)
     assert "failed" in proc.stderr and "broken-espnet" in proc.stderr  # the terminal table shows the failure
     check_in_chromium(out, "report-synthetic", figures=3)
 

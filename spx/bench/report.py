@@ -25,7 +25,8 @@ CSV_COLUMNS = ["recipe", "backend", "state", "wer", "wer_ci_low", "wer_ci_high",
                "insertions", "words", "utterances", "rtf", "rtfx", "rtfx_min", "rtfx_max", "decode_seconds_median",
                "audio_seconds", "device", "dtype", "batch_size", "threads", "warmup_batches", "repeats",
                "train_wall_s", "epochs", "s_per_epoch", "peak_memory_mb", "params", "seed", "normalizer", "run_dir",
-               "error", "log"] + TTS_CSV_COLUMNS + CLASSIFICATION_CSV_COLUMNS + ["unsupported"]
+               "error", "log"] + TTS_CSV_COLUMNS + CLASSIFICATION_CSV_COLUMNS + ["unsupported", "trainable_params",
+                                                                                  "adapter_params"]
 COMPARISON_CSV_COLUMNS = ["recipe", "metric", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value",
                           "utterances", "samples", "higher_is_better", "better"]
 TEX_TTS_KEYS = ("dnsmos_ovrl", "distillmos", "utmos", "wer", "mcd", "speaker_similarity")  # what fits a paper column
@@ -48,6 +49,14 @@ def params_str(p: int | None) -> str:
     if not p:
         return "—"
     return f"{p / 1e6:.2f}M" if p >= 1e5 else f"{p / 1e3:.1f}k"
+
+
+def trainable_str(r: dict[str, Any]) -> str:
+    """Trainable parameters of a cell, with the LoRA / adapter share of a parameter-efficient fine-tune."""
+    t = r.get("trainable_params")
+    if t is None:
+        return "—"
+    return params_str(t) + (f" ({params_str(r['adapter_params'])} adapters)" if r.get("adapter_params") else "")
 
 
 def p_str(p: float) -> str:
@@ -278,11 +287,12 @@ def render_md(res: dict[str, Any]) -> str:
         L += ["", "Clock: " + "; ".join(clock) + "."]
     if tts:
         L += ["", "TTS cells: the clock covers synthesis (text → waveform) and audio seconds are the generated audio."]
-    L += ["", "## Training cost", "", "| Recipe | Backend | Wall s | Epochs | s/epoch | Peak memory MB | Params |",
-          "|---|---|---:|---:|---:|---:|---:|"]
+    L += ["", "## Training cost", "", "| Recipe | Backend | Wall s | Epochs | s/epoch | Peak memory MB | Params | "
+          "Trainable |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in done:
         L.append(f"| {r['recipe']} | {r['backend']} | {num(r.get('train_wall_s'))} | {num(r.get('epochs'))} | "
-                 f"{num(r.get('s_per_epoch'))} | {num(r.get('peak_memory_mb'), 0)} | {params_str(r.get('params'))} |")
+                 f"{num(r.get('s_per_epoch'))} | {num(r.get('peak_memory_mb'), 0)} | {params_str(r.get('params'))} | "
+                 f"{trainable_str(r)} |")
     if res["comparisons"]:
         L += ["", "## Pairwise WER differences (paired bootstrap)", "",
               "| Recipe | A | B | WER A % | WER B % | A − B (points) | 95% CI | p | Utts |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -627,7 +637,7 @@ def render_html(res: dict[str, Any]) -> str:
         done=done_rows(res), failed=failed_rows(res),
         unsupported={task: unsupported_rows(res, task) for task in ("asr", "tts", "classification")},
         clocks="; ".join(sorted({str(r["speed"].get("clock")) for r in res["rows"] if r.get("speed")})) or "—", figures=figures, pct=pct, num=num,
-        params_str=params_str, p_str=p_str, repro=repro_lines(res), markup=jinja2.utils.markupsafe.Markup)
+        params_str=params_str, trainable_str=trainable_str, p_str=p_str, repro=repro_lines(res), markup=jinja2.utils.markupsafe.Markup)
 
 
 def write_report(res: dict[str, Any], out: Path, write_json: bool = True) -> dict[str, Path]:

@@ -98,6 +98,10 @@ def _train_cost(ts: dict[str, Any] | None, curve: list[dict[str, Any]]) -> dict[
         per_epoch = wall / epochs
     return {"train_wall_s": wall, "epochs": epochs, "s_per_epoch": per_epoch, "steps": ts.get("steps"),
             "peak_memory_mb": ts.get("peak_memory_mb"), "params": ts.get("params"),
+            "trainable_params": ts.get("trainable_params"),
+            # the LoRA / adapter weights of a parameter-efficient fine-tune (hf, SpeechBrain, ESPnet: lora_params;
+            # NeMo: adapter_params)
+            "adapter_params": ts.get("lora_params") or ts.get("adapter_params"),
             "effective_batch": ts.get("effective_batch"), "world_size": ts.get("world_size")}
 
 
