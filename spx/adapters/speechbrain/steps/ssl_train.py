@@ -24,7 +24,8 @@ from spx.adapters.speechbrain.ssl_ctc import EXPORT_INFO
 from spx.adapters.speechbrain.steps import ssl_model
 from spx.adapters.speechbrain.steps.model import ctc_decoder, make_tokenizer
 from spx.adapters.speechbrain.steps.train import (
-    RANK, WORLD, CTCBrain, datasets, log, make_scheduler, plan_updates, start_training,
+    RANK, WORLD, CTCBrain, datasets, log, gather_ranks, make_scheduler, plan_updates, start_training,
+    summary_fields,
 )
 
 
@@ -112,7 +113,6 @@ def main(run_dir: str) -> None:
     # DDP: wav2vec2's masked_spec_embed is a parameter no forward uses without SpecAugment
     spec, rd, hparams, device, threads, run_opts = start_training(run_dir, ssl_model.load_ssl_hparams,
                                                                   find_unused_parameters=True)
-    backend = run_opts["distributed_backend"]
 
     init_dir = Path(hparams["init_from"]) if hparams["init_from"] else None
     tokenizer = make_tokenizer(hparams, spec, init_dir, hparams["init_load_head"])
@@ -146,27 +146,14 @@ def main(run_dir: str) -> None:
     if lora:  # the proof that LoRA left the pretrained weights as they were (bit for bit)
         describe.update(base_weights_sha256_before=before, base_weights_sha256_after=ssl_model.base_digest(
             hparams["ssl"]))
-    mine = {"rank": RANK, "batches": brain.rank_batches, "updates": brain.rank_updates}
-    ranks = [mine]
-    if WORLD > 1 and torch.distributed.is_initialized():
-        ranks = [None] * WORLD
-        torch.distributed.all_gather_object(ranks, mine)
-    log(f"done: {brain.rank_batches} batches, {brain.rank_updates} updates on this rank")
+    ranks = gather_ranks(brain)
     if RANK == 0:
         monitor = hparams["early_stopping_monitor"] or "valid_loss"
-        export, best, last = export_best(brain, hparams, tokenizer, rd, monitor, describe)
-        bs = hparams["batch_size"]
+        exported = export_best(brain, hparams, tokenizer, rd, monitor, describe)
         child.write_train_summary(
-            rd, wall_seconds=round(time.time() - t_start, 2), epochs=hparams["epoch_counter"].current,
-            steps=brain.optimizer_step, peak_memory_mb=round(child.peak_memory_mb(device), 1),
-            last_checkpoint=str(last), best_checkpoint=str(best), best_metric=monitor, exported_model=str(export),
-            effective_batch=(bs * WORLD * hparams["grad_accumulation_factor"])
-            if bs and not hparams["dynamic_batching"] else None,
-            world_size=WORLD, ranks=ranks, distributed_backend=backend if WORLD > 1 else None,
-            resumed_from_epoch=brain.resumed_from_epoch,
-            early_stopped=bool(getattr(hparams["epoch_counter"], "should_stop", False)), device=device,
-            precision=hparams["precision"], threads=threads, init_from=str(init_dir) if init_dir else None,
-            init_details=details or None, speechbrain=sb.__version__, **describe)
+            rd, **summary_fields(brain, hparams, t_start, device, threads, run_opts, ranks, exported, monitor),
+            init_from=str(init_dir) if init_dir else None, init_details=details or None, speechbrain=sb.__version__,
+            **describe)
     if WORLD > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

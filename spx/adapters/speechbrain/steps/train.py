@@ -205,6 +205,34 @@ def plan_updates(brain, hparams, train, valid):
     return train_loader, valid_loader, total
 
 
+def gather_ranks(brain) -> list[dict]:
+    """Every rank says how much it did; rank 0 records it (proof that all ranks took part)."""
+    mine = {"rank": RANK, "batches": brain.rank_batches, "updates": brain.rank_updates}
+    ranks = [mine]
+    if WORLD > 1 and torch.distributed.is_initialized():
+        ranks = [None] * WORLD
+        torch.distributed.all_gather_object(ranks, mine)
+    log(f"done: {brain.rank_batches} batches, {brain.rank_updates} updates on this rank")
+    return ranks
+
+
+def summary_fields(brain, hparams, t_start: float, device: str, threads: int, run_opts: dict, ranks: list,
+                   exported: tuple, monitor: str) -> dict:
+    """The train_summary.json fields every SpeechBrain train step writes the same way; `exported` is
+    export_best's (export, best checkpoint, last checkpoint)."""
+    export, best, last = exported
+    bs, accum = hparams["batch_size"], hparams["grad_accumulation_factor"]
+    return dict(
+        wall_seconds=round(time.time() - t_start, 2), epochs=hparams["epoch_counter"].current,
+        steps=brain.optimizer_step, peak_memory_mb=round(child.peak_memory_mb(device), 1), last_checkpoint=str(last),
+        best_checkpoint=str(best), best_metric=monitor, exported_model=str(export),
+        effective_batch=(bs * WORLD * accum) if bs and not hparams["dynamic_batching"] else None,
+        world_size=WORLD, ranks=ranks, distributed_backend=run_opts["distributed_backend"] if WORLD > 1 else None,
+        resumed_from_epoch=brain.resumed_from_epoch,
+        early_stopped=bool(getattr(hparams["epoch_counter"], "should_stop", False)), device=device,
+        precision=hparams["precision"], threads=threads)
+
+
 def make_scheduler(hparams, total_steps: int):
     """The per-update LR schedule from hparams' `lr_annealing` partial, given the planned number of updates."""
     partial = hparams["lr_annealing"]
@@ -267,7 +295,6 @@ def start_training(run_dir: str, load, find_unused_parameters: bool = False):
 def main(run_dir: str) -> None:
     t_start = time.time()
     spec, rd, hparams, device, threads, run_opts = start_training(run_dir, load_hparams)
-    backend = run_opts["distributed_backend"]
 
     init_dir = Path(hparams["init_from"]) if hparams["init_from"] else None
     tokenizer = make_tokenizer(hparams, spec, init_dir, hparams["init_load_head"])
@@ -296,30 +323,16 @@ def main(run_dir: str) -> None:
 
     brain.fit(hparams["epoch_counter"], train_loader, valid_loader)
 
-    # every rank says how much it did; rank 0 records it (proof that all ranks took part)
-    mine = {"rank": RANK, "batches": brain.rank_batches, "updates": brain.rank_updates}
-    ranks = [mine]
-    if WORLD > 1 and torch.distributed.is_initialized():
-        ranks = [None] * WORLD
-        torch.distributed.all_gather_object(ranks, mine)
-    log(f"done: {brain.rank_batches} batches, {brain.rank_updates} updates on this rank")
+    ranks = gather_ranks(brain)
     if RANK == 0:
         monitor = hparams["early_stopping_monitor"] or "valid_loss"
-        export, best, last = export_best(brain, hparams, tokenizer, rd, monitor)
-        bs = hparams["batch_size"]
+        exported = export_best(brain, hparams, tokenizer, rd, monitor)
         child.write_train_summary(
-            rd, wall_seconds=round(time.time() - t_start, 2), epochs=hparams["epoch_counter"].current,
-            steps=brain.optimizer_step, params=child.count_params(hparams["model"]),
+            rd, **summary_fields(brain, hparams, t_start, device, threads, run_opts, ranks, exported, monitor),
+            params=child.count_params(hparams["model"]),
             trainable_params=int(sum(p.numel() for p in hparams["model"].parameters() if p.requires_grad)),
-            peak_memory_mb=round(child.peak_memory_mb(device), 1), last_checkpoint=str(last), best_checkpoint=str(best),
-            best_metric=monitor, exported_model=str(export),
-            effective_batch=(bs * WORLD * hparams["grad_accumulation_factor"])
-            if bs and not hparams["dynamic_batching"] else None,
             effective_batch_seconds=(hparams["max_batch_length_seconds"] * WORLD * hparams["grad_accumulation_factor"])
-            if hparams["dynamic_batching"] else None,
-            world_size=WORLD, ranks=ranks, distributed_backend=backend if WORLD > 1 else None,
-            resumed_from_epoch=brain.resumed_from_epoch, early_stopped=bool(getattr(hparams["epoch_counter"], "should_stop", False)),
-            device=device, precision=hparams["precision"], threads=threads, frozen_parameters=len(frozen),
+            if hparams["dynamic_batching"] else None, frozen_parameters=len(frozen),
             init_from=str(init_dir) if init_dir else None, speechbrain=sb.__version__)
     if WORLD > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -21,7 +21,8 @@ import speechbrain as sb
 from spx.adapters.common import child
 from spx.adapters.speechbrain.steps import ssl_model, whisper_model
 from spx.adapters.speechbrain.steps.train import (
-    RANK, WORLD, CTCBrain, audio_pipeline, loader_kwargs, log, make_scheduler, start_training,
+    RANK, WORLD, CTCBrain, audio_pipeline, loader_kwargs, log, gather_ranks, make_scheduler, start_training,
+    summary_fields,
 )
 from spx.adapters.speechbrain.whisper import EXPORT_INFO
 
@@ -93,7 +94,6 @@ def main(run_dir: str) -> None:
     t_start = time.time()
     spec, rd, hparams, device, threads, run_opts = start_training(run_dir, whisper_model.load_whisper_hparams,
                                                                   find_unused_parameters=True)
-    backend = run_opts["distributed_backend"]
 
     whisper = hparams["whisper_base"]
     frozen = whisper_model.prepare(hparams)
@@ -137,25 +137,13 @@ def main(run_dir: str) -> None:
         describe.update(base_weights_sha256_before=before,
                         base_weights_sha256_after=ssl_model.base_digest(hparams["whisper"]))
 
-    mine = {"rank": RANK, "batches": brain.rank_batches, "updates": brain.rank_updates}
-    ranks = [mine]
-    if WORLD > 1 and torch.distributed.is_initialized():
-        ranks = [None] * WORLD
-        torch.distributed.all_gather_object(ranks, mine)
-    log(f"done: {brain.rank_batches} batches, {brain.rank_updates} updates on this rank")
+    ranks = gather_ranks(brain)
     if RANK == 0:
         monitor = hparams["early_stopping_monitor"] or "valid_loss"
-        export, best, last = export_best(brain, hparams, rd, monitor, describe)
-        bs = hparams["batch_size"]
+        exported = export_best(brain, hparams, rd, monitor, describe)
         child.write_train_summary(
-            rd, wall_seconds=round(time.time() - t_start, 2), epochs=hparams["epoch_counter"].current,
-            steps=brain.optimizer_step, peak_memory_mb=round(child.peak_memory_mb(device), 1),
-            last_checkpoint=str(last), best_checkpoint=str(best), best_metric=monitor, exported_model=str(export),
-            effective_batch=(bs * WORLD * accum) if bs and not hparams["dynamic_batching"] else None,
-            world_size=WORLD, ranks=ranks, distributed_backend=backend if WORLD > 1 else None,
-            resumed_from_epoch=brain.resumed_from_epoch, frozen_parameter_tensors=len(frozen),
-            early_stopped=bool(getattr(hparams["epoch_counter"], "should_stop", False)), device=device,
-            precision=hparams["precision"], threads=threads, speechbrain=sb.__version__, **describe)
+            rd, **summary_fields(brain, hparams, t_start, device, threads, run_opts, ranks, exported, monitor),
+            frozen_parameter_tensors=len(frozen), speechbrain=sb.__version__, **describe)
     if WORLD > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
