@@ -12,11 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
-
-import torch
 
 import speechbrain as sb
 from spx.adapters.common import child
@@ -24,8 +21,8 @@ from spx.adapters.speechbrain.ssl_ctc import EXPORT_INFO
 from spx.adapters.speechbrain.steps import ssl_model
 from spx.adapters.speechbrain.steps.model import ctc_decoder, make_tokenizer
 from spx.adapters.speechbrain.steps.train import (
-    RANK, WORLD, CTCBrain, datasets, log, gather_ranks, make_scheduler, plan_updates, start_training,
-    summary_fields,
+    RANK, CTCBrain, datasets, finish_distributed, gather_ranks, log, make_scheduler, plan_updates, run_step,
+    start_training, summary_fields,
 )
 
 
@@ -154,19 +151,11 @@ def main(run_dir: str) -> None:
             rd, **summary_fields(brain, hparams, t_start, device, threads, run_opts, ranks, exported, monitor),
             init_from=str(init_dir) if init_dir else None, init_details=details or None, speechbrain=sb.__version__,
             **describe)
-    if WORLD > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    finish_distributed()
 
 
 def entry(run_dir: str) -> None:
-    try:
-        main(run_dir)
-    except RuntimeError as exc:  # environment/spec problems the child detects: one clear last line
-        if "fp16" in str(exc) or "accelerator" in str(exc) or "spec_augment" in str(exc):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        raise
+    run_step(main, run_dir, ("fp16", "accelerator", "spec_augment"))
 
 
 if __name__ == "__main__":

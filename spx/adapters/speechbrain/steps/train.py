@@ -233,6 +233,25 @@ def summary_fields(brain, hparams, t_start: float, device: str, threads: int, ru
         precision=hparams["precision"], threads=threads)
 
 
+def finish_distributed() -> None:
+    """Every rank waits for rank 0's records, then leaves the DDP group."""
+    if WORLD > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def run_step(main, run_dir: str, clear_errors: tuple[str, ...] = ("fp16", "accelerator")) -> None:
+    """main(run_dir); a RuntimeError naming one of `clear_errors` (environment or spec problems the child detects)
+    ends as one clear last line and exit 2, any other propagates."""
+    try:
+        main(run_dir)
+    except RuntimeError as exc:
+        if any(marker in str(exc) for marker in clear_errors):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        raise
+
+
 def make_scheduler(hparams, total_steps: int):
     """The per-update LR schedule from hparams' `lr_annealing` partial, given the planned number of updates."""
     partial = hparams["lr_annealing"]
@@ -334,19 +353,11 @@ def main(run_dir: str) -> None:
             effective_batch_seconds=(hparams["max_batch_length_seconds"] * WORLD * hparams["grad_accumulation_factor"])
             if hparams["dynamic_batching"] else None, frozen_parameters=len(frozen),
             init_from=str(init_dir) if init_dir else None, speechbrain=sb.__version__)
-    if WORLD > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    finish_distributed()
 
 
 def entry(run_dir: str) -> None:
-    try:
-        main(run_dir)
-    except RuntimeError as exc:  # environment/spec problems the child detects: one clear last line
-        if "fp16" in str(exc) or "accelerator" in str(exc):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        raise
+    run_step(main, run_dir)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,15 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
-
-import torch
 
 import speechbrain as sb
 from spx.adapters.common import child
 from spx.adapters.speechbrain.steps import ssl_model, whisper_model
 from spx.adapters.speechbrain.steps.train import (
-    RANK, WORLD, CTCBrain, audio_pipeline, loader_kwargs, log, gather_ranks, make_scheduler, start_training,
-    summary_fields,
+    RANK, CTCBrain, audio_pipeline, finish_distributed, gather_ranks, loader_kwargs, log, make_scheduler, run_step,
+    start_training, summary_fields,
 )
 from spx.adapters.speechbrain.whisper import EXPORT_INFO
 
@@ -144,19 +141,11 @@ def main(run_dir: str) -> None:
         child.write_train_summary(
             rd, **summary_fields(brain, hparams, t_start, device, threads, run_opts, ranks, exported, monitor),
             frozen_parameter_tensors=len(frozen), speechbrain=sb.__version__, **describe)
-    if WORLD > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    finish_distributed()
 
 
 def entry(run_dir: str) -> None:
-    try:
-        main(run_dir)
-    except RuntimeError as exc:  # environment/spec problems the child detects: one clear last line
-        if "fp16" in str(exc) or "accelerator" in str(exc) or "English-only" in str(exc):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-            sys.exit(2)
-        raise
+    run_step(main, run_dir, ("fp16", "accelerator", "English-only"))
 
 
 if __name__ == "__main__":
