@@ -37,24 +37,33 @@ def load_model(rd, device: str):
     return modules, hparams, tokenizer, export
 
 
+def exported_transcriber(rd, device: str, dtype: str):
+    """(transcribe, what was loaded): the exported conformer_ctc model."""
+    modules, hparams, tokenizer, export = load_model(rd, device)
+    return transcriber(modules, hparams, tokenizer, device, dtype), f"{export} ({hparams['decoding']}"
+
+
 def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
     """The exported model as `transcribe(list of 16 kHz float arrays) -> texts` (also the TTS judge's entry point)."""
-    _, rd = child.load_run(run_dir)
-    modules, hparams, tokenizer, _ = load_model(rd, device)
-    return transcriber(modules, hparams, tokenizer, device, dtype)
+    return exported_transcriber(child.load_run(run_dir)[1], device, dtype)[0]
 
 
-def main(run_dir: str) -> None:
+def decode_run(run_dir: str, load) -> None:
+    """The decode step of every SpeechBrain ASR family: `load(rd, device, dtype)` -> (transcribe, what was loaded)
+    through the shared decoding/timing protocol (child.decode_and_time)."""
     spec, rd = child.load_run(run_dir)
     threads = child.set_threads(spec)
     device = child.pick_device(spec)
     dtype = child.precision_dtype(spec, device)
-    modules, hparams, tokenizer, export = load_model(rd, device)
-    print(f"spx: decoding with {export} ({hparams['decoding']}, {device}, {dtype}, {threads} threads)", flush=True)
-    fn = transcriber(modules, hparams, tokenizer, device, dtype)
+    fn, what = load(rd, device, dtype)
+    print(f"spx: decoding with {what}, {device}, {dtype}, {threads} threads)", flush=True)
     speed = child.decode_and_time(rd, spec, fn, device, dtype)
     print(f"spx: decoded {speed['utterances']} utterances, {speed['audio_seconds']:.1f} s audio, "
           f"median {speed['median_decode_seconds']:.3f} s (speechbrain {sb.__version__})", flush=True)
+
+
+def main(run_dir: str) -> None:
+    decode_run(run_dir, exported_transcriber)
 
 
 if __name__ == "__main__":

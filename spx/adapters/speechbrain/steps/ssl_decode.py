@@ -10,29 +10,25 @@ from __future__ import annotations
 import os
 import sys
 
-import speechbrain as sb
 from spx.adapters.common import child
+from spx.adapters.speechbrain.steps.decode import decode_run
 from spx.adapters.speechbrain.steps.ssl_model import load_exported, transcriber
+
+
+def exported_transcriber(rd, device: str, dtype: str):
+    """(transcribe, what was loaded): the exported ssl_ctc model."""
+    modules, hparams, tokenizer, export = load_exported(rd, device)
+    return (transcriber(modules, hparams, tokenizer, device, dtype),
+            f"{export} (ssl_ctc {hparams['pretrained_kind']}, {hparams['decoding']}")
 
 
 def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
     """The exported model as `transcribe(list of 16 kHz float arrays) -> texts`."""
-    _, rd = child.load_run(run_dir)
-    modules, hparams, tokenizer, _ = load_exported(rd, device)
-    return transcriber(modules, hparams, tokenizer, device, dtype)
+    return exported_transcriber(child.load_run(run_dir)[1], device, dtype)[0]
 
 
 def main(run_dir: str) -> None:
-    spec, rd = child.load_run(run_dir)
-    threads = child.set_threads(spec)
-    device = child.pick_device(spec)
-    dtype = child.precision_dtype(spec, device)
-    modules, hparams, tokenizer, export = load_exported(rd, device)
-    print(f"spx: decoding with {export} (ssl_ctc {hparams['pretrained_kind']}, {hparams['decoding']}, {device}, "
-          f"{dtype}, {threads} threads)", flush=True)
-    speed = child.decode_and_time(rd, spec, transcriber(modules, hparams, tokenizer, device, dtype), device, dtype)
-    print(f"spx: decoded {speed['utterances']} utterances, {speed['audio_seconds']:.1f} s audio, "
-          f"median {speed['median_decode_seconds']:.3f} s (speechbrain {sb.__version__})", flush=True)
+    decode_run(run_dir, exported_transcriber)
 
 
 if __name__ == "__main__":

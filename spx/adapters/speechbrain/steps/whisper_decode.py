@@ -10,29 +10,24 @@ from __future__ import annotations
 import os
 import sys
 
-import speechbrain as sb
 from spx.adapters.common import child
+from spx.adapters.speechbrain.steps.decode import decode_run
 from spx.adapters.speechbrain.steps.whisper_model import load_exported, transcriber
+
+
+def exported_transcriber(rd, device: str, dtype: str):
+    """(transcribe, what was loaded): the exported whisper model."""
+    hparams, export = load_exported(rd, device)
+    return transcriber(hparams, device, dtype), f"{export} (whisper, {hparams['decoding']}"
 
 
 def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
     """The exported model as `transcribe(list of 16 kHz float arrays) -> texts`."""
-    _, rd = child.load_run(run_dir)
-    hparams, _ = load_exported(rd, device)
-    return transcriber(hparams, device, dtype)
+    return exported_transcriber(child.load_run(run_dir)[1], device, dtype)[0]
 
 
 def main(run_dir: str) -> None:
-    spec, rd = child.load_run(run_dir)
-    threads = child.set_threads(spec)
-    device = child.pick_device(spec)
-    dtype = child.precision_dtype(spec, device)
-    hparams, export = load_exported(rd, device)
-    print(f"spx: decoding with {export} (whisper, {hparams['decoding']}, {device}, {dtype}, {threads} threads)",
-          flush=True)
-    speed = child.decode_and_time(rd, spec, transcriber(hparams, device, dtype), device, dtype)
-    print(f"spx: decoded {speed['utterances']} utterances, {speed['audio_seconds']:.1f} s audio, "
-          f"median {speed['median_decode_seconds']:.3f} s (speechbrain {sb.__version__})", flush=True)
+    decode_run(run_dir, exported_transcriber)
 
 
 if __name__ == "__main__":
