@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from spx.errors import SpxError
@@ -289,6 +289,7 @@ PATHS = sorted(_leaf_paths(BASE_DATA), key=str)
 
 @SETTINGS
 @given(st.sampled_from(PATHS), JSON)
+@example(("data", "test"), "\x00")  # found by hypothesis: pathlib raised ValueError on the NUL byte
 def test_generated_recipe_values_never_traceback(path, value):
     data = json.loads(json.dumps(BASE_DATA))
     node = data

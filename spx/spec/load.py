@@ -101,7 +101,7 @@ def format_validation_error(exc: ValidationError, source: str, lines: dict[KeyPa
     return SpxError(msg, hint=hint, where=where)
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+def _resolve_paths(data: dict[str, Any], base: Path, source: str, lines: dict[KeyPath, int]) -> None:
     from spx.demo.resolve import demo_path, is_demo_path  # spx-demo://tts/train.jsonl: the demo corpus (no I/O)
 
     for path in PATH_KEYS:
@@ -111,7 +111,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         if not isinstance(node, dict) or path[-1] not in node:
             continue
         value = node[path[-1]]
-        resolve = lambda v: (demo_path(v, ".".join(path)) if is_demo_path(v) else  # noqa: E731
+        key = ".".join(path)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and "\x00" in v:  # no file system takes it (pathlib raises ValueError)
+                line = _line_for(path, lines)
+                raise SpxError(f"{key}: the path {v!r} contains a NUL character",
+                               where=f"{source}:{line}" if line else source, hint="give the path of a file or folder")
+        resolve = lambda v: (demo_path(v, key) if is_demo_path(v) else  # noqa: E731
                              str((base / v).resolve()) if isinstance(v, str) and "://" not in v else v)
         node[path[-1]] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
     for path in PATH_OR_NAME_KEYS:
@@ -132,7 +138,7 @@ def spec_from_data(data: Any, source: str, lines: dict[KeyPath, int] | None = No
                        hint="start the file with keys such as 'task:', 'model:', 'data:'")
     data = apply_overrides(data, overrides or [])
     if base is not None:
-        _resolve_paths(data, base)
+        _resolve_paths(data, base, source, lines or {})
     try:
         return Spec.model_validate(data)
     except ValidationError as exc:
