@@ -36,6 +36,8 @@ def record_epoch(run_dir: RunDir, row: dict[str, Any]) -> None:
     train, valid = _scalars(row, "train_"), _scalars(row, "valid_")
     for logger in native_loggers(run_dir):
         logger.log_stats(stats_meta=meta, train_stats=train or None, valid_stats=valid or None)
+        if getattr(logger, "writer", None) is not None:  # TensorBoard's writer: on disk now, not within 2 min
+            logger.writer.flush()
 
 
 def _scalars(row: dict[str, Any], prefix: str) -> dict[str, float]:
