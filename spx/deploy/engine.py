@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from spx.deploy.features import LogMelFrontend
+from spx.deploy.features import load_frontend
 
 EXPORT_JSON = "export.json"
 TOKENS_JSON = "tokens.json"
@@ -105,7 +105,7 @@ class ExportEngine:
     def __init__(self, export_dir: str | Path, threads: int | None = None):
         self.dir = Path(export_dir)
         self.info = read_export_info(self.dir)
-        self.frontend = LogMelFrontend.load(self.dir)
+        self.frontend = load_frontend(self.dir)
         self.ctc = CtcText.load(self.dir)
         self.sample_rate = self.frontend.sample_rate
         self.format = self.info["format"]
@@ -122,6 +122,20 @@ class ExportEngine:
         return log_probs, out_len
 
     def log_probs(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """Log-probs per utterance: one padded batch, or, when padding moves the outputs (export.json
+        `padding_changes_outputs`, measured by the export: e.g. wav2vec2's group-norm feature encoder normalises over
+        the padded length), one call per group of equal-length utterances (no padding)."""
+        if not self.info.get("padding_changes_outputs"):
+            return self.run_padded(wavs)
+        groups = [[i for i, w in enumerate(wavs) if len(w) == size] for size in dict.fromkeys(len(w) for w in wavs)]
+        out: list[np.ndarray | None] = [None] * len(wavs)
+        for group in groups:
+            for i, lp in zip(group, self.run_padded([wavs[i] for i in group])):
+                out[i] = lp
+        return out  # type: ignore[return-value]
+
+    def run_padded(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
+        """One graph call on the padded batch."""
         feats, lengths = self.frontend.batch(wavs)
         lp, out_len = self._run(feats, lengths)
         return [lp[i, : int(n)] for i, n in enumerate(out_len)]
@@ -147,7 +161,7 @@ class ClassifierEngine:
     def __init__(self, export_dir: str | Path, threads: int | None = None):
         self.dir = Path(export_dir)
         self.info = read_export_info(self.dir)
-        self.frontend = LogMelFrontend.load(self.dir)
+        self.frontend = load_frontend(self.dir)
         self.sample_rate = self.frontend.sample_rate
         self.format = self.info["format"]
         self.classes: list[str] = list(self.info["classes"])

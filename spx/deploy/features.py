@@ -102,3 +102,55 @@ def centred_window(window: np.ndarray, n_fft: int) -> np.ndarray:
     """torch.stft's placement of a win_length window inside n_fft."""
     left = (n_fft - len(window)) // 2
     return np.pad(np.asarray(window, dtype=np.float32), (left, n_fft - len(window) - left))
+
+
+@dataclass
+class WaveformFrontend:
+    """The frontend of a graph that takes the raw waveform (Transformers' wav2vec2/HuBERT/WavLM, whose convolutional
+    feature encoder is inside the graph): the feature extractor's per-utterance normalisation and padding.
+
+    settings: kind "waveform", sample_rate, do_normalize (zero mean, unit variance over the utterance's own samples,
+    with `epsilon` under the square root: Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm), padding_value (what
+    fills a padded batch), attention_mask (whether the graph masks the padding: it builds the mask from the lengths
+    input; recorded for the reader, the numpy side is the same either way)."""
+
+    settings: dict[str, Any]
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.settings["sample_rate"])
+
+    def save(self, out_dir: Path) -> None:
+        (out_dir / FRONTEND_JSON).write_text(json.dumps(self.settings, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, export_dir: Path) -> "WaveformFrontend":
+        return cls(json.loads((Path(export_dir) / FRONTEND_JSON).read_text()))
+
+    def __call__(self, wav: np.ndarray) -> tuple[np.ndarray, int]:
+        """One waveform -> (the graph's input [samples] float32, valid sample count)."""
+        x = np.asarray(wav, dtype=np.float32)
+        if self.settings["do_normalize"]:
+            x = (x - x.mean()) / np.sqrt(x.var() + np.float32(self.settings["epsilon"]))
+        return x.astype(np.float32), len(x)
+
+    def batch(self, wavs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Waveforms -> (normalised waveforms [B, samples] padded with padding_value, sample counts int64)."""
+        out = [self(w)[0] for w in wavs]
+        batch = np.full((len(out), max(len(x) for x in out)), np.float32(self.settings["padding_value"]),
+                        dtype=np.float32)
+        for i, x in enumerate(out):
+            batch[i, : len(x)] = x
+        return batch, np.array([len(x) for x in out], dtype=np.int64)
+
+
+FRONTENDS = {"log_mel": LogMelFrontend, "waveform": WaveformFrontend}
+
+
+def load_frontend(export_dir: str | Path) -> "LogMelFrontend | WaveformFrontend":
+    """The export's frontend, by frontend.json's "kind" (files without one are log-mel: the exports before it)."""
+    export_dir = Path(export_dir)
+    kind = json.loads((export_dir / FRONTEND_JSON).read_text()).get("kind", "log_mel")
+    if kind not in FRONTENDS:
+        raise ValueError(f"{export_dir / FRONTEND_JSON}: unknown frontend kind {kind!r} (known: {', '.join(FRONTENDS)})")
+    return FRONTENDS[kind].load(export_dir)

@@ -20,8 +20,8 @@ import numpy as np
 
 from spx.adapters.common import child
 from spx.deploy.engine import EXPORT_JSON, TOKENS_JSON, ClassifierEngine, ExportEngine
-from spx.deploy.features import LogMelFrontend
-from spx.deploy.parity import LOGIT_TOLERANCE, check_classifier_parity, check_parity
+from spx.deploy.features import LogMelFrontend, WaveformFrontend
+from spx.deploy.parity import LOGIT_TOLERANCE, LOGPROB_TOLERANCE, check_classifier_parity, check_parity
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZE = ("int8", "int8-static")  # int8-static: ONNX only (onnxruntime static quantization, calibrated)
@@ -36,7 +36,7 @@ class Exporter:
     backend: str
     route: str                                                  # how the graph is made, for export.json and docs
     write_graph: Callable[[Path, str, int, bool], dict[str, Any]]  # (path, fmt, opset, int8_torchscript) -> io info
-    frontend: LogMelFrontend
+    frontend: LogMelFrontend | WaveformFrontend                 # the numpy side of the graph's input
     tokens: dict[str, Any]                                      # tokens.json
     reference: Callable[[np.ndarray], tuple[np.ndarray, str]]   # toolkit: waveform -> (log-probs [T, V], greedy text)
     toolkit_features: Callable[[np.ndarray], np.ndarray] | None = None  # toolkit frontend [T, n_mels], for parity
@@ -114,6 +114,15 @@ def trace_features_to_logits(net: Any, path: Path, fmt: str, opset: int, int8: b
             "input_shapes": {"features": ["batch", "frames", "n_mels"], "lengths": ["batch"]},
             "outputs": {"logits": "logits"}, "output_order": ["logits"],
             "output_shapes": {"logits": ["batch", "classes"]}}
+
+
+def frontend_info(frontend: LogMelFrontend | WaveformFrontend) -> dict[str, str]:
+    """export.json's account of the numpy frontend (spx.deploy.features.load_frontend reads frontend.json's kind)."""
+    if isinstance(frontend, WaveformFrontend):
+        return {"json": "frontend.json", "input": "waveform, normalised per utterance (numpy frontend, "
+                "spx.deploy.features.WaveformFrontend)"}
+    return {"json": "frontend.json", "arrays": "frontend.npz",
+            "input": "log-mel features (numpy frontend, spx.deploy.features)"}
 
 
 def file_size(path: Path) -> int:
@@ -215,8 +224,7 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
     info: dict[str, Any] = {
         "spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
         "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route,
-        "model_file": model_file, **io, "frontend": {"json": "frontend.json", "arrays": "frontend.npz",
-                                                      "input": "log-mel features (numpy frontend, spx.deploy.features)"},
+        "model_file": model_file, **io, "frontend": frontend_info(exporter.frontend),
         "tokenizer": TOKENS_JSON, "sample_rate": exporter.frontend.sample_rate,
         "spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),
         "spec_name": spec.name,
@@ -236,7 +244,12 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
     export_seconds = time.perf_counter() - t0
 
     refs = [exporter.reference(w) for _, _, w in wavs]
-    got = [engine.log_probs([w])[0] for _, _, w in wavs]
+    got = [engine.run_padded([w])[0] for _, _, w in wavs]
+    # does a padded batch give each utterance what it gets alone? (the engine batches only equal lengths if not)
+    padded = [lp for i in range(0, len(wavs), 8) for lp in engine.run_padded([w for _, _, w in wavs[i: i + 8]])]
+    padding_diff = max(float(np.abs(a - b).max()) if a.shape == b.shape else float("inf") for a, b in zip(padded, got))
+    info["padding_changes_outputs"] = padding_diff > LOGPROB_TOLERANCE
+    info["padding_max_abs_logprob_diff"] = padding_diff
     hyps = [engine.ctc.text(engine.ctc.best_path(lp)) for lp in got]
     feat_diff = None
     if exporter.toolkit_features is not None:
@@ -269,7 +282,7 @@ class ClassifierExporter:
     backend: str
     route: str
     write_graph: Callable[[Path, str, int, bool], dict[str, Any]]  # (path, fmt, opset, int8_torchscript) -> io info
-    frontend: LogMelFrontend
+    frontend: LogMelFrontend | WaveformFrontend                 # the numpy side of the graph's input
     classes: list[str]                                          # the graph's output order
     reference: Callable[[np.ndarray], np.ndarray]               # toolkit: waveform -> logits [classes] (graph's output)
     logit_scale: float = 1.0                                    # softmax(scale * logits) = the toolkit's probabilities
@@ -295,8 +308,7 @@ def export_classifier_run(run_dir: str, out_dir: str, fmt: str, quantize: str | 
     info: dict[str, Any] = {
         "spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
         "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route,
-        "model_file": fp32_path.name, **io, "frontend": {"json": "frontend.json", "arrays": "frontend.npz",
-                                                         "input": "log-mel features (numpy frontend, spx.deploy.features)"},
+        "model_file": fp32_path.name, **io, "frontend": frontend_info(exporter.frontend),
         "classes": list(exporter.classes), "top_k": spec.classification.top_k, "logit_scale": exporter.logit_scale,
         "padding_changes_outputs": True, "sample_rate": exporter.frontend.sample_rate,
         "spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),

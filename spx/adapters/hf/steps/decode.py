@@ -18,7 +18,10 @@ from spx.adapters.common import child
 from spx.adapters.hf.steps.models import CtcText, export_info, load_ctc, load_whisper, to_device
 
 
-def ctc_transcriber(export: Path, device: str, dtype: str) -> Callable[[list[np.ndarray]], list[str]]:
+def ctc_forward(export: Path, device: str, dtype: str):
+    """The exported CTC model as (model, feature extractor, text codec, forward): forward(list of 16 kHz float
+    arrays) -> (logits [B, T, V], valid frame counts [B]) through the feature extractor as training saw it (its
+    attention mask passed only when the checkpoint takes one, e.g. not wav2vec2-base's group-norm layout)."""
     from transformers import AutoFeatureExtractor
 
     info = export_info(export)
@@ -27,7 +30,7 @@ def ctc_transcriber(export: Path, device: str, dtype: str) -> Callable[[list[np.
     fe = AutoFeatureExtractor.from_pretrained(str(export))
 
     @torch.inference_mode()
-    def transcribe(batch: list[np.ndarray]) -> list[str]:
+    def forward(batch: list[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
         inputs = fe(batch, sampling_rate=fe.sampling_rate, padding=True, return_tensors="pt",
                     return_attention_mask=True)
         mask = inputs.pop("attention_mask")
@@ -35,9 +38,17 @@ def ctc_transcriber(export: Path, device: str, dtype: str) -> Callable[[list[np.
             inputs["attention_mask"] = mask
         inputs = {k: v.to(device=device, dtype=getattr(torch, dtype) if v.is_floating_point() else v.dtype)
                   for k, v in inputs.items()}
-        ids = model(**inputs).logits.argmax(-1).cpu()
-        lengths = model._get_feat_extract_output_lengths(mask.sum(-1)).tolist()
-        return [text.decode_ctc(row[:n]) for row, n in zip(ids, lengths)]
+        return model(**inputs).logits.cpu(), model._get_feat_extract_output_lengths(mask.sum(-1)).tolist()
+
+    return model, fe, text, forward
+
+
+def ctc_transcriber(export: Path, device: str, dtype: str) -> Callable[[list[np.ndarray]], list[str]]:
+    _, _, text, forward = ctc_forward(export, device, dtype)
+
+    def transcribe(batch: list[np.ndarray]) -> list[str]:
+        logits, lengths = forward(batch)
+        return [text.decode_ctc(row[:n]) for row, n in zip(logits.argmax(-1), lengths)]
 
     return transcribe
 
