@@ -116,6 +116,32 @@ def trace_features_to_logits(net: Any, path: Path, fmt: str, opset: int, int8: b
             "output_shapes": {"logits": ["batch", "classes"]}}
 
 
+def trace_waveform_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool,
+                         outputs: dict[str, list[str]]) -> dict[str, Any]:
+    """A raw-waveform graph (hf ssl_ctc/ssl_classifier, SpeechBrain ssl_ctc: the SSL model's convolutional feature
+    encoder is inside): (waveform [B, S], lengths [B]) -> `outputs` (name -> axis names) as ONNX (dynamo=False, as
+    trace_encoder_ctc) or TorchScript; batch, samples and every output axis but vocab/classes are dynamic."""
+    import torch
+
+    net = net.eval()
+    if int8:
+        net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+    n_samples = 16000  # example input (1 s); every axis is dynamic
+    example = (torch.randn(2, n_samples), torch.tensor([n_samples, n_samples - 3217]))
+    with torch.inference_mode(False), torch.no_grad():
+        if fmt == "onnx":
+            torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset,
+                              input_names=["waveform", "lengths"], output_names=list(outputs),
+                              dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
+                                            **{name: {i: axis for i, axis in enumerate(axes) if axis != "vocab"
+                                                      and axis != "classes"} for name, axes in outputs.items()}})
+        else:
+            torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
+    return {"inputs": {"features": "waveform", "lengths": "lengths"},
+            "input_shapes": {"waveform": ["batch", "samples"], "lengths": ["batch"]},
+            "output_order": list(outputs), "output_shapes": outputs}
+
+
 def frontend_info(frontend: LogMelFrontend | WaveformFrontend) -> dict[str, str]:
     """export.json's account of the numpy frontend (spx.deploy.features.load_frontend reads frontend.json's kind)."""
     if isinstance(frontend, WaveformFrontend):

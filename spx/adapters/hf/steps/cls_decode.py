@@ -21,7 +21,9 @@ from spx.rundir import RunDir
 from spx.yamlio import read_json
 
 
-def load_classifier(run_dir: str | Path, device: str, dtype: str = "float32") -> Classifier:
+def classifier_forward(run_dir: str | Path, device: str, dtype: str = "float32"):
+    """The run's exported classifier as (model, feature extractor, classes, forward): forward(list of 16 kHz float
+    arrays) -> logits [B, classes] through the feature extractor as training saw it."""
     from transformers import AutoFeatureExtractor
 
     export = Path((read_json(RunDir(run_dir) / "train_summary.json") or {})["exported_model"])
@@ -30,7 +32,7 @@ def load_classifier(run_dir: str | Path, device: str, dtype: str = "float32") ->
     fe = AutoFeatureExtractor.from_pretrained(str(export))
 
     @torch.inference_mode()
-    def classify(batch: list[np.ndarray]) -> list[tuple[str, dict[str, float]]]:
+    def forward(batch: list[np.ndarray]) -> torch.Tensor:
         inputs = fe(batch, sampling_rate=fe.sampling_rate, padding=True, return_tensors="pt",
                     return_attention_mask=True)
         mask = inputs.pop("attention_mask")
@@ -38,7 +40,16 @@ def load_classifier(run_dir: str | Path, device: str, dtype: str = "float32") ->
             inputs["attention_mask"] = mask
         inputs = {k: v.to(device=device, dtype=getattr(torch, dtype) if v.is_floating_point() else v.dtype)
                   for k, v in inputs.items()}
-        probs = torch.softmax(model(**inputs).logits.float(), dim=-1).cpu().numpy()
+        return model(**inputs).logits.float().cpu()
+
+    return model, fe, classes, forward
+
+
+def load_classifier(run_dir: str | Path, device: str, dtype: str = "float32") -> Classifier:
+    _, _, classes, forward = classifier_forward(run_dir, device, dtype)
+
+    def classify(batch: list[np.ndarray]) -> list[tuple[str, dict[str, float]]]:
+        probs = torch.softmax(forward(batch), dim=-1).numpy()
         return [result(classes, p) for p in probs]
 
     return classify

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from spx.adapters.common import child
-from spx.adapters.common.export import Exporter, export_run, main
+from spx.adapters.common.export import Exporter, export_run, main, trace_waveform_graph
 from spx.adapters.hf.steps.decode import ctc_forward
 from spx.deploy.features import WaveformFrontend
 
@@ -39,29 +39,6 @@ def waveform_frontend(fe) -> WaveformFrontend:
                              "padding_value": float(fe.padding_value),
                              "attention_mask": bool(fe.return_attention_mask),
                              "toolkit": "transformers.Wav2Vec2FeatureExtractor; the feature encoder is in the graph"})
-
-
-def trace_waveform_graph(net: torch.nn.Module, path: Path, fmt: str, opset: int, int8: bool,
-                         outputs: dict[str, list[str]]) -> dict[str, Any]:
-    """Write a (waveform [B, S], lengths [B]) -> outputs module as ONNX (dynamo=False) or TorchScript; batch, samples
-    and every output axis named in `outputs` (name -> axis names, "batch" first) are dynamic."""
-    net = net.eval()
-    if int8:
-        net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
-    n_samples = 16000  # example input (1 s); every axis is dynamic
-    example = (torch.randn(2, n_samples), torch.tensor([n_samples, n_samples - 3217]))
-    with torch.inference_mode(False), torch.no_grad():
-        if fmt == "onnx":
-            torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset,
-                              input_names=["waveform", "lengths"], output_names=list(outputs),
-                              dynamic_axes={"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
-                                            **{name: {i: axis for i, axis in enumerate(axes) if axis != "vocab"
-                                                      and axis != "classes"} for name, axes in outputs.items()}})
-        else:
-            torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
-    return {"inputs": {"features": "waveform", "lengths": "lengths"},
-            "input_shapes": {"waveform": ["batch", "samples"], "lengths": ["batch"]},
-            "output_order": list(outputs), "output_shapes": outputs}
 
 
 class WaveformCtc(torch.nn.Module):
