@@ -24,27 +24,41 @@ from spx.adapters.speechbrain.steps.model import ctc_decoder
 from spx.adapters.speechbrain.steps.ssl_model import hf_model, load_exported, log_probs
 from spx.deploy.features import WaveformFrontend
 
+LAYER_NORM_EPS = 1e-5  # torch.nn.functional.layer_norm's default, which the integration uses
+
 
 @contextlib.contextmanager
 def traceable_padding_masks():
-    """The integration's make_padding_masks calls length_to_mask, which reads max_len with .item() and expands to
-    len(lengths) rows (Python numbers the tracer freezes to the example); during export it gets a broadcast mask with
-    the same values."""
-    from speechbrain.integrations.huggingface import huggingface
+    """The integration's make_padding_masks (length_to_mask: max_len read with .item() and len(lengths) rows, Python
+    numbers the tracer freezes to the example; then a bool mask, whose cumsum inside Transformers is not valid ONNX)
+    replaced while the graph is traced by the same mask as int64 (what Transformers' own feature extractor gives),
+    built from broadcast tensors (every axis stays dynamic)."""
+    from speechbrain.integrations.huggingface import wav2vec2
 
-    original = huggingface.length_to_mask
+    original = wav2vec2.make_padding_masks
 
-    def length_to_mask(length, max_len=None, dtype=None, device=None):
-        if max_len is None:
-            max_len = length.max().long()
-        mask = torch.arange(max_len, device=length.device, dtype=length.dtype)[None, :] < length[:, None]
-        return mask.to(dtype=dtype or length.dtype, device=device or length.device)
+    def make_padding_masks(src, wav_len=None, pad_idx=0):
+        if wav_len is None:
+            return None
+        abs_len = torch.round(wav_len * src.shape[1])
+        return (torch.arange(src.shape[1], device=src.device)[None, :] < abs_len[:, None]).long()
 
-    huggingface.length_to_mask = length_to_mask
+    wav2vec2.make_padding_masks = make_padding_masks
     try:
         yield
     finally:
-        huggingface.length_to_mask = original
+        wav2vec2.make_padding_masks = original
+
+
+@contextlib.contextmanager
+def integration_normalization_off(ssl_base):
+    """The integration without its input layer norm while the graph is traced (the graph's module does it)."""
+    normalize = ssl_base.normalize_wav
+    ssl_base.normalize_wav = False
+    try:
+        yield
+    finally:
+        ssl_base.normalize_wav = normalize
 
 
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
@@ -57,11 +71,12 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
         raise SystemExit(f"spx export: the run decodes with {hparams['decoding']!r}; the export's engine decodes "
                          "greedy CTC (export a run with decoding.strategy greedy)")
     decode = ctc_decoder(hparams, tokenizer)
+    normalize_wav = bool(hparams["ssl_base"].normalize_wav)
     encoder = hf_model(hparams)
     frontend = WaveformFrontend({"kind": "waveform", "sample_rate": spec.features.sample_rate, "do_normalize": False,
                                  "epsilon": 0.0, "padding_value": 0.0, "attention_mask": True,
                                  "toolkit": "SpeechBrain's Transformers integration; its input layer norm "
-                                 f"(normalize_wav {bool(hparams['ssl_base'].normalize_wav)}) and padding mask "
+                                 f"(normalize_wav {normalize_wav}) and padding mask "
                                  "are in the graph"})
 
     class SslCtc(torch.nn.Module):
@@ -73,11 +88,16 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
 
         def forward(self, waveform, lengths):
             rel = lengths.to(waveform.dtype) / waveform.shape[1]
+            if normalize_wav:  # the integration's F.layer_norm(wav, wav.shape[1:]), written out: the ONNX exporter
+                # needs a constant normalized_shape
+                mean = waveform.mean(dim=-1, keepdim=True)
+                var = ((waveform - mean) ** 2).mean(dim=-1, keepdim=True)
+                waveform = (waveform - mean) / torch.sqrt(var + LAYER_NORM_EPS)
             lp = self.log_softmax(self.ctc_lin(self.ssl(waveform, rel)))
             return lp, encoder._get_feat_extract_output_lengths(lengths)
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
-        with traceable_padding_masks():
+        with traceable_padding_masks(), integration_normalization_off(hparams["ssl_base"]):
             io = trace_waveform_graph(SslCtc(), path, fmt, opset, int8,
                                       {"log_probs": ["batch", "out_frames", "vocab"], "out_lengths": ["batch"]})
         return {**io, "outputs": {"log_probs": "log_probs", "lengths": "out_lengths"}}
