@@ -1,7 +1,8 @@
-"""`spx export` / `spx serve` of the raw-waveform families (issue 17): the shared tiny hf ssl_ctc run (tests/test_hf's
-`hf_ctc_run`, no new training) exported to ONNX fp32 / int8 and TorchScript through the real CLI and parity-checked
-against the decode step's own forward; its ONNX export served by a real uvicorn process; the numpy WaveformFrontend
-against Transformers' feature extractor."""
+"""`spx export` / `spx serve` of the raw-waveform families (issue 17), on the shared tiny runs (no new training): hf
+ssl_ctc (tests/test_hf's `hf_ctc_run`) exported to ONNX fp32 / int8 and TorchScript through the real CLI and
+parity-checked against the decode step's own forward, its ONNX export served by a real uvicorn process; hf
+ssl_classifier (`hf_cls_run`) and SpeechBrain ssl_ctc (`sb_ssl_run`) exported and parity-checked; the numpy
+WaveformFrontend against Transformers' feature extractor; the whisper families' export refusal."""
 from __future__ import annotations
 
 import json
@@ -12,30 +13,39 @@ import pytest
 
 from conftest import read_jsonl, run_spx
 from shared_artifacts import build_once, shared_dir
+import test_classification
 import test_hf
+import test_hf_classification
+import test_speechbrain_pretrained
 from test_deploy import Server
 
-hf_models = test_hf.hf_models  # session fixtures: the shared tiny models and ssl_ctc run (no new training)
+# session fixtures: the shared tiny models and trained runs (no new training)
+hf_models = test_hf.hf_models
 hf_ctc_run = test_hf.hf_ctc_run
+kws_corpus = test_classification.kws_corpus
+hf_cls_run = test_hf_classification.hf_cls_run
+tiny = test_speechbrain_pretrained.tiny
+sb_ssl_run = test_speechbrain_pretrained.sb_ssl_run
 
 PARITY_UTTERANCES = "12"  # the check's wiring on CI; `spx export` checks the whole test set by default
+
+
+def _export(run_dir: Path, folder: Path, kind: str) -> Path:
+    """`spx export RUN_DIR` as `kind` ("onnx" | "onnx-int8" | "torchscript") into folder, once per test run."""
+    fmt, _, quant = kind.partition("-")
+
+    def build(out: Path) -> None:
+        run_spx("export", run_dir, "--format", fmt, *(["--quantize", quant] if quant else []), "--out", out,
+                "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
+
+    return build_once(folder, build)
 
 
 @pytest.fixture(scope="session")
 def hf_exported(hf_ctc_run, tmp_path_factory):
     """hf_exported("onnx" | "onnx-int8" | "torchscript") -> the export dir of the shared run (made once per test run)."""
     root = shared_dir(tmp_path_factory, "hf_exports")
-
-    def get(kind: str) -> Path:
-        fmt, _, quant = kind.partition("-")
-
-        def build(folder: Path) -> None:
-            run_spx("export", hf_ctc_run, "--format", fmt, *(["--quantize", quant] if quant else []), "--out", folder,
-                    "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
-
-        return build_once(root / f"ssl_ctc-{kind}", build)
-
-    return get
+    return lambda kind: _export(hf_ctc_run, root / f"ssl_ctc-{kind}", kind)
 
 
 # ---------------------------------------------------------------- fast
@@ -68,7 +78,19 @@ def test_waveform_frontend_is_the_feature_extractor_and_load_frontend_reads_the_
         load_frontend(tmp_path)
 
 
-# ---------------------------------------------------------------- slow: the shared run exported and served
+def test_whisper_export_is_refused_with_what_it_needs():
+    from spx.adapters import get_adapter
+    from spx.errors import SpxError
+    from spx.spec import load_spec
+
+    spec = load_spec(test_hf.WHISPER_RECIPE, [])
+    for backend in ("hf", "speechbrain"):
+        with pytest.raises(SpxError, match="whisper models: an encoder-decoder with an autoregressive search") as e:
+            get_adapter(backend).export_module(spec)
+        assert "KV cache" in str(e.value) and "search loop" in str(e.value), backend
+
+
+# ---------------------------------------------------------------- slow: the shared runs exported and served
 @pytest.mark.slow
 def test_hf_ssl_ctc_exports_pass_parity(hf_exported):
     from spx.adapters.common.child import load_audio
@@ -136,3 +158,45 @@ def test_served_hf_export_transcribes_like_the_run(hf_exported, hf_ctc_run, tmp_
         assert httpx.get(server.url + "/readyz").json()["model"]["backend"] == "hf"
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_hf_ssl_classifier_exports_pass_parity(hf_cls_run, tmp_path_factory):
+    from spx.adapters.common.child import load_audio
+    from spx.deploy.engine import load_engine
+    from spx.manifests import read_manifest
+
+    root = shared_dir(tmp_path_factory, "hf_exports")
+    fp32, int8 = (_export(hf_cls_run, root / f"ssl_classifier-{kind}", kind) for kind in ("onnx", "onnx-int8"))
+    info = json.loads((fp32 / "export.json").read_text())
+    p = info["parity"]
+    print(f"hf ssl_classifier onnx: {p['summary']}; speed {info['speed']}")
+    assert info["backend"] == "hf" and info["task"] == "classification" and info["family"] == "ssl_classifier"
+    assert {f.name for f in fp32.iterdir()} == {"model.onnx", "export.json", "frontend.json"}
+    assert p["passed"] and p["utterances"] == int(PARITY_UTTERANCES), p["summary"]
+    assert p["max_abs_logit_diff"] <= 2e-3 and p["label_agreement"] == 1.0
+    assert p["exported_accuracy"] == p["toolkit_accuracy"] >= 0.2  # 12 classes: chance is 8 %
+    p8 = json.loads((int8 / "export.json").read_text())
+    print(f"hf ssl_classifier onnx-int8: {p8['parity']['summary']}; speed {p8['speed']}")
+    assert p8["parity"]["passed"] and p8["parity"]["accuracy_delta"] >= -0.10
+    assert p8["sizes"]["int8_model_bytes"] < p8["sizes"]["fp32_model_bytes"]
+    # the engine a server uses answers as the parity check's toolkit did, clip by clip and batched
+    utts = {u.id: u for u in read_manifest(Path(info["source_run"]) / "manifests" / "test.jsonl")}
+    ids = list(p["toolkit_labels"])[:6]
+    wavs = [load_audio(utts[i], 16000) for i in ids]
+    assert [label for label, _ in load_engine(fp32, threads=1).classify(wavs)] == [p["toolkit_labels"][i] for i in ids]
+
+
+@pytest.mark.slow
+def test_speechbrain_ssl_ctc_export_passes_parity(sb_ssl_run, tmp_path_factory):
+    """SpeechBrain's integration normalises each padded row and masks the padding inside the graph: the export's
+    frontend only pads, and its padded batches are the toolkit's padded batches."""
+    d = _export(sb_ssl_run, shared_dir(tmp_path_factory, "hf_exports") / "sb_ssl_ctc-onnx", "onnx")
+    info = json.loads((d / "export.json").read_text())
+    p = info["parity"]
+    print(f"speechbrain ssl_ctc onnx: {p['summary']}; speed {info['speed']}")
+    assert info["backend"] == "speechbrain" and info["family"] == "ssl_ctc" and p["passed"]
+    assert p["max_abs_logprob_diff"] <= 2e-3 and p["hypothesis_agreement"] == 1.0
+    assert p["utterances"] == int(PARITY_UTTERANCES) and not p["length_mismatch"]
+    front = json.loads((d / "frontend.json").read_text())
+    assert front["kind"] == "waveform" and front["do_normalize"] is False and front["attention_mask"] is True
