@@ -1,5 +1,5 @@
 """`spx export` / `spx serve` of the raw-waveform families (issue 17), on the shared tiny runs (no new training): hf
-ssl_ctc (tests/test_hf's `hf_ctc_run`) exported to ONNX fp32 / int8 and TorchScript through the real CLI and
+ssl_ctc (tests/test_hf's `hf_ctc_run`) exported to ONNX fp32 and int8 through the real CLI and
 parity-checked against the decode step's own forward, its ONNX export served by a real uvicorn process; hf
 ssl_classifier (`hf_cls_run`) and SpeechBrain ssl_ctc (`sb_ssl_run`) exported and parity-checked; the numpy
 WaveformFrontend against Transformers' feature extractor; the whisper families' export refusal."""
@@ -31,7 +31,7 @@ PARITY_UTTERANCES = "12"  # the check's wiring on CI; `spx export` checks the wh
 
 
 def _export(run_dir: Path, folder: Path, kind: str) -> Path:
-    """`spx export RUN_DIR` as `kind` ("onnx" | "onnx-int8" | "torchscript") into folder, once per test run."""
+    """`spx export RUN_DIR` as `kind` ("onnx" | "onnx-int8") into folder, once per test run."""
     fmt, _, quant = kind.partition("-")
 
     def build(out: Path) -> None:
@@ -43,7 +43,7 @@ def _export(run_dir: Path, folder: Path, kind: str) -> Path:
 
 @pytest.fixture(scope="session")
 def hf_exported(hf_ctc_run, tmp_path_factory):
-    """hf_exported("onnx" | "onnx-int8" | "torchscript") -> the export dir of the shared run (made once per test run)."""
+    """hf_exported("onnx" | "onnx-int8") -> the export dir of the shared run (made once per test run)."""
     root = shared_dir(tmp_path_factory, "hf_exports")
     return lambda kind: _export(hf_ctc_run, root / f"ssl_ctc-{kind}", kind)
 
@@ -97,8 +97,9 @@ def test_hf_ssl_ctc_exports_pass_parity(hf_exported):
     from spx.deploy.engine import ExportEngine
     from spx.manifests import read_manifest
 
-    infos = {kind: json.loads((hf_exported(kind) / "export.json").read_text())
-             for kind in ("onnx", "onnx-int8", "torchscript")}
+    # TorchScript: test_waveform_graphs_of_every_model_kind (each CLI export here is a child process importing torch
+    # + Transformers + onnxruntime, which is most of its time)
+    infos = {kind: json.loads((hf_exported(kind) / "export.json").read_text()) for kind in ("onnx", "onnx-int8")}
     for kind, info in infos.items():
         p = info["parity"]
         print(f"hf ssl_ctc {kind}: {p['summary']}; RTFx {info['speed']}")
@@ -113,9 +114,8 @@ def test_hf_ssl_ctc_exports_pass_parity(hf_exported):
     assert {p.name for p in d.iterdir()} == {"model.onnx", "export.json", "tokens.json", "frontend.json"}
     assert json.loads((d / "frontend.json").read_text())["kind"] == "waveform"
     assert json.loads((d / "tokens.json").read_text())["space"] == "|"
-    for kind in ("onnx", "torchscript"):
-        p = infos[kind]["parity"]
-        assert p["max_abs_logprob_diff"] <= 2e-3 and p["hypothesis_agreement"] == 1.0, kind
+    p = infos["onnx"]["parity"]
+    assert p["max_abs_logprob_diff"] <= 2e-3 and p["hypothesis_agreement"] == 1.0
     p8 = infos["onnx-int8"]
     assert p8["quantize"] == "int8" and p8["sizes"]["int8_model_bytes"] < p8["sizes"]["fp32_model_bytes"]
     assert p8["parity"]["wer_delta"] <= 0.10 and "fp32_export_rtfx" in p8["speed"]
@@ -133,6 +133,40 @@ def test_hf_ssl_ctc_exports_pass_parity(hf_exported):
         tolerance = 2e-3 if not infos[kind]["padding_changes_outputs"] else 0.0
         assert all(a.shape == b.shape and np.abs(a - b).max() <= tolerance for a, b in zip(batched, alone)), kind
     assert ExportEngine(d, threads=1).transcribe(wavs) == [info["parity"]["toolkit_hyps"][i] for i in ids]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["wav2vec2", "hubert", "wavlm"])
+def test_waveform_graphs_of_every_model_kind(kind, hf_models, tmp_path):
+    """The exporter's graph (AutoModelForCTC from the waveform, with and without the attention mask) traced from each
+    tiny pretrained kind with a new head, as ONNX and TorchScript: a padded batch of 3 lengths (the example had 2)
+    gives what the model gives, so no shape of the example was frozen into the graph."""
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCTC
+
+    from spx.adapters.common.export import trace_waveform_graph
+    from spx.adapters.hf.steps.export import WaveformCtc
+
+    torch.manual_seed(0)
+    model = AutoModelForCTC.from_pretrained(hf_models / kind, vocab_size=20, ignore_mismatched_sizes=True).eval()
+    lengths = np.array([23456, 17000, 9001])
+    wavs = np.zeros((3, lengths.max()), dtype=np.float32)
+    for i, n in enumerate(lengths):
+        wavs[i, :n] = np.random.default_rng(i).standard_normal(n)
+    outputs = {"log_probs": ["batch", "out_frames", "vocab"], "out_lengths": ["batch"]}
+    for mask in (True, False):
+        net = WaveformCtc(model, mask)
+        with torch.no_grad():
+            want, want_len = net(torch.from_numpy(wavs), torch.from_numpy(lengths))
+        trace_waveform_graph(net, tmp_path / "g.onnx", "onnx", 17, False, outputs)
+        session = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=["CPUExecutionProvider"])
+        got, got_len = session.run(None, {"waveform": wavs, "lengths": lengths})
+        trace_waveform_graph(net, tmp_path / "g.ts", "torchscript", 17, False, outputs)
+        with torch.no_grad():
+            ts, ts_len = torch.jit.load(str(tmp_path / "g.ts"))(torch.from_numpy(wavs), torch.from_numpy(lengths))
+        assert got_len.tolist() == ts_len.tolist() == want_len.tolist() == [293, 212, 112], (kind, mask)
+        assert np.abs(got - want.numpy()).max() < 1e-4 and np.abs(ts.numpy() - want.numpy()).max() < 1e-4, (kind, mask)
 
 
 @pytest.mark.slow
@@ -166,8 +200,7 @@ def test_hf_ssl_classifier_exports_pass_parity(hf_cls_run, tmp_path_factory):
     from spx.deploy.engine import load_engine
     from spx.manifests import read_manifest
 
-    root = shared_dir(tmp_path_factory, "hf_exports")
-    fp32, int8 = (_export(hf_cls_run, root / f"ssl_classifier-{kind}", kind) for kind in ("onnx", "onnx-int8"))
+    fp32 = _export(hf_cls_run, shared_dir(tmp_path_factory, "hf_exports") / "ssl_classifier-onnx", "onnx")
     info = json.loads((fp32 / "export.json").read_text())
     p = info["parity"]
     print(f"hf ssl_classifier onnx: {p['summary']}; speed {info['speed']}")
@@ -176,10 +209,6 @@ def test_hf_ssl_classifier_exports_pass_parity(hf_cls_run, tmp_path_factory):
     assert p["passed"] and p["utterances"] == int(PARITY_UTTERANCES), p["summary"]
     assert p["max_abs_logit_diff"] <= 2e-3 and p["label_agreement"] == 1.0
     assert p["exported_accuracy"] == p["toolkit_accuracy"] >= 0.2  # 12 classes: chance is 8 %
-    p8 = json.loads((int8 / "export.json").read_text())
-    print(f"hf ssl_classifier onnx-int8: {p8['parity']['summary']}; speed {p8['speed']}")
-    assert p8["parity"]["passed"] and p8["parity"]["accuracy_delta"] >= -0.10
-    assert p8["sizes"]["int8_model_bytes"] < p8["sizes"]["fp32_model_bytes"]
     # the engine a server uses answers as the parity check's toolkit did, clip by clip and batched
     utts = {u.id: u for u in read_manifest(Path(info["source_run"]) / "manifests" / "test.jsonl")}
     ids = list(p["toolkit_labels"])[:6]
