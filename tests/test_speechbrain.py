@@ -130,7 +130,7 @@ def test_family_modules_declare_the_contract_and_import_no_toolkit():
     steps = "spx.adapters.speechbrain.steps."
     assert got["families"] == {
         "conformer_ctc": ["asr", "conformer_ctc", ["fp32", "bf16"], True, steps + "decode", steps + "export", True],
-        "ssl_ctc": ["asr", "ssl_ctc", ["fp32"], True, steps + "ssl_decode", None, True],
+        "ssl_ctc": ["asr", "ssl_ctc", ["fp32"], True, steps + "ssl_decode", steps + "ssl_export", True],
         "whisper": ["asr", "whisper", ["fp32"], True, steps + "whisper_decode", None, True],
         "kws_classifier": ["classification", "kws_classifier", ["fp32"], True, steps + "cls_decode", steps + "cls_export",
                            True],
