@@ -1,0 +1,78 @@
+"""Child step `export` (`spx export`) of the ESPnet FastSpeech2 family: `torch.onnx.export` (dynamo=False) or
+TorchScript (torch.jit.trace) of the acoustic model's inference path, token ids [1, N] -> the denormalised log-mel
+[1, frames, n_mels] that Text2Speech hands its vocoder (`feat_gen_denorm`).
+
+The graph is ESPnet's FastSpeech2.inference + ESPnetTTSModel's GlobalMVN inverse with two changes that keep every
+length in the graph instead of in Python: the encoder's all-valid masks are built from the ids' shape (ESPnet sizes
+them with int(max(lengths)), which the tracer freezes), and the length regulator is a cumulative-sum gather (ESPnet
+loops over the batch in Python and pads with a Python max). Same arithmetic, so the mel matches to float rounding.
+
+`python -m spx.adapters.espnet.steps.tts_export RUN_DIR OUT_DIR --format onnx|torchscript [--quantize int8]`
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def fastspeech2_mel_module(model: Any, speakers: bool = False) -> Any:
+    """ESPnetTTSModel (tts: fastspeech2) -> a module ids [1, N] int64 (+ speaker id [1] int64 when the model has
+    speaker ids) -> denormalised log-mel [1, frames, n_mels] float32, tracing with dynamic token and frame axes."""
+    import torch
+    import torch.nn.functional as F
+
+    fs2 = model.tts
+    if type(fs2).__name__ != "FastSpeech2":
+        raise SystemExit(f"spx export: an ESPnet {type(fs2).__name__} model is not a FastSpeech2")
+    unsupported = [name for name, on in (("global style tokens", fs2.use_gst), ("language ids", fs2.langs),
+                                         ("speaker embeddings", fs2.spk_embed_dim)) if on]
+    if unsupported:
+        raise SystemExit(f"spx export: ESPnet FastSpeech2 with {', '.join(unsupported)} is not exported yet")
+    if bool(fs2.spks) != speakers:
+        raise SystemExit(f"spx export: the model has {fs2.spks or 'no'} speaker ids, the run "
+                         f"{'names speakers' if speakers else 'names none'}")
+    normalize = model.normalize
+    if normalize is not None and type(normalize).__name__ != "GlobalMVN":
+        raise SystemExit(f"spx export: ESPnet feature normalisation {type(normalize).__name__} is not exported yet")
+
+    class FastSpeech2Mel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fs2 = fs2
+            if normalize is not None:  # GlobalMVN.inverse: x * std + mean
+                scale = normalize.std if normalize.norm_vars else torch.ones_like(normalize.std)
+                shift = normalize.mean if normalize.norm_means else torch.zeros_like(normalize.mean)
+                self.register_buffer("mvn_scale", scale.detach().clone().float())
+                self.register_buffer("mvn_shift", shift.detach().clone().float())
+            else:
+                self.mvn_scale = self.mvn_shift = None
+
+        def forward(self, ids, sid=None):
+            fs2 = self.fs2
+            xs = F.pad(ids, [0, 1], "constant", fs2.eos)  # FastSpeech2.inference appends <sos/eos>
+            valid = torch.ones_like(xs, dtype=torch.bool)
+            hs, _ = fs2.encoder(xs, valid.unsqueeze(-2))
+            if sid is not None:
+                hs = hs + fs2.sid_emb(sid.view(-1)).unsqueeze(1)
+            pad = ~valid.unsqueeze(-1)  # make_pad_mask(ilens): nothing padded in one sentence
+            p_outs = fs2.pitch_predictor(hs.detach() if fs2.stop_gradient_from_pitch_predictor else hs, pad)
+            e_outs = fs2.energy_predictor(hs.detach() if fs2.stop_gradient_from_energy_predictor else hs, pad)
+            d_outs = fs2.duration_predictor.inference(hs, ~valid)
+            p_embs = fs2.pitch_embed(p_outs.transpose(1, 2)).transpose(1, 2)
+            e_embs = fs2.energy_embed(e_outs.transpose(1, 2)).transpose(1, 2)
+            hs = hs + e_embs + p_embs
+            # LengthRegulator (alpha 1): all-zero durations become all ones, then token i fills frames
+            # [cum[i-1], cum[i]): frame t takes the token whose cumulative duration first exceeds t
+            d = d_outs[0]
+            d = d + (d.sum() == 0).to(d.dtype)
+            cum = torch.cumsum(d, dim=0)
+            frames = torch.arange(cum[-1], device=d.device)
+            token = (frames.unsqueeze(1) >= cum.unsqueeze(0)).sum(dim=1)
+            hs = hs[0].index_select(0, token).unsqueeze(0)
+            zs, _ = fs2.decoder(hs, None)
+            before = fs2.feat_out(zs).view(zs.size(0), -1, fs2.odim)
+            after = before if fs2.postnet is None else before + fs2.postnet(before.transpose(1, 2)).transpose(1, 2)
+            if self.mvn_scale is not None:
+                after = after * self.mvn_scale + self.mvn_shift
+            return after
+
+    return FastSpeech2Mel().eval()
