@@ -76,3 +76,36 @@ def fastspeech2_mel_module(model: Any, speakers: bool = False) -> Any:
             return after
 
     return FastSpeech2Mel().eval()
+
+
+def text_settings(tts: Any, lowercase: bool) -> dict[str, Any]:
+    """text.json from Text2Speech's preprocessing (CommonPreprocessor: no cleaner, ESPnet's CharTokenizer, the
+    token list; <sos/eos> is appended inside the graph, as FastSpeech2.inference does)."""
+    pre = tts.preprocess_fn
+    tokenizer = getattr(pre, "tokenizer", None)
+    if type(tokenizer).__name__ != "CharTokenizer" or tokenizer.non_linguistic_symbols or pre.text_cleaner.cleaner_types:
+        raise SystemExit(f"spx export: ESPnet TTS text processing {type(tokenizer).__name__} with cleaners "
+                         f"{pre.text_cleaner.cleaner_types} is not exported yet (spx's char tokens without cleaner are)")
+    converter = pre.token_id_converter
+    return {"symbols": list(converter.token_list), "space": tokenizer.space_symbol, "lowercase": lowercase,
+            "prefix": [], "suffix": [], "unknown": converter.unk_symbol}
+
+
+def griffin_lim_settings(tts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """vocoder.json and its mel_basis from Text2Speech's Griffin-Lim (Spectrogram2Waveform, griffin_lim.yaml's
+    iterations) and the model's own LogMelFbank: log10 of the mel of |STFT| (amplitude, clamped at 1e-10)."""
+    voc, fe = tts.vocoder, tts.model.feats_extract
+    if type(voc).__name__ != "Spectrogram2Waveform":
+        raise SystemExit(f"spx export: an ESPnet TTS run with the vocoder {type(voc).__name__} is not exported yet "
+                         "(Griffin-Lim runs are)")
+    if type(fe).__name__ != "LogMelFbank" or fe.logmel.log_base != 10.0 or fe.stft.window != "hann":
+        raise SystemExit(f"spx export: ESPnet TTS features {type(fe).__name__} (log base "
+                         f"{getattr(getattr(fe, 'logmel', None), 'log_base', None)}) are not exported yet")
+    p = voc.params
+    if p["window"] != "hann" or (p["n_fft"], p["n_shift"], p["win_length"]) != (fe.stft.n_fft, fe.stft.hop_length,
+                                                                                  fe.stft.win_length):
+        raise SystemExit(f"spx export: the run's Griffin-Lim settings {p} differ from its features'")
+    vocoder = {"kind": "griffin_lim", "sample_rate": int(p["fs"]), "n_fft": int(p["n_fft"]),
+               "win_length": int(p["win_length"]), "hop_length": int(p["n_shift"]), "power": 1.0,
+               "log": {"base": "10", "floor": 1e-10}, "n_iter": int(p["n_iter"])}
+    return vocoder, {"mel_basis": fe.logmel.melmat.detach().cpu().numpy().T.copy()}
