@@ -30,7 +30,7 @@ CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = helpers.TTS_INIT_FROM
 INFERENCE = "spx.adapters.espnet.steps.tts_synth"  # load_synthesizer (spx serve)
-EXPORT = None
+EXPORT = "spx.adapters.espnet.steps.tts_export"
 TEACHER_ENTRY = "espnet2.bin.tts_inference"
 TEACHER_DIR = "native/teacher"  # tts_inference --output_dir per split: durations/durations, norm/, att_ws/, ...
 # the teacher's config.yaml with its feature-statistics path made absolute (ESPnet writes it relative to where

@@ -11,7 +11,19 @@ loops over the batch in Python and pads with a Python max). Same arithmetic, so 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from spx.adapters.common.export import TtsExporter, export_tts_run, main
+from spx.adapters.espnet.steps.common import start
+from spx.adapters.espnet.steps.tts_synth import load_text2speech
+from spx.textclean import clean_transcript
+
+ROUTE = ("torch.onnx.export (TorchScript exporter, dynamo=False) of FastSpeech2.inference + GlobalMVN inverse "
+         "(ids -> denormalised log10-mel); TorchScript by torch.jit.trace")
+EXAMPLE_TEXT = "the export traces one sentence; every length stays dynamic"
 
 
 def fastspeech2_mel_module(model: Any, speakers: bool = False) -> Any:
@@ -109,3 +121,64 @@ def griffin_lim_settings(tts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
                "win_length": int(p["win_length"]), "hop_length": int(p["n_shift"]), "power": 1.0,
                "log": {"base": "10", "floor": 1e-10}, "n_iter": int(p["n_iter"])}
     return vocoder, {"mel_basis": fe.logmel.melmat.detach().cpu().numpy().T.copy()}
+
+
+def write_mel_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool, example_ids: list[int],
+                    speakers: bool) -> dict[str, Any]:
+    """The module as ONNX (dynamo=False: the dynamo exporter needs onnxscript, not in the lock) or TorchScript
+    (torch.jit.trace; int8: PyTorch dynamic quantization of its Linear layers); tokens and frames are dynamic."""
+    import torch
+
+    if int8:
+        net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
+    example = (torch.tensor([example_ids], dtype=torch.long),) + ((torch.tensor([0]),) if speakers else ())
+    inputs = ["ids"] + (["speaker"] if speakers else [])
+    with torch.no_grad():
+        if fmt == "onnx":
+            torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset, input_names=inputs,
+                              output_names=["mel"], dynamic_axes={"ids": {1: "tokens"}, "mel": {1: "frames"}})
+        else:
+            torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
+    return {"inputs": {"ids": "ids", **({"speaker": "speaker"} if speakers else {})}, "input_order": inputs,
+            "outputs": {"mel": "mel"}, "mel_layout": "BTD", "output_order": ["mel"],
+            "input_shapes": {"ids": [1, "tokens"], **({"speaker": [1]} if speakers else {})},
+            "output_shapes": {"mel": [1, "frames", "n_mels"]}}
+
+
+def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
+           parity_utterances: int = 0) -> dict[str, Any]:
+    out_dir = str(Path(out_dir).resolve())
+    spec, rd = start(run_dir)  # chdir: the ESPnet config names its feature statistics relative to the run dir
+    import torch
+
+    tts, native = load_text2speech(rd, spec, "cpu", "float32")
+    if native["vocoder"]:
+        raise SystemExit(f"spx export: an ESPnet TTS run with the neural vocoder {native['vocoder']['file']} is not "
+                         "exported yet (Griffin-Lim runs are)")
+    speakers = {str(k): int(v) for k, v in (native["speakers"] or {}).items()}
+    lowercase = spec.tokenizer.lowercase
+    text = text_settings(tts, lowercase)
+    vocoder, arrays = griffin_lim_settings(tts)
+    tts.vocoder = None  # Text2Speech stops at the mel: the reference and its timing leave the vocoder out
+    net = fastspeech2_mel_module(tts.model.eval(), speakers=bool(speakers))
+
+    def toolkit_ids(sentence: str) -> list[int]:
+        return [int(i) for i in tts.preprocess_fn("<dummy>", {"text": clean_transcript(sentence, lowercase)})["text"]]
+
+    @torch.no_grad()
+    def reference(sentence: str, speaker: str | None) -> np.ndarray:
+        kwargs = {"sids": np.array(speakers[speaker or sorted(speakers)[0]])} if speakers else {}
+        out = tts(clean_transcript(sentence, lowercase), **kwargs)
+        return out["feat_gen_denorm"].float().numpy()
+
+    def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
+        return write_mel_graph(net, path, fmt, opset, int8, toolkit_ids(EXAMPLE_TEXT), bool(speakers))
+
+    exporter = TtsExporter(backend="espnet", route=ROUTE, write_graph=write_graph, text=text,
+                           toolkit_ids=toolkit_ids, reference=reference, vocoder=vocoder, vocoder_arrays=arrays,
+                           speakers=speakers)
+    return export_tts_run(run_dir, out_dir, fmt, quantize, opset, exporter, parity_utterances=parity_utterances)
+
+
+if __name__ == "__main__":
+    main(export)
