@@ -39,3 +39,67 @@ def fs2_exported(fastspeech2_run, tmp_path_factory):
         return build_once(root / kind, build)
 
     return get
+
+
+@pytest.mark.slow
+def test_fastspeech2_onnx_export_passes_parity(fs2_exported, fastspeech2_run):
+    """fp32: Text2Speech's own ids and mel on every test sentence (one traced example sentence, so every other
+    length, tokens and frames, runs through the graph's dynamic axes and its data-dependent length regulator)."""
+    d = fs2_exported("onnx")
+    info = json.loads((d / "export.json").read_text())
+    assert (info["backend"], info["task"], info["family"], info["format"]) == ("espnet", "tts", "fastspeech2", "onnx")
+    assert {p.name for p in d.iterdir()} == {"model.onnx", "export.json", "text.json", "vocoder.json", "vocoder.npz"}
+    assert info["inputs"] == {"ids": "ids"} and info["outputs"] == {"mel": "mel"} and info["speakers"] == {}
+    p = info["parity"]
+    assert p["passed"] and p["utterances"] == 8 and not p["id_mismatch"] and not p["frames_differ"], p["summary"]
+    assert p["max_abs_mel_diff"] <= 1e-4, p["summary"]  # float rounding (~5e-6 measured)
+    assert len(set(p["toolkit_frames"].values())) > 1  # sentences of other lengths than the traced one
+    assert p["waveform"]["rms"] > 1e-3 and info["sample_rate"] == 16000
+    # the Griffin-Lim the run synthesized with (native/conf/griffin_lim.yaml) on the model's log10 |STFT| mel
+    vocoder = json.loads((d / "vocoder.json").read_text())
+    assert vocoder == {"kind": "griffin_lim", "sample_rate": 16000, "n_fft": 1024, "win_length": 1024,
+                       "hop_length": 256, "power": 1.0, "log": {"base": "10", "floor": 1e-10}, "n_iter": 32}
+    assert np.load(d / "vocoder.npz")["mel_basis"].shape == (80, 513)
+    text = json.loads((d / "text.json").read_text())
+    tokens = (fastspeech2_run / "native/tts_tokens.txt").read_text().split()
+    assert text["symbols"] == tokens and text["space"] == "<space>" and text["unknown"] == "<unk>"
+    assert text["suffix"] == []  # <sos/eos> is appended inside the graph, as FastSpeech2.inference does
+    assert info["speed"]["torch_rtfx"] > 0 and info["speed"]["export_rtfx"] > 0
+
+
+@pytest.mark.slow
+def test_fastspeech2_int8_export_passes_its_rule(fs2_exported):
+    from spx.deploy.parity import INT8_MAX_FRAME_CHANGE, INT8_MAX_MEL_MAE
+
+    info = json.loads((fs2_exported("onnx-int8") / "export.json").read_text())
+    p = info["parity"]
+    assert info["quantize"] == "int8" and p["passed"], p["summary"]
+    assert p["mean_abs_mel_diff"] <= INT8_MAX_MEL_MAE and p["worst_frame_change"] <= INT8_MAX_FRAME_CHANGE
+    assert info["sizes"]["int8_model_bytes"] < info["sizes"]["fp32_model_bytes"]
+    assert {"torch_rtfx", "export_rtfx", "fp32_export_rtfx"} <= set(info["speed"])
+
+
+@pytest.mark.slow
+def test_served_fastspeech2_export_synthesizes(fs2_exported, fastspeech2_run, tmp_path):
+    """The fp32 export over HTTP (no toolkit in the server): the longest test sentence -> a WAV at the run's rate,
+    not silent, exactly as long as the run's own Griffin-Lim synthesis of it (the same frames, one hop each)."""
+    import httpx
+
+    d = fs2_exported("onnx")
+    row = max(read_jsonl(fastspeech2_run / "hyps.jsonl"), key=lambda r: len(r["text"]))
+    frames = json.loads((d / "export.json").read_text())["parity"]["toolkit_frames"][row["id"]]
+    server = Server(d, tmp_path / "server.log", "--threads", "1")
+    try:
+        server.wait_ready()
+        with httpx.Client(timeout=120) as client:
+            r = client.post(server.url + "/v1/synthesize", json={"text": row["text"]})
+            assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
+            wav, rate = sf.read(io.BytesIO(r.content))
+            assert rate == 16000 and wav.ndim == 1 and np.sqrt(np.mean(wav ** 2)) > 1e-3, "silent output"
+            assert len(wav) == (frames - 1) * 256
+            assert len(wav) / rate == pytest.approx(row["duration"], abs=1e-3), row
+            bad = client.post(server.url + "/v1/synthesize", json={"text": "   "})
+            assert bad.status_code == 422 and bad.json()["error"] == "empty_text"
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
