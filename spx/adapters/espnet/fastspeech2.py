@@ -7,7 +7,8 @@ token-averaged pitch (`dio`) and energy (`energy`) with those durations and thei
 
 Everything that can be checked without running the teacher is checked at render time: the teacher is an ESPnet
 Tacotron2 with reduction factor 1 and this job's character tokens and mel settings (otherwise its durations would
-not count this job's tokens or frames). Nothing here imports torch or espnet2.
+not count this job's tokens or frames). `spx export` runs steps/tts_export.py (ONNX/TorchScript of the acoustic model,
+Griffin-Lim in the engine). Nothing here imports torch or espnet2.
 """
 from __future__ import annotations
 
