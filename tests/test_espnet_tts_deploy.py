@@ -103,3 +103,38 @@ def test_served_fastspeech2_export_synthesizes(fs2_exported, fastspeech2_run, tm
         assert server.proc.poll() is None
     finally:
         server.stop()
+
+
+@pytest.mark.slow  # imports espnet2 (no training)
+def test_multi_speaker_fastspeech2_graph_takes_the_speaker_id(tmp_path):
+    """The speaker branch the shared single-voice run does not reach: an ESPnet FastSpeech2 with 3 speaker ids
+    (untrained; its duration bias raised so sentences span frames) traced with one sentence, run on others of other
+    lengths and speakers, against FastSpeech2.inference(sids=...)."""
+    import types
+
+    import onnxruntime as ort
+    import torch
+    from espnet2.tts.fastspeech2 import FastSpeech2
+
+    from spx.adapters.espnet.steps.tts_export import fastspeech2_mel_module, write_mel_graph
+
+    torch.manual_seed(0)
+    fs2 = FastSpeech2(idim=41, odim=80, adim=32, aheads=2, elayers=1, eunits=64, dlayers=1, dunits=64, spks=3,
+                      postnet_layers=2, postnet_chans=32).eval()
+    with torch.no_grad():
+        fs2.duration_predictor.linear.bias.fill_(1.5)
+    net = fastspeech2_mel_module(types.SimpleNamespace(tts=fs2, normalize=None), speakers=True)
+    io_info = write_mel_graph(net, tmp_path / "model.onnx", "onnx", 17, False, [5, 6, 7, 2, 9], speakers=True)
+    assert io_info["inputs"] == {"ids": "ids", "speaker": "speaker"} and io_info["input_order"] == ["ids", "speaker"]
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    frames = set()
+    for n, sid in ((12, 0), (30, 2), (4, 1)):
+        ids = torch.randint(2, 40, (n,))
+        with torch.no_grad():
+            ref = fs2.inference(ids, sids=torch.tensor([sid]))["feat_gen"].numpy()
+        got = session.run(None, {"ids": ids[None].numpy(), "speaker": np.array([sid])})[0][0]
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-4, (n, sid)
+        frames.add(len(ref))
+    assert len(frames) == 3
+    with pytest.raises(SystemExit, match="speaker ids"):
+        fastspeech2_mel_module(types.SimpleNamespace(tts=fs2, normalize=None), speakers=False)
