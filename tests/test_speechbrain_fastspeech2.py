@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO, read_jsonl, synthesized_test_set
+from shared_artifacts import build_once, shared_dir
 from spx.errors import SpxError
 from spx.rundir import RunDir
 from spx.spec import load_spec
@@ -158,14 +159,25 @@ def test_init_from_a_run_of_another_family_is_refused(tts_multi_corpus, tmp_path
 
 
 # ------------------------------------------------------------------ slow: real training and synthesis
-@pytest.mark.slow
-def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(tts_corpus, tmp_path):
-    from spx.launchers.execute import execute
+@pytest.fixture(scope="session")
+def sb_fastspeech2_run(tts_corpus, tmp_path_factory) -> RunDir:
+    """The tiny SpeechBrain FastSpeech2 trained on the flite corpus, synthesized and scored as `spx run` does (once
+    per test run, shared by the training, serving and export tests)."""
     from spx.launchers.local import run_here
 
-    rd = render(fastspeech2_spec(tts_corpus, *TRAIN_OVERRIDES), tmp_path / "fastspeech2-speechbrain")
-    run_here(rd, quiet=True)  # tts_prepare, tts_train, tts_synth, then scoring as `spx run` does (metrics.json)
+    def build(folder: Path) -> None:
+        rd = render(fastspeech2_spec(tts_corpus, *TRAIN_OVERRIDES), folder / "fastspeech2-speechbrain")
+        run_here(rd, quiet=True)  # tts_prepare, tts_train, tts_synth, then scoring (metrics.json)
 
+    return RunDir(build_once(shared_dir(tmp_path_factory, "speechbrain_fastspeech2"), build)
+                  / "fastspeech2-speechbrain")
+
+
+@pytest.mark.slow
+def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(sb_fastspeech2_run, tts_corpus, tmp_path):
+    from spx.launchers.execute import execute
+
+    rd = sb_fastspeech2_run
     stats = json.loads((rd / "native/pitch_stats.json").read_text())
     assert 80 < stats["pitch_mean"] < 600 and stats["pitch_std"] > 0
     n_frames = len(np.load(sorted((rd / "native/sup_data/pitch").glob("train_*.npy"))[0]))
@@ -208,3 +220,45 @@ def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(tts_corpus, tmp
     for h in read_jsonl(ft / "hyps.jsonl"):
         wav, sr = sf.read(h["audio"])
         assert sr == 16000 and len(wav) > 0.2 * sr and np.isfinite(wav).all()
+
+
+def assert_served_run_synthesizes(run_dir: Path, log: Path, same_length: bool) -> None:
+    """`spx serve RUN_DIR` (the family's load_synthesizer): the longest test sentence -> a WAV at the spec's rate, not
+    silent, as long as the run's own synthesis of it (same_length: a deterministic model; else within 2x); an empty
+    text is a 4xx JSON error and the server stays up."""
+    import io
+
+    import httpx
+
+    from test_deploy import Server
+
+    row = max(read_jsonl(run_dir / "hyps.jsonl"), key=lambda r: len(r["text"]))
+    server = Server(run_dir, log, "--max-chars", "200", "--threads", "1")
+    try:
+        server.wait_ready(timeout=300)
+        url = server.url + "/v1/synthesize"
+        with httpx.Client(timeout=300) as client:
+            r = client.post(url, json={"text": row["text"].upper() + "!"})  # cleaned as the test sentences are
+            assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
+            wav, rate = sf.read(io.BytesIO(r.content))
+            assert rate == 16000 and wav.ndim == 1
+            duration = len(wav) / rate
+            assert float(r.headers["x-audio-duration"]) == pytest.approx(duration, abs=1e-3)
+            assert np.sqrt(np.mean(wav ** 2)) > 1e-3, "silent output"
+            if same_length:
+                assert duration == pytest.approx(row["duration"], abs=1e-3), (duration, row)
+            else:
+                assert 0.5 * row["duration"] <= duration <= 2.0 * row["duration"], (duration, row)
+            bad = client.post(url, json={"text": "   "})
+            assert bad.status_code == 422 and bad.json()["error"] == "empty_text", bad.text
+            bad = client.post(url, json={"text": "hello", "speaker": "nobody"})
+            assert bad.status_code == 422 and bad.json()["error"] == "unknown_speaker", bad.text
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_served_fastspeech2_run_synthesizes(sb_fastspeech2_run, tmp_path):
+    # FastSpeech2 in eval mode is deterministic: the served sentence has the run's own length
+    assert_served_run_synthesizes(sb_fastspeech2_run.path, tmp_path / "server.log", same_length=True)

@@ -30,7 +30,7 @@ PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "an spx speechbrain fastspeech2 run dir, a CKPT+... folder, or its model.ckpt"
-INFERENCE = None  # steps/tts_fastspeech2_synth.py synthesizes the test sets; there is no load_synthesizer yet
+INFERENCE = f"{STEPS}.tts_fastspeech2_synth"  # load_synthesizer (spx serve on a run dir)
 EXPORT = None
 
 # SpeechBrain's FastSpeech2WithAlignment + the beta-binomial alignment prior its aligner takes (see that module)
