@@ -125,18 +125,19 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
     def reference(text: str, speaker: str | None) -> np.ndarray:
         return postnet_mel(model, torch.tensor([toolkit_ids(text)])).T.float().numpy()
 
-    write_vocoder = None
+    write_vocoder, arrays = None, None
     if isinstance(vocoder, HifiganVocoder):
         hifigan = HifiganInference(vocoder).eval()
         vocoder_json = {"kind": "graph", "model_file": VOCODER_FILES[fmt], "format": fmt, "input": "mel",
                         "output": "waveform", "mel_layout": "BDT", "sample_rate": mel["sample_rate"],
                         "source": info["vocoder"]}
-        arrays = None
 
-        def write_vocoder(path: Path, fmt: str, opset: int) -> dict[str, Any]:
+        def write_hifigan(path: Path, fmt: str, opset: int) -> dict[str, Any]:
             _trace(hifigan, (torch.zeros(1, mel["n_mels"], 40),), path, fmt, opset, ["mel"], ["waveform"],
                    {"mel": {2: "frames"}, "waveform": {0: "samples"}})
             return {"hop_length": mel["hop_length"]}
+
+        write_vocoder = write_hifigan
     else:
         vocoder_json, arrays = griffin_lim(mel, info["griffin_lim_iters"])
 
