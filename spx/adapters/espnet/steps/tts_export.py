@@ -6,6 +6,8 @@ The graph is ESPnet's FastSpeech2.inference + ESPnetTTSModel's GlobalMVN inverse
 length in the graph instead of in Python: the encoder's all-valid masks are built from the ids' shape (ESPnet sizes
 them with int(max(lengths)), which the tracer freezes), and the length regulator is a cumulative-sum gather (ESPnet
 loops over the batch in Python and pads with a Python max). Same arithmetic, so the mel matches to float rounding.
+One limit the trace keeps: the positional-encoding table ESPnet extends in Python is a constant of its initial size
+(5000 positions: ~80 s of frames at hop 256 / 16 kHz); a longer sentence fails in the graph instead of growing it.
 
 `python -m spx.adapters.espnet.steps.tts_export RUN_DIR OUT_DIR --format onnx|torchscript [--quantize int8]`
 """
