@@ -208,7 +208,8 @@ def test_hf_ssl_classifier_exports_pass_parity(hf_cls_run, tmp_path_factory):
     assert {f.name for f in fp32.iterdir()} == {"model.onnx", "export.json", "frontend.json"}
     assert p["passed"] and p["utterances"] == int(PARITY_UTTERANCES), p["summary"]
     assert p["max_abs_logit_diff"] <= 2e-3 and p["label_agreement"] == 1.0
-    assert p["exported_accuracy"] == p["toolkit_accuracy"] >= 0.2  # 12 classes: chance is 8 %
+    # labels, not constants (the run's accuracy bar is test_hf_classification's; 0.42 and 0.67 here on two runs)
+    assert p["exported_accuracy"] == p["toolkit_accuracy"] > 0.0
     # the engine a server uses answers as the parity check's toolkit did, clip by clip and batched
     utts = {u.id: u for u in read_manifest(Path(info["source_run"]) / "manifests" / "test.jsonl")}
     ids = list(p["toolkit_labels"])[:6]
