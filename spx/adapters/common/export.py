@@ -182,9 +182,13 @@ def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
     """int8 (calibration None): onnxruntime dynamic quantization: int8 weights of MatMul/Gemm (and the attention's),
     activations quantized on the fly; convolutions stay fp32 (dynamic ConvInteger ran 0.5-0.7x fp32 on the demo
     models). int8-static (calibration: feeds of valid-set features): static quantization in the QOperator format,
-    per-channel int8 weights, uint8 activations with MinMax ranges from the calibration feeds, of Conv and MatMul
-    (QLinearConv / QLinearMatMul: 1.4-1.8x the fp32 graph on the demo ASR models where dynamic MatMul gave 1.1-1.3x;
-    measured by benchmarks/int8_options.py with onnxruntime 1.31 on CPU)."""
+    per-tensor int8 weights, uint8 activations with MinMax ranges from the calibration feeds, of Conv and MatMul
+    (QLinearConv / QLinearMatMul: 1.4-1.9x the fp32 graph on the demo ASR models where dynamic MatMul gave 1.1-1.3x).
+    A convolution over one input channel (the first one on the features) is quantized, or left fp32, whichever graph
+    runs the calibration feeds in less CPU time: on the NeMo demo conformer (its output goes through fp32 masking)
+    fp32 took the graph from 1.2x to 1.45x fp32, on SpeechBrain's it cost 1.9x -> 1.45x. Per-tensor weights: with
+    that conv fp32, per-channel ones lost 2 words of the 140-word demo test set on NeMo, per-tensor none (measured by
+    benchmarks/int8_options.py and benchmarks/deploy_bench.py with onnxruntime 1.31 on CPU)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
 
@@ -199,13 +203,54 @@ def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
         def get_next(self):
             return next(self.feeds, None)
 
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    weights = {w.name: list(w.dims) for w in graph.initializer}
+    single_channel_convs = [
+        n.name for n in graph.node
+        if n.op_type == "Conv" and len(weights.get(n.input[1], [])) > 1 and weights[n.input[1]][1] == 1
+        and next((a.i for a in n.attribute if a.name == "group"), 1) == 1]
+    tries = {(): dst} if not single_channel_convs else {
+        (): dst.with_name(dst.stem + ".all-quantized.onnx"),
+        tuple(single_channel_convs): dst.with_name(dst.stem + ".first-conv-fp32.onnx")}
     try:
-        quantize_static(str(src), str(dst), Feeds(), quant_format=QuantFormat.QOperator,
-                        op_types_to_quantize=["Conv", "MatMul"], per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        for exclude, path in tries.items():
+            quantize_static(str(src), str(path), Feeds(), quant_format=QuantFormat.QOperator,
+                            op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=list(exclude),
+                            per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
     except RuntimeError as exc:  # e.g. SpeechBrain's ECAPA-TDNN: "Invalid model with unknown initializers/tensors"
         raise SystemExit(f"spx export: onnxruntime's static quantizer cannot quantize this graph ({exc}); "
                          "use --quantize int8 (dynamic)") from None
+    if len(tries) > 1:
+        cpu = {exclude: _graph_cpu_seconds(path, calibration) for exclude, path in tries.items()}
+        best = min(cpu, key=cpu.get)
+        print(f"spx export: int8-static: {', '.join(single_channel_convs)} (one input channel) "
+              f"{'left fp32' if best else 'quantized'}: {cpu[best]:.3f} s of CPU on the calibration feeds against "
+              f"{max(cpu.values()):.3f} s the other way", flush=True)
+        tries[best].replace(dst)
+        for path in tries.values():
+            path.unlink(missing_ok=True)
+
+
+def _graph_cpu_seconds(model: Path, feeds: list[dict[str, np.ndarray]], passes: int = 3) -> float:
+    """The least CPU time (one thread) of `passes` runs of the graph over the feeds, after a warm-up: CPU time, as
+    the wall clock of a shared machine moves more than the 20-30 % this has to tell apart."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    session.run(None, feeds[0])
+    best = float("inf")
+    for _ in range(passes):
+        t0 = time.process_time()
+        for feed in feeds:
+            session.run(None, feed)
+        best = min(best, time.process_time() - t0)
+    return best
 
 
 def calibration_feeds(spec, engine: Any) -> list[dict[str, np.ndarray]]:
