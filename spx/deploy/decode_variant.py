@@ -98,10 +98,13 @@ def synthesize(cell: Path, variant: str, export_dir: Path | None) -> dict[str, A
             run = module.load_synthesizer(str(rd.path), "cpu")
         finally:
             os.chdir(here)
+        speakers = run.speakers
     else:
-        run = load_engine(export_dir, threads=spec.resources.threads or None).synthesize
+        engine = load_engine(export_dir, threads=spec.resources.threads or None)
+        run, speakers = engine.synthesize, engine.speakers
     rows = [json.loads(line) for line in (cell / "hyps.jsonl").read_text().splitlines() if line.strip()]
-    inputs = [(r["text"], r.get("speaker")) for r in rows]
+    # a one-voice model takes no speaker (the rows still name the corpus's)
+    inputs = [(r["text"], r.get("speaker") if speakers else None) for r in rows]
     for item in inputs[: spec.eval.warmup_batches]:
         run([item])
     out_dir = cell / "variants" / variant

@@ -265,11 +265,21 @@ def stft(x: np.ndarray, n_fft: int, hop: int, window: np.ndarray) -> np.ndarray:
 def istft(spec: np.ndarray, n_fft: int, hop: int, window: np.ndarray, length: int) -> np.ndarray:
     """Inverse of stft by weighted overlap-add, trimmed to `length` samples."""
     frames = np.fft.irfft(spec.T, n=n_fft, axis=1) * window
-    n = n_fft + hop * (len(frames) - 1)
-    y, norm = np.zeros(n), np.zeros(n)
-    for t, frame in enumerate(frames):
-        y[t * hop: t * hop + n_fft] += frame
-        norm[t * hop: t * hop + n_fft] += window ** 2
+    n_frames = len(frames)
+    if n_fft % hop == 0:  # overlap-add by hop-sized blocks: n_fft / hop slice additions instead of one per frame
+        k = n_fft // hop
+        blocks, win_blocks = frames.reshape(n_frames, k, hop), (window ** 2).reshape(k, hop)
+        y, norm = np.zeros((n_frames + k - 1, hop)), np.zeros((n_frames + k - 1, hop))
+        for j in range(k):
+            y[j: j + n_frames] += blocks[:, j]
+            norm[j: j + n_frames] += win_blocks[j]
+        y, norm = y.reshape(-1), norm.reshape(-1)
+    else:
+        n = n_fft + hop * (n_frames - 1)
+        y, norm = np.zeros(n), np.zeros(n)
+        for t, frame in enumerate(frames):
+            y[t * hop: t * hop + n_fft] += frame
+            norm[t * hop: t * hop + n_fft] += window ** 2
     y /= np.where(norm > 1e-10, norm, 1.0)
     return y[n_fft // 2: n_fft // 2 + length]
 
