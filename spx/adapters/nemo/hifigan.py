@@ -31,7 +31,8 @@ PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "a HifiGanModel .nemo (a nemo hifigan run's checkpoints/model.nemo) or that run dir"
-INFERENCE = None  # tts_synth has no load_synthesizer(run_dir, device) yet
+INFERENCE = None  # a vocoder job (audio in, audio out): nothing to serve on /v1/synthesize; its generator serves
+# through the FastPitch run whose tts.vocoder names it
 EXPORT = None
 
 MODEL_CLASS = "HifiGanModel"
