@@ -194,7 +194,7 @@ def test_bench_variants_are_checked_before_anything_runs(tmp_path):
     bad = run_spx("bench", REPO / "recipes" / "kws.yaml", "--variants", "torch,onnx-fp16", "--out", tmp_path)
     assert bad.returncode == 2 and "unknown variant onnx-fp16" in bad.stdout + bad.stderr
     tts = run_spx("bench", REPO / "recipes" / "tacotron2.yaml", "--variants", "torch,onnx", "--out", tmp_path)
-    assert tts.returncode == 2 and "no tts exporter yet" in tts.stdout + tts.stderr
+    assert tts.returncode == 2 and "has no exporter for tts family tacotron2" in tts.stdout + tts.stderr
     assert not (tmp_path / "runs").exists()
 
 

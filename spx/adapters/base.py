@@ -17,6 +17,7 @@ A family module defines:
     INFERENCE: str | None          the child module whose load_transcriber / load_synthesizer / load_classifier
                                    (run_dir, device) the bench's judge and `spx serve` use (None: it has none)
     EXPORT: str | None             the child module that exports a finished run (`spx export`; None: no export yet)
+    EXPORT_REFUSED: str            (optional, with EXPORT None) why the family cannot be exported, shown by spx export
     FINETUNE_METHODS: tuple[str,...]  finetune.method values it runs (default ("full",))
     FINETUNE_OPTIONS: tuple[str,...]  other fine-tuning controls it honours, by spec key
                                    ("training.optimizer.pretrained_lr", "finetune.freeze_pretrained_steps",
@@ -161,7 +162,12 @@ class BackendAdapter:
 
     def export_module(self, spec: Spec) -> str:
         """The child module that exports a finished run of the family (`spx export` runs it in a child process)."""
-        module = getattr(self.family(spec), "EXPORT", None)
+        family = self.family(spec)
+        module = getattr(family, "EXPORT", None)
+        refused = getattr(family, "EXPORT_REFUSED", None)
+        if not module and refused:
+            raise SpxError(f"spx cannot export {self.name} {spec.model.family} models: {refused}",
+                           hint="export a run of a family that has an exporter (docs/deploy.md lists them)")
         if not module:
             raise SpxError(f"spx cannot export {self.name} {spec.model.family} models yet",
                            hint="export a run of a family that has an exporter (docs/deploy.md lists them)")

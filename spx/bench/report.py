@@ -356,7 +356,8 @@ def variant_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row.update(value=x.get(metric), rtfx=x.get("rtfx"), model_mb=(x.get("model_bytes") or 0) / 1e6 or None,
                            speedup=x["rtfx"] / base["rtfx"] if base.get("rtfx") and x.get("rtfx") else None,
                            delta=(x[metric] - base[metric]) if x.get(metric) is not None
-                           and base.get(metric) is not None else None, parity=x.get("parity"))
+                           and base.get(metric) is not None else None, parity=x.get("parity"),
+                           mos=x.get("dnsmos_ovrl"))
             out.append(row)
     return out
 
@@ -365,19 +366,24 @@ def md_variants(rows: list[dict[str, Any]]) -> list[str]:
     vr = variant_rows(rows)
     if not vr:
         return []
+    mos = any(v.get("mos") is not None for v in vr)  # TTS variants: how they sound, beside the judge's CER
     L = ["## Deployment variants", "", "`spx bench --variants`: the cell's toolkit model (torch) and its exports "
          "(`spx export`, parity-checked), each decoding the test set on its engine with the cell's batch size and "
-         "threads. Δ is against torch (points).", "",
-         "| Recipe | Backend | Variant | Metric | Value % | Δ | RTFx | × torch | Model MB |",
-         "|---|---|---|---|---:|---:|---:|---:|---:|"]
+         "threads (TTS: speaking the test sentences, vocoder included, CER by the cell's judge). Δ is against torch "
+         "(points).", "",
+         "| Recipe | Backend | Variant | Metric | Value % | Δ | RTFx | × torch | Model MB |" + (" DNSMOS |" if mos else ""),
+         "|---|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if mos else "")]
     for v in vr:
         if v["error"]:
             first = v["error"].splitlines()[0].replace("|", "/")
-            L.append(f"| {v['recipe']} | {v['backend']} | {v['variant']} | {v['metric']} | failed: {first} ||||| ")
+            L.append(f"| {v['recipe']} | {v['backend']} | {v['variant']} | {v['metric']} | failed: {first} ||||| "
+                     + ("|" if mos else ""))
             continue
         delta = f"{100 * v['delta']:+.1f}" if v.get("delta") is not None else "—"
-        L.append(f"| {v['recipe']} | {v['backend']} | {v['variant']} | {v['metric'].upper() if v['metric'] == 'wer' else v['metric']} | "
-                 f"{pct(v['value'])} | {delta} | {num(v['rtfx'])} | {num(v['speedup'], 2)} | {num(v['model_mb'], 2)} |")
+        name = v['metric'].upper() if v['metric'] in ("wer", "cer") else v['metric']
+        L.append(f"| {v['recipe']} | {v['backend']} | {v['variant']} | {name} | "
+                 f"{pct(v['value'])} | {delta} | {num(v['rtfx'])} | {num(v['speedup'], 2)} | {num(v['model_mb'], 2)} |"
+                 + (f" {num(v.get('mos'), 2)} |" if mos else ""))
     return L + [""]
 
 

@@ -212,11 +212,11 @@ def run_bench(recipes: list[Path], backends: list[str] | None, out: Path, force:
     extra = [f"resources.launcher={launcher}"] if launcher == "slurm" else []
     specs = [(r, load_spec(r, list(overrides or []) + extra)) for r in recipes]  # all validated before anything runs
     variants = variants or ["torch"]
+    backends = backends or backends_for([spec for _, spec in specs])
     if variants != ["torch"]:
         from spx.bench.variants import check_tasks
 
-        check_tasks([spec for _, spec in specs], variants)
-    backends = backends or backends_for([spec for _, spec in specs])
+        check_tasks([spec for _, spec in specs], variants, backends)
     stems = [r.stem for r in recipes]
     if len(set(stems)) != len(stems):
         raise SpxError(f"two recipes share a file name ({', '.join(stems)}): cells are named <recipe>-<backend>",

@@ -17,7 +17,7 @@ from typing import Any
 from spx.errors import SpxError
 
 VARIANTS = ("torch", "onnx", "onnx-int8", "onnx-int8-static", "torchscript", "torchscript-int8")
-TASKS = ("asr", "classification")  # the tasks spx export handles
+TASKS = ("asr", "classification", "tts")  # the tasks spx export handles
 VARIANTS_JSON = "variants.json"
 
 
@@ -30,14 +30,29 @@ def parse_variants(value: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_tasks(specs: list[Any], variants: list[str]) -> None:
-    """Exported variants exist for the tasks spx export handles; refuse the others before anything trains."""
+def check_tasks(specs: list[Any], variants: list[str], backends: list[str]) -> None:
+    """Refuse, before anything trains, a recipe whose family no chosen backend can export (a backend without an
+    exporter for it while another has one gets a failed variant row, saying why)."""
     if variants == ["torch"]:
         return
+    from spx.adapters import get_adapter
+
     for spec in specs:
         if spec.task not in TASKS:
             raise SpxError(f"--variants {','.join(variants)}: spx export has no {spec.task} exporter yet "
-                           f"(recipe {spec.name})", where="--variants", hint="bench TTS recipes with --variants torch")
+                           f"(recipe {spec.name})", where="--variants", hint="bench it with --variants torch")
+        exporting = []
+        for name in backends:
+            try:
+                family = get_adapter(name).family(spec)
+            except SpxError:  # the backend does not run this family: the bench says so on its own
+                continue
+            if getattr(family, "EXPORT", None):
+                exporting.append(name)
+        if not exporting:
+            raise SpxError(f"--variants {','.join(variants)}: spx export has no exporter for {spec.task} family "
+                           f"{spec.model.family} on {', '.join(backends)} (recipe {spec.name})", where="--variants",
+                           hint="bench it with --variants torch, or on a backend that exports it (docs/deploy.md)")
 
 
 def _size(path: Path) -> int:
@@ -70,7 +85,13 @@ def _score(cell: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
     spec = RunDir(cell).spec
     m = TASK_REGISTRY[spec.task].score()(rows, spec)
+    if spec.task == "tts":  # the judge's CER of the spoken sentences, and a MOS proxy of how they sound
+        return {k: m.get(k) for k in ("cer", "wer", "dnsmos_ovrl", "utmos") if m.get(k) is not None}
     return {"wer": m["wer"]} if spec.task == "asr" else {"accuracy": m["accuracy"]}
+
+
+def metric_key(task: str) -> str:
+    return {"asr": "wer", "classification": "accuracy", "tts": "cer"}[task]
 
 
 def run_variants(cell: Path, variants: list[str], console=None) -> dict[str, Any]:
@@ -83,7 +104,7 @@ def run_variants(cell: Path, variants: list[str], console=None) -> dict[str, Any
     metrics = json.loads((cell / "metrics.json").read_text())
     summary = json.loads((cell / "train_summary.json").read_text())
     model = Path(summary.get("exported_model") or summary.get("best_checkpoint") or summary["last_checkpoint"])
-    key = "wer" if rd.spec.task == "asr" else "accuracy"
+    key = metric_key(rd.spec.task)
     out: dict[str, Any] = {}
     for variant in ["torch"] + [v for v in variants if v != "torch"]:  # torch: the baseline of the others
         fmt, _, quant = variant.partition("-")
@@ -111,6 +132,7 @@ def run_variants(cell: Path, variants: list[str], console=None) -> dict[str, Any
         if console is not None:
             v = out[variant]
             console.log(f"{cell.name} {variant}: " + (v["error"] if "error" in v else
-                        f"{key} {v[key]:.4f}, RTFx {v['rtfx']:.1f}, model {v['model_bytes'] / 1e6:.2f} MB"))
+                        f"{key} {v.get(key, float('nan')):.4f}, RTFx {v['rtfx']:.1f}, "
+                        f"model {(v['model_bytes'] or 0) / 1e6:.2f} MB"))
     atomic_write_text(cell / VARIANTS_JSON, json.dumps({"metric": key, "variants": out}, indent=1, default=float) + "\n")
     return out

@@ -3,6 +3,8 @@ the toolkit model (torch: the family's INFERENCE loader, toolkit imported here) 
 the cell's protocol: decoding.batch_size batches in the hyps' order, eval.warmup_batches first, eval.speed_repeats
 timed passes (median), resources.threads intra-op threads.
 
+A TTS cell's test sentences are spoken instead (synthesize), the same way.
+
 `python -m spx.deploy.decode_variant CELL VARIANT OUT_JSON [EXPORT_DIR]`
 """
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from spx.adapters import get_adapter
 from spx.deploy.engine import ClassifierEngine, load_engine
@@ -73,9 +77,59 @@ def decode(cell: Path, variant: str, export_dir: Path | None) -> dict[str, Any]:
             "batch_size": batch, "threads": spec.resources.threads}
 
 
+def synthesize(cell: Path, variant: str, export_dir: Path | None) -> dict[str, Any]:
+    """A TTS cell's test sentences spoken by `variant` (torch: the family's load_synthesizer; else the export's
+    TtsEngine) with the cell's protocol (child.synthesize_and_time: one sentence at a time, eval.warmup_batches
+    sentences first, eval.speed_repeats timed passes, the clock covering text -> waveform, vocoder included).
+    The waveforms of the first pass go to CELL/variants/<variant>/<id>.wav; the rows are the cell's with them."""
+    import soundfile as sf
+
+    rd = RunDir(cell)
+    spec = rd.spec
+    if variant == "torch":
+        import torch
+
+        if spec.resources.threads:
+            torch.set_num_threads(spec.resources.threads)
+        module = importlib.import_module(get_adapter(rd.backend).inference_module(spec))
+        here = os.getcwd()
+        os.chdir(rd.path)
+        try:
+            run = module.load_synthesizer(str(rd.path), "cpu")
+        finally:
+            os.chdir(here)
+    else:
+        run = load_engine(export_dir, threads=spec.resources.threads or None).synthesize
+    rows = [json.loads(line) for line in (cell / "hyps.jsonl").read_text().splitlines() if line.strip()]
+    inputs = [(r["text"], r.get("speaker")) for r in rows]
+    for item in inputs[: spec.eval.warmup_batches]:
+        run([item])
+    out_dir = cell / "variants" / variant
+    out_dir.mkdir(parents=True, exist_ok=True)
+    totals, new_rows = [], []
+    for repeat in range(max(spec.eval.speed_repeats, 1)):
+        total = 0.0
+        for r, item in zip(rows, inputs):
+            t0 = time.perf_counter()
+            (wav, rate), = run([item])
+            dt = time.perf_counter() - t0
+            total += dt
+            if repeat == 0:
+                path = out_dir / f"{r['id']}.wav"
+                sf.write(path, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), rate, subtype="PCM_16")
+                new_rows.append({**r, "audio": str(path), "duration": len(wav) / rate, "synth_time": dt,
+                                 "sample_rate": rate})
+        totals.append(total)
+    audio_s = sum(r["duration"] for r in new_rows)
+    return {"rows": new_rows, "audio_seconds": audio_s, "decode_seconds": totals,
+            "rtfx": audio_s / statistics.median(totals), "batch_size": 1, "threads": spec.resources.threads}
+
+
 def main(argv: list[str]) -> None:
     cell, variant, out = Path(argv[0]), argv[1], Path(argv[2])
-    result = decode(cell, variant, Path(argv[3]) if len(argv) > 3 else None)
+    export_dir = Path(argv[3]) if len(argv) > 3 else None
+    tts = RunDir(cell).spec.task == "tts"
+    result = (synthesize if tts else decode)(cell, variant, export_dir)
     out.write_text(json.dumps(result, default=float))
 
 

@@ -98,6 +98,18 @@ class Graph:
         res = res if isinstance(res, (tuple, list)) else (res,)
         return dict(zip(io["output_order"], [r.numpy() for r in res]))
 
+    def run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph on inputs by name -> outputs by name (TorchScript takes them positionally, in the
+        export's input_order)."""
+        if self.format == "onnx":
+            return dict(zip(self.output_names, self.session.run(None, feeds)))
+        import torch
+
+        with torch.inference_mode():
+            res = self.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.info["input_order"]])
+        res = res if isinstance(res, (tuple, list)) else (res,)
+        return dict(zip(self.info["output_order"], [r.numpy() for r in res]))
+
 
 class ExportEngine:
     """An ASR export dir as log_probs(wavs) / transcribe(wavs)."""
@@ -186,7 +198,146 @@ class ClassifierEngine:
         return out
 
 
-def load_engine(export_dir: str | Path, threads: int | None = None) -> "ExportEngine | ClassifierEngine":
+TEXT_JSON = "text.json"
+VOCODER_JSON = "vocoder.json"
+VOCODER_NPZ = "vocoder.npz"
+
+
+class TextTable:
+    """text.json, a TTS export's text frontend: spx's transcript cleaning (as in training), then one symbol per
+    character (`space`: the symbol a space becomes), `prefix`/`suffix` ids around them; characters without a symbol
+    become `unknown`, or are dropped when it is null. The export checks it gives the toolkit's own ids."""
+
+    def __init__(self, info: dict[str, Any]):
+        self.symbols: list[str] = list(info["symbols"])
+        self.index = {sym: i for i, sym in enumerate(self.symbols)}
+        self.space = info.get("space", " ")
+        self.lowercase = bool(info.get("lowercase", True))
+        self.prefix = [int(i) for i in info.get("prefix", [])]
+        self.suffix = [int(i) for i in info.get("suffix", [])]
+        self.unknown = self.index[info["unknown"]] if info.get("unknown") is not None else None
+
+    def ids(self, text: str) -> list[int]:
+        from spx.textclean import clean_transcript
+
+        out = list(self.prefix)
+        for ch in clean_transcript(text, self.lowercase):
+            i = self.index.get(self.space if ch == " " else ch, self.unknown)
+            if i is not None:
+                out.append(i)
+        return out + self.suffix
+
+
+def mel_to_ln(mel: np.ndarray, log: dict[str, Any]) -> np.ndarray:
+    """A log-mel in the toolkit's base (vocoder.json `log.base`: "e" or "10") in natural-log units."""
+    return mel * np.log(10.0) if str(log.get("base", "e")) == "10" else mel
+
+
+class GriffinLimVocoder:
+    """vocoder.json kind griffin_lim: the log-mel back to |STFT| through the least-squares inverse of the toolkit's
+    own filterbank (vocoder.npz mel_basis), then librosa's Griffin-Lim with the toolkit's STFT settings."""
+
+    def __init__(self, info: dict[str, Any], mel_basis: np.ndarray):
+        self.info = info
+        self.pinv = np.linalg.pinv(mel_basis.astype(np.float64)).astype(np.float32)
+
+    def __call__(self, mel: np.ndarray) -> np.ndarray:
+        import librosa
+
+        v, log = self.info, self.info["log"]
+        energy = np.exp(mel_to_ln(mel.astype(np.float32), log))
+        if log.get("guard"):
+            energy = energy - np.float32(log["guard"])
+        linear = np.maximum(self.pinv @ np.maximum(energy, 0).T, 1e-8)  # [n_freq, frames]
+        if float(v.get("power", 1.0)) == 2.0:
+            linear = np.sqrt(linear)
+        hop = int(v["hop_length"])  # centred frames: T frames are (T - 1) hops of audio
+        wav = librosa.griffinlim(linear, n_iter=int(v.get("n_iter", 32)), hop_length=hop,
+                                 win_length=int(v.get("win_length") or v["n_fft"]), n_fft=int(v["n_fft"]),
+                                 window="hann", center=True, length=(linear.shape[1] - 1) * hop, random_state=0)
+        return wav.astype(np.float32)
+
+
+class GraphVocoder:
+    """vocoder.json kind graph: a neural vocoder's generator exported beside the acoustic model (mel -> waveform)."""
+
+    def __init__(self, export_dir: Path, info: dict[str, Any], threads: int | None):
+        self.info = info
+        self.graph = Graph(export_dir, {"model_file": info["model_file"], "format": info.get("format", "onnx"),
+                                        "input_order": [info["input"]], "output_order": [info["output"]]}, threads)
+
+    def __call__(self, mel: np.ndarray) -> np.ndarray:
+        x = mel.T if self.info.get("mel_layout", "BDT") == "BDT" else mel
+        out = self.graph.run_named({self.info["input"]: np.ascontiguousarray(x[None], dtype=np.float32)})
+        return np.asarray(out[self.info["output"]], dtype=np.float32).reshape(-1)
+
+
+class TtsEngine:
+    """A TTS export dir: text -> ids (text.json) -> the acoustic graph -> log-mel -> the vocoder (vocoder.json:
+    Griffin-Lim in numpy, or a vocoder graph) -> waveform. One sentence per graph call (the graphs take batch 1)."""
+
+    def __init__(self, export_dir: str | Path, threads: int | None = None):
+        self.dir = Path(export_dir)
+        self.info = read_export_info(self.dir)
+        self.format = self.info["format"]
+        self.text = TextTable(json.loads((self.dir / TEXT_JSON).read_text()))
+        self.speaker_ids: dict[str, int] = dict(self.info.get("speakers") or {})
+        self.speakers = sorted(self.speaker_ids)
+        self.graph = Graph(self.dir, self.info, threads)
+        self.vocoder_info = json.loads((self.dir / VOCODER_JSON).read_text())
+        if self.vocoder_info["kind"] == "griffin_lim":
+            self.vocoder = GriffinLimVocoder(self.vocoder_info, np.load(self.dir / VOCODER_NPZ)["mel_basis"])
+        else:
+            self.vocoder = GraphVocoder(self.dir, self.vocoder_info, threads)
+        self.sample_rate = int(self.vocoder_info["sample_rate"])
+
+    def speaker_id(self, speaker: str | None) -> int:
+        if not self.speaker_ids:
+            return 0
+        if speaker is None:
+            return self.speaker_ids[self.speakers[0]]
+        if speaker not in self.speaker_ids:
+            raise ValueError(f"unknown speaker {speaker!r}; the model has {self.speakers}")
+        return self.speaker_ids[speaker]
+
+    def mel_of_ids(self, ids: list[int], speaker: str | None = None) -> np.ndarray:
+        """The acoustic graph on one sentence's ids -> log-mel [frames, n_mels] (the valid frames only)."""
+        io = self.info
+        x = np.asarray([ids], dtype=np.int64)
+        feeds = {io["inputs"]["ids"]: x}
+        if io["inputs"].get("lengths"):
+            feeds[io["inputs"]["lengths"]] = np.asarray([len(ids)], dtype=np.int64)
+        if io["inputs"].get("speaker"):
+            feeds[io["inputs"]["speaker"]] = np.asarray([self.speaker_id(speaker)], dtype=np.int64)
+        for name, const in (io.get("extra_inputs") or {}).items():
+            shape = x.shape if const["shape"] == "like_ids" else tuple(const["shape"])
+            feeds[name] = np.full(shape, const["fill"], dtype=const["dtype"])
+        out = self.graph.run_named(feeds)
+        mel = np.asarray(out[io["outputs"]["mel"]])[0]
+        if io.get("mel_layout", "BTD") == "BDT":
+            mel = mel.T
+        if io["outputs"].get("frames"):
+            mel = mel[: int(np.asarray(out[io["outputs"]["frames"]]).reshape(-1)[0])]
+        return np.ascontiguousarray(mel, dtype=np.float32)
+
+    def mel(self, text: str, speaker: str | None = None) -> np.ndarray:
+        return self.mel_of_ids(self.text.ids(text), speaker)
+
+    def synthesize(self, batch: list[tuple[str, str | None]]) -> list[tuple[np.ndarray, int]]:
+        """(text, speaker or None) per sentence -> (waveform float32, sample rate)."""
+        out = []
+        for text, speaker in batch:
+            self.speaker_id(speaker)  # an unknown speaker fails before any compute
+            ids = self.text.ids(text)
+            if len(ids) == len(self.text.prefix) + len(self.text.suffix):
+                raise ValueError(f"no symbol of the model's alphabet in {text!r}")
+            out.append((self.vocoder(self.mel_of_ids(ids, speaker)), self.sample_rate))
+        return out
+
+
+def load_engine(export_dir: str | Path, threads: int | None = None) -> "ExportEngine | ClassifierEngine | TtsEngine":
     """The engine of an export dir's task."""
     task = read_export_info(Path(export_dir)).get("task", "asr")
+    if task == "tts":
+        return TtsEngine(export_dir, threads)
     return ClassifierEngine(export_dir, threads) if task == "classification" else ExportEngine(export_dir, threads)

@@ -97,3 +97,46 @@ def check_classifier_parity(ids: list[str], ref_labels: list[str], classes: list
             "accuracy_delta": exported_acc - toolkit_acc, "feature_max_abs_diff": feature_max_abs_diff,
             "mismatched": mismatched[:10], "shape_mismatch": shape_mismatch[:10], "summary": summary,
             "toolkit_labels": dict(zip(ids, t_labels))}  # batch 1, what a served request must get back (fp32)
+
+
+MEL_TOLERANCE = 5e-3          # TTS fp32: max abs diff of the log-mel (natural-log units) against the toolkit's
+INT8_MAX_FRAME_CHANGE = 0.10  # TTS int8: each sentence's frame count within 10% of the toolkit's
+INT8_MAX_MEL_MAE = 0.5        # TTS int8: mean abs log-mel diff (natural-log units) over the frames both have
+
+
+def check_tts_parity(ids: list[str], toolkit_ids: list[list[int]], exported_ids: list[list[int]],
+                     toolkit: list[np.ndarray], exported: list[np.ndarray], quantized: bool) -> dict[str, Any]:
+    """The TTS twin of check_parity, on the acoustic model's log-mel [frames, n_mels] (natural-log units) per test
+    sentence. Both: text.json gives the toolkit's token ids. fp32: the same frame counts and log-mels within
+    MEL_TOLERANCE; int8: frame counts within INT8_MAX_FRAME_CHANGE and mean |diff| <= INT8_MAX_MEL_MAE."""
+    id_mismatch = [{"id": uid, "toolkit": t, "exported": e}
+                   for uid, t, e in zip(ids, toolkit_ids, exported_ids) if list(t) != list(e)]
+    frames_differ, maxima, maes = [], [], []
+    for uid, t, e in zip(ids, toolkit, exported):
+        if t.shape[1:] != e.shape[1:]:
+            frames_differ.append({"id": uid, "toolkit": list(t.shape), "exported": list(e.shape)})
+            continue
+        if len(t) != len(e):
+            frames_differ.append({"id": uid, "toolkit": len(t), "exported": len(e)})
+        n = min(len(t), len(e))
+        if n:
+            d = np.abs(t[:n].astype(np.float64) - e[:n])
+            maxima.append(float(d.max()))
+            maes.append(float(d.mean()))
+    max_diff = max(maxima) if maxima else float("nan")
+    mae = float(np.mean(maes)) if maes else float("nan")
+    worst_frames = max((abs(len(e) - len(t)) / max(len(t), 1) for t, e in zip(toolkit, exported)), default=0.0)
+    if quantized:
+        passed = (not id_mismatch and worst_frames <= INT8_MAX_FRAME_CHANGE and bool(maes)
+                  and max(maes) <= INT8_MAX_MEL_MAE)
+        rule = (f"int8: the toolkit's token ids, frame counts within {INT8_MAX_FRAME_CHANGE:.0%}, mean |dmel| <= "
+                f"{INT8_MAX_MEL_MAE} per sentence")
+    else:
+        passed = not id_mismatch and not frames_differ and bool(maxima) and max_diff <= MEL_TOLERANCE
+        rule = f"fp32: the toolkit's token ids, the same frame counts, log-mel within {MEL_TOLERANCE}"
+    summary = (f"max |dmel| {max_diff:.2e}, mean |dmel| {mae:.2e}, frame counts differ on {len(frames_differ)} of "
+               f"{len(ids)} (worst {worst_frames:.1%}), token ids differ on {len(id_mismatch)}")
+    return {"passed": passed, "rule": rule, "utterances": len(ids), "max_abs_mel_diff": max_diff,
+            "mean_abs_mel_diff": mae, "worst_frame_change": worst_frames, "frames_differ": frames_differ[:10],
+            "id_mismatch": id_mismatch[:10], "summary": summary,
+            "toolkit_frames": {uid: len(t) for uid, t in zip(ids, toolkit)}}

@@ -75,13 +75,19 @@ class Model:
         target = Path(cfg.target)
         self.top_k = 0
         if (target / "export.json").is_file():
-            from spx.deploy.engine import ClassifierEngine, load_engine
+            from spx.deploy.engine import ClassifierEngine, TtsEngine, load_engine
 
             engine = load_engine(target, threads=cfg.threads or None)
             info = engine.info
             self.task = info.get("task", "asr")
-            self.run: Callable[[list[Any]], list[Any]] = (
-                engine.classify if isinstance(engine, ClassifierEngine) else engine.transcribe)
+            if isinstance(engine, TtsEngine):
+                def synthesize(batch: list[Any]) -> list[Any]:
+                    return engine.synthesize(batch)
+
+                synthesize.speakers = engine.speakers  # type: ignore[attr-defined]
+                self.run: Callable[[list[Any]], list[Any]] = synthesize
+            else:
+                self.run = engine.classify if isinstance(engine, ClassifierEngine) else engine.transcribe
             self.sample_rate = engine.sample_rate
             if self.task == "classification":
                 self.top_k = int(info.get("top_k") or 3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -17,6 +16,7 @@ from spx.manifests import Utterance, read_manifest
 from spx.rundir import RunDir
 from spx.spec import Spec
 from spx import records
+from spx.textclean import clean_transcript  # noqa: F401 - the steps import it from here
 
 PROGRESS_PREFIX = "SPX_PROGRESS "
 
@@ -37,14 +37,6 @@ def progress(**fields: Any) -> None:
         print(PROGRESS_PREFIX + json.dumps(fields, default=float), flush=True)
 
 
-_KEEP = re.compile(r"[^a-z0-9' ]+")
-
-
-def clean_transcript(text: str, lowercase: bool = True) -> str:
-    """Training targets: the same cleaning on every backend so their vocabularies match."""
-    t = text.lower() if lowercase else text
-    t = _KEEP.sub(" ", t) if lowercase else t
-    return " ".join(t.split())
 
 
 def char_vocabulary(texts: Sequence[str]) -> list[str]:

@@ -19,9 +19,10 @@ from typing import Any, Callable
 import numpy as np
 
 from spx.adapters.common import child
-from spx.deploy.engine import EXPORT_JSON, TOKENS_JSON, ClassifierEngine, ExportEngine
+from spx.deploy.engine import (EXPORT_JSON, TEXT_JSON, TOKENS_JSON, VOCODER_JSON, VOCODER_NPZ, ClassifierEngine,
+                               ExportEngine, TtsEngine, mel_to_ln)
 from spx.deploy.features import LogMelFrontend
-from spx.deploy.parity import LOGIT_TOLERANCE, check_classifier_parity, check_parity
+from spx.deploy.parity import LOGIT_TOLERANCE, check_classifier_parity, check_parity, check_tts_parity
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZE = ("int8", "int8-static")  # int8-static: ONNX only (onnxruntime static quantization, calibrated)
@@ -335,6 +336,120 @@ def export_classifier_run(run_dir: str, out_dir: str, fmt: str, quantize: str | 
              "export_seconds": _time_per_pass(lambda w: engine.classify([w]), wavs)}
     if fp32_engine is not None:
         speed["fp32_export_seconds"] = _time_per_pass(lambda w: fp32_engine.classify([w]), wavs)
+    for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
+        speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
+    if quantize:
+        fp32_path.unlink()
+    sizes["artefact_bytes"] = file_size(out)
+    info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _write_info(out, info)
+    _print_summary(info)
+    return info
+
+
+@dataclass
+class TtsExporter:
+    """What a backend's TTS exporter gives to export_tts_run (the acoustic model; the vocoder is Griffin-Lim in the
+    engine, or a vocoder graph the exporter writes)."""
+
+    backend: str
+    route: str
+    write_graph: Callable[[Path, str, int, bool], dict[str, Any]]  # (path, fmt, opset, int8_torchscript) -> io info
+    text: dict[str, Any]                                        # text.json (spx.deploy.engine.TextTable)
+    toolkit_ids: Callable[[str], list[int]]                     # the toolkit's own text -> token ids
+    reference: Callable[[str, str | None], np.ndarray]          # toolkit: (text, speaker) -> log-mel [frames, n_mels]
+    vocoder: dict[str, Any]                                     # vocoder.json (kind griffin_lim | graph)
+    vocoder_arrays: dict[str, np.ndarray] | None = None        # griffin_lim: {"mel_basis": [n_mels, n_freq]}
+    write_vocoder: Callable[[Path, str, int], dict[str, Any]] | None = None  # graph: (path, fmt, opset) -> io info
+    speakers: dict[str, int] | None = None                      # name -> the graph's speaker id (None: one voice)
+
+
+def _default_input_order(io: dict[str, Any]) -> list[str]:
+    roles = io["inputs"]
+    return [roles[r] for r in ("ids", "lengths", "speaker") if roles.get(r)] + list(io.get("extra_inputs") or {})
+
+
+def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int, exporter: TtsExporter,
+                   parity_utterances: int = 0) -> dict[str, Any]:
+    """export_run for task: tts: acoustic graph + text.json + vocoder.json (+ vocoder graph), parity of token ids and
+    log-mels on the test sentences (spx.deploy.parity.check_tts_parity), acoustic-model speed against the toolkit's
+    (the vocoder is left out on both sides), and one sentence through the whole engine (waveform check)."""
+    import torch
+
+    if quantize == "int8-static":
+        raise SystemExit("spx export: --quantize int8-static calibrates on audio features; a TTS model takes "
+                         "--quantize int8 (dynamic)")
+    spec, rd = child.load_run(run_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = child.set_threads(spec)
+    model_file = MODEL_FILES[fmt]
+    fp32_path = out / (model_file.replace("model.", "model.fp32.") if quantize else model_file)
+    t0 = time.perf_counter()
+    io = exporter.write_graph(fp32_path, fmt, opset, False)
+    io.setdefault("input_order", _default_input_order(io))
+    (out / TEXT_JSON).write_text(json.dumps(exporter.text, ensure_ascii=False, indent=1) + "\n")
+    vocoder = dict(exporter.vocoder)
+    if vocoder["kind"] == "graph":
+        if exporter.write_vocoder is None:
+            raise ValueError("a graph vocoder needs the exporter's write_vocoder")
+        vocoder.update(exporter.write_vocoder(out / vocoder["model_file"], fmt, opset))
+    else:
+        np.savez(out / VOCODER_NPZ, **{k: np.asarray(v, dtype=np.float32)
+                                       for k, v in (exporter.vocoder_arrays or {}).items()})
+    (out / VOCODER_JSON).write_text(json.dumps(vocoder, indent=1) + "\n")
+    sizes: dict[str, int] = {"fp32_model_bytes": file_size(fp32_path)}
+    info: dict[str, Any] = {
+        "spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
+        "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route,
+        "model_file": fp32_path.name, **io, "text": TEXT_JSON, "vocoder": VOCODER_JSON,
+        "speakers": dict(exporter.speakers or {}), "sample_rate": int(vocoder["sample_rate"]),
+        "spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),
+        "spec_name": spec.name,
+    }
+    _write_info(out, info)
+    fp32_engine = TtsEngine(out, threads=threads) if quantize else None
+    if quantize:
+        int8_path = out / model_file
+        if fmt == "onnx":
+            quantize_onnx(fp32_path, int8_path)
+        else:
+            info.update(exporter.write_graph(int8_path, fmt, opset, True))
+        sizes["int8_model_bytes"] = file_size(int8_path)
+    info["model_file"] = model_file
+    _write_info(out, info)
+    engine = TtsEngine(out, threads=threads)
+    export_seconds = time.perf_counter() - t0
+
+    items = child.test_utterances(spec)[: parity_utterances or None]
+    sentences = [(u.id, u.text or "", u.speaker if engine.speaker_ids else None) for _, u in items]
+    log = vocoder.get("log", {"base": "e"})
+    refs = [mel_to_ln(np.asarray(exporter.reference(text, spk), dtype=np.float32), log) for _, text, spk in sentences]
+    got = [mel_to_ln(engine.mel(text, spk), log) for _, text, spk in sentences]
+    parity = check_tts_parity(ids=[i for i, _, _ in sentences],
+                              toolkit_ids=[exporter.toolkit_ids(text) for _, text, _ in sentences],
+                              exported_ids=[engine.text.ids(text) for _, text, _ in sentences],
+                              toolkit=refs, exported=got, quantized=bool(quantize))
+    # the whole engine on the longest sentence: a waveform one hop per frame, not silent
+    longest = max(range(len(sentences)), key=lambda i: len(got[i]))
+    wav, rate = engine.synthesize([sentences[longest][1:]])[0]
+    hop = int(vocoder.get("hop_length") or 0)
+    parity["waveform"] = {"id": sentences[longest][0], "seconds": len(wav) / rate,
+                          "rms": float(np.sqrt(np.mean(np.square(wav)))) if len(wav) else 0.0,
+                          "frames": len(got[longest]), "hop_length": hop or None}
+    if not len(wav) or not np.isfinite(wav).all() or parity["waveform"]["rms"] <= 1e-5:
+        parity["passed"] = False
+        parity["summary"] += "; the engine's waveform is empty, silent or not finite"
+    texts = [(text, spk) for _, text, spk in sentences]
+    frames = sum(len(r) for r in refs)
+    audio_s = frames * hop / rate if hop else float("nan")
+    speed = {"threads": threads, "audio_seconds": audio_s, "batch": 1, "measures": "the acoustic model (log-mel); "
+             "the vocoder is left out on both sides",
+             "torch_seconds": _time_per_pass(lambda ts: exporter.reference(*ts), texts),
+             "export_seconds": _time_per_pass(lambda ts: engine.mel(*ts), texts)}
+    if fp32_engine is not None:
+        speed["fp32_export_seconds"] = _time_per_pass(lambda ts: fp32_engine.mel(*ts), texts)
     for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
         speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
     if quantize:
