@@ -34,7 +34,7 @@ CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "a FastPitch .nemo (a nemo fastspeech2 run's checkpoints/model.nemo) or that run dir"
 INFERENCE = "spx.adapters.nemo.steps.tts_synth"  # load_synthesizer (spx serve)
-EXPORT = None
+EXPORT = "spx.adapters.nemo.steps.tts_export"  # ONNX through NeMo's Exportable.export (+ int8), TorchScript
 
 # librosa.pyin's range as in NeMo's FastPitch recipes (C2..C7)
 PITCH_FMIN, PITCH_FMAX = 65.40639132514966, 2093.004522404789
