@@ -15,6 +15,7 @@ parity check on every test sentence).
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +74,15 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
         _trace(net, path)
         return {**io, "output_order": ["spect", "num_frames"]}
 
+    mel = info["mel"]
     vocoder: dict[str, Any]
     write_vocoder = None
     if info["vocoder"]:
         vocoder = {"kind": "graph", "model_file": "vocoder.onnx" if fmt == "onnx" else "vocoder.ts",
-                   "input": "spec", "output": "audio", "mel_layout": "BDT", "sample_rate": int(info["mel"]["sample_rate"]),
+                   "input": "spec", "output": "audio", "mel_layout": "BDT", "sample_rate": int(mel["sample_rate"]),
                    "name": info["vocoder_name"]}
-
-        def write_vocoder(path: Path, fmt: str, opset: int) -> dict[str, Any]:
-            return _write_hifigan(info["vocoder"], path, fmt, opset, info["mel"])
+        write_vocoder = partial(_write_hifigan, info["vocoder"], mel=mel)
     else:
-        mel = info["mel"]
         featurizer = model.preprocessor.featurizer
         vocoder = {"kind": "griffin_lim", "sample_rate": int(mel["sample_rate"]), "n_fft": int(mel["n_fft"]),
                    "win_length": int(mel["win_length"]), "hop_length": int(mel["hop_length"]), "power": 1.0,

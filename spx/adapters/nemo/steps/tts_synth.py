@@ -72,7 +72,7 @@ def fastpitch_synthesizer(rd, spec, device: str) -> tuple[Callable[[str, str | N
 
         vocoder_model = HifiGanModel.restore_from(info["vocoder"], map_location=device).eval()
         want = (mel["sample_rate"], mel["n_mels"])
-        pre = vocoder_model.cfg.preprocessor  # FilterbankFeatures (nfilt) or AudioToMelSpectrogramPreprocessor (features)
+        pre = vocoder_model.cfg.preprocessor  # FilterbankFeatures (nfilt), AudioToMelSpectrogramPreprocessor (features)
         got = (int(pre.sample_rate), int(pre.get("nfilt", pre.get("features", 0))))
         if got != want:
             raise VocoderMismatch(f"tts.vocoder {info['vocoder']} was trained on {got[1]} mels at {got[0]} Hz, this "
