@@ -80,6 +80,7 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
     if info["vocoder"]:
         vocoder = {"kind": "graph", "model_file": "vocoder.onnx" if fmt == "onnx" else "vocoder.ts",
                    "input": "spec", "output": "audio", "mel_layout": "BDT", "sample_rate": int(mel["sample_rate"]),
+                   "hop_length": int(mel["hop_length"]),  # samples per mel frame: the export's audio seconds
                    "name": info["vocoder_name"]}
         write_vocoder = partial(_write_hifigan, info["vocoder"], mel=mel)
     else:
