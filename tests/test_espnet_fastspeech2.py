@@ -12,6 +12,7 @@ import soundfile as sf
 import yaml
 
 from conftest import REPO, read_jsonl, render_tts_run, synthesized_test_set, tts_spec
+from shared_artifacts import build_once, shared_dir
 from spx.errors import SpxError
 
 RECIPE = REPO / "recipes" / "fastpitch.yaml"
@@ -223,14 +224,32 @@ def test_teacher_durations_that_do_not_sum_to_the_frames_fail_clearly(tmp_path):
 
 
 # ------------------------------------------------------------------ slow: real teacher, training and synthesis
-@pytest.mark.slow
-def test_fastspeech2_from_teacher_durations_trains_synthesizes_and_is_scored(trained_tts, tts_corpus, tmp_path):
+def trained_fastspeech2(trained_tts, tts_corpus, tmp_path_factory):
+    """The run dir of the session's ESPnet FastSpeech2, trained from the session's ESPnet Tacotron2 (conftest
+    `trained_tts`) as its duration teacher: built once per test run (every xdist worker shares it), by this module's
+    end-to-end test or by tests/test_espnet_tts_deploy.py, whichever asks first."""
     from spx.launchers.local import run_here
+    from spx.rundir import RunDir
 
     teacher = trained_tts("espnet")  # the session's ESPnet Tacotron2 (tests/test_tts.py checks it)
-    rd = render_tts_run(fs2_spec(tts_corpus, *TRAIN_OVERRIDES, f"tts.duration_teacher={teacher.path}"), "espnet",
-                        tmp_path / "fastspeech2-espnet")
-    run_here(rd, quiet=True)  # teacher durations, stats, train, synthesize, then score as `spx run` does
+
+    def build(folder: Path) -> None:
+        rd = render_tts_run(fs2_spec(tts_corpus, *TRAIN_OVERRIDES, f"tts.duration_teacher={teacher.path}"),
+                            "espnet", folder / "fastspeech2-espnet")
+        run_here(rd, quiet=True)  # teacher durations, stats, train, synthesize, then score as `spx run` does
+
+    return RunDir(build_once(shared_dir(tmp_path_factory, "espnet_fastspeech2_run"), build) / "fastspeech2-espnet")
+
+
+@pytest.fixture(scope="session")
+def fastspeech2_run(trained_tts, tts_corpus, tmp_path_factory):
+    return trained_fastspeech2(trained_tts, tts_corpus, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_fastspeech2_from_teacher_durations_trains_synthesizes_and_is_scored(fastspeech2_run, trained_tts, tts_corpus):
+    teacher = trained_tts("espnet")
+    rd = fastspeech2_run
 
     # durations: one per token + <sos/eos>, summing to each utterance's frame count
     hop = 256

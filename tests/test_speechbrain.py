@@ -134,8 +134,9 @@ def test_family_modules_declare_the_contract_and_import_no_toolkit():
         "whisper": ["asr", "whisper", ["fp32"], True, steps + "whisper_decode", None, True],
         "kws_classifier": ["classification", "kws_classifier", ["fp32"], True, steps + "cls_decode", steps + "cls_export",
                            True],
-        "tacotron2": ["tts", "tacotron2", ["fp32"], True, None, None, True],
-        "fastspeech2": ["tts", "fastspeech2", ["fp32"], True, None, None, True],
+        "tacotron2": ["tts", "tacotron2", ["fp32"], True, steps + "tts_synth", None, True],
+        "fastspeech2": ["tts", "fastspeech2", ["fp32"], True, steps + "tts_fastspeech2_synth", steps + "tts_export",
+                        True],
         "hifigan": ["tts", "hifigan", ["fp32"], True, None, None, True],
     }
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, read_jsonl, synthesized_test_set
+from conftest import REPO, read_jsonl, run_spx, synthesized_test_set
+from shared_artifacts import build_once, shared_dir
 from spx.errors import SpxError
 from spx.rundir import RunDir
 from spx.spec import load_spec
@@ -158,14 +159,25 @@ def test_init_from_a_run_of_another_family_is_refused(tts_multi_corpus, tmp_path
 
 
 # ------------------------------------------------------------------ slow: real training and synthesis
-@pytest.mark.slow
-def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(tts_corpus, tmp_path):
-    from spx.launchers.execute import execute
+@pytest.fixture(scope="session")
+def sb_fastspeech2_run(tts_corpus, tmp_path_factory) -> RunDir:
+    """The tiny SpeechBrain FastSpeech2 trained on the flite corpus, synthesized and scored as `spx run` does (once
+    per test run, shared by the training, serving and export tests)."""
     from spx.launchers.local import run_here
 
-    rd = render(fastspeech2_spec(tts_corpus, *TRAIN_OVERRIDES), tmp_path / "fastspeech2-speechbrain")
-    run_here(rd, quiet=True)  # tts_prepare, tts_train, tts_synth, then scoring as `spx run` does (metrics.json)
+    def build(folder: Path) -> None:
+        rd = render(fastspeech2_spec(tts_corpus, *TRAIN_OVERRIDES), folder / "fastspeech2-speechbrain")
+        run_here(rd, quiet=True)  # tts_prepare, tts_train, tts_synth, then scoring (metrics.json)
 
+    return RunDir(build_once(shared_dir(tmp_path_factory, "speechbrain_fastspeech2"), build)
+                  / "fastspeech2-speechbrain")
+
+
+@pytest.mark.slow
+def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(sb_fastspeech2_run, tts_corpus, tmp_path):
+    from spx.launchers.execute import execute
+
+    rd = sb_fastspeech2_run
     stats = json.loads((rd / "native/pitch_stats.json").read_text())
     assert 80 < stats["pitch_mean"] < 600 and stats["pitch_std"] > 0
     n_frames = len(np.load(sorted((rd / "native/sup_data/pitch").glob("train_*.npy"))[0]))
@@ -208,3 +220,124 @@ def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(tts_corpus, tmp
     for h in read_jsonl(ft / "hyps.jsonl"):
         wav, sr = sf.read(h["audio"])
         assert sr == 16000 and len(wav) > 0.2 * sr and np.isfinite(wav).all()
+
+    # its export carries the HiFi-GAN generator as the vocoder graph, which makes the toolkit's waveform (the export
+    # step called in-process on 2 sentences: `spx export` wants a scored run, and this one skipped scoring)
+    import torch
+
+    from spx.adapters.speechbrain.steps.tts_export import export
+    from spx.adapters.speechbrain.steps.tts_synth import load_for_synthesis
+    from spx.deploy.engine import TtsEngine
+
+    info = export(str(ft.path), str(tmp_path / "ft-onnx"), "onnx", None, parity_utterances=2)
+    assert info["parity"]["passed"], info["parity"]
+    vocoder = json.loads((tmp_path / "ft-onnx" / "vocoder.json").read_text())
+    assert (vocoder["kind"], vocoder["model_file"], vocoder["source"]) == ("graph", "vocoder.onnx", str(hifigan))
+    engine = TtsEngine(tmp_path / "ft-onnx")
+    mel = engine.mel("door black stop yellow")
+    toolkit_vocoder = load_for_synthesis(ft.path, "cpu")[-1]
+    with torch.no_grad():
+        toolkit_wav = toolkit_vocoder(torch.from_numpy(mel.T.copy())).numpy()
+    assert len(toolkit_wav) == len(mel) * 256 and np.abs(engine.vocoder(mel) - toolkit_wav).max() < 1e-4
+
+
+def assert_served_synthesizes(target: Path, run_dir: Path, log: Path, same_length: bool) -> None:
+    """`spx serve TARGET` (a run dir: the family's load_synthesizer; an export dir: its TtsEngine): the run's longest
+    test sentence -> a WAV at the spec's rate, not silent, as long as the run's own synthesis of it (same_length: a
+    deterministic model and the same frames; else within 2x); bad requests are 4xx JSON and the server stays up."""
+    import io
+
+    import httpx
+
+    from test_deploy import Server
+
+    row = max(read_jsonl(run_dir / "hyps.jsonl"), key=lambda r: len(r["text"]))
+    server = Server(target, log, "--max-chars", "200", "--threads", "1")
+    try:
+        server.wait_ready(timeout=300)
+        url = server.url + "/v1/synthesize"
+        with httpx.Client(timeout=300) as client:
+            r = client.post(url, json={"text": row["text"].upper() + "!"})  # cleaned as the test sentences are
+            assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
+            wav, rate = sf.read(io.BytesIO(r.content))
+            assert rate == 16000 and wav.ndim == 1
+            duration = len(wav) / rate
+            assert float(r.headers["x-audio-duration"]) == pytest.approx(duration, abs=1e-3)
+            assert np.sqrt(np.mean(wav ** 2)) > 1e-3, "silent output"
+            if same_length:
+                assert duration == pytest.approx(row["duration"], abs=1e-3), (duration, row)
+            else:
+                assert 0.5 * row["duration"] <= duration <= 2.0 * row["duration"], (duration, row)
+            for body, status, kind in (({"text": "   "}, 422, "empty_text"), ({"text": "a" * 201}, 413, "too_long"),
+                                       ({"text": "hello", "speaker": "nobody"}, 422, "unknown_speaker")):
+                bad = client.post(url, json=body)
+                assert bad.status_code == status and bad.json()["error"] == kind, (body, bad.text)
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_served_fastspeech2_run_synthesizes(sb_fastspeech2_run, tmp_path):
+    # FastSpeech2 in eval mode is deterministic: the served sentence has the run's own length
+    rd = sb_fastspeech2_run.path
+    assert_served_synthesizes(rd, rd, tmp_path / "server.log", same_length=True)
+
+
+# ------------------------------------------------------------------ slow: spx export of the shared run
+def _export(rd: Path, out: Path, fmt: str, *quantize: str) -> dict:
+    run_spx("export", rd, "--format", fmt, *(("--quantize", *quantize) if quantize else ()), "--out", out,
+            check=True, timeout=900)
+    info = json.loads((out / "export.json").read_text())
+    print(f"speechbrain fastspeech2 {fmt}{'-' + quantize[0] if quantize else ''}: {info['parity']['summary']}; "
+          f"RTFx torch {info['speed']['torch_rtfx']:.1f}, export {info['speed']['export_rtfx']:.1f}, "
+          f"sizes {info['sizes']}")
+    return info
+
+
+@pytest.mark.slow
+def test_fastspeech2_onnx_export_passes_parity_and_serves(sb_fastspeech2_run, tmp_path):
+    """fp32 ONNX: the toolkit's token ids, frame counts and log-mels (within MEL_TOLERANCE) on every test sentence;
+    the export served alone (no toolkit) speaks the run's sentence with the run's own length (the same frames, the
+    same Griffin-Lim centring)."""
+    from spx.deploy.parity import MEL_TOLERANCE
+
+    rd = sb_fastspeech2_run.path
+    out = tmp_path / "onnx"
+    info = _export(rd, out, "onnx")
+    parity = info["parity"]
+    assert parity["passed"] and parity["utterances"] == 8 and parity["max_abs_mel_diff"] <= MEL_TOLERANCE, parity
+    assert not parity["frames_differ"] and not parity["id_mismatch"]
+    assert info["task"] == "tts" and info["family"] == "fastspeech2" and info["opset"] == 17
+    assert info["inputs"] == {"ids": "ids"} and info["outputs"] == {"mel": "mel", "frames": "frames"}
+    vocoder = json.loads((out / "vocoder.json").read_text())
+    assert vocoder["kind"] == "griffin_lim" and (vocoder["power"], vocoder["log"]) == (1.0, {"base": "e",
+                                                                                                "floor": 1e-5})
+    assert np.load(out / "vocoder.npz")["mel_basis"].shape == (80, 513)
+    assert info["speed"]["torch_rtfx"] > 0 and info["speed"]["export_rtfx"] > 0
+    assert_served_synthesizes(out, rd, tmp_path / "server.log", same_length=True)
+
+
+@pytest.mark.slow
+def test_fastspeech2_int8_export_passes_its_rule(sb_fastspeech2_run, tmp_path):
+    from spx.deploy.parity import INT8_MAX_FRAME_CHANGE, INT8_MAX_MEL_MAE
+
+    info = _export(sb_fastspeech2_run.path, tmp_path / "int8", "onnx", "int8")
+    parity = info["parity"]
+    assert parity["passed"] and parity["worst_frame_change"] <= INT8_MAX_FRAME_CHANGE, parity
+    assert parity["mean_abs_mel_diff"] <= INT8_MAX_MEL_MAE and parity["waveform"]["rms"] > 1e-3, parity
+    assert info["quantize"] == "int8" and info["sizes"]["int8_model_bytes"] < info["sizes"]["fp32_model_bytes"]
+    assert (tmp_path / "int8" / "model.onnx").is_file() and not (tmp_path / "int8" / "model.fp32.onnx").exists()
+
+
+@pytest.mark.parametrize("recipe, family, reason", [
+    ("tacotron2.yaml", "tacotron2", "its decoder is autoregressive"),
+    ("hifigan.yaml", "hifigan", "a HiFi-GAN run is a vocoder"),
+])
+def test_speechbrain_tts_families_without_an_export_say_why(tts_multi_corpus, recipe, family, reason):
+    from spx.adapters import get_adapter
+
+    spec = fastspeech2_spec(tts_multi_corpus, recipe=REPO / "recipes" / recipe)
+    assert spec.model.family == family
+    with pytest.raises(SpxError, match=f"spx cannot export speechbrain {family} models: {reason}"):
+        get_adapter("speechbrain").export_module(spec)

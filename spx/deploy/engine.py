@@ -233,29 +233,66 @@ def mel_to_ln(mel: np.ndarray, log: dict[str, Any]) -> np.ndarray:
     return mel * np.log(10.0) if str(log.get("base", "e")) == "10" else mel
 
 
+def hann_window(win_length: int, n_fft: int) -> np.ndarray:
+    """A periodic Hann window of win_length, zero-padded on both sides to n_fft (librosa's and torch's STFT)."""
+    w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)
+    left = (n_fft - win_length) // 2
+    return np.pad(w, (left, n_fft - win_length - left)).astype(np.float64)
+
+
+def stft(x: np.ndarray, n_fft: int, hop: int, window: np.ndarray) -> np.ndarray:
+    """Centred (zero-padded) STFT -> [n_freq, frames]."""
+    x = np.pad(x, (n_fft // 2, n_fft // 2))
+    n_frames = 1 + (len(x) - n_fft) // hop
+    frames = np.lib.stride_tricks.as_strided(x, (n_frames, n_fft), (x.strides[0] * hop, x.strides[0]))
+    return np.fft.rfft(frames * window, axis=1).T
+
+
+def istft(spec: np.ndarray, n_fft: int, hop: int, window: np.ndarray, length: int) -> np.ndarray:
+    """Inverse of stft by weighted overlap-add, trimmed to `length` samples."""
+    frames = np.fft.irfft(spec.T, n=n_fft, axis=1) * window
+    n = n_fft + hop * (len(frames) - 1)
+    y, norm = np.zeros(n), np.zeros(n)
+    for t, frame in enumerate(frames):
+        y[t * hop: t * hop + n_fft] += frame
+        norm[t * hop: t * hop + n_fft] += window ** 2
+    y /= np.where(norm > 1e-10, norm, 1.0)
+    return y[n_fft // 2: n_fft // 2 + length]
+
+
 class GriffinLimVocoder:
     """vocoder.json kind griffin_lim: the log-mel back to |STFT| through the least-squares inverse of the toolkit's
-    own filterbank (vocoder.npz mel_basis), then librosa's Griffin-Lim with the toolkit's STFT settings."""
+    own filterbank (vocoder.npz mel_basis), then fast Griffin-Lim (momentum 0.99, random phase from seed 0, as
+    librosa.griffinlim) with the toolkit's STFT settings. numpy only: librosa's first call compiles numba kernels
+    for ~14 s, which a server's first request or an export's check would pay."""
+
+    MOMENTUM = 0.99
 
     def __init__(self, info: dict[str, Any], mel_basis: np.ndarray):
         self.info = info
         self.pinv = np.linalg.pinv(mel_basis.astype(np.float64)).astype(np.float32)
+        self.n_fft = int(info["n_fft"])
+        self.hop = int(info["hop_length"])
+        self.window = hann_window(int(info.get("win_length") or self.n_fft), self.n_fft)
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
-        import librosa
-
-        v, log = self.info, self.info["log"]
+        log = self.info["log"]
         energy = np.exp(mel_to_ln(mel.astype(np.float32), log))
         if log.get("guard"):
             energy = energy - np.float32(log["guard"])
-        linear = np.maximum(self.pinv @ np.maximum(energy, 0).T, 1e-8)  # [n_freq, frames]
-        if float(v.get("power", 1.0)) == 2.0:
-            linear = np.sqrt(linear)
-        hop = int(v["hop_length"])  # centred frames: T frames are (T - 1) hops of audio
-        wav = librosa.griffinlim(linear, n_iter=int(v.get("n_iter", 32)), hop_length=hop,
-                                 win_length=int(v.get("win_length") or v["n_fft"]), n_fft=int(v["n_fft"]),
-                                 window="hann", center=True, length=(linear.shape[1] - 1) * hop, random_state=0)
-        return wav.astype(np.float32)
+        magnitude = np.maximum(self.pinv @ np.maximum(energy, 0).T, 1e-8).astype(np.float64)  # [n_freq, frames]
+        if float(self.info.get("power", 1.0)) == 2.0:
+            magnitude = np.sqrt(magnitude)
+        length = (magnitude.shape[1] - 1) * self.hop  # centred frames: T frames are (T - 1) hops of audio
+        n_fft, hop, window = self.n_fft, self.hop, self.window
+        angles = np.exp(2j * np.pi * np.random.RandomState(0).random_sample(magnitude.shape))
+        rebuilt = np.zeros_like(angles)
+        for _ in range(int(self.info.get("n_iter", 32))):
+            previous = rebuilt
+            rebuilt = stft(istft(magnitude * angles, n_fft, hop, window, length), n_fft, hop, window)
+            angles = rebuilt - (self.MOMENTUM / (1 + self.MOMENTUM)) * previous
+            angles /= np.abs(angles) + 1e-16
+        return istft(magnitude * angles, n_fft, hop, window, length).astype(np.float32)
 
 
 class GraphVocoder:

@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from spx.errors import SpxError
+from spx.textclean import clean_transcript
 
 log = logging.getLogger("spx.serve")
 CONFIG_ENV = "SPX_SERVE_CONFIG"
@@ -352,6 +353,8 @@ def create_app(cfg: ServeConfig, model: Model | None = None) -> FastAPI:
                 text = req.text.strip()
                 if not text:
                     raise ApiError(422, "empty_text", "the text is empty")
+                if not clean_transcript(text):
+                    raise ApiError(422, "no_speakable_text", "the text has no letter or digit to speak")
                 if len(text) > cfg.max_chars:
                     raise ApiError(413, "too_long", f"the text has {len(text)} characters; the limit is "
                                                     f"{cfg.max_chars} (--max-chars)")

@@ -7,7 +7,8 @@ token-averaged pitch (`dio`) and energy (`energy`) with those durations and thei
 
 Everything that can be checked without running the teacher is checked at render time: the teacher is an ESPnet
 Tacotron2 with reduction factor 1 and this job's character tokens and mel settings (otherwise its durations would
-not count this job's tokens or frames). Nothing here imports torch or espnet2.
+not count this job's tokens or frames). `spx export` runs steps/tts_export.py (ONNX/TorchScript of the acoustic model,
+Griffin-Lim in the engine). Nothing here imports torch or espnet2.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = helpers.TTS_INIT_FROM
 INFERENCE = "spx.adapters.espnet.steps.tts_synth"  # load_synthesizer (spx serve)
-EXPORT = None
+EXPORT = "spx.adapters.espnet.steps.tts_export"
 TEACHER_ENTRY = "espnet2.bin.tts_inference"
 TEACHER_DIR = "native/teacher"  # tts_inference --output_dir per split: durations/durations, norm/, att_ws/, ...
 # the teacher's config.yaml with its feature-statistics path made absolute (ESPnet writes it relative to where

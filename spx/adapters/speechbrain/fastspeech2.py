@@ -9,7 +9,7 @@ render writes run_dir/native/:
                     schedule, EpochCounter, Checkpointer (resume); loaded only by the child processes
   tts_info.json     model, symbols, mel settings, vocoder, init_from checkpoint
 Steps: tts_prepare (pitch + energy targets from the audio, native/sup_data, native/pitch_stats.json), tts_train,
-tts_synth (steps/tts_fastspeech2_*.py). Nothing here imports torch or speechbrain.
+tts_synth (steps/tts_fastspeech2_*.py); spx export: steps/tts_export.py. Nothing here imports torch or speechbrain.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "an spx speechbrain fastspeech2 run dir, a CKPT+... folder, or its model.ckpt"
-INFERENCE = None  # steps/tts_fastspeech2_synth.py synthesizes the test sets; there is no load_synthesizer yet
-EXPORT = None
+INFERENCE = f"{STEPS}.tts_fastspeech2_synth"  # load_synthesizer (spx serve on a run dir)
+EXPORT = f"{STEPS}.tts_export"  # spx export: the acoustic model as ONNX/TorchScript (+int8), text.json, vocoder
 
 # SpeechBrain's FastSpeech2WithAlignment + the beta-binomial alignment prior its aligner takes (see that module)
 MODEL_CLASS = f"{STEPS}.tts_fastspeech2_model.FastSpeech2WithAlignmentPrior"

@@ -39,6 +39,10 @@ FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "an spx speechbrain hifigan run dir, its checkpoints/export folder, or a generator.ckpt"
 INFERENCE = None  # steps/vocoder_synth.py copy-synthesizes the test sets; there is no load_synthesizer yet
 EXPORT = None
+EXPORT_REFUSED = ("a HiFi-GAN run is a vocoder (mel in, waveform out) and spx export/serve take text: the generator "
+                  "traces, but a vocoder export needs its own task (the recordings' mel frontend in, a copy-synthesis "
+                  "parity check, an endpoint taking audio or mels); name this run in tts.vocoder of a fastspeech2 "
+                  "run and export that run: its export carries this generator as its vocoder graph")
 
 GENERATOR = "speechbrain.lobes.models.HifiGAN.HifiganGenerator"
 EXPORT_DIR = "checkpoints/export"

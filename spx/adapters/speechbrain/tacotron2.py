@@ -6,7 +6,7 @@ render writes run_dir/native/:
                     SpeakerTacotron2 with a speaker table when tts.multi_speaker), Tacotron2 Loss (guided
                     attention), optimizer, EpochCounter, Checkpointer (resume); loaded only by the children
   tts_info.json     symbols, speaker ids, mel settings, vocoder, init_from checkpoint
-Steps: tts_train (steps/tts_train.py) and tts_synth (steps/tts_synth.py). Nothing here imports torch or speechbrain.
+Steps: tts_train (steps/tts_train.py) and tts_synth (steps/tts_synth.py, also the family's load_synthesizer). Nothing here imports torch or speechbrain.
 """
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "an spx speechbrain tacotron2 run dir, a CKPT+... folder, or its model.ckpt"
-INFERENCE = None  # steps/tts_synth.py synthesizes the test sets; there is no load_synthesizer yet
+INFERENCE = f"{STEPS}.tts_synth"  # load_synthesizer (spx serve on a run dir)
 EXPORT = None
+EXPORT_REFUSED = ("its decoder is autoregressive, one frame per step until a data-dependent stop token, and "
+                  "SpeechBrain's Tacotron2 prenet keeps its dropout on at inference (as the paper does), so two runs of "
+                  "the toolkit's own model give different mels and no graph can reproduce its output for the parity "
+                  "check; export a fastspeech2 run (non-autoregressive, deterministic) instead")
 SPEAKER_MODEL = f"{STEPS}.tts_model.SpeakerTacotron2"
 
 

@@ -17,14 +17,14 @@ from spx.adapters.espnet.helpers import EXP, GL_CONF, TTS_COMMANDS
 from spx.adapters.espnet.steps.common import start
 
 
-def _synthesizer(rd, spec, device: str, dtype: str) -> tuple[Callable[[str, str | None], np.ndarray], int, dict]:
-    """(synthesize(text, speaker) -> waveform, sample rate, the run's native commands) from the run's model."""
+def load_text2speech(rd, spec, device: str, dtype: str) -> tuple[Any, dict]:
+    """(espnet2.bin.tts_inference.Text2Speech of the run's model with its vocoder, the run's native commands); the
+    working directory must be the run dir (the config names its feature statistics relative to it)."""
     native = json.loads((rd / TTS_COMMANDS).read_text())
     model = rd / native["synth_model"]
     if not model.exists():
         raise SystemExit(f"no {model}: run the tts_train step first")
 
-    import torch
     from espnet2.bin.tts_inference import Text2Speech
 
     voc = native["vocoder"]
@@ -34,6 +34,14 @@ def _synthesizer(rd, spec, device: str, dtype: str) -> tuple[Callable[[str, str 
                       vocoder_file=voc["file"] if voc else None, device=device, dtype=dtype, seed=spec.training.seed)
     if tts.tts.require_vocoder and tts.vocoder is None:
         raise SystemExit("Text2Speech built no vocoder (Griffin-Lim needs the fbank settings in the model config)")
+    return tts, native
+
+
+def _synthesizer(rd, spec, device: str, dtype: str) -> tuple[Callable[[str, str | None], np.ndarray], int, dict]:
+    """(synthesize(text, speaker) -> waveform, sample rate, the run's native commands) from the run's model."""
+    import torch
+
+    tts, native = load_text2speech(rd, spec, device, dtype)
     speakers = native["speakers"]
 
     def synthesize(text: str, speaker: str | None) -> np.ndarray:
