@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, read_jsonl, synthesized_test_set
+from shared_artifacts import build_once, shared_dir
 from spx.errors import SpxError
 from spx.rundir import RunDir
 from spx.spec import load_spec
@@ -30,6 +31,22 @@ def render(spec, run_dir: Path) -> RunDir:
 
     return render_run(spec, "nemo", run_dir, force=True)
 
+
+# the tests that use the shared FastPitch run: one xdist worker, in order (the other worker would wait on its lock)
+SHARED_RUN_GROUP = pytest.mark.xdist_group("nemo_fastpitch")
+
+
+@pytest.fixture(scope="session")
+def nemo_fastpitch_run(tts_corpus, tmp_path_factory) -> Path:
+    """The tiny FastPitch trained on the flite corpus, synthesized and scored (once per test run: the training test
+    checks it, tests/test_nemo_tts_deploy.py serves and exports it)."""
+    from spx.launchers.local import run_here
+
+    def build(folder: Path) -> None:
+        rd = render(fastpitch_spec(tts_corpus, *TRAIN_OVERRIDES), folder / "fastpitch-nemo")
+        run_here(rd, quiet=True)  # tts_prepare, tts_train, tts_synth, then scoring as `spx run` does (metrics.json)
+
+    return build_once(shared_dir(tmp_path_factory, "nemo_fastpitch"), build) / "fastpitch-nemo"
 
 
 # ------------------------------------------------------------------ fast: rendering
@@ -93,12 +110,9 @@ def test_nemo_has_no_tacotron2(tts_multi_corpus, tmp_path):
 
 # ------------------------------------------------------------------ slow: real training and synthesis
 @pytest.mark.slow
-def test_fastpitch_trains_synthesizes_and_is_scored(tts_corpus, tmp_path):
-    from spx.launchers.local import run_here
-
-    rd = render(fastpitch_spec(tts_corpus, *TRAIN_OVERRIDES), tmp_path / "fastpitch-nemo")
-    run_here(rd, quiet=True)  # tts_prepare, tts_train, tts_synth, then scoring as `spx run` does (metrics.json)
-
+@SHARED_RUN_GROUP
+def test_fastpitch_trains_synthesizes_and_is_scored(nemo_fastpitch_run, tts_corpus):
+    rd = nemo_fastpitch_run
     stats = json.loads((rd / "native/pitch_stats.json").read_text())
     assert 80 < stats["pitch_mean"] < 400 and stats["pitch_std"] > 0  # flite 'slt' is a female voice
     curve = read_jsonl(rd / "curve.jsonl")

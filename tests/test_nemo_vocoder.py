@@ -85,6 +85,21 @@ def test_hifigan_is_not_on_espnet_and_says_so(tts_multi_corpus, tmp_path):
         render_run(spec, "espnet", tmp_path / "espnet", force=True)
 
 
+def test_a_vocoder_job_is_neither_exported_nor_served_and_says_why(tts_multi_corpus):
+    from spx.adapters import get_adapter
+
+    spec = load_spec(RECIPE, corpus_args(tts_multi_corpus))
+    adapter = get_adapter("nemo")
+    with pytest.raises(SpxError, match="cannot export nemo hifigan models: a vocoder job has no text to speak.*"
+                                       "tts.vocoder names this run"):
+        adapter.export_module(spec)
+    with pytest.raises(SpxError, match="no model loader for inference"):
+        adapter.inference_module(spec)
+    fastpitch = load_spec(FASTPITCH, corpus_args(tts_multi_corpus))
+    assert adapter.export_module(fastpitch) == "spx.adapters.nemo.steps.tts_export"
+    assert adapter.inference_module(fastpitch) == "spx.adapters.nemo.steps.tts_synth"
+
+
 # ------------------------------------------------------------------ slow: real training and copy synthesis
 @pytest.mark.slow
 def test_hifigan_trains_copy_synthesizes_and_serves_as_fastpitch_vocoder(tts_corpus, tmp_path):

@@ -33,8 +33,8 @@ PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "a FastPitch .nemo (a nemo fastspeech2 run's checkpoints/model.nemo) or that run dir"
-INFERENCE = None  # tts_synth has no load_synthesizer(run_dir, device) yet
-EXPORT = None
+INFERENCE = "spx.adapters.nemo.steps.tts_synth"  # load_synthesizer (spx serve)
+EXPORT = "spx.adapters.nemo.steps.tts_export"  # ONNX through NeMo's Exportable.export (+ int8), TorchScript
 
 # librosa.pyin's range as in NeMo's FastPitch recipes (C2..C7)
 PITCH_FMIN, PITCH_FMAX = 65.40639132514966, 2093.004522404789

@@ -31,8 +31,11 @@ PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "a HifiGanModel .nemo (a nemo hifigan run's checkpoints/model.nemo) or that run dir"
-INFERENCE = None  # tts_synth has no load_synthesizer(run_dir, device) yet
+INFERENCE = None  # a vocoder job (audio in, audio out): nothing to serve on /v1/synthesize; its generator serves
+# through the FastPitch run whose tts.vocoder names it
 EXPORT = None
+EXPORT_REFUSED = ("a vocoder job has no text to speak: its generator is exported inside the export of the FastPitch "
+                  "run whose tts.vocoder names this run (vocoder.onnx beside model.onnx); export that run")
 
 MODEL_CLASS = "HifiGanModel"
 # spec optimizer -> the torch class NeMo's HifiGanModel instantiates (its optim blocks are _target_ configs)
