@@ -68,6 +68,9 @@ def test_text_table_cleans_then_maps_characters():
     with_unknown = TextTable({"symbols": SYMBOLS + ["<unk>"], "space": "<space>", "lowercase": True,
                               "unknown": "<unk>"})
     assert with_unknown.ids("a1") == [2, 7]
+    plain = {"symbols": SYMBOLS, "space": "<space>", "lowercase": True, "unknown": None}
+    assert TextTable(plain).ids("a 9 b 7") == [2, 1, 1, 3, 1]                    # "a  b " (digits dropped)
+    assert TextTable({**plain, "collapse_spaces": True}).ids("a 9 b 7") == [2, 1, 3]  # NeMo's: "a b"
 
 
 def test_engine_feeds_the_graph_by_role_and_vocodes(export_dir):

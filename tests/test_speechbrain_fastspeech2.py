@@ -319,15 +319,37 @@ def test_fastspeech2_onnx_export_passes_parity_and_serves(sb_fastspeech2_run, tm
 
 
 @pytest.mark.slow
-def test_fastspeech2_int8_export_passes_its_rule(sb_fastspeech2_run, tmp_path):
+def test_bench_variants_speak_with_the_toolkit_and_the_int8_export(sb_fastspeech2_run, tts_corpus, tmp_path):
+    """`spx bench --variants torch,onnx-int8` on the shared run as a finished cell (copied: the bench skips it):
+    the int8 export passes its parity rule, both variants speak every test sentence (the toolkit through its
+    load_synthesizer, the export through its engine), are scored by the cell's judge and DNSMOS, one table."""
+    import shutil
+
     from spx.deploy.parity import INT8_MAX_FRAME_CHANGE, INT8_MAX_MEL_MAE
 
-    info = _export(sb_fastspeech2_run.path, tmp_path / "int8", "onnx", "int8")
+    out = tmp_path / "bench"
+    cell = out / "runs" / "fastpitch-speechbrain"  # the bench's name for recipe fastpitch.yaml on speechbrain
+    shutil.copytree(sb_fastspeech2_run.path, cell, ignore=shutil.ignore_patterns("export", "variants"))
+    overrides = [f"data.{s}={tts_corpus / f'{s}.jsonl'}" for s in ("train", "valid", "test")] + TRAIN_OVERRIDES
+    proc = run_spx("bench", RECIPE, "--backends", "speechbrain", "--out", out, "--variants", "torch,onnx-int8",
+                   *[a for o in overrides for a in ("-o", o)], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "finished earlier, skipped" in proc.stderr  # the cell was not trained again
+    info = json.loads((cell / "export" / "onnx-int8" / "export.json").read_text())
     parity = info["parity"]
     assert parity["passed"] and parity["worst_frame_change"] <= INT8_MAX_FRAME_CHANGE, parity
     assert parity["mean_abs_mel_diff"] <= INT8_MAX_MEL_MAE and parity["waveform"]["rms"] > 1e-3, parity
     assert info["quantize"] == "int8" and info["sizes"]["int8_model_bytes"] < info["sizes"]["fp32_model_bytes"]
-    assert (tmp_path / "int8" / "model.onnx").is_file() and not (tmp_path / "int8" / "model.fp32.onnx").exists()
+    v = json.loads((cell / "variants.json").read_text())
+    assert v["metric"] == "cer" and list(v["variants"]) == ["torch", "onnx-int8"], v
+    hyps = read_jsonl(cell / "hyps.jsonl")
+    for name, variant in v["variants"].items():
+        assert "error" not in variant, variant
+        assert 0 <= variant["cer"] and variant["dnsmos_ovrl"] > 0 and variant["rtfx"] > 0, variant
+        spoken = sorted((cell / "variants" / name).glob("*.wav"))
+        assert [p.stem for p in spoken] == sorted(h["id"] for h in hyps)
+    table = (out / "report.md").read_text().split("## Deployment variants", 1)[1].split("\n## ", 1)[0]
+    assert "| fastpitch | speechbrain | onnx-int8 | CER |" in table and "DNSMOS" in table, table
 
 
 @pytest.mark.parametrize("recipe, family, reason", [

@@ -220,7 +220,8 @@ VOCODER_NPZ = "vocoder.npz"
 class TextTable:
     """text.json, a TTS export's text frontend: spx's transcript cleaning (as in training), then one symbol per
     character (`space`: the symbol a space becomes), `prefix`/`suffix` ids around them; characters without a symbol
-    become `unknown`, or are dropped when it is null. The export checks it gives the toolkit's own ids."""
+    become `unknown`, or are dropped when it is null (then `collapse_spaces`: the spaces around them merge and the
+    ends are stripped). The export checks it gives the toolkit's own ids."""
 
     def __init__(self, info: dict[str, Any]):
         self.symbols: list[str] = list(info["symbols"])
@@ -230,12 +231,16 @@ class TextTable:
         self.prefix = [int(i) for i in info.get("prefix", [])]
         self.suffix = [int(i) for i in info.get("suffix", [])]
         self.unknown = self.index[info["unknown"]] if info.get("unknown") is not None else None
+        self.collapse_spaces = bool(info.get("collapse_spaces"))
 
     def ids(self, text: str) -> list[int]:
         from spx.textclean import clean_transcript
 
+        cleaned = clean_transcript(text, self.lowercase)
+        if self.collapse_spaces and self.unknown is None:  # as NeMo's tokenizer: dropped characters' spaces merge
+            cleaned = " ".join("".join(ch for ch in cleaned if ch == " " or ch in self.index).split())
         out = list(self.prefix)
-        for ch in clean_transcript(text, self.lowercase):
+        for ch in cleaned:
             i = self.index.get(self.space if ch == " " else ch, self.unknown)
             if i is not None:
                 out.append(i)

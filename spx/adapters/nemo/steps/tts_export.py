@@ -94,7 +94,7 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
     tokenizer = model.vocab  # NeMo's EnglishCharsTokenizer: ' ' first, a-z, apostrophe, punctuation
     pad = [tokenizer.space] if getattr(tokenizer, "pad_with_space", False) else []
     text = {"symbols": list(tokenizer.tokens), "space": tokenizer.tokens[tokenizer.space], "lowercase": lowercase,
-            "prefix": pad, "suffix": pad, "unknown": None}
+            "prefix": pad, "suffix": pad, "unknown": None, "collapse_spaces": True}  # NeMo drops digits, merges spaces
 
     exporter = TtsExporter(
         backend="nemo", route=ROUTE if fmt == "onnx" else TORCHSCRIPT_ROUTE, write_graph=write_graph, text=text,
