@@ -281,26 +281,17 @@ def _quantize(fmt: str, quantize: str, spec, fp32_path: Path, int8_path: Path, f
 def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int, exporter: Exporter,
                parity_utterances: int = 0) -> dict[str, Any]:
     """Write the artefact into out_dir (made here; the caller owns atomicity), check it, return export.json."""
-    import torch
-
-    spec, rd = child.load_run(run_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = child.set_threads(spec)
-    model_file = MODEL_FILES[fmt]
-    fp32_path = out / (model_file.replace("model.", "model.fp32.") if quantize else model_file)
+    spec, rd, out, threads, model_file, fp32_path = _begin(run_dir, out_dir, fmt, quantize)
     t0 = time.perf_counter()
     io = exporter.write_graph(fp32_path, fmt, opset, False)
     exporter.frontend.save(out)
     (out / TOKENS_JSON).write_text(json.dumps(exporter.tokens, ensure_ascii=False, indent=1) + "\n")
     sizes: dict[str, int] = {"fp32_model_bytes": file_size(fp32_path)}
     info: dict[str, Any] = {
-        "spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
-        "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route,
+        **_base_info(spec, exporter, fmt, quantize, opset),
         "model_file": model_file, **io, "frontend": frontend_info(exporter.frontend),
         "tokenizer": TOKENS_JSON, "sample_rate": exporter.frontend.sample_rate,
-        "spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),
-        "spec_name": spec.name,
+        **_provenance(spec, rd),
     }
     _write_info(out, info)  # the engine reads it (fp32 engine first)
     wavs = parity_audio(spec, parity_utterances)
@@ -336,16 +327,7 @@ def export_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset
     speed["export_seconds"] = _time_per_pass(lambda w: engine.transcribe([w]), [w for _, _, w in wavs])
     if quantize:
         speed["fp32_export_seconds"] = _time_per_pass(lambda w: fp32_engine.transcribe([w]), [w for _, _, w in wavs])
-    for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
-        speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
-    if quantize:
-        fp32_path.unlink()  # the artefact carries the int8 graph only; its fp32 size and speed stay in export.json
-    sizes["artefact_bytes"] = file_size(out)
-    info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _write_info(out, info)
-    _print_summary(info)
-    return info
+    return _finish(out, info, sizes, parity, speed, export_seconds, fp32_path if quantize else None)
 
 
 @dataclass
@@ -366,26 +348,17 @@ def export_classifier_run(run_dir: str, out_dir: str, fmt: str, quantize: str | 
                           exporter: ClassifierExporter, parity_utterances: int = 0) -> dict[str, Any]:
     """export_run for task: classification: graph + frontend + classes in export.json, parity on logits and top-1
     labels (spx.deploy.parity.check_classifier_parity), timing against the toolkit's forward."""
-    import torch
-
-    spec, rd = child.load_run(run_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = child.set_threads(spec)
-    model_file = MODEL_FILES[fmt]
-    fp32_path = out / (model_file.replace("model.", "model.fp32.") if quantize else model_file)
+    spec, rd, out, threads, model_file, fp32_path = _begin(run_dir, out_dir, fmt, quantize)
     t0 = time.perf_counter()
     io = exporter.write_graph(fp32_path, fmt, opset, False)
     exporter.frontend.save(out)
     sizes: dict[str, int] = {"fp32_model_bytes": file_size(fp32_path)}
     info: dict[str, Any] = {
-        "spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
-        "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route,
+        **_base_info(spec, exporter, fmt, quantize, opset),
         "model_file": fp32_path.name, **io, "frontend": frontend_info(exporter.frontend),
         "classes": list(exporter.classes), "top_k": spec.classification.top_k, "logit_scale": exporter.logit_scale,
         "padding_changes_outputs": True, "sample_rate": exporter.frontend.sample_rate,
-        "spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),
-        "spec_name": spec.name,
+        **_provenance(spec, rd),
     }
     _write_info(out, info)
     items = child.test_utterances(spec)[: parity_utterances or None]
@@ -420,16 +393,7 @@ def export_classifier_run(run_dir: str, out_dir: str, fmt: str, quantize: str | 
              "export_seconds": _time_per_pass(lambda w: engine.classify([w]), wavs)}
     if fp32_engine is not None:
         speed["fp32_export_seconds"] = _time_per_pass(lambda w: fp32_engine.classify([w]), wavs)
-    for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
-        speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
-    if quantize:
-        fp32_path.unlink()
-    sizes["artefact_bytes"] = file_size(out)
-    info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    _write_info(out, info)
-    _print_summary(info)
-    return info
+    return _finish(out, info, sizes, parity, speed, export_seconds, fp32_path if quantize else None)
 
 
 @dataclass
@@ -459,17 +423,10 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
     """export_run for task: tts: acoustic graph + text.json + vocoder.json (+ vocoder graph), parity of token ids and
     log-mels on the test sentences (spx.deploy.parity.check_tts_parity), acoustic-model speed against the toolkit's
     (the vocoder is left out on both sides), and one sentence through the whole engine (waveform check)."""
-    import torch
-
     if quantize == "int8-static":
         raise SystemExit("spx export: --quantize int8-static calibrates on audio features; a TTS model takes "
                          "--quantize int8 (dynamic)")
-    spec, rd = child.load_run(run_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = child.set_threads(spec)
-    model_file = MODEL_FILES[fmt]
-    fp32_path = out / (model_file.replace("model.", "model.fp32.") if quantize else model_file)
+    spec, rd, out, threads, model_file, fp32_path = _begin(run_dir, out_dir, fmt, quantize)
     t0 = time.perf_counter()
     io = exporter.write_graph(fp32_path, fmt, opset, False)
     io.setdefault("input_order", _default_input_order(io))
@@ -485,12 +442,10 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
     (out / VOCODER_JSON).write_text(json.dumps(vocoder, indent=1) + "\n")
     sizes: dict[str, int] = {"fp32_model_bytes": file_size(fp32_path)}
     info: dict[str, Any] = {
-        "spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
-        "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route,
+        **_base_info(spec, exporter, fmt, quantize, opset),
         "model_file": fp32_path.name, **io, "text": TEXT_JSON, "vocoder": VOCODER_JSON,
         "speakers": dict(exporter.speakers or {}), "sample_rate": int(vocoder["sample_rate"]),
-        "spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),
-        "spec_name": spec.name,
+        **_provenance(spec, rd),
     }
     _write_info(out, info)
     fp32_engine = TtsEngine(out, threads=threads) if quantize else None
@@ -534,10 +489,40 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
              "export_seconds": _time_per_pass(lambda ts: engine.mel(*ts), texts)}
     if fp32_engine is not None:
         speed["fp32_export_seconds"] = _time_per_pass(lambda ts: fp32_engine.mel(*ts), texts)
+    return _finish(out, info, sizes, parity, speed, export_seconds, fp32_path if quantize else None)
+
+
+def _begin(run_dir: str, out_dir: str, fmt: str, quantize: str | None):
+    """(spec, run dir, out dir (made), threads, the artefact's model file name, where the fp32 graph goes)."""
+    spec, rd = child.load_run(run_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = child.set_threads(spec)
+    model_file = MODEL_FILES[fmt]
+    fp32_path = out / (model_file.replace("model.", "model.fp32.") if quantize else model_file)
+    return spec, rd, out, threads, model_file, fp32_path
+
+
+def _base_info(spec, exporter: Any, fmt: str, quantize: str | None, opset: int) -> dict[str, Any]:
+    return {"spx_export": 1, "backend": exporter.backend, "task": spec.task, "family": spec.model.family,
+            "format": fmt, "quantize": quantize, "opset": opset if fmt == "onnx" else None, "route": exporter.route}
+
+
+def _provenance(spec, rd) -> dict[str, Any]:
+    import torch
+
+    return {"spx_version": _spx_version(), "torch": torch.__version__, "source_run": str(rd.path.resolve()),
+            "spec_name": spec.name}
+
+
+def _finish(out: Path, info: dict[str, Any], sizes: dict[str, int], parity: dict[str, Any], speed: dict[str, Any],
+            export_seconds: float, fp32_graph: Path | None) -> dict[str, Any]:
+    """RTFx from every timing in `speed`, the fp32 graph of a quantized artefact removed (its size and speed stay in
+    export.json), export.json written, the summary printed."""
     for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
-        speed[k.replace("_seconds", "_rtfx")] = audio_s / speed[k] if speed[k] else None
-    if quantize:
-        fp32_path.unlink()
+        speed[k.replace("_seconds", "_rtfx")] = speed["audio_seconds"] / speed[k] if speed[k] else None
+    if fp32_graph is not None:
+        fp32_graph.unlink()
     sizes["artefact_bytes"] = file_size(out)
     info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
