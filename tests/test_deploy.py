@@ -122,6 +122,43 @@ class Server:
         self.proc.wait(timeout=30)
 
 
+def assert_served_synthesizes(target: Path, run_dir: Path, log: Path, same_length: bool,
+                              rate: int = 16000) -> tuple[dict, float]:
+    """`spx serve TARGET` (a TTS run dir: the family's load_synthesizer; an export dir: its TtsEngine): the run's
+    longest test sentence (upper-cased, with punctuation: cleaned as the test sentences are) -> a WAV at `rate`, not
+    silent, as long as the run's own synthesis of it (same_length: a deterministic model and the same frames; else
+    within 2x); bad requests are 4xx JSON and the server stays up. Returns (the sentence's row, served seconds)."""
+    import httpx
+
+    row = max(read_jsonl(run_dir / "hyps.jsonl"), key=lambda r: len(r["text"]))
+    server = Server(target, log, "--max-chars", "200", "--threads", "1")
+    try:
+        server.wait_ready(timeout=300)
+        url = server.url + "/v1/synthesize"
+        with httpx.Client(timeout=300) as client:
+            r = client.post(url, json={"text": row["text"].upper() + "!"})
+            assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
+            wav, got_rate = sf.read(io.BytesIO(r.content))
+            assert got_rate == rate and wav.ndim == 1
+            duration = len(wav) / got_rate
+            assert float(r.headers["x-audio-duration"]) == pytest.approx(duration, abs=1e-3)
+            assert np.sqrt(np.mean(wav ** 2)) > 1e-3, "silent output"
+            if same_length:
+                assert duration == pytest.approx(row["duration"], abs=1e-3), (duration, row)
+            else:  # e.g. Tacotron2: its prenet dropout stays on at inference, the length moves between runs
+                assert 0.5 * row["duration"] <= duration <= 2.0 * row["duration"], (duration, row)
+            for body, status, kind in (({"text": "   "}, 422, "empty_text"), ({"text": "a" * 201}, 413, "too_long"),
+                                       ({"speaker": "x"}, 422, "bad_request"), ({"text": "?!"}, 422,
+                                                                                 "no_speakable_text"),
+                                       ({"text": "hello", "speaker": "nobody"}, 422, "unknown_speaker")):
+                bad = client.post(url, json=body)
+                assert bad.status_code == status and bad.json()["error"] == kind, (body, bad.text)
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
+    return row, duration
+
+
 def _test_rows(run_dir: Path) -> list[dict]:
     return read_jsonl(run_dir / "hyps.jsonl")
 

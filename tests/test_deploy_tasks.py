@@ -4,12 +4,10 @@ top-1 labels), one export served by a real uvicorn process and called with a rea
 the shared trained Tacotron2 run (conftest's `trained_tts`) served on POST /v1/synthesize."""
 from __future__ import annotations
 
-import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
@@ -18,7 +16,7 @@ from shared_artifacts import build_once, shared_dir
 from spx.demo.kws_corpus import CLASSES
 import test_classification
 import test_deploy
-from test_deploy import Server
+from test_deploy import Server, assert_served_synthesizes
 
 kws_corpus = test_classification.kws_corpus  # session fixtures: the shared KWS runs (no new training)
 trained_kws = test_classification.trained_kws
@@ -153,33 +151,8 @@ def test_served_classifier_export(cls_exported, trained_kws, tmp_path):
 def test_served_tts_run_synthesizes(trained_tts, tmp_path):
     """The shared Tacotron2 run (ESPnet) served through its family's load_synthesizer: one test sentence -> a WAV at
     the spec's rate, not silent, about as long as the run's own synthesis of it; bad texts are 4xx JSON."""
-    import httpx
-
     rd = trained_tts("espnet").path
-    row = max(read_jsonl(rd / "hyps.jsonl"), key=lambda r: len(r["text"]))
-    server = Server(rd, tmp_path / "server.log", "--max-chars", "200", "--threads", "1")
-    try:
-        server.wait_ready(timeout=300)
-        url = server.url + "/v1/synthesize"
-        with httpx.Client(timeout=300) as client:
-            r = client.post(url, json={"text": row["text"]})
-            assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
-            wav, rate = sf.read(io.BytesIO(r.content))
-            assert rate == 16000 and wav.ndim == 1
-            duration = len(wav) / rate
-            assert float(r.headers["x-audio-duration"]) == pytest.approx(duration, abs=1e-3)
-            assert np.sqrt(np.mean(wav ** 2)) > 1e-3, "silent output"
-            # Tacotron2's prenet dropout stays on at inference: the length moves between runs, not by 2x
-            assert 0.5 * row["duration"] <= duration <= 2.0 * row["duration"], (duration, row)
-            for body, status, kind in (({"text": "   "}, 422, "empty_text"), ({"text": "a" * 201}, 413, "too_long"),
-                                       ({"speaker": "x"}, 422, "bad_request"), ({"text": "?!"}, 422, "no_speakable_text")):
-                bad = client.post(url, json=body)
-                assert bad.status_code == status and bad.json()["error"] == kind, (body, bad.text)
-            bad = client.post(url, json={"text": "hello", "speaker": "nobody"})
-            assert bad.status_code == 422 and bad.json()["error"] == "unknown_speaker"
-        assert server.proc.poll() is None
-    finally:
-        server.stop()
+    assert_served_synthesizes(rd, rd, tmp_path / "server.log", same_length=False)
 
 
 @pytest.mark.slow

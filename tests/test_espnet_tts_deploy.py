@@ -5,17 +5,15 @@ Text2Speech's own mel (feat_gen_denorm) on the test sentences, and the fp32 expo
 on POST /v1/synthesize."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from conftest import read_jsonl, run_spx
+from conftest import run_spx
 from shared_artifacts import build_once, shared_dir
-from test_deploy import Server
+from test_deploy import assert_served_synthesizes
 from test_espnet_fastspeech2 import trained_fastspeech2
 
 
@@ -71,26 +69,10 @@ def test_fastspeech2_onnx_export_passes_parity(fs2_exported, fastspeech2_run):
 def test_served_fastspeech2_export_synthesizes(fs2_exported, fastspeech2_run, tmp_path):
     """The fp32 export over HTTP (no toolkit in the server): the longest test sentence -> a WAV at the run's rate,
     not silent, exactly as long as the run's own Griffin-Lim synthesis of it (the same frames, one hop each)."""
-    import httpx
-
     d = fs2_exported("onnx")
-    row = max(read_jsonl(fastspeech2_run / "hyps.jsonl"), key=lambda r: len(r["text"]))
+    row, seconds = assert_served_synthesizes(d, fastspeech2_run.path, tmp_path / "server.log", same_length=True)
     frames = json.loads((d / "export.json").read_text())["parity"]["toolkit_frames"][row["id"]]
-    server = Server(d, tmp_path / "server.log", "--threads", "1")
-    try:
-        server.wait_ready()
-        with httpx.Client(timeout=120) as client:
-            r = client.post(server.url + "/v1/synthesize", json={"text": row["text"]})
-            assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
-            wav, rate = sf.read(io.BytesIO(r.content))
-            assert rate == 16000 and wav.ndim == 1 and np.sqrt(np.mean(wav ** 2)) > 1e-3, "silent output"
-            assert len(wav) == (frames - 1) * 256
-            assert len(wav) / rate == pytest.approx(row["duration"], abs=1e-3), row
-            bad = client.post(server.url + "/v1/synthesize", json={"text": "   "})
-            assert bad.status_code == 422 and bad.json()["error"] == "empty_text"
-        assert server.proc.poll() is None
-    finally:
-        server.stop()
+    assert seconds == pytest.approx((frames - 1) * 256 / 16000)  # one hop per frame the toolkit predicts
 
 
 @pytest.mark.slow  # imports espnet2 (no training)

@@ -4,18 +4,16 @@ NeMo's Exportable.export, and int8) with its parity check, and the ONNX export s
 with a real HTTP client."""
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from conftest import read_jsonl, run_spx
+from conftest import run_spx
 from shared_artifacts import build_once, shared_dir
 import test_nemo_tts
-from test_deploy import Server
+from test_deploy import assert_served_synthesizes
 
 nemo_fastpitch_run = test_nemo_tts.nemo_fastpitch_run  # session fixture: the shared trained FastPitch run
 SHARED_RUN_GROUP = test_nemo_tts.SHARED_RUN_GROUP
@@ -40,41 +38,13 @@ def fastpitch_exported(nemo_fastpitch_run, tmp_path_factory):
     return get
 
 
-def _speech(r) -> tuple[np.ndarray, float]:
-    """A 200 WAV reply -> (waveform, seconds), after the checks every synthesized reply must pass."""
-    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
-    wav, rate = sf.read(io.BytesIO(r.content))
-    assert rate == RATE and wav.ndim == 1
-    duration = len(wav) / rate
-    assert float(r.headers["x-audio-duration"]) == pytest.approx(duration, abs=1e-3)
-    assert np.sqrt(np.mean(wav ** 2)) > 1e-3, "silent output"
-    return wav, duration
-
-
 @pytest.mark.slow
 @SHARED_RUN_GROUP
 def test_served_fastpitch_run_synthesizes(nemo_fastpitch_run, tmp_path):
     """One test sentence -> a WAV at the spec's rate, not silent, exactly as long as the run's own synthesis of it
     (FastPitch's durations are predicted, deterministic in eval mode); bad requests are 4xx JSON."""
-    import httpx
-
-    rd = nemo_fastpitch_run
-    row = max(read_jsonl(rd / "hyps.jsonl"), key=lambda r: len(r["text"]))
-    server = Server(rd, tmp_path / "server.log", "--max-chars", "200", "--threads", "1")
-    try:
-        server.wait_ready(timeout=300)
-        url = server.url + "/v1/synthesize"
-        with httpx.Client(timeout=300) as client:
-            # cleaned as the test sentences were
-            _, duration = _speech(client.post(url, json={"text": row["text"].upper() + "!"}))
-            assert duration == pytest.approx(row["duration"], abs=1e-3), (duration, row)
-            for body, status, kind in (({"text": "   "}, 422, "empty_text"), ({"text": "a" * 201}, 413, "too_long"),
-                                       ({"text": "hello", "speaker": "nobody"}, 422, "unknown_speaker")):
-                bad = client.post(url, json=body)
-                assert bad.status_code == status and bad.json()["error"] == kind, (body, bad.text)
-        assert server.proc.poll() is None
-    finally:
-        server.stop()
+    assert_served_synthesizes(nemo_fastpitch_run, nemo_fastpitch_run, tmp_path / "server.log", same_length=True,
+                              rate=RATE)
 
 
 @pytest.mark.slow
@@ -121,20 +91,8 @@ def test_fastpitch_int8_export_passes_its_rule(fastpitch_exported):
 def test_served_fastpitch_export_synthesizes(fastpitch_exported, nemo_fastpitch_run, tmp_path):
     """The ONNX export served (onnxruntime + Griffin-Lim in numpy, no NeMo import): a test sentence -> a WAV one hop per
     frame the toolkit predicts for it, exactly as long as the run's own synthesis of it."""
-    import httpx
-
     d = fastpitch_exported("onnx")
+    row, seconds = assert_served_synthesizes(d, nemo_fastpitch_run, tmp_path / "server.log", same_length=True,
+                                             rate=RATE)
     frames = json.loads((d / "export.json").read_text())["parity"]["toolkit_frames"]
-    row = max(read_jsonl(nemo_fastpitch_run / "hyps.jsonl"), key=lambda r: len(r["text"]))
-    server = Server(d, tmp_path / "server.log", "--threads", "1")
-    try:
-        server.wait_ready(timeout=120)
-        with httpx.Client(timeout=120) as client:
-            _, duration = _speech(client.post(server.url + "/v1/synthesize", json={"text": row["text"]}))
-            assert duration == pytest.approx((frames[row["id"]] - 1) * HOP / RATE)
-            assert duration == pytest.approx(row["duration"], abs=1e-3), (duration, row)
-            bad = client.post(server.url + "/v1/synthesize", json={"text": "hello", "speaker": "nobody"})
-            assert bad.status_code == 422 and bad.json()["error"] == "unknown_speaker"
-        assert server.proc.poll() is None
-    finally:
-        server.stop()
+    assert seconds == pytest.approx((frames[row["id"]] - 1) * HOP / RATE)

@@ -11,6 +11,7 @@ import soundfile as sf
 
 from conftest import REPO, read_jsonl, run_spx, synthesized_test_set
 from shared_artifacts import build_once, shared_dir
+from test_deploy import assert_served_synthesizes
 from spx.errors import SpxError
 from spx.rundir import RunDir
 from spx.spec import load_spec
@@ -239,42 +240,6 @@ def test_fastspeech2_trains_synthesizes_is_scored_and_fine_tunes(sb_fastspeech2_
     with torch.no_grad():
         toolkit_wav = toolkit_vocoder(torch.from_numpy(mel.T.copy())).numpy()
     assert len(toolkit_wav) == len(mel) * 256 and np.abs(engine.vocoder(mel) - toolkit_wav).max() < 1e-4
-
-
-def assert_served_synthesizes(target: Path, run_dir: Path, log: Path, same_length: bool) -> None:
-    """`spx serve TARGET` (a run dir: the family's load_synthesizer; an export dir: its TtsEngine): the run's longest
-    test sentence -> a WAV at the spec's rate, not silent, as long as the run's own synthesis of it (same_length: a
-    deterministic model and the same frames; else within 2x); bad requests are 4xx JSON and the server stays up."""
-    import io
-
-    import httpx
-
-    from test_deploy import Server
-
-    row = max(read_jsonl(run_dir / "hyps.jsonl"), key=lambda r: len(r["text"]))
-    server = Server(target, log, "--max-chars", "200", "--threads", "1")
-    try:
-        server.wait_ready(timeout=300)
-        url = server.url + "/v1/synthesize"
-        with httpx.Client(timeout=300) as client:
-            r = client.post(url, json={"text": row["text"].upper() + "!"})  # cleaned as the test sentences are
-            assert r.status_code == 200 and r.headers["content-type"] == "audio/wav", r.text
-            wav, rate = sf.read(io.BytesIO(r.content))
-            assert rate == 16000 and wav.ndim == 1
-            duration = len(wav) / rate
-            assert float(r.headers["x-audio-duration"]) == pytest.approx(duration, abs=1e-3)
-            assert np.sqrt(np.mean(wav ** 2)) > 1e-3, "silent output"
-            if same_length:
-                assert duration == pytest.approx(row["duration"], abs=1e-3), (duration, row)
-            else:
-                assert 0.5 * row["duration"] <= duration <= 2.0 * row["duration"], (duration, row)
-            for body, status, kind in (({"text": "   "}, 422, "empty_text"), ({"text": "a" * 201}, 413, "too_long"),
-                                       ({"text": "hello", "speaker": "nobody"}, 422, "unknown_speaker")):
-                bad = client.post(url, json=body)
-                assert bad.status_code == status and bad.json()["error"] == kind, (body, bad.text)
-        assert server.proc.poll() is None
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

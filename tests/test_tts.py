@@ -183,7 +183,7 @@ def test_tacotron2_trains_synthesizes_and_is_scored(trained_tts, tts_corpus, bac
 def test_served_speechbrain_tacotron2_run_synthesizes(trained_tts, tmp_path):
     """`spx serve` on the shared SpeechBrain Tacotron2 run (tests/test_deploy_tasks.py serves the ESPnet one).
     SpeechBrain's prenet dropout stays on at inference: the length moves between runs, not by 2x."""
-    from test_speechbrain_fastspeech2 import assert_served_synthesizes
+    from test_deploy import assert_served_synthesizes
 
     rd = trained_tts("speechbrain").path
     assert_served_synthesizes(rd, rd, tmp_path / "server.log", same_length=False)
