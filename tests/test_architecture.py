@@ -3,6 +3,7 @@ module imports torch or a toolkit when it is imported."""
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -142,3 +143,20 @@ def test_family_modules_import_no_other_family():
                     for module in fams.values()}
         wrong += [(f, sorted(graph[f] & (families - {f}))) for f in sorted(families) if graph[f] & (families - {f})]
     assert not wrong, f"family modules importing another family: {wrong}"
+
+
+def test_every_family_exports_or_says_why_not():
+    """`spx export` on any run either exports it (EXPORT: the child module) or says why not (EXPORT_REFUSED), so no
+    user meets a bare "not yet"."""
+    from spx.adapters import get_adapter
+    from spx.registry import BACKENDS
+
+    silent = []
+    for backend in BACKENDS:
+        adapter = get_adapter(backend)
+        for task, families in adapter.families.items():
+            for family, module in families.items():
+                mod = importlib.import_module(f"spx.adapters.{backend}.{module}")
+                if not getattr(mod, "EXPORT", None) and not getattr(mod, "EXPORT_REFUSED", None):
+                    silent.append(f"{backend} {task} {family}")
+    assert not silent, f"families with neither EXPORT nor EXPORT_REFUSED: {silent}"

@@ -18,6 +18,7 @@ NAME = "whisper"
 INIT_FROM = "nothing (ESPnet's whisper path is not available)"
 INFERENCE = None
 EXPORT = None
+EXPORT_REFUSED = "ESPnet runs no whisper job here (below), so there is nothing to export"
 WHY = ("ESPnet's whisper encoder/decoder need openai-whisper, whose PyPI release breaks ESPnet's imports (`N_MELS`) "
        "and tokenizer calls (espnet#5792), and load official OpenAI model names only, not the Transformers "
        "folder/hub name model.pretrained gives")
