@@ -18,7 +18,7 @@ import torch
 
 from spx.adapters.common.export import ClassifierExporter, export_classifier_run, main
 from spx.adapters.hf.steps.cls_decode import classifier_forward
-from spx.adapters.hf.steps.export import trace_waveform_graph, waveform_frontend
+from spx.adapters.hf.steps.export import sample_mask, trace_waveform_graph, waveform_frontend
 
 
 class WaveformClassifier(torch.nn.Module):
@@ -29,9 +29,7 @@ class WaveformClassifier(torch.nn.Module):
         self.model, self.attention_mask = model, attention_mask
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor):
-        mask = None
-        if self.attention_mask:
-            mask = (torch.arange(waveform.shape[1], device=waveform.device)[None, :] < lengths[:, None]).long()
+        mask = sample_mask(waveform, lengths) if self.attention_mask else None
         return self.model(waveform, attention_mask=mask).logits.float()
 
 

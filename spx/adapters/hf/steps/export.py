@@ -41,6 +41,11 @@ def waveform_frontend(fe) -> WaveformFrontend:
                              "toolkit": "transformers.Wav2Vec2FeatureExtractor; the feature encoder is in the graph"})
 
 
+def sample_mask(waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The attention mask of a padded waveform batch, from its sample counts (inside the graph: batch-dynamic)."""
+    return (torch.arange(waveform.shape[1], device=waveform.device)[None, :] < lengths[:, None]).long()
+
+
 class WaveformCtc(torch.nn.Module):
     """AutoModelForCTC from the normalised waveform: log-softmax of its logits and its frame counts. The attention
     mask (when the checkpoint takes one) is built from the sample counts inside the graph."""
@@ -50,9 +55,7 @@ class WaveformCtc(torch.nn.Module):
         self.model, self.attention_mask = model, attention_mask
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor):
-        mask = None
-        if self.attention_mask:
-            mask = (torch.arange(waveform.shape[1], device=waveform.device)[None, :] < lengths[:, None]).long()
+        mask = sample_mask(waveform, lengths) if self.attention_mask else None
         logits = self.model(waveform, attention_mask=mask).logits
         return torch.log_softmax(logits.float(), dim=-1), self.model._get_feat_extract_output_lengths(lengths)
 
