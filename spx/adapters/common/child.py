@@ -31,6 +31,20 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def gather_rank_counts(batches: int, updates: int) -> list[dict[str, int]]:
+    """Every rank's {rank, batches, updates}, gathered on all ranks (one entry alone): what rank 0 records as the
+    proof that every rank of a data-parallel run took part."""
+    mine = {"rank": rank(), "batches": batches, "updates": updates}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    import torch
+
+    if world > 1 and torch.distributed.is_initialized():
+        ranks: list[Any] = [None] * world
+        torch.distributed.all_gather_object(ranks, mine)
+        return ranks
+    return [mine]
+
+
 def progress(**fields: Any) -> None:
     """One machine-readable progress line; the launcher shows it live, the log keeps it."""
     if rank() == 0:

@@ -350,11 +350,7 @@ def train_with(rd, spec, make_trainer: Callable[[dict[str, Any], Path | None], A
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if lora:  # the proof that LoRA / adapters left the pretrained weights as they were (bit for bit)
         describe.update(base_weights_sha256_before=before, base_weights_sha256_after=base_digest(trainer.model, head))
-    mine = {"rank": RANK, "batches": records.batches, "updates": records.updates}
-    ranks = [mine]
-    if WORLD > 1 and torch.distributed.is_initialized():
-        ranks = [None] * WORLD
-        torch.distributed.all_gather_object(ranks, mine)
+    ranks = child.gather_rank_counts(records.batches, records.updates)
     log(f"done: {records.batches} batches, {records.updates} updates on this rank")
     if RANK == 0:
         exported = export(trainer)

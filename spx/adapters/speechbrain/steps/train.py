@@ -207,11 +207,7 @@ def plan_updates(brain, hparams, train, valid):
 
 def gather_ranks(brain) -> list[dict]:
     """Every rank says how much it did; rank 0 records it (proof that all ranks took part)."""
-    mine = {"rank": RANK, "batches": brain.rank_batches, "updates": brain.rank_updates}
-    ranks = [mine]
-    if WORLD > 1 and torch.distributed.is_initialized():
-        ranks = [None] * WORLD
-        torch.distributed.all_gather_object(ranks, mine)
+    ranks = child.gather_rank_counts(brain.rank_batches, brain.rank_updates)
     log(f"done: {brain.rank_batches} batches, {brain.rank_updates} updates on this rank")
     return ranks
 
