@@ -10,11 +10,11 @@ the lock) and its data-dependent shapes (padding masks from lengths) need guards
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+from unittest import mock  # patch.object: swap a toolkit function while the graph is traced, restore after
 
 import numpy as np
 
@@ -57,7 +57,6 @@ def _tokens(s2t) -> dict[str, Any]:
     raise SystemExit(f"spx export: ESPnet tokenizer {kind} is not supported yet (char and bpe are)")
 
 
-@contextlib.contextmanager
 def traceable_pad_masks():
     """ESPnet's encoders size their padding mask with int(max(lengths)), which the tracer freezes to the example's
     length; during export the encoder modules get a mask sized by a tensor (the same values)."""
@@ -72,11 +71,7 @@ def traceable_pad_masks():
         steps = torch.arange(lengths.max(), device=lengths.device)  # a tensor bound: stays dynamic in the graph
         return steps[None, :] >= lengths[:, None]
 
-    conformer_encoder.make_pad_mask = make_pad_mask
-    try:
-        yield
-    finally:
-        conformer_encoder.make_pad_mask = original
+    return mock.patch.object(conformer_encoder, "make_pad_mask", make_pad_mask)
 
 
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,

@@ -8,9 +8,9 @@ parity check (spx.adapters.common.export.export_classifier_run).
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
+from unittest import mock  # patch.object: swap a toolkit function while the graph is traced, restore after
 
 import numpy as np
 import torch
@@ -18,30 +18,17 @@ import torch
 from spx.adapters.common import child
 from spx.adapters.common.export import ClassifierExporter, export_classifier_run, main, trace_features_to_logits
 from spx.adapters.speechbrain.steps.cls_model import build_modules, forward_cosines, load_export, read_config
-from spx.adapters.speechbrain.steps.export import _frontend
+from spx.adapters.speechbrain.steps.export import _frontend, broadcast_length_to_mask
 from spx.rundir import RunDir
 from spx.yamlio import read_json
 
 
-@contextlib.contextmanager
 def traceable_pooling_masks():
     """ECAPA's attentive pooling builds its mask with length_to_mask, which expands to len(lengths) rows (a Python int
     the tracer freezes to the example's batch); during export it gets a broadcast mask with the same values."""
     from speechbrain.lobes.models import ECAPA_TDNN as ecapa
 
-    original = ecapa.length_to_mask
-
-    def length_to_mask(length, max_len=None, dtype=None, device=None):
-        if max_len is None:
-            max_len = length.max().long()
-        mask = torch.arange(max_len, device=length.device, dtype=length.dtype)[None, :] < length[:, None]
-        return mask.to(dtype=dtype or length.dtype, device=device or length.device)
-
-    ecapa.length_to_mask = length_to_mask
-    try:
-        yield
-    finally:
-        ecapa.length_to_mask = original
+    return mock.patch.object(ecapa, "length_to_mask", broadcast_length_to_mask)
 
 
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,

@@ -10,9 +10,9 @@ the lock), and the tracer keeps SpeechBrain's shape-derived masks dynamic.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
+from unittest import mock  # patch.object: swap a toolkit function while the graph is traced, restore after
 
 import numpy as np
 import torch
@@ -48,25 +48,21 @@ def _frontend(fbank, sample_rate: int) -> LogMelFrontend:
         window=centred_window(stft.window.numpy(), int(stft.n_fft)), mel=mel)
 
 
-@contextlib.contextmanager
+def broadcast_length_to_mask(length, max_len=None, dtype=None, device=None):
+    """SpeechBrain's length_to_mask from broadcast tensors (the same values): its own expands to len(lengths) rows, a
+    Python int the tracer freezes to the example's batch size."""
+    if max_len is None:
+        max_len = length.max().long()
+    mask = torch.arange(max_len, device=length.device, dtype=length.dtype)[None, :] < length[:, None]
+    return mask.to(dtype=dtype or length.dtype, device=device or length.device)
+
+
 def traceable_length_masks():
-    """SpeechBrain's length_to_mask expands to len(lengths) rows, a Python int the tracer freezes to the example's
-    batch size; during export the Transformer gets a broadcast mask (the same values) that keeps the batch dynamic."""
+    """While the graph is traced, the Transformer builds its masks with broadcast_length_to_mask (the batch stays
+    dynamic)."""
     from speechbrain.lobes.models.transformer import TransformerASR
 
-    original = TransformerASR.length_to_mask
-
-    def length_to_mask(length, max_len=None, dtype=None, device=None):
-        if max_len is None:
-            max_len = length.max().long()
-        mask = torch.arange(max_len, device=length.device, dtype=length.dtype)[None, :] < length[:, None]
-        return mask.to(dtype=dtype or length.dtype, device=device or length.device)
-
-    TransformerASR.length_to_mask = length_to_mask
-    try:
-        yield
-    finally:
-        TransformerASR.length_to_mask = original
+    return mock.patch.object(TransformerASR, "length_to_mask", broadcast_length_to_mask)
 
 
 def _tokens(tokenizer) -> dict[str, Any]:

@@ -10,9 +10,9 @@ do_normalize) and padding mask stay in the graph, so the numpy frontend only pad
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
+from unittest import mock  # patch.object: swap a toolkit function while the graph is traced, restore after
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ from spx.deploy.features import WaveformFrontend
 LAYER_NORM_EPS = 1e-5  # torch.nn.functional.layer_norm's default, which the integration uses
 
 
-@contextlib.contextmanager
 def traceable_padding_masks():
     """The integration's make_padding_masks (length_to_mask: max_len read with .item() and len(lengths) rows, Python
     numbers the tracer freezes to the example; then a bool mask, whose cumsum inside Transformers is not valid ONNX)
@@ -35,30 +34,18 @@ def traceable_padding_masks():
     built from broadcast tensors (every axis stays dynamic)."""
     from speechbrain.integrations.huggingface import wav2vec2
 
-    original = wav2vec2.make_padding_masks
-
     def make_padding_masks(src, wav_len=None, pad_idx=0):
         if wav_len is None:
             return None
         abs_len = torch.round(wav_len * src.shape[1])
         return (torch.arange(src.shape[1], device=src.device)[None, :] < abs_len[:, None]).long()
 
-    wav2vec2.make_padding_masks = make_padding_masks
-    try:
-        yield
-    finally:
-        wav2vec2.make_padding_masks = original
+    return mock.patch.object(wav2vec2, "make_padding_masks", make_padding_masks)
 
 
-@contextlib.contextmanager
 def integration_normalization_off(ssl_base):
     """The integration without its input layer norm while the graph is traced (the graph's module does it)."""
-    normalize = ssl_base.normalize_wav
-    ssl_base.normalize_wav = False
-    try:
-        yield
-    finally:
-        ssl_base.normalize_wav = normalize
+    return mock.patch.object(ssl_base, "normalize_wav", False)
 
 
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
