@@ -247,6 +247,15 @@ class TextTable:
         return out + self.suffix
 
 
+def check_symbols(text: str, n_symbols: int, min_symbols: int) -> None:
+    """A ValueError (the server's 422) when the text gives the model fewer symbols of its alphabet than it takes."""
+    if n_symbols == 0:
+        raise ValueError(f"no symbol of the model's alphabet in {text!r}")
+    if n_symbols < min_symbols:
+        raise ValueError(f"{text!r} gives {n_symbols} symbol(s) of the model's alphabet; this model takes at least "
+                         f"{min_symbols} (its convolutions pad by reflection): send a longer text")
+
+
 def mel_to_ln(mel: np.ndarray, log: dict[str, Any]) -> np.ndarray:
     """A log-mel in the toolkit's base (vocoder.json `log.base`: "e" or "10") in natural-log units."""
     return mel * np.log(10.0) if str(log.get("base", "e")) == "10" else mel
@@ -389,14 +398,20 @@ class TtsEngine:
     def mel(self, text: str, speaker: str | None = None) -> np.ndarray:
         return self.mel_of_ids(self.text.ids(text), speaker)
 
+    def check_text(self, text: str) -> list[int]:
+        """The sentence's ids; a ValueError when it has fewer symbols than the graph takes (export.json
+        min_symbols)."""
+        ids = self.text.ids(text)
+        check_symbols(text, len(ids) - len(self.text.prefix) - len(self.text.suffix),
+                      int(self.info.get("min_symbols") or 1))
+        return ids
+
     def synthesize(self, batch: list[tuple[str, str | None]]) -> list[tuple[np.ndarray, int]]:
         """(text, speaker or None) per sentence -> (waveform float32, sample rate)."""
         out = []
         for text, speaker in batch:
             self.speaker_id(speaker)  # an unknown speaker fails before any compute
-            ids = self.text.ids(text)
-            if len(ids) == len(self.text.prefix) + len(self.text.suffix):
-                raise ValueError(f"no symbol of the model's alphabet in {text!r}")
+            ids = self.check_text(text)
             out.append((self.vocoder(self.mel_of_ids(ids, speaker)), self.sample_rate))
         return out
 
