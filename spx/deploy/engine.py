@@ -83,20 +83,12 @@ class Graph:
             raise ValueError(f"{Path(export_dir) / EXPORT_JSON}: unknown format {self.format!r}")
 
     def run(self, feats: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """An audio graph on features (+ lengths, when its outputs use them) -> outputs by name."""
         io = self.info
-        with_lengths = bool(io["inputs"].get("lengths"))  # a graph whose outputs do not use the lengths has none
-        if self.format == "onnx":
-            feeds = {io["inputs"]["features"]: feats}
-            if with_lengths:
-                feeds[io["inputs"]["lengths"]] = lengths
-            return dict(zip(self.output_names, self.session.run(None, feeds)))
-        import torch
-
-        with torch.inference_mode():
-            args = (torch.from_numpy(feats),) + ((torch.from_numpy(lengths),) if with_lengths else ())
-            res = self.module(*args)
-        res = res if isinstance(res, (tuple, list)) else (res,)
-        return dict(zip(io["output_order"], [r.numpy() for r in res]))
+        feeds = {io["inputs"]["features"]: feats}
+        if io["inputs"].get("lengths"):
+            feeds[io["inputs"]["lengths"]] = lengths
+        return self.run_named(feeds)
 
     def run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph on inputs by name -> outputs by name (TorchScript takes them positionally, in the
@@ -106,7 +98,8 @@ class Graph:
         import torch
 
         with torch.inference_mode():
-            res = self.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.info["input_order"]])
+            order = self.info.get("input_order") or list(feeds)  # audio graphs: features, then lengths
+            res = self.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in order])
         res = res if isinstance(res, (tuple, list)) else (res,)
         return dict(zip(self.info["output_order"], [r.numpy() for r in res]))
 
