@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_jsonl, run_spx
-from shared_artifacts import build_once, shared_dir
-import test_classification
+from conftest import export_once, read_jsonl
+from shared_artifacts import shared_dir
 import test_hf
 import test_hf_classification
 import test_speechbrain_pretrained
@@ -22,7 +21,6 @@ from test_deploy import Server
 # session fixtures: the shared tiny models and trained runs (no new training)
 hf_models = test_hf.hf_models
 hf_ctc_run = test_hf.hf_ctc_run
-kws_corpus = test_classification.kws_corpus
 hf_cls_run = test_hf_classification.hf_cls_run
 tiny = test_speechbrain_pretrained.tiny
 sb_ssl_run = test_speechbrain_pretrained.sb_ssl_run
@@ -31,14 +29,7 @@ PARITY_UTTERANCES = "12"  # the check's wiring on CI; `spx export` checks the wh
 
 
 def _export(run_dir: Path, folder: Path, kind: str) -> Path:
-    """`spx export RUN_DIR` as `kind` ("onnx" | "onnx-int8") into folder, once per test run."""
-    fmt, _, quant = kind.partition("-")
-
-    def build(out: Path) -> None:
-        run_spx("export", run_dir, "--format", fmt, *(["--quantize", quant] if quant else []), "--out", out,
-                "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
-
-    return build_once(folder, build)
+    return export_once(run_dir, folder, kind, PARITY_UTTERANCES)
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from conftest import REPO, read_jsonl, run_spx
-from shared_artifacts import build_once, shared_dir
+from conftest import REPO, export_once, read_jsonl, run_spx
+from shared_artifacts import shared_dir
 from spx.demo.kws_corpus import CLASSES
-import test_classification
 import test_deploy
 from test_deploy import Server, assert_served_synthesizes
 
-kws_corpus = test_classification.kws_corpus  # session fixtures: the shared KWS runs (no new training)
-trained_kws = test_classification.trained_kws
 exported = test_deploy.exported  # the shared ASR exports of tests/test_deploy.py
 
 BACKENDS = ("nemo", "speechbrain", "espnet")
@@ -31,17 +28,7 @@ def cls_exported(trained_kws, tmp_path_factory):
     """cls_exported(backend, "onnx" | "onnx-int8") -> the export dir of the shared KWS run (made once per test run)."""
     root = shared_dir(tmp_path_factory, "cls_exports")
 
-    def get(backend: str, kind: str) -> Path:
-        rd = trained_kws(backend)
-        fmt, _, quant = kind.partition("-")
-
-        def build(folder: Path) -> None:
-            run_spx("export", rd, "--format", fmt, *(["--quantize", quant] if quant else []), "--out", folder,
-                    "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
-
-        return build_once(root / f"{backend}-{kind}", build)
-
-    return get
+    return lambda backend, kind: export_once(trained_kws(backend), root / f"{backend}-{kind}", kind, PARITY_UTTERANCES)
 
 
 @pytest.mark.slow
