@@ -105,6 +105,7 @@ def write_artefact(out: Path, whisper: Any, output_weight: Any, frontend: Whispe
     """The graphs, frontend, tokenizer and an export.json with what Seq2SeqEngine reads (format, graphs, search,
     tokenizer) into `out`; export_seq2seq_run adds the run's provenance and checks to it."""
     fe = frontend
+    out.mkdir(parents=True, exist_ok=True)
     n_frames = int(fe.settings["n_samples"]) // int(fe.settings["hop_length"])
     graphs = write_graphs(whisper, output_weight, out, opset, fe.mel.shape[0], n_frames)
     fe.save(out)
