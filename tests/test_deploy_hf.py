@@ -2,7 +2,7 @@
 ssl_ctc (tests/test_hf's `hf_ctc_run`) exported to ONNX fp32 and int8 through the real CLI and
 parity-checked against the decode step's own forward, its ONNX export served by a real uvicorn process; hf
 ssl_classifier (`hf_cls_run`) and SpeechBrain ssl_ctc (`sb_ssl_run`) exported and parity-checked; the numpy
-WaveformFrontend against Transformers' feature extractor; the whisper families' export refusal."""
+WaveformFrontend against Transformers' feature extractor; the whisper families' exporters."""
 from __future__ import annotations
 
 import json
@@ -69,16 +69,14 @@ def test_waveform_frontend_is_the_feature_extractor_and_load_frontend_reads_the_
         load_frontend(tmp_path)
 
 
-def test_whisper_export_is_refused_with_what_it_needs():
+def test_whisper_families_name_their_exporters():
+    """hf and SpeechBrain whisper export (tests/test_whisper_deploy.py exports and serves them)."""
     from spx.adapters import get_adapter
-    from spx.errors import SpxError
     from spx.spec import load_spec
 
     spec = load_spec(test_hf.WHISPER_RECIPE, [])
-    for backend in ("hf", "speechbrain"):
-        with pytest.raises(SpxError, match="whisper models: an encoder-decoder with an autoregressive search") as e:
-            get_adapter(backend).export_module(spec)
-        assert "KV cache" in str(e.value) and "search loop" in str(e.value), backend
+    assert get_adapter("hf").export_module(spec) == "spx.adapters.hf.steps.whisper_export"
+    assert get_adapter("speechbrain").export_module(spec) == "spx.adapters.speechbrain.steps.whisper_export"
 
 
 # ---------------------------------------------------------------- slow: the shared runs exported and served

@@ -411,7 +411,12 @@ class TtsEngine:
 
 def load_engine(export_dir: str | Path, threads: int | None = None) -> "ExportEngine | ClassifierEngine | TtsEngine":
     """The engine of an export dir's task."""
-    task = read_export_info(Path(export_dir)).get("task", "asr")
+    info = read_export_info(Path(export_dir))
+    task = info.get("task", "asr")
+    if info.get("kind") == "seq2seq":  # encoder-decoder ASR (whisper): the search runs in numpy
+        from spx.deploy.seq2seq import Seq2SeqEngine
+
+        return Seq2SeqEngine(export_dir, threads)  # type: ignore[return-value]
     if task == "tts":
         return TtsEngine(export_dir, threads)
     return ClassifierEngine(export_dir, threads) if task == "classification" else ExportEngine(export_dir, threads)
