@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_spx
-from shared_artifacts import build_once, shared_dir
+from conftest import export_once
+from shared_artifacts import shared_dir
 from test_deploy import Server, _audio_of, _test_rows
 import test_hf
 import test_speechbrain_whisper
@@ -76,16 +76,7 @@ def whisper_exported(hf_whisper_run, sb_whisper_run, tmp_path_factory):
     root = shared_dir(tmp_path_factory, "whisper_exports")
     runs = {"hf": hf_whisper_run, "speechbrain": sb_whisper_run}
 
-    def get(backend: str, kind: str) -> Path:
-        fmt, _, quant = kind.partition("-")
-
-        def build(folder: Path) -> None:
-            run_spx("export", runs[backend], "--format", fmt, *(["--quantize", quant] if quant else []), "--out",
-                    folder, "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
-
-        return build_once(root / f"{backend}-{kind}", build)
-
-    return get
+    return lambda backend, kind: export_once(runs[backend], root / f"{backend}-{kind}", kind, PARITY_UTTERANCES)
 
 
 def _info(export_dir: Path) -> dict:
