@@ -30,7 +30,8 @@ def dropout_mask(rng: np.random.Generator, units: int, rate: float) -> np.ndarra
 
 
 def step_limits(settings: dict[str, Any], tokens: int) -> tuple[int, int]:
-    """(max steps, min steps) for a memory of `tokens` positions, as the toolkit sizes them."""
+    """(max frames, min frames) for a memory of `tokens` positions, as the toolkit sizes them (SpeechBrain: its
+    max_decoder_steps of one frame; ESPnet: int(tokens * maxlenratio), int(tokens * minlenratio))."""
     limits = []
     if settings.get("max_steps") is not None:
         limits.append(int(settings["max_steps"]))
@@ -77,24 +78,23 @@ class AutoregressiveAcoustic:
         states = self.initial_states(tokens)
         frame = np.zeros((1, int(self.s["n_mels"])), dtype=np.float32)
         frames: list[np.ndarray] = []
-        step, stopped = 0, False
+        decoded, stopped = 0, False  # frames so far (ESPnet counts its limits in frames: r per step)
         while True:
-            step += 1
             feeds = {"frame": frame, **memory, **states}
             for i, units in enumerate(self.prenet["units"]):
                 feeds[f"prenet_mask_{i}"] = dropout_mask(rng, int(units), float(self.prenet["rate"]))
             out = self.step.run_named(feeds)
             mel = np.asarray(out["mel"], dtype=np.float32).reshape(-1, frame.shape[1])
             frames.append(mel)
+            decoded += len(mel)
             frame = mel[-1:]
             states = {name: np.asarray(out[f"next_{name}"], dtype=np.float32) for name in states}
             stopped = stops(out["stop_prob"], float(self.s["threshold"]), self.s["compare"])
-            if stopped or step >= max_steps:
-                if step < min_steps:  # ESPnet: a stop before the minimum length decodes on
+            if stopped or decoded >= max_steps:
+                if decoded < min_steps:  # ESPnet: a stop before the minimum length decodes on
                     continue
                 break
-        total = sum(len(f) for f in frames)
-        keep = total - len(frames[-1]) if stopped and self.s["stop_frame"] == "dropped" else total
+        keep = decoded - len(frames[-1]) if stopped and self.s["stop_frame"] == "dropped" else decoded
         return frames, keep
 
     def mel_of_ids(self, ids: list[int], speaker: int | None = None, seed: int | None = None) -> np.ndarray:

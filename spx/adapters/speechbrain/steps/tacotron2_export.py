@@ -87,7 +87,7 @@ class Postnet(torch.nn.Module):
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
     spec, rd, _device, info, model, vocoder = load_for_synthesis(run_dir, "cpu")
-    symbols, lowercase, mel = info["symbols"], spec.tokenizer.lowercase, info["mel"]
+    symbols, lowercase = info["symbols"], spec.tokenizer.lowercase
     d = model.decoder
     if d.n_frames_per_step != 1 or not d.early_stopping:
         raise SystemExit(f"spx export: SpeechBrain Tacotron2 with n_frames_per_step={d.n_frames_per_step}, "

@@ -136,7 +136,7 @@ def vocoder_parts(vocoder: Any, info: dict[str, Any], fmt: str):
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
     spec, rd, _device, info, model, vocoder = load_for_synthesis(run_dir, "cpu")
-    symbols, lowercase, mel = info["symbols"], spec.tokenizer.lowercase, info["mel"]
+    symbols, lowercase = info["symbols"], spec.tokenizer.lowercase
     graph = FastSpeech2Inference(model).eval()
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
