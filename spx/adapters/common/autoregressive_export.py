@@ -28,21 +28,25 @@ class GraphSpec:
 
 def write_autoregressive_graphs(graphs: dict[str, GraphSpec], path: Path, fmt: str, opset: int,
                                 int8: bool) -> dict[str, Any]:
-    """The three graphs as ONNX beside `path` (its name with 'model' replaced by the role: encoder.onnx, or
-    encoder.fp32.onnx before quantization) -> export.json's "graphs". TorchScript is refused: the step graph's
-    memory length must stay dynamic, which torch.jit.trace does not promise."""
+    """The three graphs beside `path` (its name with 'model' replaced by the role: encoder.onnx, encoder.ts, or
+    encoder.fp32.onnx before quantization) -> export.json's "graphs". ONNX (dynamo=False) or TorchScript
+    (torch.jit.trace; int8: PyTorch dynamic quantization of the Linear layers). The tracer records the memory's
+    length as a size op, so every sentence length runs (the parity check covers lengths other than the example's)."""
     import torch
 
-    if fmt != "onnx" or int8:
-        raise SystemExit("spx export: a Tacotron2 run exports to --format onnx (optionally --quantize int8 with "
-                         "onnxruntime); TorchScript is not supported for its three autoregressive graphs")
     out: dict[str, Any] = {}
     for role in GRAPH_ROLES:
         g = graphs[role]
         name = path.name.replace("model", role, 1)
+        net = g.module.eval()
+        if int8:
+            net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
         with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(g.module.eval(), g.example, str(path.parent / name), dynamo=False, opset_version=opset,
-                              input_names=g.inputs, output_names=g.outputs, dynamic_axes=g.dynamic_axes)
+            if fmt == "onnx":
+                torch.onnx.export(net, g.example, str(path.parent / name), dynamo=False, opset_version=opset,
+                                  input_names=g.inputs, output_names=g.outputs, dynamic_axes=g.dynamic_axes)
+            else:
+                torch.jit.save(torch.jit.trace(net, g.example, check_trace=False), str(path.parent / name))
         out[role] = {"model_file": name, "input_order": g.inputs, "output_order": g.outputs}
     return out
 

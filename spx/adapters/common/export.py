@@ -449,6 +449,8 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
         "speakers": dict(exporter.speakers or {}), "sample_rate": int(vocoder["sample_rate"]),
         **_provenance(spec, rd),
     }
+    if io.get("graphs"):
+        del info["model_file"]  # the graphs name their files
     _write_info(out, info)
     fp32_engine = TtsEngine(out, threads=threads) if quantize else None
     if quantize:
@@ -463,7 +465,8 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
             info.update(exporter.write_graph(int8_path, fmt, opset, True))
         sizes["int8_model_bytes"] = (sum(file_size(out / g["model_file"]) for g in info["graphs"].values())
                                      if io.get("graphs") else file_size(int8_path))
-    info["model_file"] = model_file
+    if not io.get("graphs"):
+        info["model_file"] = model_file
     _write_info(out, info)
     engine = TtsEngine(out, threads=threads)
     export_seconds = time.perf_counter() - t0

@@ -13,7 +13,9 @@ cumulative weights starting at zero: at the first step AttLoc takes the uniform 
 previous weights, after it the running sum (cumulate_att_w), exactly Decoder.inference's prev_att_w. The parity
 check runs Text2Speech itself with the prenet's dropout replaying the engine's masks.
 
-`python -m spx.adapters.espnet.steps.tacotron2_export RUN_DIR OUT_DIR --format onnx [--quantize int8]`
+TorchScript (torch.jit.trace of the same three modules) works too.
+
+`python -m spx.adapters.espnet.steps.tacotron2_export RUN_DIR OUT_DIR --format onnx|torchscript [--quantize int8]`
 """
 from __future__ import annotations
 

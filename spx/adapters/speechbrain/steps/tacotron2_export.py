@@ -86,6 +86,10 @@ class Postnet(torch.nn.Module):
 
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
+    if fmt != "onnx":  # before the model loads
+        raise SystemExit("spx export: a SpeechBrain Tacotron2 run exports to --format onnx only (optionally --quantize "
+                         "int8): torch.jit.trace of its encoder's LSTM fails (\"Couldn't find method: 'forward__0' on "
+                         "class ...LSTM\"); the ESPnet Tacotron2 exports to TorchScript")
     spec, rd, _device, info, model, vocoder = load_for_synthesis(run_dir, "cpu")
     symbols, lowercase = info["symbols"], spec.tokenizer.lowercase
     d = model.decoder
