@@ -191,3 +191,48 @@ def test_served_tacotron2_export_synthesizes(tacotron2_exported, trained_tts, tm
     silent, about as long as the run's own synthesis (its prenet masks were torch's, the engine's are seeded)."""
     assert_served_synthesizes(tacotron2_exported("speechbrain", "onnx"), trained_tts("speechbrain").path,
                               tmp_path / "server.log", same_length=False)
+
+
+@pytest.mark.slow  # imports speechbrain (no training)
+def test_speaker_tacotron2_graphs_stop_mid_sentence_as_speechbrain_does(tmp_path):
+    """The branches the shared single-voice runs do not reach (their gates never fire within the step limit): an
+    untrained SpeakerTacotron2 with 2 speakers, its gate threshold set between two of its stop probabilities so the
+    decoder stops mid-sentence; the engine's loop on the written graphs against Tacotron2.infer with the same masks:
+    the same frame count (the stop frame dropped after the postnet ran over it) and mel, per speaker."""
+    import torch
+
+    from spx.adapters.common.autoregressive_export import replay_prenet_dropout
+    from spx.adapters.speechbrain.steps.tacotron2_export import write_graphs
+    from spx.adapters.speechbrain.steps.tts_model import SpeakerTacotron2
+    from spx.deploy.engine import Graph
+
+    torch.manual_seed(0)
+    model = SpeakerTacotron2(
+        n_speakers=2, mask_padding=True, n_mel_channels=20, n_symbols=30, symbols_embedding_dim=32,
+        encoder_kernel_size=5, encoder_n_convolutions=2, encoder_embedding_dim=32, attention_rnn_dim=64,
+        attention_dim=32, attention_location_n_filters=8, attention_location_kernel_size=15, n_frames_per_step=1,
+        decoder_rnn_dim=64, prenet_dim=32, max_decoder_steps=40, gate_threshold=0.5, p_attention_dropout=0.1,
+        p_decoder_dropout=0.1, postnet_embedding_dim=32, postnet_kernel_size=5, postnet_n_convolutions=3,
+        decoder_no_early_stopping=False).eval()
+    io = write_graphs(model, True, [3, 4, 5, 6, 7], tmp_path / "model.onnx", "onnx", 17, False)
+    assert io["autoregressive"]["speaker_input"] and io["inputs"]["speaker"] == "speaker"
+    engine = AutoregressiveAcoustic({r: Graph(tmp_path, {"format": "onnx", **g}, 1) for r, g in io["graphs"].items()},
+                                    io["autoregressive"])
+    probs = []
+    step = engine.step.run_named
+    engine.step.run_named = lambda feeds: (out := step(feeds), probs.append(float(out["stop_prob"][0])))[0]
+    ids = [5, 9, 2, 11, 17, 3, 8, 21, 4, 12, 6]
+    engine.s["threshold"] = 1.0  # no stop: the probabilities of every step up to max_decoder_steps
+    engine.mel_of_ids(ids, speaker=1)
+    engine.step.run_named = step
+    k = next(k for k in range(2, len(probs)) if probs[k] > max(probs[:k]))  # the first new maximum after step 2
+    threshold = (probs[k] + max(probs[:k])) / 2
+    engine.s["threshold"] = model.decoder.gate_threshold = threshold
+    for speaker in (0, 1):
+        got = engine.mel_of_ids(ids, speaker=speaker)
+        with torch.no_grad(), replay_prenet_dropout(0.5):
+            out, lengths, _ = model.infer(torch.tensor([ids]), torch.tensor([len(ids)]), torch.tensor([speaker]))
+        ref = out[0, :, : int(lengths[0])].T.numpy()
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-4, (speaker, got.shape, ref.shape)
+        if speaker == 1:
+            assert len(got) == k < 40  # stopped at step k + 1, its frame dropped

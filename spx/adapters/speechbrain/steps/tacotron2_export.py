@@ -84,6 +84,48 @@ class Postnet(torch.nn.Module):
         return mel + self.model.postnet(mel)
 
 
+def write_graphs(model: torch.nn.Module, speakers: bool, example_ids: list[int], path: Path, fmt: str, opset: int,
+                 int8: bool) -> dict[str, Any]:
+    """The three graphs of a (Speaker)Tacotron2 beside `path`, traced on one sentence's ids -> export.json's io
+    (graphs, and the loop's settings under "autoregressive")."""
+    d = model.decoder
+    units = [layer.linear_layer.out_features for layer in d.prenet.layers]
+    ids = torch.tensor([example_ids])
+    enc_example = (ids,) + ((torch.tensor([0]),) if speakers else ())
+    with torch.no_grad():
+        memory, processed = Encoder(model, speakers)(*enc_example)
+    tokens = memory.shape[1]
+    sizes = {"attention_hidden": d.attention_rnn_dim, "attention_cell": d.attention_rnn_dim,
+             "decoder_hidden": d.decoder_rnn_dim, "decoder_cell": d.decoder_rnn_dim,
+             "attention_weights": tokens, "attention_weights_cum": tokens,
+             "attention_context": memory.shape[2]}
+    masks = [f"prenet_mask_{i}" for i in range(len(units))]
+    step_example = (torch.zeros(1, d.n_mel_channels), memory, processed,
+                    *(torch.zeros(1, sizes[s]) for s in STATES), *(torch.ones(1, u) for u in units))
+    token_axes = {n: {1: "tokens"} for n in ("memory", "processed_memory", *PER_TOKEN,
+                                             *(f"next_{s}" for s in PER_TOKEN))}
+    graphs = write_autoregressive_graphs({
+        "encoder": GraphSpec(Encoder(model, speakers), enc_example, ["ids"] + (["speaker"] if speakers else []),
+                             ["memory", "processed_memory"],
+                             {"ids": {1: "tokens"}, "memory": {1: "tokens"}, "processed_memory": {1: "tokens"}}),
+        "decoder_step": GraphSpec(DecoderStep(d), step_example, ["frame", "memory", "processed_memory",
+                                                                  *STATES, *masks],
+                                  ["mel", "stop_prob", *(f"next_{s}" for s in STATES)], token_axes),
+        "postnet": GraphSpec(Postnet(model), (torch.zeros(1, d.n_mel_channels, 40),), ["decoded"], ["mel"],
+                             {"decoded": {2: "frames"}, "mel": {2: "frames"}}),
+    }, path, fmt, opset, int8)
+    states = {s: {"shape": [1, "tokens" if s in PER_TOKEN else sizes[s]], "fill": 0.0} for s in STATES}
+    return {"acoustic": "autoregressive", "graphs": graphs,
+            "inputs": {"ids": "ids", **({"speaker": "speaker"} if speakers else {})},
+            "autoregressive": {
+                "source": "speechbrain.lobes.models.Tacotron2.Decoder.infer",
+                "n_mels": d.n_mel_channels, "threshold": float(d.gate_threshold), "compare": ">",
+                "max_steps": int(d.max_decoder_steps), "max_length_ratio": None, "min_length_ratio": 0.0,
+                "stop_frame": "dropped", "memory": ["memory", "processed_memory"], "states": states,
+                "speaker_input": speakers,
+                "prenet": {"rate": float(d.prenet.dropout), "units": units, "seed": PRENET_SEED}}}
+
+
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
     if fmt != "onnx":  # before the model loads
@@ -104,40 +146,7 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
         return encode_text(text, symbols, lowercase)
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
-        ids = torch.tensor([toolkit_ids(EXAMPLE_TEXT)])
-        enc_example = (ids,) + ((torch.tensor([0]),) if speakers else ())
-        with torch.no_grad():
-            memory, processed = Encoder(model, bool(speakers))(*enc_example)
-        tokens = memory.shape[1]
-        sizes = {"attention_hidden": d.attention_rnn_dim, "attention_cell": d.attention_rnn_dim,
-                 "decoder_hidden": d.decoder_rnn_dim, "decoder_cell": d.decoder_rnn_dim,
-                 "attention_weights": tokens, "attention_weights_cum": tokens,
-                 "attention_context": memory.shape[2]}
-        masks = [f"prenet_mask_{i}" for i in range(len(units))]
-        step_example = (torch.zeros(1, d.n_mel_channels), memory, processed,
-                        *(torch.zeros(1, sizes[s]) for s in STATES), *(torch.ones(1, u) for u in units))
-        token_axes = {n: {1: "tokens"} for n in ("memory", "processed_memory", *PER_TOKEN,
-                                                 *(f"next_{s}" for s in PER_TOKEN))}
-        graphs = write_autoregressive_graphs({
-            "encoder": GraphSpec(Encoder(model, bool(speakers)), enc_example, ["ids"] + (["speaker"] if speakers else []),
-                                 ["memory", "processed_memory"],
-                                 {"ids": {1: "tokens"}, "memory": {1: "tokens"}, "processed_memory": {1: "tokens"}}),
-            "decoder_step": GraphSpec(DecoderStep(d), step_example, ["frame", "memory", "processed_memory",
-                                                                      *STATES, *masks],
-                                      ["mel", "stop_prob", *(f"next_{s}" for s in STATES)], token_axes),
-            "postnet": GraphSpec(Postnet(model), (torch.zeros(1, d.n_mel_channels, 40),), ["decoded"], ["mel"],
-                                 {"decoded": {2: "frames"}, "mel": {2: "frames"}}),
-        }, path, fmt, opset, int8)
-        states = {s: {"shape": [1, "tokens" if s in PER_TOKEN else sizes[s]], "fill": 0.0} for s in STATES}
-        return {"acoustic": "autoregressive", "graphs": graphs,
-                "inputs": {"ids": "ids", **({"speaker": "speaker"} if speakers else {})},
-                "autoregressive": {
-                    "source": "speechbrain.lobes.models.Tacotron2.Decoder.infer",
-                    "n_mels": d.n_mel_channels, "threshold": float(d.gate_threshold), "compare": ">",
-                    "max_steps": int(d.max_decoder_steps), "max_length_ratio": None, "min_length_ratio": 0.0,
-                    "stop_frame": "dropped", "memory": ["memory", "processed_memory"], "states": states,
-                    "speaker_input": bool(speakers),
-                    "prenet": {"rate": rate, "units": units, "seed": PRENET_SEED}}}
+        return write_graphs(model, bool(speakers), toolkit_ids(EXAMPLE_TEXT), path, fmt, opset, int8)
 
     @torch.no_grad()
     def reference(text: str, speaker: str | None) -> np.ndarray:
