@@ -236,3 +236,40 @@ def test_speaker_tacotron2_graphs_stop_mid_sentence_as_speechbrain_does(tmp_path
         assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-4, (speaker, got.shape, ref.shape)
         if speaker == 1:
             assert len(got) == k < 40  # stopped at step k + 1, its frame dropped
+
+
+@pytest.mark.slow  # imports espnet2 (no training)
+def test_espnet_tacotron2_graphs_stop_mid_sentence_as_espnet_does(tmp_path):
+    """The ESPnet twin: an untrained Tacotron2 with 2 speaker ids and reduction_factor 2, its threshold set between
+    two of its stop probabilities; the engine's loop against Tacotron2.inference with the same masks (prob >=
+    threshold stops, the stop step's frames kept, limits counted in frames)."""
+    import torch
+    from espnet2.tts.tacotron2 import Tacotron2
+
+    from spx.adapters.common.autoregressive_export import replay_prenet_dropout
+    from spx.adapters.espnet.steps.tacotron2_export import write_graphs
+    from spx.deploy.engine import Graph
+
+    torch.manual_seed(0)
+    t2 = Tacotron2(idim=30, odim=20, embed_dim=32, elayers=1, eunits=32, econv_layers=2, econv_chans=32, adim=32,
+                   aconv_chans=8, dlayers=2, dunits=64, prenet_layers=2, prenet_units=32, postnet_layers=2,
+                   postnet_chans=32, spks=2, reduction_factor=2).eval()
+    conf = {"threshold": 1.01, "minlenratio": 0.0, "maxlenratio": 6.0}
+    io = write_graphs(t2, None, True, conf, [3, 4, 5, 6, 7], tmp_path / "model.onnx", "onnx", 17, False)
+    engine = AutoregressiveAcoustic({r: Graph(tmp_path, {"format": "onnx", **g}, 1) for r, g in io["graphs"].items()},
+                                    io["autoregressive"])
+    probs = []
+    step = engine.step.run_named
+    engine.step.run_named = lambda feeds: (out := step(feeds), probs.append(float(out["stop_prob"].max())))[0]
+    ids = [5, 9, 2, 11, 17, 3, 8, 21, 4, 12, 6]
+    assert len(engine.mel_of_ids(ids, speaker=1)) == int((len(ids) + 1) * 6.0)  # no stop: maxlenratio x (N + eos)
+    engine.step.run_named = step
+    k = next(k for k in range(2, len(probs)) if probs[k] > max(probs[:k]))
+    for threshold in (1.01, (probs[k] + max(probs[:k])) / 2):
+        conf["threshold"] = engine.s["threshold"] = threshold
+        for speaker in (0, 1):
+            got = engine.mel_of_ids(ids, speaker=speaker)
+            with torch.no_grad(), replay_prenet_dropout(0.5):
+                ref = t2.inference(torch.tensor(ids), sids=torch.tensor([speaker]), **conf)["feat_gen"].numpy()
+            assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-4, (threshold, speaker, got.shape, ref.shape)
+    assert len(got) == 2 * (k + 1)  # speaker 1 stopped at step k + 1, both of its frames kept

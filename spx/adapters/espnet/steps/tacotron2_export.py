@@ -109,6 +109,51 @@ def _modules(t2: Any, mvn: Any, speakers: bool):
     return Encoder().eval(), DecoderStep().eval(), Postnet().eval()
 
 
+def write_graphs(t2: Any, mvn: Any, speakers: bool, conf: dict[str, Any], example_ids: list[int], path: Path,
+                 fmt: str, opset: int, int8: bool) -> dict[str, Any]:
+    """The three graphs of an ESPnet Tacotron2 (with the GlobalMVN inverse `mvn`, or None) beside `path`, traced on
+    one sentence's ids -> export.json's io (graphs, and the loop's settings from Text2Speech's decode_conf)."""
+    import torch
+
+    dec = t2.dec
+    n_layers = len(dec.lstm)
+    units = [layer[0].out_features for layer in dec.prenet.prenet]
+    encoder, step, postnet = _modules(t2, mvn, speakers)
+    ids = torch.tensor([example_ids], dtype=torch.long)
+    enc_example = (ids,) + ((torch.tensor([0]),) if speakers else ())
+    with torch.no_grad():
+        memory, processed = encoder(*enc_example)
+    lstm_states = [f"{kind}_{i}" for i in range(n_layers) for kind in ("z", "c")]
+    masks = [f"prenet_mask_{i}" for i in range(len(units))]
+    step_example = (torch.zeros(1, dec.odim), memory, processed, torch.zeros(1, memory.shape[1]),
+                    *(torch.zeros(1, dec.lstm[i // 2].hidden_size) for i in range(2 * n_layers)),
+                    *(torch.ones(1, u) for u in units))
+    token_axes = {n: {1: "tokens"} for n in ("memory", "processed_memory", "att_prev", "next_att_prev")}
+    graphs = write_autoregressive_graphs({
+        "encoder": GraphSpec(encoder, enc_example, ["ids"] + (["speaker"] if speakers else []),
+                             ["memory", "processed_memory"],
+                             {"ids": {1: "tokens"}, "memory": {1: "tokens"}, "processed_memory": {1: "tokens"}}),
+        "decoder_step": GraphSpec(step, step_example, ["frame", "memory", "processed_memory", "att_prev",
+                                                       *lstm_states, *masks],
+                                  ["mel", "stop_prob", "next_att_prev", *(f"next_{s}" for s in lstm_states)],
+                                  token_axes),
+        "postnet": GraphSpec(postnet, (torch.zeros(1, dec.odim, 40),), ["decoded"], ["mel"],
+                             {"decoded": {2: "frames"}, "mel": {2: "frames"}}),
+    }, path, fmt, opset, int8)
+    states = {"att_prev": {"shape": [1, "tokens"], "fill": 0.0},
+              **{s: {"shape": [1, dec.lstm[int(s.split("_")[1])].hidden_size], "fill": 0.0} for s in lstm_states}}
+    return {"acoustic": "autoregressive", "graphs": graphs,
+            "inputs": {"ids": "ids", **({"speaker": "speaker"} if speakers else {})},
+            "autoregressive": {
+                "source": "espnet.nets.pytorch_backend.tacotron2.decoder.Decoder.inference via Text2Speech",
+                "n_mels": int(dec.odim), "threshold": float(conf["threshold"]), "compare": ">=",
+                "max_steps": None, "max_length_ratio": float(conf["maxlenratio"]),
+                "min_length_ratio": float(conf["minlenratio"]), "reduction_factor": int(dec.reduction_factor),
+                "stop_frame": "kept", "memory": ["memory", "processed_memory"], "states": states,
+                "speaker_input": speakers,
+                "prenet": {"rate": float(dec.prenet.dropout_rate), "units": units, "seed": PRENET_SEED}}}
+
+
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
     out_dir = str(Path(out_dir).resolve())
@@ -132,45 +177,12 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
     if bool(t2.spks) != bool(speakers):
         raise SystemExit(f"spx export: the model has {t2.spks or 'no'} speaker ids, the run "
                          f"{'names speakers' if speakers else 'names none'}")
-    n_layers = len(dec.lstm)
-    units = [layer[0].out_features for layer in dec.prenet.prenet]
     rate = float(dec.prenet.dropout_rate)
-    encoder, step, postnet = _modules(t2, mvn_inverse(model), bool(speakers))
+    units = [layer[0].out_features for layer in dec.prenet.prenet]
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
-        ids = torch.tensor([p.toolkit_ids(EXAMPLE_TEXT)], dtype=torch.long)
-        enc_example = (ids,) + ((torch.tensor([0]),) if speakers else ())
-        with torch.no_grad():
-            memory, processed = encoder(*enc_example)
-        lstm_states = [f"{kind}_{i}" for i in range(n_layers) for kind in ("z", "c")]
-        masks = [f"prenet_mask_{i}" for i in range(len(units))]
-        step_example = (torch.zeros(1, dec.odim), memory, processed, torch.zeros(1, memory.shape[1]),
-                        *(torch.zeros(1, dec.lstm[i // 2].hidden_size) for i in range(2 * n_layers)),
-                        *(torch.ones(1, u) for u in units))
-        token_axes = {n: {1: "tokens"} for n in ("memory", "processed_memory", "att_prev", "next_att_prev")}
-        graphs = write_autoregressive_graphs({
-            "encoder": GraphSpec(encoder, enc_example, ["ids"] + (["speaker"] if speakers else []),
-                                 ["memory", "processed_memory"],
-                                 {"ids": {1: "tokens"}, "memory": {1: "tokens"}, "processed_memory": {1: "tokens"}}),
-            "decoder_step": GraphSpec(step, step_example, ["frame", "memory", "processed_memory", "att_prev",
-                                                           *lstm_states, *masks],
-                                      ["mel", "stop_prob", "next_att_prev", *(f"next_{s}" for s in lstm_states)],
-                                      token_axes),
-            "postnet": GraphSpec(postnet, (torch.zeros(1, dec.odim, 40),), ["decoded"], ["mel"],
-                                 {"decoded": {2: "frames"}, "mel": {2: "frames"}}),
-        }, path, fmt, opset, int8)
-        states = {"att_prev": {"shape": [1, "tokens"], "fill": 0.0},
-                  **{s: {"shape": [1, dec.lstm[int(s.split("_")[1])].hidden_size], "fill": 0.0} for s in lstm_states}}
-        return {"acoustic": "autoregressive", "graphs": graphs,
-                "inputs": {"ids": "ids", **({"speaker": "speaker"} if speakers else {})},
-                "autoregressive": {
-                    "source": "espnet.nets.pytorch_backend.tacotron2.decoder.Decoder.inference via Text2Speech",
-                    "n_mels": int(dec.odim), "threshold": float(conf["threshold"]), "compare": ">=",
-                    "max_steps": None, "max_length_ratio": float(conf["maxlenratio"]),
-                    "min_length_ratio": float(conf["minlenratio"]), "reduction_factor": int(dec.reduction_factor),
-                    "stop_frame": "kept", "memory": ["memory", "processed_memory"], "states": states,
-                    "speaker_input": bool(speakers),
-                    "prenet": {"rate": rate, "units": units, "seed": PRENET_SEED}}}
+        return write_graphs(t2, mvn_inverse(model), bool(speakers), conf, p.toolkit_ids(EXAMPLE_TEXT), path, fmt,
+                            opset, int8)
 
     @torch.no_grad()
     def reference(sentence: str, speaker: str | None) -> np.ndarray:
