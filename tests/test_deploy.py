@@ -123,11 +123,12 @@ class Server:
 
 
 def assert_served_synthesizes(target: Path, run_dir: Path, log: Path, same_length: bool,
-                              rate: int = 16000) -> tuple[dict, float]:
+                              rate: int = 16000, min_symbols: int = 1) -> tuple[dict, float]:
     """`spx serve TARGET` (a TTS run dir: the family's load_synthesizer; an export dir: its TtsEngine): the run's
     longest test sentence (upper-cased, with punctuation: cleaned as the test sentences are) -> a WAV at `rate`, not
     silent, as long as the run's own synthesis of it (same_length: a deterministic model and the same frames; else
-    within 2x); bad requests are 4xx JSON and the server stays up. Returns (the sentence's row, served seconds)."""
+    within 2x); bad requests are 4xx JSON and the server stays up, a one-letter text too (a WAV, or a 422 when the
+    model takes at least `min_symbols` > 1). Returns (the sentence's row, served seconds)."""
     import httpx
 
     row = max(read_jsonl(run_dir / "hyps.jsonl"), key=lambda r: len(r["text"]))
@@ -153,6 +154,12 @@ def assert_served_synthesizes(target: Path, run_dir: Path, log: Path, same_lengt
                                        ({"text": "hello", "speaker": "nobody"}, 422, "unknown_speaker")):
                 bad = client.post(url, json=body)
                 assert bad.status_code == status and bad.json()["error"] == kind, (body, bad.text)
+            short = client.post(url, json={"text": "a"})
+            if min_symbols > 1:
+                assert short.status_code == 422 and short.json()["error"] == "unspeakable_text", short.text
+                assert f"at least {min_symbols}" in short.json()["detail"], short.text
+            else:
+                assert short.status_code == 200 and len(short.content) > 44, short.text
         assert server.proc.poll() is None
     finally:
         server.stop()

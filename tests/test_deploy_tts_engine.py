@@ -86,6 +86,20 @@ def test_engine_feeds_the_graph_by_role_and_vocodes(export_dir):
         engine.synthesize([("ab", "carl")])
     with pytest.raises(ValueError, match="no symbol"):
         engine.synthesize([("123", None)])
+    assert engine.check_text("a") == [2, 6]  # one symbol is enough unless export.json says otherwise
+
+
+def test_a_text_shorter_than_the_graph_takes_is_a_clear_error(export_dir, tmp_path):
+    """SpeechBrain's FastSpeech2 pads by reflection and cannot take one symbol: its export says min_symbols 2."""
+    import shutil
+
+    short = shutil.copytree(export_dir, tmp_path / "short")
+    info = json.loads((short / "export.json").read_text())
+    (short / "export.json").write_text(json.dumps({**info, "min_symbols": 2}))
+    engine = load_engine(short)
+    with pytest.raises(ValueError, match="'A!' gives 1 symbol.*takes at least 2"):
+        engine.synthesize([("A!", None)])
+    assert engine.check_text("ab") == [2, 3, 6]  # the suffix is not a symbol of the text
 
 
 def test_tts_parity_rules():

@@ -83,20 +83,12 @@ class Graph:
             raise ValueError(f"{Path(export_dir) / EXPORT_JSON}: unknown format {self.format!r}")
 
     def run(self, feats: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """An audio graph on features (+ lengths, when its outputs use them) -> outputs by name."""
         io = self.info
-        with_lengths = bool(io["inputs"].get("lengths"))  # a graph whose outputs do not use the lengths has none
-        if self.format == "onnx":
-            feeds = {io["inputs"]["features"]: feats}
-            if with_lengths:
-                feeds[io["inputs"]["lengths"]] = lengths
-            return dict(zip(self.output_names, self.session.run(None, feeds)))
-        import torch
-
-        with torch.inference_mode():
-            args = (torch.from_numpy(feats),) + ((torch.from_numpy(lengths),) if with_lengths else ())
-            res = self.module(*args)
-        res = res if isinstance(res, (tuple, list)) else (res,)
-        return dict(zip(io["output_order"], [r.numpy() for r in res]))
+        feeds = {io["inputs"]["features"]: feats}
+        if io["inputs"].get("lengths"):
+            feeds[io["inputs"]["lengths"]] = lengths
+        return self.run_named(feeds)
 
     def run_named(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The graph on inputs by name -> outputs by name (TorchScript takes them positionally, in the
@@ -106,7 +98,8 @@ class Graph:
         import torch
 
         with torch.inference_mode():
-            res = self.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.info["input_order"]])
+            order = self.info.get("input_order") or list(feeds)  # audio graphs: features, then lengths
+            res = self.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in order])
         res = res if isinstance(res, (tuple, list)) else (res,)
         return dict(zip(self.info["output_order"], [r.numpy() for r in res]))
 
@@ -245,6 +238,15 @@ class TextTable:
             if i is not None:
                 out.append(i)
         return out + self.suffix
+
+
+def check_symbols(text: str, n_symbols: int, min_symbols: int) -> None:
+    """A ValueError (the server's 422) when the text gives the model fewer symbols of its alphabet than it takes."""
+    if n_symbols == 0:
+        raise ValueError(f"no symbol of the model's alphabet in {text!r}")
+    if n_symbols < min_symbols:
+        raise ValueError(f"{text!r} gives {n_symbols} symbol(s) of the model's alphabet; this model takes at least "
+                         f"{min_symbols} (its convolutions pad by reflection): send a longer text")
 
 
 def mel_to_ln(mel: np.ndarray, log: dict[str, Any]) -> np.ndarray:
@@ -399,14 +401,20 @@ class TtsEngine:
     def mel(self, text: str, speaker: str | None = None) -> np.ndarray:
         return self.mel_of_ids(self.text.ids(text), speaker)
 
+    def check_text(self, text: str) -> list[int]:
+        """The sentence's ids; a ValueError when it has fewer symbols than the graph takes (export.json
+        min_symbols)."""
+        ids = self.text.ids(text)
+        check_symbols(text, len(ids) - len(self.text.prefix) - len(self.text.suffix),
+                      int(self.info.get("min_symbols") or 1))
+        return ids
+
     def synthesize(self, batch: list[tuple[str, str | None]]) -> list[tuple[np.ndarray, int]]:
         """(text, speaker or None) per sentence -> (waveform float32, sample rate)."""
         out = []
         for text, speaker in batch:
             self.speaker_id(speaker)  # an unknown speaker fails before any compute
-            ids = self.text.ids(text)
-            if len(ids) == len(self.text.prefix) + len(self.text.suffix):
-                raise ValueError(f"no symbol of the model's alphabet in {text!r}")
+            ids = self.check_text(text)
             out.append((self.vocoder(self.mel_of_ids(ids, speaker)), self.sample_rate))
         return out
 

@@ -86,6 +86,7 @@ class Model:
                     return engine.synthesize(batch)
 
                 synthesize.speakers = engine.speakers  # type: ignore[attr-defined]
+                synthesize.check_text = engine.check_text  # type: ignore[attr-defined]
                 self.run: Callable[[list[Any]], list[Any]] = synthesize
             else:
                 self.run = engine.classify if isinstance(engine, ClassifierEngine) else engine.transcribe
@@ -367,6 +368,12 @@ def create_app(cfg: ServeConfig, model: Model | None = None) -> FastAPI:
                 if len(text) > cfg.max_chars:
                     raise ApiError(413, "too_long", f"the text has {len(text)} characters; the limit is "
                                                     f"{cfg.max_chars} (--max-chars)")
+                check_text = getattr(model.run, "check_text", None)  # a model's own limits (too few symbols)
+                if check_text is not None:
+                    try:
+                        check_text(text)
+                    except ValueError as exc:
+                        raise ApiError(422, "unspeakable_text", str(exc)) from None
                 speakers = getattr(model.run, "speakers", None)
                 if req.speaker is not None and speakers is not None and req.speaker not in speakers:
                     raise ApiError(422, "unknown_speaker", f"unknown speaker {req.speaker!r}; the model has "

@@ -34,6 +34,8 @@ INFERENCE = f"{STEPS}.tts_fastspeech2_synth"  # load_synthesizer (spx serve on a
 EXPORT = f"{STEPS}.tts_export"  # spx export: the acoustic model as ONNX/TorchScript (+int8), text.json, vocoder
 
 # SpeechBrain's FastSpeech2WithAlignment + the beta-binomial alignment prior its aligner takes (see that module)
+# the encoder's and predictors' kernel-3 convolutions pad by reflection, one position each side: one symbol is too few
+MIN_SYMBOLS = 2
 MODEL_CLASS = f"{STEPS}.tts_fastspeech2_model.FastSpeech2WithAlignmentPrior"
 # pitch search range of SpeechBrain's FastSpeech2 recipes (min_f0/max_f0, the torchaudio pyin values C2..C7)
 PITCH_FMIN, PITCH_FMAX = 65.0, 2093.0

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from spx.adapters.common.export import TtsExporter, export_tts_run, main
+from spx.adapters.speechbrain.fastspeech2 import MIN_SYMBOLS
 from spx.adapters.speechbrain.steps.tts_fastspeech2_synth import postnet_mel
 from spx.adapters.speechbrain.steps.tts_model import HifiganVocoder, encode_text
 from spx.adapters.speechbrain.steps.tts_synth import load_for_synthesis
@@ -145,7 +146,7 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
         _trace(net, example, path, fmt, opset, ["ids"], ["mel", "frames"],
                {"ids": {1: "tokens"}, "mel": {1: "frames"}})
         return {"inputs": {"ids": "ids"}, "outputs": {"mel": "mel", "frames": "frames"}, "mel_layout": "BTD",
-                "output_order": ["mel", "frames"]}
+                "output_order": ["mel", "frames"], "min_symbols": MIN_SYMBOLS}
 
     def toolkit_ids(text: str) -> list[int]:
         return encode_text(text, symbols, lowercase)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from spx.adapters.common.child import main_guard
+from spx.adapters.speechbrain.fastspeech2 import MIN_SYMBOLS
 from spx.adapters.speechbrain.steps.tts_synth import serving_synthesizer, synth_step, text_ids
 
 
@@ -41,7 +42,7 @@ def fastspeech2_synthesizer(spec, device: str, info: dict[str, Any], model, voco
 
 def load_synthesizer(run_dir: str | Path, device: str) -> Callable[[list[tuple[str, str | None]]], list[Any]]:
     """The fastspeech2 family's loader for `spx serve` (tts_synth.serving_synthesizer)."""
-    return serving_synthesizer(run_dir, device, fastspeech2_synthesizer)
+    return serving_synthesizer(run_dir, device, fastspeech2_synthesizer, MIN_SYMBOLS)
 
 
 def synth(run_dir: str) -> None:

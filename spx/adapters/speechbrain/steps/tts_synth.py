@@ -19,6 +19,7 @@ from spx.adapters.common.child import (load_run, main_guard, pick_device, precis
                                        synthesize_and_time)
 from spx.adapters.speechbrain.steps.tts_model import GriffinLimVocoder, HifiganVocoder, encode_text, load_native
 from spx.adapters.speechbrain.steps.tts_train import load_hparams
+from spx.deploy.engine import check_symbols
 
 # (spec, device, native info, model, vocoder) -> synthesize(text, speaker or None) -> waveform
 SynthesizerFactory = Callable[..., Callable[[str, "str | None"], np.ndarray]]
@@ -82,11 +83,12 @@ def synth_step(run_dir: str, factory: SynthesizerFactory) -> None:
                         precision_dtype(spec, device), info["vocoder_name"])
 
 
-def serving_synthesizer(run_dir: str | Path, device: str,
-                        factory: SynthesizerFactory) -> Callable[[list[tuple[str, str | None]]], list[Any]]:
+def serving_synthesizer(run_dir: str | Path, device: str, factory: SynthesizerFactory,
+                        min_symbols: int = 1) -> Callable[[list[tuple[str, str | None]]], list[Any]]:
     """A batch of (text, speaker or None) -> [(waveform float32, sample rate)], one sentence at a time, through the
     family's synthesize function (the test synthesis's; the text cleaned as the test sentences are).
-    `.speakers`: the speaker names the model takes (empty: one voice)."""
+    `.speakers`: the speaker names the model takes (empty: one voice); `.check_text(text)`: a ValueError when the
+    text has fewer than `min_symbols` symbols of the model's alphabet."""
     spec, _rd, device, info, model, vocoder = load_for_synthesis(run_dir, device)
     synthesize = factory(spec, device, info, model, vocoder)
     speakers = dict(info["speakers"] or {})
@@ -101,7 +103,11 @@ def serving_synthesizer(run_dir: str | Path, device: str,
             out.append((np.asarray(synthesize(text, speaker or default), dtype=np.float32), rate))
         return out
 
+    def check_text(text: str) -> None:
+        check_symbols(text, len(encode_text(text, info["symbols"], spec.tokenizer.lowercase)), min_symbols)
+
     run.speakers = sorted(speakers)  # type: ignore[attr-defined]
+    run.check_text = check_text  # type: ignore[attr-defined]
     return run
 
 
