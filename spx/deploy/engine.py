@@ -351,7 +351,15 @@ class TtsEngine:
         self.text = TextTable(json.loads((self.dir / TEXT_JSON).read_text()))
         self.speaker_ids: dict[str, int] = dict(self.info.get("speakers") or {})
         self.speakers = sorted(self.speaker_ids)
-        self.graph = Graph(self.dir, self.info, threads)
+        self.autoregressive = None
+        if self.info.get("acoustic") == "autoregressive":  # Tacotron2: encoder, decoder step and postnet graphs
+            from spx.deploy.autoregressive import AutoregressiveAcoustic
+
+            self.autoregressive = AutoregressiveAcoustic(
+                {role: Graph(self.dir, {"format": self.format, **g}, threads) for role, g in self.info["graphs"].items()},
+                self.info["autoregressive"])
+        else:
+            self.graph = Graph(self.dir, self.info, threads)
         self.vocoder_info = json.loads((self.dir / VOCODER_JSON).read_text())
         if self.vocoder_info["kind"] == "griffin_lim":
             self.vocoder = GriffinLimVocoder(self.vocoder_info, np.load(self.dir / VOCODER_NPZ)["mel_basis"])
@@ -370,6 +378,8 @@ class TtsEngine:
 
     def mel_of_ids(self, ids: list[int], speaker: str | None = None) -> np.ndarray:
         """The acoustic graph on one sentence's ids -> log-mel [frames, n_mels] (the valid frames only)."""
+        if self.autoregressive is not None:
+            return self.autoregressive.mel_of_ids(ids, self.speaker_id(speaker) if self.speaker_ids else None)
         io = self.info
         x = np.asarray([ids], dtype=np.int64)
         feeds = {io["inputs"]["ids"]: x}
