@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_spx
-from shared_artifacts import build_once, shared_dir
+from conftest import export_once
+from shared_artifacts import shared_dir
 from test_deploy import assert_served_synthesizes
 
 from spx.deploy.autoregressive import AutoregressiveAcoustic, dropout_mask
@@ -124,16 +124,7 @@ def tacotron2_exported(trained_tts, tmp_path_factory):
     """tacotron2_exported("speechbrain", "onnx-int8") -> the export dir of the shared Tacotron2 run (once per run)."""
     root = shared_dir(tmp_path_factory, "tacotron2_exports")
 
-    def get(backend: str, kind: str) -> Path:
-        fmt, _, quant = kind.partition("-")
-
-        def build(folder: Path) -> None:
-            run_spx("export", trained_tts(backend).path, "--format", fmt, *(["--quantize", quant] if quant else []),
-                    "--out", folder, "--force", check=True, timeout=900)
-
-        return build_once(root / f"{backend}-{kind}", build)
-
-    return get
+    return lambda backend, kind: export_once(trained_tts(backend).path, root / f"{backend}-{kind}", kind)
 
 
 def _check_fp32(d: Path, backend: str) -> dict:
