@@ -381,6 +381,8 @@ class TtsEngine:
         self.graph = Graph(self.dir, self.info, threads)
         self.vocoder_info = json.loads((self.dir / VOCODER_JSON).read_text())
         self.noise = SampledNoise(self.info["noise"]) if self.info.get("noise") else None
+        if self.noise and not self.info["outputs"].get("frames"):  # else a short noise budget would go unnoticed
+            raise ValueError(f"{self.dir / EXPORT_JSON}: a graph fed sampled noise must output its frame count")
         if self.vocoder_info["kind"] == "griffin_lim":
             self.vocoder = GriffinLimVocoder(self.vocoder_info, np.load(self.dir / VOCODER_NPZ)["mel_basis"])
         elif self.vocoder_info["kind"] == "none":  # the graph outputs the waveform
