@@ -208,5 +208,13 @@ def test_multi_speaker_vits_graph_takes_the_speaker_id(tmp_path):
             by_speaker[sid] = wav[0]
     assert len(lengths) >= 3
     assert by_speaker[0].shape != by_speaker[2].shape or not np.allclose(by_speaker[0], by_speaker[2])
+    # TorchScript int8 (PyTorch dynamic quantization deep-copies the module: its weight-norm weights made leaves)
+    write_waveform_graph(net, tmp_path / "model.ts", "torchscript", 17, True, [3, 4, 5, 6, 7], speakers=True,
+                         channels=noise_channels(vits.generator), scales=SCALES)
+    feeds = noise.feeds(12)
+    wav, frames = torch.jit.load(str(tmp_path / "model.ts"))(
+        torch.randint(1, 19, (1, 12)), torch.tensor([1]), *map(torch.from_numpy, feeds.values()),
+        *map(torch.from_numpy, scales.values()))
+    assert wav.shape[1] == int(frames[0]) * 16 and torch.isfinite(wav).all()
     with pytest.raises(SystemExit, match="speaker ids"):
         vits_waveform_module(types.SimpleNamespace(tts=vits), speakers=False)

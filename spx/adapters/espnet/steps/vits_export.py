@@ -106,6 +106,17 @@ def vits_waveform_module(model: Any, speakers: bool = False) -> Any:
     return VitsWaveform().eval()
 
 
+def detach_weight_norm(net: Any) -> None:
+    """The weights torch.nn.utils.weight_norm computed in the last forward (VITS's decoder, flows, posterior encoder)
+    made leaves, which deepcopy needs; the hook computes them again from weight_g / weight_v in every forward."""
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for module in net.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                setattr(module, hook.name, getattr(module, hook.name).detach())
+
+
 def write_waveform_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool, example_ids: list[int],
                          speakers: bool, channels: int, scales: dict[str, float]) -> dict[str, Any]:
     """The module through trace_tts_graph (tokens, noise frames and samples dynamic) and its account for
@@ -120,6 +131,8 @@ def write_waveform_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool,
                "prior_noise": torch.randn(1, FRAMES_PER_TOKEN * n, channels, generator=gen),
                **{name: torch.tensor([scales[name]], dtype=torch.float32) for name in SCALES}}
     inputs = list(example)
+    if int8:  # PyTorch's dynamic quantization deep-copies the module first
+        detach_weight_norm(net)
     trace_tts_graph(net, path, fmt, opset, int8, example, ["waveform", "frames"],
                     {"ids": {1: "tokens"}, "duration_noise": {2: "tokens"}, "prior_noise": {1: "noise_frames"},
                      "waveform": {1: "samples"}})
