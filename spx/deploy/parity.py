@@ -144,8 +144,8 @@ def check_tts_parity(ids: list[str], toolkit_ids: list[list[int]], exported_ids:
 
 # TTS waveform graphs (ESPnet VITS), the toolkit given the same noise; measured on the test suite's VITS (8 sentences,
 # onnxruntime 1.31, CPU): fp32 ONNX 7.8e-8 max |diff| (TorchScript 0), at noise scales 0 alike; int8 (dynamic) 2.1e-5
-# (TorchScript int8 3.5e-5), the same lengths, spectra 0.002 dB apart. Against: two noise seeds of the toolkit itself 1.5 dB (median) to 1.9 dB,
-# half the amplitude 6.0 dB, white noise at the same RMS 17-18 dB.
+# (TorchScript int8 3.5e-5), the same lengths, spectra 0.002 dB apart. Against: two noise seeds of the toolkit itself
+# 1.5 dB (median) to 1.9 dB, half the amplitude 6.0 dB, white noise at the same RMS 17-18 dB.
 WAVEFORM_TOLERANCE = 1e-4       # fp32: max abs sample diff (~3 steps of 16-bit PCM; 1000x the measured)
 INT8_MAX_SAMPLE_CHANGE = INT8_MAX_FRAME_CHANGE  # int8: each sentence's length within 10% (or INT8_MAX_FRAME_SHIFT)
 INT8_MAX_FRAME_SHIFT = 2        # int8: ... or within 2 frames (a short sentence: one duration rounded up otherwise)
