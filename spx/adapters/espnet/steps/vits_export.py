@@ -10,8 +10,8 @@ cut (or zero-padded) to the frames the durations give; make_non_pad_mask builds 
 (ESPnet sizes it with int(max(lengths)), which the tracer freezes). noise_scale, noise_scale_dur and the length
 scale (ESPnet's alpha) are graph inputs export.json fills (`extra_inputs`) with the run's Text2Speech settings
 (its decode_conf), so they can be changed without a new export. The engine (spx.deploy.engine.SampledNoise) draws
-the noise standard normal from a numpy Generator seeded per request; the parity check runs Text2Speech with the
-same noise (torch.randn / torch.randn_like patched during the reference call).
+the noise standard normal from a numpy Generator seeded anew for every sentence (export.json noise.seed); the parity
+check runs Text2Speech with the same noise (torch.randn / torch.randn_like patched during the reference call).
 
 One limit the trace keeps, as FastSpeech2's: the text encoder's relative-position table is a constant of its initial
 size (5000 positions), so a sentence of more than 5000 tokens fails in the graph instead of growing it.
@@ -32,7 +32,7 @@ from spx.adapters.espnet.steps.tts_export import EXAMPLE_TEXT, Text2SpeechRun, t
 ROUTE = ("torch.onnx.export (TorchScript exporter, dynamo=False) of VitsGenerator.inference with its noise draws as "
          "graph inputs (ids + noise -> waveform); TorchScript by torch.jit.trace")
 FRAMES_PER_TOKEN = 16  # the prior noise's first budget (~0.26 s a character at hop 256 / 16 kHz); redrawn if short
-NOISE_SEED = 0         # the engine's default seed (a request may name its own)
+NOISE_SEED = 0         # the engine seeds every sentence with it: one text, one waveform (waveform_graph takes others)
 SCALES = {"noise_scale_dur": "noise_scale_dur", "noise_scale": "noise_scale", "length_scale": "alpha"}  # input: conf
 
 
