@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, read_jsonl, synthesized_test_set
+from shared_artifacts import build_once, shared_dir
 from spx.errors import SpxError
 from spx.rundir import RunDir
 from spx.spec import load_spec
@@ -123,13 +124,26 @@ def test_bad_vits_sizes_are_spec_errors(tts_multi_corpus, overrides, match):
 
 
 # ------------------------------------------------------------------ slow: real training and synthesis
-@pytest.mark.slow
-def test_vits_trains_synthesizes_and_is_scored(tts_corpus, tmp_path):
+def trained_vits(tts_corpus, tmp_path_factory) -> RunDir:
+    """The run dir of the session's ESPnet VITS (trained, synthesized and scored as `spx run` does): built once per
+    test run (every xdist worker shares it), by this module's end-to-end test or by tests/test_espnet_vits_deploy.py,
+    whichever asks first."""
     from spx.launchers.local import run_here
 
-    rd = render(vits_spec(tts_corpus, *TRAIN_OVERRIDES), tmp_path / "vits-espnet")
-    run_here(rd, quiet=True)  # train, synthesize, then score as `spx run` does (metrics.json)
+    def build(folder: Path) -> None:
+        run_here(render(vits_spec(tts_corpus, *TRAIN_OVERRIDES), folder / "vits-espnet"), quiet=True)
 
+    return RunDir(build_once(shared_dir(tmp_path_factory, "espnet_vits_run"), build) / "vits-espnet")
+
+
+@pytest.fixture(scope="session")
+def vits_run(tts_corpus, tmp_path_factory) -> RunDir:
+    return trained_vits(tts_corpus, tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_vits_trains_synthesizes_and_is_scored(vits_run, tts_corpus):
+    rd = vits_run
     curve = read_jsonl(rd / "curve.jsonl")
     assert len(curve) == EPOCHS and curve[-1]["step"] == 12
     assert curve[-1]["train_loss"] < 0.8 * curve[0]["train_loss"], curve  # the generator loss falls

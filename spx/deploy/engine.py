@@ -340,9 +340,38 @@ class GraphVocoder:
         return np.asarray(out[self.info["output"]], dtype=np.float32).reshape(-1)
 
 
+class SampledNoise:
+    """export.json `noise`: the Gaussian noise a TTS graph takes where its model samples at inference (ESPnet VITS:
+    its stochastic duration predictor's draw and its prior's), drawn standard normal from a numpy Generator seeded
+    per sentence (`seed` unless the call names one: the same text and seed give the same waveform), input after
+    input in `inputs` order. Axis "tokens" is the sentence's id count, axis "frames" (axis 1 of the last input) a
+    budget of `frames_per_token` a token: the graph takes the first rows, as many as the frames it predicts, and
+    outputs that count; a short budget is drawn again at that count, and as a Generator fills row after row the rows
+    the graph takes are the same whatever the budget."""
+
+    def __init__(self, info: dict[str, Any]):
+        self.seed = int(info.get("seed", 0))
+        self.frames_per_token = int(info["frames_per_token"])
+        self.inputs = [(i["name"], list(i["shape"])) for i in info["inputs"]]
+        if any("frames" in shape for _, shape in self.inputs[:-1]) or "frames" in self.inputs[-1][1][2:]:
+            raise ValueError(f"export.json noise {info['inputs']}: only axis 1 of the last input may be 'frames'")
+
+    def feeds(self, n_tokens: int, frames: int = 0, seed: int | None = None) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        sizes = {"tokens": n_tokens, "frames": max(frames, self.frames_per_token * n_tokens)}
+        return {name: rng.standard_normal([sizes.get(a, a) for a in shape], dtype=np.float32)
+                for name, shape in self.inputs}
+
+    def frames(self, feeds: dict[str, np.ndarray]) -> int:
+        name, _ = self.inputs[-1]
+        return int(feeds[name].shape[1])
+
+
 class TtsEngine:
     """A TTS export dir: text -> ids (text.json) -> the acoustic graph -> log-mel -> the vocoder (vocoder.json:
-    Griffin-Lim in numpy, or a vocoder graph) -> waveform. One sentence per graph call (the graphs take batch 1)."""
+    Griffin-Lim in numpy, or a vocoder graph) -> waveform; or (vocoder.json kind none, export.json outputs.waveform)
+    a graph that outputs the waveform itself, fed the noise its model samples (SampledNoise). One sentence per graph
+    call (the graphs take batch 1)."""
 
     def __init__(self, export_dir: str | Path, threads: int | None = None):
         self.dir = Path(export_dir)
@@ -361,8 +390,13 @@ class TtsEngine:
         else:
             self.graph = Graph(self.dir, self.info, threads)
         self.vocoder_info = json.loads((self.dir / VOCODER_JSON).read_text())
+        self.noise = SampledNoise(self.info["noise"]) if self.info.get("noise") else None
+        if self.noise and not self.info["outputs"].get("frames"):  # else a short noise budget would go unnoticed
+            raise ValueError(f"{self.dir / EXPORT_JSON}: a graph fed sampled noise must output its frame count")
         if self.vocoder_info["kind"] == "griffin_lim":
             self.vocoder = GriffinLimVocoder(self.vocoder_info, np.load(self.dir / VOCODER_NPZ)["mel_basis"])
+        elif self.vocoder_info["kind"] == "none":  # the graph outputs the waveform
+            self.vocoder = None
         else:
             self.vocoder = GraphVocoder(self.dir, self.vocoder_info, threads)
         self.sample_rate = int(self.vocoder_info["sample_rate"])
@@ -376,10 +410,8 @@ class TtsEngine:
             raise ValueError(f"unknown speaker {speaker!r}; the model has {self.speakers}")
         return self.speaker_ids[speaker]
 
-    def mel_of_ids(self, ids: list[int], speaker: str | None = None) -> np.ndarray:
-        """The acoustic graph on one sentence's ids -> log-mel [frames, n_mels] (the valid frames only)."""
-        if self.autoregressive is not None:
-            return self.autoregressive.mel_of_ids(ids, self.speaker_id(speaker) if self.speaker_ids else None)
+    def feeds(self, ids: list[int], speaker: str | None = None) -> dict[str, np.ndarray]:
+        """The graph's inputs for one sentence but the noise: ids, lengths, speaker id, export.json's constants."""
         io = self.info
         x = np.asarray([ids], dtype=np.int64)
         feeds = {io["inputs"]["ids"]: x}
@@ -390,13 +422,37 @@ class TtsEngine:
         for name, const in (io.get("extra_inputs") or {}).items():
             shape = x.shape if const["shape"] == "like_ids" else tuple(const["shape"])
             feeds[name] = np.full(shape, const["fill"], dtype=const["dtype"])
-        out = self.graph.run_named(feeds)
+        return feeds
+
+    def mel_of_ids(self, ids: list[int], speaker: str | None = None) -> np.ndarray:
+        """The acoustic graph on one sentence's ids -> log-mel [frames, n_mels] (the valid frames only)."""
+        if self.autoregressive is not None:
+            return self.autoregressive.mel_of_ids(ids, self.speaker_id(speaker) if self.speaker_ids else None)
+        io = self.info
+        out = self.graph.run_named(self.feeds(ids, speaker))
         mel = np.asarray(out[io["outputs"]["mel"]])[0]
         if io.get("mel_layout", "BTD") == "BDT":
             mel = mel.T
         if io["outputs"].get("frames"):
             mel = mel[: int(np.asarray(out[io["outputs"]["frames"]]).reshape(-1)[0])]
         return np.ascontiguousarray(mel, dtype=np.float32)
+
+    def waveform_graph(self, ids: list[int], speaker: str | None = None,
+                       seed: int | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """A waveform graph on one sentence -> (waveform float32, the noise it was fed)."""
+        io, feeds = self.info, self.feeds(ids, speaker)
+        noise = self.noise.feeds(len(ids), seed=seed) if self.noise else {}
+        out = self.graph.run_named({**feeds, **noise})
+        frames = int(np.asarray(out[io["outputs"]["frames"]]).reshape(-1)[0]) if io["outputs"].get("frames") else 0
+        if self.noise and frames > self.noise.frames(noise):  # the budget was short: the same rows, then more
+            noise = self.noise.feeds(len(ids), frames=frames, seed=seed)
+            out = self.graph.run_named({**feeds, **noise})
+        return np.asarray(out[io["outputs"]["waveform"]], dtype=np.float32).reshape(-1), noise
+
+    def waveform_of_ids(self, ids: list[int], speaker: str | None = None) -> np.ndarray:
+        if self.vocoder is None:
+            return self.waveform_graph(ids, speaker)[0]
+        return self.vocoder(self.mel_of_ids(ids, speaker))
 
     def mel(self, text: str, speaker: str | None = None) -> np.ndarray:
         return self.mel_of_ids(self.text.ids(text), speaker)
@@ -415,7 +471,7 @@ class TtsEngine:
         for text, speaker in batch:
             self.speaker_id(speaker)  # an unknown speaker fails before any compute
             ids = self.check_text(text)
-            out.append((self.vocoder(self.mel_of_ids(ids, speaker)), self.sample_rate))
+            out.append((self.waveform_of_ids(ids, speaker), self.sample_rate))
         return out
 
 

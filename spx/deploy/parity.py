@@ -163,3 +163,65 @@ def check_seq2seq_parity(ids: list[str], refs: list[str], toolkit: list[tuple[np
                        f"{SEQ2SEQ_LOGIT_TOLERANCE}")
     out["summary"] = out["summary"].replace("max |dlogp|", "first-step max |dlogit|")
     return out
+
+
+# TTS waveform graphs (ESPnet VITS), the toolkit given the same noise; measured on the test suite's VITS (8 sentences,
+# onnxruntime 1.31, CPU): fp32 ONNX 7.8e-8 max |diff| (TorchScript 0), at noise scales 0 alike; int8 (dynamic) 2.1e-5
+# (TorchScript int8 3.5e-5), the same lengths, spectra 0.002 dB apart. Against: two noise seeds of the toolkit itself
+# 1.5 dB (median) to 1.9 dB, half the amplitude 6.0 dB, white noise at the same RMS 17-18 dB.
+WAVEFORM_TOLERANCE = 1e-4       # fp32: max abs sample diff (~3 steps of 16-bit PCM; 1000x the measured)
+INT8_MAX_SAMPLE_CHANGE = INT8_MAX_FRAME_CHANGE  # int8: each sentence's length within 10% (or INT8_MAX_FRAME_SHIFT)
+INT8_MAX_FRAME_SHIFT = 2        # int8: ... or within 2 frames (a short sentence: one duration rounded up otherwise)
+INT8_MAX_SPECTRUM_DB = 3.0      # int8: RMS dB distance of the time-averaged power spectra (above seed-to-seed)
+
+
+def average_spectrum_db(wav: np.ndarray, hop_length: int) -> np.ndarray:
+    """The time-averaged power spectrum (dB) of a waveform (Hann STFT, n_fft 4 hops): a length-free summary, as an
+    int8 graph may move durations and so every frame after them."""
+    from spx.deploy.engine import hann_window, stft
+
+    n_fft = 4 * hop_length
+    power = np.abs(stft(np.asarray(wav, dtype=np.float64), n_fft, hop_length, hann_window(n_fft, n_fft))) ** 2
+    return 10 * np.log10(power.mean(axis=1) + 1e-10)
+
+
+def check_tts_waveform_parity(ids: list[str], toolkit_ids: list[list[int]], exported_ids: list[list[int]],
+                              toolkit: list[np.ndarray], exported: list[np.ndarray], quantized: bool,
+                              hop_length: int) -> dict[str, Any]:
+    """check_tts_parity for a graph that outputs the waveform (ESPnet VITS), the toolkit given the same noise. Both:
+    text.json gives the toolkit's token ids. fp32: the same sample counts and samples within WAVEFORM_TOLERANCE;
+    int8: sample counts within INT8_MAX_SAMPLE_CHANGE (or INT8_MAX_FRAME_SHIFT frames) and time-averaged spectra
+    within INT8_MAX_SPECTRUM_DB."""
+    id_mismatch = [{"id": uid, "toolkit": t, "exported": e}
+                   for uid, t, e in zip(ids, toolkit_ids, exported_ids) if list(t) != list(e)]
+    lengths_differ, maxima, spectra = [], [], []
+    for uid, t, e in zip(ids, toolkit, exported):
+        if len(t) != len(e):
+            lengths_differ.append({"id": uid, "toolkit": len(t), "exported": len(e)})
+        elif len(t):
+            maxima.append(float(np.abs(t.astype(np.float64) - e).max()))
+        if len(t) and len(e):
+            d = average_spectrum_db(t, hop_length) - average_spectrum_db(e, hop_length)
+            spectra.append(float(np.sqrt(np.mean(d ** 2))))
+    max_diff = max(maxima) if maxima else float("nan")
+    worst_spectrum = max(spectra) if spectra else float("nan")
+    worst_length = max((abs(len(e) - len(t)) / max(len(t), 1) for t, e in zip(toolkit, exported)), default=0.0)
+    if quantized:
+        moved = [uid for uid, t, e in zip(ids, toolkit, exported)
+                 if abs(len(e) - len(t)) > max(INT8_MAX_SAMPLE_CHANGE * len(t), INT8_MAX_FRAME_SHIFT * hop_length)]
+        passed = (not id_mismatch and not moved and len(spectra) == len(ids)
+                  and worst_spectrum <= INT8_MAX_SPECTRUM_DB)
+        rule = (f"int8: the toolkit's token ids, sample counts within {INT8_MAX_SAMPLE_CHANGE:.0%} (or "
+                f"{INT8_MAX_FRAME_SHIFT} frames), time-averaged spectra within {INT8_MAX_SPECTRUM_DB} dB RMS per "
+                "sentence")
+    else:
+        passed = (not id_mismatch and not lengths_differ and len(maxima) == len(ids)
+                  and max_diff <= WAVEFORM_TOLERANCE)
+        rule = f"fp32: the toolkit's token ids, the same sample counts, samples within {WAVEFORM_TOLERANCE}"
+    summary = (f"max |dwav| {max_diff:.2e}, spectra within {worst_spectrum:.2f} dB RMS, sample counts differ on "
+               f"{len(lengths_differ)} of {len(ids)} (worst {worst_length:.1%}), token ids differ on "
+               f"{len(id_mismatch)}")
+    return {"passed": passed, "rule": rule, "utterances": len(ids), "max_abs_sample_diff": max_diff,
+            "worst_spectrum_db": worst_spectrum, "worst_length_change": worst_length,
+            "lengths_differ": lengths_differ[:10], "id_mismatch": id_mismatch[:10], "summary": summary,
+            "toolkit_frames": {uid: len(t) // hop_length for uid, t in zip(ids, toolkit)}}

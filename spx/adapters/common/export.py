@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +24,7 @@ from spx.deploy.engine import (EXPORT_JSON, TEXT_JSON, TOKENS_JSON, VOCODER_JSON
                                ExportEngine, TtsEngine, mel_to_ln)
 from spx.deploy.features import LogMelFrontend, WaveformFrontend
 from spx.deploy.parity import (LOGIT_TOLERANCE, LOGPROB_TOLERANCE, check_classifier_parity, check_parity,
-                               check_tts_parity)
+                               check_tts_parity, check_tts_waveform_parity)
 
 FORMATS = ("onnx", "torchscript")
 QUANTIZE = ("int8", "int8-static")  # int8-static: ONNX only (onnxruntime static quantization, calibrated)
@@ -406,8 +407,10 @@ class TtsExporter:
     write_graph: Callable[[Path, str, int, bool], dict[str, Any]]  # (path, fmt, opset, int8_torchscript) -> io info
     text: dict[str, Any]                                        # text.json (spx.deploy.engine.TextTable)
     toolkit_ids: Callable[[str], list[int]]                     # the toolkit's own text -> token ids
-    reference: Callable[[str, str | None], np.ndarray]          # toolkit: (text, speaker) -> log-mel [frames, n_mels]
-    vocoder: dict[str, Any]                                     # vocoder.json (kind griffin_lim | graph)
+    # toolkit: (text, speaker) -> log-mel [frames, n_mels]; a waveform graph (vocoder kind none): (text, speaker,
+    # the noise the engine fed the graph) -> waveform [samples]
+    reference: Callable[..., np.ndarray]
+    vocoder: dict[str, Any]                                     # vocoder.json (kind griffin_lim | graph | none)
     vocoder_arrays: dict[str, np.ndarray] | None = None        # griffin_lim: {"mel_basis": [n_mels, n_freq]}
     write_vocoder: Callable[[Path, str, int], dict[str, Any]] | None = None  # graph: (path, fmt, opset) -> io info
     speakers: dict[str, int] | None = None                      # name -> the graph's speaker id (None: one voice)
@@ -422,7 +425,9 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
                    parity_utterances: int = 0) -> dict[str, Any]:
     """export_run for task: tts: acoustic graph + text.json + vocoder.json (+ vocoder graph), parity of token ids and
     log-mels on the test sentences (spx.deploy.parity.check_tts_parity), acoustic-model speed against the toolkit's
-    (the vocoder is left out on both sides), and one sentence through the whole engine (waveform check)."""
+    (the vocoder is left out on both sides), and one sentence through the whole engine (waveform check). A graph
+    that outputs the waveform itself (vocoder kind none: ESPnet VITS) is compared on waveforms instead, the toolkit
+    given the noise the engine drew (check_tts_waveform_parity), and timed whole on both sides."""
     if quantize == "int8-static":
         raise SystemExit("spx export: --quantize int8-static calibrates on audio features; a TTS model takes "
                          "--quantize int8 (dynamic)")
@@ -436,7 +441,7 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
         if exporter.write_vocoder is None:
             raise ValueError("a graph vocoder needs the exporter's write_vocoder")
         vocoder.update(exporter.write_vocoder(out / vocoder["model_file"], fmt, opset))
-    else:
+    elif vocoder["kind"] != "none":
         np.savez(out / VOCODER_NPZ, **{k: np.asarray(v, dtype=np.float32)
                                        for k, v in (exporter.vocoder_arrays or {}).items()})
     (out / VOCODER_JSON).write_text(json.dumps(vocoder, indent=1) + "\n")
@@ -473,32 +478,52 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
 
     items = child.test_utterances(spec)[: parity_utterances or None]
     sentences = [(u.id, u.text or "", u.speaker if engine.speaker_ids else None) for _, u in items]
-    log = vocoder.get("log", {"base": "e"})
-    refs = [mel_to_ln(np.asarray(exporter.reference(text, spk), dtype=np.float32), log) for _, text, spk in sentences]
-    got = [mel_to_ln(engine.mel(text, spk), log) for _, text, spk in sentences]
-    parity = check_tts_parity(ids=[i for i, _, _ in sentences],
-                              toolkit_ids=[exporter.toolkit_ids(text) for _, text, _ in sentences],
-                              exported_ids=[engine.text.ids(text) for _, text, _ in sentences],
-                              toolkit=refs, exported=got, quantized=bool(quantize))
+    hop = int(vocoder.get("hop_length") or 0)
+    if vocoder["kind"] == "none":  # the graph's waveform against the toolkit's, given the same noise
+        runs = [engine.waveform_graph(engine.text.ids(text), spk) for _, text, spk in sentences]
+        got = [wav for wav, _ in runs]
+        refs = [np.asarray(exporter.reference(text, spk, noise), dtype=np.float32).reshape(-1)
+                for (_, text, spk), (_, noise) in zip(sentences, runs)]
+        check, units = partial(check_tts_waveform_parity, hop_length=hop), "samples"
+    else:
+        log = vocoder.get("log", {"base": "e"})
+        refs = [mel_to_ln(np.asarray(exporter.reference(text, spk), dtype=np.float32), log)
+                for _, text, spk in sentences]
+        got = [mel_to_ln(engine.mel(text, spk), log) for _, text, spk in sentences]
+        check, units = check_tts_parity, "frames"
+    parity = check(ids=[i for i, _, _ in sentences],
+                   toolkit_ids=[exporter.toolkit_ids(text) for _, text, _ in sentences],
+                   exported_ids=[engine.text.ids(text) for _, text, _ in sentences], toolkit=refs, exported=got,
+                   quantized=bool(quantize))
     # the whole engine on the longest sentence: a waveform one hop per frame, not silent
     longest = max(range(len(sentences)), key=lambda i: len(got[i]))
     wav, rate = engine.synthesize([sentences[longest][1:]])[0]
-    hop = int(vocoder.get("hop_length") or 0)
     parity["waveform"] = {"id": sentences[longest][0], "seconds": len(wav) / rate,
                           "rms": float(np.sqrt(np.mean(np.square(wav)))) if len(wav) else 0.0,
-                          "frames": len(got[longest]), "hop_length": hop or None}
+                          units: len(got[longest]), "hop_length": hop or None}
     if not len(wav) or not np.isfinite(wav).all() or parity["waveform"]["rms"] <= 1e-5:
         parity["passed"] = False
         parity["summary"] += "; the engine's waveform is empty, silent or not finite"
-    texts = [(text, spk) for _, text, spk in sentences]
-    frames = sum(len(r) for r in refs)
-    audio_s = frames * hop / rate if hop else float("nan")
-    speed = {"threads": threads, "audio_seconds": audio_s, "batch": 1, "measures": "the acoustic model (log-mel); "
-             "the vocoder is left out on both sides",
+    if vocoder["kind"] == "none":
+        texts = [(text, spk, noise) for (_, text, spk), (_, noise) in zip(sentences, runs)]
+        audio_s = sum(len(r) for r in refs) / rate
+        measures = "the whole model (text -> waveform, the same noise on both sides)"
+
+        def exported(e: TtsEngine, text: str, spk: str | None, noise: dict[str, np.ndarray]) -> Any:
+            return e.waveform_graph(e.text.ids(text), spk)
+    else:
+        texts = [(text, spk) for _, text, spk in sentences]
+        frames = sum(len(r) for r in refs)
+        audio_s = frames * hop / rate if hop else float("nan")
+        measures = "the acoustic model (log-mel); the vocoder is left out on both sides"
+
+        def exported(e: TtsEngine, text: str, spk: str | None) -> Any:
+            return e.mel(text, spk)
+    speed = {"threads": threads, "audio_seconds": audio_s, "batch": 1, "measures": measures,
              "torch_seconds": _time_per_pass(lambda ts: exporter.reference(*ts), texts),
-             "export_seconds": _time_per_pass(lambda ts: engine.mel(*ts), texts)}
+             "export_seconds": _time_per_pass(lambda ts: exported(engine, *ts), texts)}
     if fp32_engine is not None:
-        speed["fp32_export_seconds"] = _time_per_pass(lambda ts: fp32_engine.mel(*ts), texts)
+        speed["fp32_export_seconds"] = _time_per_pass(lambda ts: exported(fp32_engine, *ts), texts)
     return _finish(out, info, sizes, parity, speed, export_seconds, fp32_files if quantize else None)
 
 

@@ -24,13 +24,7 @@ CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = helpers.TTS_INIT_FROM
 INFERENCE = "spx.adapters.espnet.steps.tts_synth"  # load_synthesizer (spx serve)
-EXPORT = None
-EXPORT_REFUSED = (
-    "VITS samples at inference (Gaussian noise through its normalizing flow and its stochastic duration predictor), "
-    "so a graph cannot match the toolkit's output, and it generates the waveform itself where spx's TTS export "
-    "takes a mel plus a vocoder; export would need the noise as graph inputs (or noise scales 0), a length "
-    "regulator kept in the graph and a waveform-output contract; train recipes/fastpitch.yaml (FastSpeech2) for an "
-    "exportable ESPnet model")
+EXPORT = "spx.adapters.espnet.steps.vits_export"  # the generator with its noise as inputs -> waveform
 ENTRY = "espnet2.bin.gan_tts_train"
 VOCODER = "vits (end-to-end)"
 # ESPnet's VITS recipes synthesize from the latest generator: adversarial valid losses do not rank GAN checkpoints

@@ -27,13 +27,11 @@ import numpy as np
 from spx.adapters.common.autoregressive_export import (PRENET_SEED, GraphSpec, replay_prenet_dropout,
                                                        write_autoregressive_graphs)
 from spx.adapters.common.export import TtsExporter, export_tts_run, main
-from spx.adapters.espnet.steps.tts_export import load_tts_for_export, mvn_inverse
-from spx.textclean import clean_transcript
+from spx.adapters.espnet.steps.tts_export import EXAMPLE_TEXT, Text2SpeechRun, mvn_inverse
 
 ROUTE = ("torch.onnx.export (TorchScript exporter, dynamo=False) of ESPnet's Tacotron2 as encoder, decoder step "
          "(prenet dropout masks as inputs) and postnet + GlobalMVN inverse graphs, looped in numpy as "
          "Decoder.inference loops")
-EXAMPLE_TEXT = "the export traces one sentence; every length stays dynamic"
 
 
 def _modules(t2: Any, mvn: Any, speakers: bool):
@@ -157,10 +155,11 @@ def write_graphs(t2: Any, mvn: Any, speakers: bool, conf: dict[str, Any], exampl
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
     out_dir = str(Path(out_dir).resolve())
-    p = load_tts_for_export(run_dir)
+    run = Text2SpeechRun.load(run_dir)
     import torch
 
-    tts, speakers, lowercase = p.tts, p.speakers, p.lowercase
+    vocoder, arrays = run.griffin_lim()
+    tts, speakers = run.tts, run.speakers
     model = tts.model.eval()
     t2, conf = model.tts, dict(tts.decode_conf)
     if type(t2).__name__ != "Tacotron2":
@@ -181,21 +180,20 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
     units = [layer[0].out_features for layer in dec.prenet.prenet]
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
-        return write_graphs(t2, mvn_inverse(model), bool(speakers), conf, p.toolkit_ids(EXAMPLE_TEXT), path, fmt,
+        return write_graphs(t2, mvn_inverse(model), bool(speakers), conf, run.toolkit_ids(EXAMPLE_TEXT), path, fmt,
                             opset, int8)
 
     @torch.no_grad()
     def reference(sentence: str, speaker: str | None) -> np.ndarray:
-        kwargs = {"sids": np.array(speakers[speaker or sorted(speakers)[0]])} if speakers else {}
         with replay_prenet_dropout(rate) as drawn:
-            out = tts(clean_transcript(sentence, lowercase), **kwargs)
+            out = tts(run.clean(sentence), **run.speaker_kwargs(speaker))
         mel = out["feat_gen_denorm"].float().numpy()
         if drawn["masks"] != len(units) * (len(mel) // int(dec.reduction_factor)):
             raise RuntimeError(f"the reference drew {drawn['masks']} prenet masks for {len(mel)} frames")
         return mel
 
-    exporter = TtsExporter(backend="espnet", route=ROUTE, write_graph=write_graph, text=p.text,
-                           toolkit_ids=p.toolkit_ids, reference=reference, vocoder=p.vocoder, vocoder_arrays=p.arrays,
+    exporter = TtsExporter(backend="espnet", route=ROUTE, write_graph=write_graph, text=run.text,
+                           toolkit_ids=run.toolkit_ids, reference=reference, vocoder=vocoder, vocoder_arrays=arrays,
                            speakers=speakers)
     return export_tts_run(run_dir, out_dir, fmt, quantize, opset, exporter, parity_utterances=parity_utterances)
 

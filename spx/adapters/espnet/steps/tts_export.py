@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -137,22 +137,33 @@ def griffin_lim_settings(tts: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return vocoder, {"mel_basis": fe.logmel.melmat.detach().cpu().numpy().T.copy()}
 
 
-def write_mel_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool, example_ids: list[int],
-                    speakers: bool) -> dict[str, Any]:
-    """The module as ONNX (dynamo=False: the dynamo exporter needs onnxscript, not in the lock) or TorchScript
-    (torch.jit.trace; int8: PyTorch dynamic quantization of its Linear layers); tokens and frames are dynamic."""
+def trace_tts_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool, example: dict[str, Any],
+                    outputs: list[str], dynamic_axes: dict[str, dict[int, str]]) -> None:
+    """A TTS module as ONNX (dynamo=False: the dynamo exporter needs onnxscript, not in the lock) or TorchScript
+    (torch.jit.trace; int8: PyTorch dynamic quantization of its Linear layers), traced on `example` (input name ->
+    tensor, in the module's argument order)."""
     import torch
 
     if int8:
         net = torch.ao.quantization.quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8)
-    example = (torch.tensor([example_ids], dtype=torch.long),) + ((torch.tensor([0]),) if speakers else ())
-    inputs = ["ids"] + (["speaker"] if speakers else [])
+    args = tuple(example.values())
     with torch.no_grad():
         if fmt == "onnx":
-            torch.onnx.export(net, example, str(path), dynamo=False, opset_version=opset, input_names=inputs,
-                              output_names=["mel"], dynamic_axes={"ids": {1: "tokens"}, "mel": {1: "frames"}})
+            torch.onnx.export(net, args, str(path), dynamo=False, opset_version=opset, input_names=list(example),
+                              output_names=outputs, dynamic_axes=dynamic_axes)
         else:
-            torch.jit.save(torch.jit.trace(net, example, check_trace=False), str(path))
+            torch.jit.save(torch.jit.trace(net, args, check_trace=False), str(path))
+
+
+def write_mel_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool, example_ids: list[int],
+                    speakers: bool) -> dict[str, Any]:
+    """The ids -> mel module through trace_tts_graph; tokens and frames are dynamic."""
+    import torch
+
+    example = {"ids": torch.tensor([example_ids], dtype=torch.long),
+               **({"speaker": torch.tensor([0])} if speakers else {})}
+    inputs = list(example)
+    trace_tts_graph(net, path, fmt, opset, int8, example, ["mel"], {"ids": {1: "tokens"}, "mel": {1: "frames"}})
     return {"inputs": {"ids": "ids", **({"speaker": "speaker"} if speakers else {})}, "input_order": inputs,
             "outputs": {"mel": "mel"}, "mel_layout": "BTD", "output_order": ["mel"],
             "input_shapes": {"ids": [1, "tokens"], **({"speaker": [1]} if speakers else {})},
@@ -160,58 +171,64 @@ def write_mel_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool, exam
 
 
 @dataclass
-class TtsExportParts:
-    """What every ESPnet TTS exporter starts from: Text2Speech (its vocoder removed), speaker ids, text.json,
-    Griffin-Lim vocoder.json + arrays, and the toolkit's own text -> ids."""
+class Text2SpeechRun:
+    """A finished ESPnet TTS run loaded for export: Text2Speech on the CPU (the working directory is the run dir),
+    its text.json and speakers, and the toolkit's own ids / speaker arguments for the parity reference."""
 
+    spec: Any
     tts: Any
+    native: dict[str, Any]
     speakers: dict[str, int]
-    lowercase: bool
     text: dict[str, Any]
-    vocoder: dict[str, Any]
-    arrays: dict[str, Any]
-    toolkit_ids: Callable[[str], list[int]]
 
+    @classmethod
+    def load(cls, run_dir: str) -> "Text2SpeechRun":
+        spec, rd = start(run_dir)  # chdir: the ESPnet config names its feature statistics relative to the run dir
+        tts, native = load_text2speech(rd, spec, "cpu", "float32")
+        speakers = {str(k): int(v) for k, v in (native["speakers"] or {}).items()}
+        return cls(spec, tts, native, speakers, text_settings(tts, spec.tokenizer.lowercase))
 
-def load_tts_for_export(run_dir: str) -> TtsExportParts:
-    spec, rd = start(run_dir)  # chdir: the ESPnet config names its feature statistics relative to the run dir
-    tts, native = load_text2speech(rd, spec, "cpu", "float32")
-    if native["vocoder"]:
-        raise SystemExit(f"spx export: an ESPnet TTS run with the neural vocoder {native['vocoder']['file']} is not "
-                         "exported yet (Griffin-Lim runs are)")
-    lowercase = spec.tokenizer.lowercase
-    text = text_settings(tts, lowercase)
-    vocoder, arrays = griffin_lim_settings(tts)
-    tts.vocoder = None  # Text2Speech stops at the mel: the reference and its timing leave the vocoder out
+    def clean(self, sentence: str) -> str:
+        return clean_transcript(sentence, self.spec.tokenizer.lowercase)
 
-    def toolkit_ids(sentence: str) -> list[int]:
-        return [int(i) for i in tts.preprocess_fn("<dummy>", {"text": clean_transcript(sentence, lowercase)})["text"]]
+    def toolkit_ids(self, sentence: str) -> list[int]:
+        return [int(i) for i in self.tts.preprocess_fn("<dummy>", {"text": self.clean(sentence)})["text"]]
 
-    return TtsExportParts(tts, {str(k): int(v) for k, v in (native["speakers"] or {}).items()}, lowercase, text,
-                          vocoder, arrays, toolkit_ids)
+    def speaker_kwargs(self, speaker: str | None) -> dict[str, Any]:
+        """Text2Speech's speaker argument (the first speaker when none is named, as the engine)."""
+        return {"sids": np.array(self.speakers[speaker or sorted(self.speakers)[0]])} if self.speakers else {}
+
+    def griffin_lim(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """vocoder.json and its arrays for the run's Griffin-Lim; from then on Text2Speech stops at the mel (the
+        reference and its timing leave the vocoder out). A run with a neural vocoder is refused."""
+        if self.native["vocoder"]:
+            raise SystemExit(f"spx export: an ESPnet TTS run with the neural vocoder {self.native['vocoder']['file']} "
+                             "is not exported yet (Griffin-Lim runs are)")
+        vocoder, arrays = griffin_lim_settings(self.tts)
+        self.tts.vocoder = None
+        return vocoder, arrays
 
 
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
     out_dir = str(Path(out_dir).resolve())
-    p = load_tts_for_export(run_dir)
+    run = Text2SpeechRun.load(run_dir)
     import torch
 
-    tts, speakers, lowercase, toolkit_ids = p.tts, p.speakers, p.lowercase, p.toolkit_ids
-    net = fastspeech2_mel_module(tts.model.eval(), speakers=bool(speakers))
+    vocoder, arrays = run.griffin_lim()
+    tts = run.tts
+    net = fastspeech2_mel_module(tts.model.eval(), speakers=bool(run.speakers))
 
     @torch.no_grad()
     def reference(sentence: str, speaker: str | None) -> np.ndarray:
-        kwargs = {"sids": np.array(speakers[speaker or sorted(speakers)[0]])} if speakers else {}
-        out = tts(clean_transcript(sentence, lowercase), **kwargs)
-        return out["feat_gen_denorm"].float().numpy()
+        return tts(run.clean(sentence), **run.speaker_kwargs(speaker))["feat_gen_denorm"].float().numpy()
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
-        return write_mel_graph(net, path, fmt, opset, int8, toolkit_ids(EXAMPLE_TEXT), bool(speakers))
+        return write_mel_graph(net, path, fmt, opset, int8, run.toolkit_ids(EXAMPLE_TEXT), bool(run.speakers))
 
-    exporter = TtsExporter(backend="espnet", route=ROUTE, write_graph=write_graph, text=p.text,
-                           toolkit_ids=toolkit_ids, reference=reference, vocoder=p.vocoder, vocoder_arrays=p.arrays,
-                           speakers=speakers)
+    exporter = TtsExporter(backend="espnet", route=ROUTE, write_graph=write_graph, text=run.text,
+                           toolkit_ids=run.toolkit_ids, reference=reference, vocoder=vocoder, vocoder_arrays=arrays,
+                           speakers=run.speakers)
     return export_tts_run(run_dir, out_dir, fmt, quantize, opset, exporter, parity_utterances=parity_utterances)
 
 
