@@ -211,13 +211,16 @@ def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
         n.name for n in graph.node
         if n.op_type == "Conv" and len(weights.get(n.input[1], [])) > 1 and weights[n.input[1]][1] == 1
         and next((a.i for a in n.attribute if a.name == "group"), 1) == 1]
+    # the static quantizer reads a Conv's weight and bias as initializers: one computed in the graph (the bias of
+    # wav2vec2/HuBERT's weight-normed positional conv reaches it through an Identity) keeps that Conv fp32
+    computed = [n.name for n in graph.node if n.op_type == "Conv" and any(x and x not in weights for x in n.input[1:])]
     tries = {(): dst} if not single_channel_convs else {
         (): dst.with_name(dst.stem + ".all-quantized.onnx"),
         tuple(single_channel_convs): dst.with_name(dst.stem + ".first-conv-fp32.onnx")}
     try:
         for exclude, path in tries.items():
             quantize_static(str(src), str(path), Feeds(), quant_format=QuantFormat.QOperator,
-                            op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=list(exclude),
+                            op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=[*exclude, *computed],
                             per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
     except RuntimeError as exc:  # e.g. SpeechBrain's ECAPA-TDNN: "Invalid model with unknown initializers/tensors"
