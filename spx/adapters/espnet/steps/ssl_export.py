@@ -28,10 +28,10 @@ from typing import Any
 from unittest import mock  # patch.object: swap a toolkit function while the graph is traced, restore after
 
 from spx.adapters.common import child
-from spx.adapters.common.export import Exporter, export_run, main, trace_waveform_graph
+from spx.adapters.common.export import (Exporter, export_run, main, sample_mask, trace_waveform_graph,
+                                       waveform_frontend)
 from spx.adapters.espnet.steps.decode import load_speech2text
 from spx.adapters.espnet.steps.export import _tokens, asr_reference, encoder_ctc, traceable_pad_masks
-from spx.adapters.hf.steps.export import sample_mask, waveform_frontend
 
 OUTPUTS = {"log_probs": ["batch", "out_frames", "vocab"], "out_lengths": ["batch"]}
 
