@@ -56,7 +56,8 @@ def test_espnet_ssl_ctc_exports_pass_parity(espnet_ssl_exported):
     from spx.deploy.engine import ExportEngine
     from spx.manifests import read_manifest
 
-    infos = {kind: json.loads((espnet_ssl_exported(kind) / "export.json").read_text()) for kind in ("onnx", "onnx-int8")}
+    infos = {kind: json.loads((espnet_ssl_exported(kind) / "export.json").read_text())
+             for kind in ("onnx", "onnx-int8")}
     for kind, info in infos.items():
         p = info["parity"]
         print(f"espnet ssl_ctc {kind}: {p['summary']}; padding diff {info['padding_max_abs_logprob_diff']:.2e}; "
@@ -105,7 +106,8 @@ def test_served_espnet_ssl_export_transcribes_like_the_run(espnet_ssl_exported, 
     try:
         server.wait_ready()
         with httpx.Client(timeout=60) as client:
-            r = client.post(server.url + "/v1/transcribe", files={"file": ("a.flac", Path(audio[row["id"]]).read_bytes())})
+            r = client.post(server.url + "/v1/transcribe",
+                            files={"file": ("a.flac", Path(audio[row["id"]]).read_bytes())})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["text"] == toolkit[row["id"]] and body["duration"] == pytest.approx(row["duration"], abs=0.01)
