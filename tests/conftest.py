@@ -18,9 +18,10 @@ from typing import Callable
 import pytest
 from filelock import FileLock
 
-from shared_artifacts import shared_dir
+from shared_artifacts import build_once, shared_dir
 
 from tts_corpus import tts_corpus, tts_multi_corpus  # noqa: F401  (session fixtures, shared by the TTS modules)
+from kws_runs import kws_corpus, trained_kws  # noqa: F401  (session fixtures: the KWS corpus and runs)
 from audio_forms import audio_forms  # noqa: F401  (session fixture: the demo corpus in every audio form)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,6 +91,19 @@ def run_spx(*args: str, cwd: Path | None = None, timeout: float = 1800, env: dic
     if check and proc.returncode != 0:
         raise AssertionError(f"spx {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def export_once(run_dir: Path, folder: Path, kind: str, parity_utterances: str | None = None) -> Path:
+    """`spx export RUN_DIR` as `kind` ("onnx", "onnx-int8", "torchscript", ...) into folder, once per test run
+    (build_once: a test on the other xdist worker waits for it); parity_utterances: the check's wiring on CI, where
+    `spx export` checks the whole test set by default."""
+    fmt, _, quant = kind.partition("-")
+
+    def build(out: Path) -> None:
+        run_spx("export", run_dir, "--format", fmt, *(["--quantize", quant] if quant else []), "--out", out, "--force",
+                *(["--parity-utterances", parity_utterances] if parity_utterances else []), check=True, timeout=900)
+
+    return build_once(folder, build)
 
 
 def descendants(pid: int) -> list[int]:

@@ -12,37 +12,15 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, read_jsonl, run_spx, run_spx_and_crash
-from shared_artifacts import build_once, shared_dir
-from spx.demo.kws_corpus import CLASSES, generate_kws_corpus
+from kws_runs import KWS_RECIPE, data_overrides
+from spx.demo.kws_corpus import CLASSES
 from spx.demo.resolve import KWS_DEMO
 
-RECIPE = REPO / "recipes" / "kws.yaml"
+RECIPE = KWS_RECIPE
 BACKENDS = ("nemo", "speechbrain", "espnet")
 # measured on held-out voices (72 clips, 12 classes; chance 8 %): see docs/backends/*.md; bars keep a margin
 MIN_ACCURACY = {"nemo": 0.7, "speechbrain": 0.7, "espnet": 0.7}  # measured 0.90, 0.89, 0.92
 QUICK = ["eval.speed_repeats=1", "eval.warmup_batches=0"]
-
-
-def data_overrides(corpus: Path) -> list[str]:
-    return [f"data.{split}={corpus / f'{split}.jsonl'}" for split in ("train", "valid", "test")]
-
-
-@pytest.fixture(scope="session")
-def kws_corpus(tmp_path_factory) -> Path:
-    """The spx-demo://kws corpus (same generator and sizes), made once per test run in the run's shared folder."""
-    return build_once(shared_dir(tmp_path_factory, "kws_corpus"), lambda out: generate_kws_corpus(out, **KWS_DEMO))
-
-
-@pytest.fixture(scope="session")
-def trained_kws(tmp_path_factory, kws_corpus):
-    """trained_kws('nemo') -> run dir of recipes/kws.yaml trained on the KWS corpus (once per test run)."""
-    def get(backend: str) -> Path:
-        rd = shared_dir(tmp_path_factory, "kws_runs") / backend
-        build_once(rd, lambda out: run_spx("run", "--backend", backend, RECIPE, "--run-dir", out, "--force",
-                                           *data_overrides(kws_corpus), check=True))
-        return rd
-
-    return get
 
 
 def accuracy(rd: Path) -> float:

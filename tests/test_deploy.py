@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import REPO, read_jsonl, run_spx
-from shared_artifacts import build_once, shared_dir
+from conftest import REPO, export_once, read_jsonl, run_spx
+from shared_artifacts import shared_dir
 
 BACKENDS = ("nemo", "espnet", "speechbrain")
 PARITY_UTTERANCES = "12"  # the check's wiring on CI; `spx export` checks the whole test set by default
@@ -29,18 +29,7 @@ def exported(trained_run, tmp_path_factory):
     """exported(backend, "onnx" | "onnx-int8" | "torchscript") -> the export dir (made once per test run)."""
     root = shared_dir(tmp_path_factory, "exports")
 
-    def get(backend: str, kind: str) -> Path:
-        rd = trained_run(backend)
-        out = root / f"{backend}-{kind}"
-        fmt, _, quant = kind.partition("-")
-
-        def build(folder: Path) -> None:
-            run_spx("export", rd, "--format", fmt, *(["--quantize", quant] if quant else []), "--out", folder,
-                    "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
-
-        return build_once(out, build)
-
-    return get
+    return lambda backend, kind: export_once(trained_run(backend), root / f"{backend}-{kind}", kind, PARITY_UTTERANCES)
 
 
 # ---------------------------------------------------------------- fast: refusals before any work

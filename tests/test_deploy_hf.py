@@ -2,7 +2,7 @@
 ssl_ctc (tests/test_hf's `hf_ctc_run`) exported to ONNX fp32 and int8 through the real CLI and
 parity-checked against the decode step's own forward, its ONNX export served by a real uvicorn process; hf
 ssl_classifier (`hf_cls_run`) and SpeechBrain ssl_ctc (`sb_ssl_run`) exported and parity-checked; the numpy
-WaveformFrontend against Transformers' feature extractor; the whisper families' export refusal."""
+WaveformFrontend against Transformers' feature extractor; the whisper families' exporters."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_jsonl, run_spx
-from shared_artifacts import build_once, shared_dir
-import test_classification
+from conftest import export_once, read_jsonl
+from shared_artifacts import shared_dir
 import test_hf
 import test_hf_classification
 import test_speechbrain_pretrained
@@ -22,7 +21,6 @@ from test_deploy import Server
 # session fixtures: the shared tiny models and trained runs (no new training)
 hf_models = test_hf.hf_models
 hf_ctc_run = test_hf.hf_ctc_run
-kws_corpus = test_classification.kws_corpus
 hf_cls_run = test_hf_classification.hf_cls_run
 tiny = test_speechbrain_pretrained.tiny
 sb_ssl_run = test_speechbrain_pretrained.sb_ssl_run
@@ -31,14 +29,7 @@ PARITY_UTTERANCES = "12"  # the check's wiring on CI; `spx export` checks the wh
 
 
 def _export(run_dir: Path, folder: Path, kind: str) -> Path:
-    """`spx export RUN_DIR` as `kind` ("onnx" | "onnx-int8") into folder, once per test run."""
-    fmt, _, quant = kind.partition("-")
-
-    def build(out: Path) -> None:
-        run_spx("export", run_dir, "--format", fmt, *(["--quantize", quant] if quant else []), "--out", out,
-                "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
-
-    return build_once(folder, build)
+    return export_once(run_dir, folder, kind, PARITY_UTTERANCES)
 
 
 @pytest.fixture(scope="session")
@@ -78,16 +69,14 @@ def test_waveform_frontend_is_the_feature_extractor_and_load_frontend_reads_the_
         load_frontend(tmp_path)
 
 
-def test_whisper_export_is_refused_with_what_it_needs():
+def test_whisper_families_name_their_exporters():
+    """hf and SpeechBrain whisper export (tests/test_whisper_deploy.py exports and serves them)."""
     from spx.adapters import get_adapter
-    from spx.errors import SpxError
     from spx.spec import load_spec
 
     spec = load_spec(test_hf.WHISPER_RECIPE, [])
-    for backend in ("hf", "speechbrain"):
-        with pytest.raises(SpxError, match="whisper models: an encoder-decoder with an autoregressive search") as e:
-            get_adapter(backend).export_module(spec)
-        assert "KV cache" in str(e.value) and "search loop" in str(e.value), backend
+    assert get_adapter("hf").export_module(spec) == "spx.adapters.hf.steps.whisper_export"
+    assert get_adapter("speechbrain").export_module(spec) == "spx.adapters.speechbrain.steps.whisper_export"
 
 
 # ---------------------------------------------------------------- slow: the shared runs exported and served

@@ -11,15 +11,12 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from conftest import REPO, read_jsonl, run_spx
-from shared_artifacts import build_once, shared_dir
+from conftest import REPO, export_once, read_jsonl, run_spx
+from shared_artifacts import shared_dir
 from spx.demo.kws_corpus import CLASSES
-import test_classification
 import test_deploy
 from test_deploy import Server, assert_served_synthesizes
 
-kws_corpus = test_classification.kws_corpus  # session fixtures: the shared KWS runs (no new training)
-trained_kws = test_classification.trained_kws
 exported = test_deploy.exported  # the shared ASR exports of tests/test_deploy.py
 
 BACKENDS = ("nemo", "speechbrain", "espnet")
@@ -31,17 +28,7 @@ def cls_exported(trained_kws, tmp_path_factory):
     """cls_exported(backend, "onnx" | "onnx-int8") -> the export dir of the shared KWS run (made once per test run)."""
     root = shared_dir(tmp_path_factory, "cls_exports")
 
-    def get(backend: str, kind: str) -> Path:
-        rd = trained_kws(backend)
-        fmt, _, quant = kind.partition("-")
-
-        def build(folder: Path) -> None:
-            run_spx("export", rd, "--format", fmt, *(["--quantize", quant] if quant else []), "--out", folder,
-                    "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
-
-        return build_once(root / f"{backend}-{kind}", build)
-
-    return get
+    return lambda backend, kind: export_once(trained_kws(backend), root / f"{backend}-{kind}", kind, PARITY_UTTERANCES)
 
 
 @pytest.mark.slow
@@ -155,19 +142,12 @@ def test_served_tts_run_synthesizes(trained_tts, tmp_path):
     assert_served_synthesizes(rd, rd, tmp_path / "server.log", same_length=False)
 
 
-@pytest.mark.slow
-def test_export_of_a_tts_run_is_refused(trained_tts, tmp_path):
-    proc = run_spx("export", trained_tts("espnet").path, "--out", tmp_path / "out")
-    assert proc.returncode == 2 and "cannot export espnet tacotron2 models: its decoder is autoregressive" in proc.stdout + proc.stderr
-    assert not (tmp_path / "out").exists()
-
-
 # ---------------------------------------------------------------- spx bench --variants
 def test_bench_variants_are_checked_before_anything_runs(tmp_path):
     bad = run_spx("bench", REPO / "recipes" / "kws.yaml", "--variants", "torch,onnx-fp16", "--out", tmp_path)
     assert bad.returncode == 2 and "unknown variant onnx-fp16" in bad.stdout + bad.stderr
-    tts = run_spx("bench", REPO / "recipes" / "tacotron2.yaml", "--variants", "torch,onnx", "--out", tmp_path)
-    assert tts.returncode == 2 and "has no exporter for tts family tacotron2" in tts.stdout + tts.stderr
+    tts = run_spx("bench", REPO / "recipes" / "vits.yaml", "--variants", "torch,onnx", "--out", tmp_path)
+    assert tts.returncode == 2 and "has no exporter for tts family vits" in tts.stdout + tts.stderr
     assert not (tmp_path / "runs").exists()
 
 

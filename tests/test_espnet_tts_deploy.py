@@ -6,13 +6,12 @@ on POST /v1/synthesize."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_spx
-from shared_artifacts import build_once, shared_dir
+from conftest import export_once
+from shared_artifacts import shared_dir
 from test_deploy import assert_served_synthesizes
 from test_espnet_fastspeech2 import trained_fastspeech2
 
@@ -27,16 +26,7 @@ def fs2_exported(fastspeech2_run, tmp_path_factory):
     """fs2_exported("onnx") -> the export dir of the shared FastSpeech2 run (made once per test run)."""
     root = shared_dir(tmp_path_factory, "espnet_tts_exports")
 
-    def get(kind: str) -> Path:
-        fmt, _, quant = kind.partition("-")
-
-        def build(folder: Path) -> None:
-            run_spx("export", fastspeech2_run.path, "--format", fmt, *(["--quantize", quant] if quant else []),
-                    "--out", folder, "--force", check=True, timeout=900)
-
-        return build_once(root / kind, build)
-
-    return get
+    return lambda kind: export_once(fastspeech2_run.path, root / kind, kind)
 
 
 @pytest.mark.slow

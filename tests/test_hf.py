@@ -377,11 +377,21 @@ def test_two_process_gloo_data_parallel(hf_models, tmp_path):
     assert json.loads((rd / "metrics.json").read_text())["utterances"] == 40
 
 
+@pytest.fixture(scope="session")
+def hf_whisper_run(hf_models, tmp_path_factory) -> Path:
+    """The tiny Whisper fine-tuned 2 epochs on the demo corpus by Seq2SeqTrainer, decoded with beam search (once per
+    test run; tests/test_whisper_deploy.py exports it)."""
+    def build(folder: Path) -> None:
+        run_spx("run", "--backend", "hf", WHISPER_RECIPE, "--run-dir", folder / "run", "--force",
+                f"model.pretrained={hf_models / 'whisper'}", "decoding.strategy=beam", "decoding.beam_size=2",
+                check=True)
+
+    return build_once(shared_dir(tmp_path_factory, "hf_whisper_run"), build) / "run"
+
+
 @pytest.mark.slow
-def test_whisper_fine_tunes_and_decodes_with_beam_search(hf_models, tmp_path):
-    rd = tmp_path / "whisper"
-    run_spx("run", "--backend", "hf", WHISPER_RECIPE, "--run-dir", rd, f"model.pretrained={hf_models / 'whisper'}",
-            "decoding.strategy=beam", "decoding.beam_size=2", check=True)
+def test_whisper_fine_tunes_and_decodes_with_beam_search(hf_whisper_run):
+    rd = hf_whisper_run
     metrics = json.loads((rd / "metrics.json").read_text())
     print(f"hf whisper tiny: WER {metrics['wer']:.3f} CER {metrics['cer']:.3f} RTFx {metrics.get('rtfx')}")
     assert metrics["utterances"] == 40

@@ -15,7 +15,7 @@ from conftest import REPO, read_jsonl, run_spx
 from hf_tiny import SSL, tiny_models
 from shared_artifacts import build_once, shared_dir
 from test_classification import GOOD, _tiny_corpus, data_overrides
-from spx.demo.kws_corpus import CLASSES, generate_kws_corpus
+from spx.demo.kws_corpus import CLASSES
 from spx.demo.resolve import KWS_DEMO
 
 RECIPE = REPO / "recipes" / "tiny" / "ssl_classifier_tiny.yaml"
@@ -112,12 +112,6 @@ def test_other_backends_refuse_the_family_and_say_where_it_runs(tmp_path, backen
 @pytest.fixture(scope="session")
 def hf_models(tmp_path_factory) -> Path:
     return tiny_models(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def kws_corpus(tmp_path_factory) -> Path:
-    """The spx-demo://kws corpus, made once per test run: the same shared folder as tests/test_classification.py's."""
-    return build_once(shared_dir(tmp_path_factory, "kws_corpus"), lambda out: generate_kws_corpus(out, **KWS_DEMO))
 
 
 @pytest.fixture(scope="session")

@@ -5,13 +5,12 @@ with a real HTTP client."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_spx
-from shared_artifacts import build_once, shared_dir
+from conftest import export_once
+from shared_artifacts import shared_dir
 import test_nemo_tts
 from test_deploy import assert_served_synthesizes
 
@@ -26,16 +25,7 @@ def fastpitch_exported(nemo_fastpitch_run, tmp_path_factory):
     the parity check runs on all 8 test sentences)."""
     root = shared_dir(tmp_path_factory, "nemo_fastpitch_exports")
 
-    def get(kind: str) -> Path:
-        fmt, _, quant = kind.partition("-")
-
-        def build(folder: Path) -> None:
-            run_spx("export", nemo_fastpitch_run, "--format", fmt, *(["--quantize", quant] if quant else []),
-                    "--out", folder, "--force", check=True, timeout=900)
-
-        return build_once(root / kind, build)
-
-    return get
+    return lambda kind: export_once(nemo_fastpitch_run, root / kind, kind)
 
 
 @pytest.mark.slow

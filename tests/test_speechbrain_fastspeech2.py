@@ -318,7 +318,6 @@ def test_bench_variants_speak_with_the_toolkit_and_the_int8_export(sb_fastspeech
 
 
 @pytest.mark.parametrize("recipe, family, reason", [
-    ("tacotron2.yaml", "tacotron2", "its decoder is autoregressive"),
     ("hifigan.yaml", "hifigan", "a HiFi-GAN run is a vocoder"),
 ])
 def test_speechbrain_tts_families_without_an_export_say_why(tts_multi_corpus, recipe, family, reason):

@@ -351,7 +351,15 @@ class TtsEngine:
         self.text = TextTable(json.loads((self.dir / TEXT_JSON).read_text()))
         self.speaker_ids: dict[str, int] = dict(self.info.get("speakers") or {})
         self.speakers = sorted(self.speaker_ids)
-        self.graph = Graph(self.dir, self.info, threads)
+        self.autoregressive = None
+        if self.info.get("acoustic") == "autoregressive":  # Tacotron2: encoder, decoder step and postnet graphs
+            from spx.deploy.autoregressive import AutoregressiveAcoustic
+
+            self.autoregressive = AutoregressiveAcoustic(
+                {role: Graph(self.dir, {"format": self.format, **g}, threads) for role, g in self.info["graphs"].items()},
+                self.info["autoregressive"])
+        else:
+            self.graph = Graph(self.dir, self.info, threads)
         self.vocoder_info = json.loads((self.dir / VOCODER_JSON).read_text())
         if self.vocoder_info["kind"] == "griffin_lim":
             self.vocoder = GriffinLimVocoder(self.vocoder_info, np.load(self.dir / VOCODER_NPZ)["mel_basis"])
@@ -370,6 +378,8 @@ class TtsEngine:
 
     def mel_of_ids(self, ids: list[int], speaker: str | None = None) -> np.ndarray:
         """The acoustic graph on one sentence's ids -> log-mel [frames, n_mels] (the valid frames only)."""
+        if self.autoregressive is not None:
+            return self.autoregressive.mel_of_ids(ids, self.speaker_id(speaker) if self.speaker_ids else None)
         io = self.info
         x = np.asarray([ids], dtype=np.int64)
         feeds = {io["inputs"]["ids"]: x}
@@ -411,7 +421,12 @@ class TtsEngine:
 
 def load_engine(export_dir: str | Path, threads: int | None = None) -> "ExportEngine | ClassifierEngine | TtsEngine":
     """The engine of an export dir's task."""
-    task = read_export_info(Path(export_dir)).get("task", "asr")
+    info = read_export_info(Path(export_dir))
+    task = info.get("task", "asr")
+    if info.get("kind") == "seq2seq":  # encoder-decoder ASR (whisper): the search runs in numpy
+        from spx.deploy.seq2seq import Seq2SeqEngine
+
+        return Seq2SeqEngine(export_dir, threads)  # type: ignore[return-value]
     if task == "tts":
         return TtsEngine(export_dir, threads)
     return ClassifierEngine(export_dir, threads) if task == "classification" else ExportEngine(export_dir, threads)

@@ -159,10 +159,62 @@ class WaveformFrontend:
         return batch, np.array([len(x) for x in out], dtype=np.int64)
 
 
-FRONTENDS = {"log_mel": LogMelFrontend, "waveform": WaveformFrontend}
+@dataclass
+class WhisperLogMelFrontend:
+    """Whisper's log-mel (Transformers' WhisperFeatureExtractor, SpeechBrain's Whisper integration, openai/whisper):
+    the waveform zero-padded or trimmed to n_samples (30 s), centred STFT (reflect padding, periodic Hann window of
+    n_fft), |X|^2 of every frame but the last, the model's own mel filterbank (frontend.npz `mel` [n_mels, n_freq]),
+    log10 of max(., 1e-10), floored at its maximum - 8, then (x + 4) / 4. Output [n_mels, n_samples / hop] (the
+    encoder's input layout); float64 inside, as the feature extractor's numpy path.
+
+    settings: kind "whisper_log_mel", sample_rate, n_fft, hop_length, n_samples."""
+
+    settings: dict[str, Any]
+    mel: np.ndarray
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.settings["sample_rate"])
+
+    def save(self, out_dir: Path) -> None:
+        (out_dir / FRONTEND_JSON).write_text(json.dumps(self.settings, indent=2) + "\n")
+        np.savez(out_dir / FRONTEND_NPZ, mel=self.mel.astype(np.float32))
+
+    @classmethod
+    def load(cls, export_dir: Path) -> "WhisperLogMelFrontend":
+        export_dir = Path(export_dir)
+        return cls(json.loads((export_dir / FRONTEND_JSON).read_text()), np.load(export_dir / FRONTEND_NPZ)["mel"])
+
+    def __call__(self, wav: np.ndarray) -> tuple[np.ndarray, int]:
+        """One waveform -> (features [n_mels, frames] float32, frames holding audio)."""
+        from scipy import fft as sfft
+
+        s = self.settings
+        n_fft, hop, n_samples = int(s["n_fft"]), int(s["hop_length"]), int(s["n_samples"])
+        x = np.asarray(wav, dtype=np.float64)[:n_samples]
+        valid = min(len(x) // hop, n_samples // hop)
+        x = np.pad(x, (0, n_samples - len(x)))
+        x = np.pad(x, (n_fft // 2, n_fft // 2), mode="reflect")
+        n_frames = 1 + (len(x) - n_fft) // hop
+        frames = np.lib.stride_tricks.as_strided(x, (n_frames, n_fft), (x.strides[0] * hop, x.strides[0]),
+                                                 writeable=False)[:-1]  # every frame but the last, as Whisper
+        window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+        spec = sfft.rfft(frames * window, n=n_fft, axis=-1)
+        power = spec.real ** 2 + spec.imag ** 2                     # [frames, n_freq]
+        log_spec = np.log10(np.maximum(self.mel.astype(np.float64) @ power.T, 1e-10))  # [n_mels, frames]
+        log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+        return ((log_spec + 4.0) / 4.0).astype(np.float32), valid
+
+    def batch(self, wavs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Waveforms -> (features [B, n_mels, frames], frames holding audio int64): every item is 30 s long."""
+        out = [self(w) for w in wavs]
+        return np.stack([f for f, _ in out]), np.array([n for _, n in out], dtype=np.int64)
 
 
-def load_frontend(export_dir: str | Path) -> "LogMelFrontend | WaveformFrontend":
+FRONTENDS = {"log_mel": LogMelFrontend, "waveform": WaveformFrontend, "whisper_log_mel": WhisperLogMelFrontend}
+
+
+def load_frontend(export_dir: str | Path) -> "LogMelFrontend | WaveformFrontend | WhisperLogMelFrontend":
     """The export's frontend, by frontend.json's "kind" (files without one are log-mel: the exports before it)."""
     export_dir = Path(export_dir)
     kind = json.loads((export_dir / FRONTEND_JSON).read_text()).get("kind", "log_mel")

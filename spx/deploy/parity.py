@@ -140,3 +140,26 @@ def check_tts_parity(ids: list[str], toolkit_ids: list[list[int]], exported_ids:
             "mean_abs_mel_diff": mae, "worst_frame_change": worst_frames, "frames_differ": frames_differ[:10],
             "id_mismatch": id_mismatch[:10], "summary": summary,
             "toolkit_frames": {uid: len(t) for uid, t in zip(ids, toolkit)}}
+
+
+SEQ2SEQ_LOGIT_TOLERANCE = 2e-3  # seq2seq fp32: max abs diff of the first decoder step's logits against the toolkit's
+
+
+def check_seq2seq_parity(ids: list[str], refs: list[str], toolkit: list[tuple[np.ndarray, str]],
+                         exported: list[tuple[np.ndarray, str]], quantized: bool,
+                         feature_max_abs_diff: float | None = None) -> dict[str, Any]:
+    """The encoder-decoder twin of check_parity: (the first decoder step's logits [vocab] after the prompt, the
+    hypothesis of the whole search) per utterance, compared by check_parity's rules with the logits in place of the
+    CTC log-probs (fp32: identical hypotheses and logits within SEQ2SEQ_LOGIT_TOLERANCE; int8: WER at most
+    INT8_MAX_WER_LOSS above the toolkit's)."""
+    out = check_parity(ids, refs, toolkit, exported, quantized, feature_max_abs_diff)
+    diffs = [float(np.abs(t - e).max()) for (t, _), (e, _) in zip(toolkit, exported) if t.shape == e.shape]
+    out["max_abs_logit_diff"] = max(diffs) if diffs else float("nan")
+    del out["max_abs_logprob_diff"]
+    if not quantized:
+        out["passed"] = (not out["length_mismatch"] and not out["mismatched"]
+                         and out["max_abs_logit_diff"] <= SEQ2SEQ_LOGIT_TOLERANCE)
+        out["rule"] = (f"fp32: identical hypotheses (the same search) and the first decoder step's logits within "
+                       f"{SEQ2SEQ_LOGIT_TOLERANCE}")
+    out["summary"] = out["summary"].replace("max |dlogp|", "first-step max |dlogit|")
+    return out

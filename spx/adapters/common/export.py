@@ -467,23 +467,33 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
         np.savez(out / VOCODER_NPZ, **{k: np.asarray(v, dtype=np.float32)
                                        for k, v in (exporter.vocoder_arrays or {}).items()})
     (out / VOCODER_JSON).write_text(json.dumps(vocoder, indent=1) + "\n")
-    sizes: dict[str, int] = {"fp32_model_bytes": file_size(fp32_path)}
+    # an autoregressive model (Tacotron2) writes several graphs (io["graphs"]: role -> model_file, io names)
+    fp32_files = [out / g["model_file"] for g in io["graphs"].values()] if io.get("graphs") else [fp32_path]
+    sizes: dict[str, int] = {"fp32_model_bytes": sum(file_size(f) for f in fp32_files)}
     info: dict[str, Any] = {
         **_base_info(spec, exporter, fmt, quantize, opset),
         "model_file": fp32_path.name, **io, "text": TEXT_JSON, "vocoder": VOCODER_JSON,
         "speakers": dict(exporter.speakers or {}), "sample_rate": int(vocoder["sample_rate"]),
         **_provenance(spec, rd),
     }
+    if io.get("graphs"):
+        del info["model_file"]  # the graphs name their files
     _write_info(out, info)
     fp32_engine = TtsEngine(out, threads=threads) if quantize else None
     if quantize:
         int8_path = out / model_file
-        if fmt == "onnx":
+        if fmt == "onnx" and io.get("graphs"):
+            for g in info["graphs"].values():
+                g["model_file"] = g["model_file"].replace(".fp32.", ".")
+                quantize_onnx(out / g["model_file"].replace(".", ".fp32.", 1), out / g["model_file"])
+        elif fmt == "onnx":
             quantize_onnx(fp32_path, int8_path)
         else:
             info.update(exporter.write_graph(int8_path, fmt, opset, True))
-        sizes["int8_model_bytes"] = file_size(int8_path)
-    info["model_file"] = model_file
+        sizes["int8_model_bytes"] = (sum(file_size(out / g["model_file"]) for g in info["graphs"].values())
+                                     if io.get("graphs") else file_size(int8_path))
+    if not io.get("graphs"):
+        info["model_file"] = model_file
     _write_info(out, info)
     engine = TtsEngine(out, threads=threads)
     export_seconds = time.perf_counter() - t0
@@ -516,7 +526,7 @@ def export_tts_run(run_dir: str, out_dir: str, fmt: str, quantize: str | None, o
              "export_seconds": _time_per_pass(lambda ts: engine.mel(*ts), texts)}
     if fp32_engine is not None:
         speed["fp32_export_seconds"] = _time_per_pass(lambda ts: fp32_engine.mel(*ts), texts)
-    return _finish(out, info, sizes, parity, speed, export_seconds, fp32_path if quantize else None)
+    return _finish(out, info, sizes, parity, speed, export_seconds, fp32_files if quantize else None)
 
 
 def _begin(run_dir: str, out_dir: str, fmt: str, quantize: str | None):
@@ -543,13 +553,13 @@ def _provenance(spec, rd) -> dict[str, Any]:
 
 
 def _finish(out: Path, info: dict[str, Any], sizes: dict[str, int], parity: dict[str, Any], speed: dict[str, Any],
-            export_seconds: float, fp32_graph: Path | None) -> dict[str, Any]:
+            export_seconds: float, fp32_graph: Path | list[Path] | None) -> dict[str, Any]:
     """RTFx from every timing in `speed`, the fp32 graph of a quantized artefact removed (its size and speed stay in
     export.json), export.json written, the summary printed."""
     for k in [k for k in speed if k.endswith("_seconds") and k != "audio_seconds"]:
         speed[k.replace("_seconds", "_rtfx")] = speed["audio_seconds"] / speed[k] if speed[k] else None
-    if fp32_graph is not None:
-        fp32_graph.unlink()
+    for graph in [fp32_graph] if isinstance(fp32_graph, Path) else fp32_graph or []:
+        graph.unlink()
     sizes["artefact_bytes"] = file_size(out)
     info.update(sizes=sizes, parity=parity, speed=speed, export_seconds=round(export_seconds, 2),
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -28,13 +28,7 @@ PRECISIONS = ("fp32",)  # TTS trains in fp32 in spx, on any device
 CPU_PRECISIONS = ("fp32",)
 INIT_FROM = helpers.TTS_INIT_FROM
 INFERENCE = "spx.adapters.espnet.steps.tts_synth"  # load_synthesizer (spx serve)
-EXPORT = None
-EXPORT_REFUSED = (
-    "its decoder is autoregressive (a Python loop, one step per frame, that stops when the stop-token probability "
-    "crosses a threshold: a length a traced graph would freeze) and its prenet keeps dropout on at inference, so no "
-    "graph reproduces the toolkit's output; exporting it would take the encoder and one decoder step as two graphs "
-    "looped by the engine. recipes/fastpitch.yaml trains an exportable ESPnet FastSpeech2 with this run as its "
-    "tts.duration_teacher")
+EXPORT = "spx.adapters.espnet.steps.tacotron2_export"  # encoder / decoder-step / postnet ONNX graphs
 SYNTH_MODEL = f"{helpers.EXP}/valid.loss.best.pth"
 LOSS_KEY = "loss"
 

@@ -14,11 +14,7 @@ NAME = "whisper"
 CPU_PRECISIONS = ("fp32",)
 INIT_FROM = "a finished hf whisper run dir (or its checkpoints/export)"
 INFERENCE = "spx.adapters.hf.steps.decode"
-EXPORT = None
-EXPORT_REFUSED = ("an encoder-decoder with an autoregressive search: an export needs the encoder graph, a "
-                  "decoder-step graph with its self- and cross-attention KV cache as inputs and outputs, and the "
-                  "search loop (greedy or beam, as generate runs it, the language/task prefix tokens, the "
-                  "tokenizer) in the deploy engine, which has only greedy CTC; none of the three exists yet")
+EXPORT = "spx.adapters.hf.steps.whisper_export"  # encoder + decoder-step ONNX graphs, the search in numpy
 FINETUNE_METHODS = ("full", "lora")
 FINETUNE_OPTIONS: tuple[str, ...] = ()  # no new head: every weight is pretrained, so one lr and no head warm-up
 LORA_TARGETS = ["q_proj", "v_proj"]  # the attention projections of encoder and decoder

@@ -28,11 +28,7 @@ CPU_PRECISIONS = ("fp32",)
 FREEZE = False  # every weight trains; init_from alone fine-tunes
 INIT_FROM = "an spx speechbrain tacotron2 run dir, a CKPT+... folder, or its model.ckpt"
 INFERENCE = f"{STEPS}.tts_synth"  # load_synthesizer (spx serve on a run dir)
-EXPORT = None
-EXPORT_REFUSED = ("its decoder is autoregressive, one frame per step until a data-dependent stop token, and "
-                  "SpeechBrain's Tacotron2 prenet keeps its dropout on at inference (as the paper does), so two runs of "
-                  "the toolkit's own model give different mels and no graph can reproduce its output for the parity "
-                  "check; export a fastspeech2 run (non-autoregressive, deterministic) instead")
+EXPORT = f"{STEPS}.tacotron2_export"  # spx export: encoder / decoder-step / postnet ONNX graphs, text.json, vocoder
 SPEAKER_MODEL = f"{STEPS}.tts_model.SpeakerTacotron2"
 
 

@@ -32,12 +32,7 @@ TASK, NAME = "asr", "whisper"
 CPU_PRECISIONS = ("fp32",)
 INIT_FROM = "nothing yet: the speechbrain whisper family starts from model.pretrained"
 INFERENCE = f"{STEPS}.whisper_decode"
-EXPORT = None
-EXPORT_REFUSED = ("an encoder-decoder with an autoregressive search: an export needs the encoder graph, a "
-                  "decoder-step graph with its self- and cross-attention KV cache as inputs and outputs, and the "
-                  "search loop (greedy or beam, as SpeechBrain's S2SWhisper searchers run it, the language/task "
-                  "prefix tokens, the tokenizer) in the deploy engine, which has only greedy CTC; none of the three "
-                  "exists yet")
+EXPORT = f"{STEPS}.whisper_export"  # encoder + decoder-step ONNX graphs, the search in numpy
 FINETUNE_METHODS = ("full", "lora")
 FINETUNE_OPTIONS: tuple[str, ...] = ()  # no new head: every weight is pretrained, so one lr and no head warm-up
 FINETUNE_REFUSED = {"finetune.method adapter": "spx's speechbrain whisper family has no bottleneck adapters "

@@ -13,8 +13,9 @@ One limit the trace keeps: the positional-encoding table ESPnet extends in Pytho
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,19 +45,15 @@ def fastspeech2_mel_module(model: Any, speakers: bool = False) -> Any:
     if bool(fs2.spks) != speakers:
         raise SystemExit(f"spx export: the model has {fs2.spks or 'no'} speaker ids, the run "
                          f"{'names speakers' if speakers else 'names none'}")
-    normalize = model.normalize
-    if normalize is not None and type(normalize).__name__ != "GlobalMVN":
-        raise SystemExit(f"spx export: ESPnet feature normalisation {type(normalize).__name__} is not exported yet")
+    mvn = mvn_inverse(model)
 
     class FastSpeech2Mel(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.fs2 = fs2
-            if normalize is not None:  # GlobalMVN.inverse: x * std + mean
-                scale = normalize.std if normalize.norm_vars else torch.ones_like(normalize.std)
-                shift = normalize.mean if normalize.norm_means else torch.zeros_like(normalize.mean)
-                self.register_buffer("mvn_scale", scale.detach().clone().float())
-                self.register_buffer("mvn_shift", shift.detach().clone().float())
+            if mvn is not None:
+                self.register_buffer("mvn_scale", mvn[0])
+                self.register_buffer("mvn_shift", mvn[1])
             else:
                 self.mvn_scale = self.mvn_shift = None
 
@@ -90,6 +87,21 @@ def fastspeech2_mel_module(model: Any, speakers: bool = False) -> Any:
             return after
 
     return FastSpeech2Mel().eval()
+
+
+def mvn_inverse(model: Any) -> "tuple[Any, Any] | None":
+    """ESPnetTTSModel's feature normalisation as (scale, shift) tensors [n_mels] of its inverse (GlobalMVN.inverse:
+    x * std + mean, what Text2Speech's feat_gen_denorm applies), or None when the model has none."""
+    import torch
+
+    normalize = model.normalize
+    if normalize is None:
+        return None
+    if type(normalize).__name__ != "GlobalMVN":
+        raise SystemExit(f"spx export: ESPnet feature normalisation {type(normalize).__name__} is not exported yet")
+    scale = normalize.std if normalize.norm_vars else torch.ones_like(normalize.std)
+    shift = normalize.mean if normalize.norm_means else torch.zeros_like(normalize.mean)
+    return scale.detach().clone().float(), shift.detach().clone().float()
 
 
 def text_settings(tts: Any, lowercase: bool) -> dict[str, Any]:
@@ -147,25 +159,46 @@ def write_mel_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool, exam
             "output_shapes": {"mel": [1, "frames", "n_mels"]}}
 
 
-def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
-           parity_utterances: int = 0) -> dict[str, Any]:
-    out_dir = str(Path(out_dir).resolve())
-    spec, rd = start(run_dir)  # chdir: the ESPnet config names its feature statistics relative to the run dir
-    import torch
+@dataclass
+class TtsExportParts:
+    """What every ESPnet TTS exporter starts from: Text2Speech (its vocoder removed), speaker ids, text.json,
+    Griffin-Lim vocoder.json + arrays, and the toolkit's own text -> ids."""
 
+    tts: Any
+    speakers: dict[str, int]
+    lowercase: bool
+    text: dict[str, Any]
+    vocoder: dict[str, Any]
+    arrays: dict[str, Any]
+    toolkit_ids: Callable[[str], list[int]]
+
+
+def load_tts_for_export(run_dir: str) -> TtsExportParts:
+    spec, rd = start(run_dir)  # chdir: the ESPnet config names its feature statistics relative to the run dir
     tts, native = load_text2speech(rd, spec, "cpu", "float32")
     if native["vocoder"]:
         raise SystemExit(f"spx export: an ESPnet TTS run with the neural vocoder {native['vocoder']['file']} is not "
                          "exported yet (Griffin-Lim runs are)")
-    speakers = {str(k): int(v) for k, v in (native["speakers"] or {}).items()}
     lowercase = spec.tokenizer.lowercase
     text = text_settings(tts, lowercase)
     vocoder, arrays = griffin_lim_settings(tts)
     tts.vocoder = None  # Text2Speech stops at the mel: the reference and its timing leave the vocoder out
-    net = fastspeech2_mel_module(tts.model.eval(), speakers=bool(speakers))
 
     def toolkit_ids(sentence: str) -> list[int]:
         return [int(i) for i in tts.preprocess_fn("<dummy>", {"text": clean_transcript(sentence, lowercase)})["text"]]
+
+    return TtsExportParts(tts, {str(k): int(v) for k, v in (native["speakers"] or {}).items()}, lowercase, text,
+                          vocoder, arrays, toolkit_ids)
+
+
+def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
+           parity_utterances: int = 0) -> dict[str, Any]:
+    out_dir = str(Path(out_dir).resolve())
+    p = load_tts_for_export(run_dir)
+    import torch
+
+    tts, speakers, lowercase, toolkit_ids = p.tts, p.speakers, p.lowercase, p.toolkit_ids
+    net = fastspeech2_mel_module(tts.model.eval(), speakers=bool(speakers))
 
     @torch.no_grad()
     def reference(sentence: str, speaker: str | None) -> np.ndarray:
@@ -176,8 +209,8 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
         return write_mel_graph(net, path, fmt, opset, int8, toolkit_ids(EXAMPLE_TEXT), bool(speakers))
 
-    exporter = TtsExporter(backend="espnet", route=ROUTE, write_graph=write_graph, text=text,
-                           toolkit_ids=toolkit_ids, reference=reference, vocoder=vocoder, vocoder_arrays=arrays,
+    exporter = TtsExporter(backend="espnet", route=ROUTE, write_graph=write_graph, text=p.text,
+                           toolkit_ids=toolkit_ids, reference=reference, vocoder=p.vocoder, vocoder_arrays=p.arrays,
                            speakers=speakers)
     return export_tts_run(run_dir, out_dir, fmt, quantize, opset, exporter, parity_utterances=parity_utterances)
 

@@ -105,10 +105,39 @@ def griffin_lim(mel: dict[str, Any], iters: int) -> tuple[dict[str, Any], dict[s
             {"mel_basis": basis.astype(np.float32)})
 
 
+def text_settings(symbols: list[str], lowercase: bool) -> dict[str, Any]:
+    """text.json of SpeechBrain's TTS character ids (encode_text: id 0 pads, symbol i is id i + 1)."""
+    return {"symbols": [PAD_SYMBOL, *symbols], "space": " ", "lowercase": lowercase, "prefix": [], "suffix": [],
+            "unknown": None}
+
+
+def vocoder_parts(vocoder: Any, info: dict[str, Any], fmt: str):
+    """(vocoder.json, vocoder.npz arrays or None, write_vocoder or None) of the run's vocoder: Griffin-Lim settings,
+    or the HiFi-GAN generator as a second graph."""
+    mel = info["mel"]
+    write_vocoder, arrays = None, None
+    if isinstance(vocoder, HifiganVocoder):
+        hifigan = HifiganInference(vocoder).eval()
+        vocoder_json = {"kind": "graph", "model_file": VOCODER_FILES[fmt], "format": fmt, "input": "mel",
+                        "output": "waveform", "mel_layout": "BDT", "sample_rate": mel["sample_rate"],
+                        "source": info["vocoder"]}
+
+        def write_hifigan(path: Path, fmt: str, opset: int) -> dict[str, Any]:
+            _trace(hifigan, (torch.zeros(1, mel["n_mels"], 40),), path, fmt, opset, ["mel"], ["waveform"],
+                   {"mel": {2: "frames"}, "waveform": {0: "samples"}})
+            return {"hop_length": mel["hop_length"]}
+
+        write_vocoder = write_hifigan
+    else:
+        vocoder_json, arrays = griffin_lim(mel, info["griffin_lim_iters"])
+
+    return vocoder_json, arrays, write_vocoder
+
+
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
            parity_utterances: int = 0) -> dict[str, Any]:
     spec, rd, _device, info, model, vocoder = load_for_synthesis(run_dir, "cpu")
-    symbols, lowercase, mel = info["symbols"], spec.tokenizer.lowercase, info["mel"]
+    symbols, lowercase = info["symbols"], spec.tokenizer.lowercase
     graph = FastSpeech2Inference(model).eval()
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
@@ -126,27 +155,11 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
     def reference(text: str, speaker: str | None) -> np.ndarray:
         return postnet_mel(model, torch.tensor([toolkit_ids(text)])).T.float().numpy()
 
-    write_vocoder, arrays = None, None
-    if isinstance(vocoder, HifiganVocoder):
-        hifigan = HifiganInference(vocoder).eval()
-        vocoder_json = {"kind": "graph", "model_file": VOCODER_FILES[fmt], "format": fmt, "input": "mel",
-                        "output": "waveform", "mel_layout": "BDT", "sample_rate": mel["sample_rate"],
-                        "source": info["vocoder"]}
-
-        def write_hifigan(path: Path, fmt: str, opset: int) -> dict[str, Any]:
-            _trace(hifigan, (torch.zeros(1, mel["n_mels"], 40),), path, fmt, opset, ["mel"], ["waveform"],
-                   {"mel": {2: "frames"}, "waveform": {0: "samples"}})
-            return {"hop_length": mel["hop_length"]}
-
-        write_vocoder = write_hifigan
-    else:
-        vocoder_json, arrays = griffin_lim(mel, info["griffin_lim_iters"])
-
+    vocoder_json, arrays, write_vocoder = vocoder_parts(vocoder, info, fmt)
     exporter = TtsExporter(
         backend="speechbrain", route="torch.onnx.export (TorchScript exporter, dynamo=False) of "
         "FastSpeech2WithAlignment at inference (predicted durations, pitch, energy; postnet log-mel)",
-        write_graph=write_graph, text={"symbols": [PAD_SYMBOL, *symbols], "space": " ", "lowercase": lowercase,
-                                       "prefix": [], "suffix": [], "unknown": None},
+        write_graph=write_graph, text=text_settings(symbols, lowercase),
         toolkit_ids=toolkit_ids, reference=reference, vocoder=vocoder_json, vocoder_arrays=arrays,
         write_vocoder=write_vocoder, speakers={})
     return export_tts_run(run_dir, out_dir, fmt, quantize, opset, exporter, parity_utterances=parity_utterances)
