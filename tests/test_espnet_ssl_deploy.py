@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_jsonl, run_spx
-from shared_artifacts import build_once, shared_dir
+from conftest import export_once, read_jsonl
+from shared_artifacts import shared_dir
 import test_espnet_pretrained
 from test_deploy import Server
 
@@ -27,17 +27,7 @@ PARITY_UTTERANCES = "12"  # the check's wiring on CI; `spx export` checks the wh
 def espnet_ssl_exported(espnet_lora_run, tmp_path_factory):
     """espnet_ssl_exported("onnx" | "onnx-int8") -> the export dir of the shared run (made once per test run)."""
     root = shared_dir(tmp_path_factory, "espnet_ssl_exports")
-
-    def get(kind: str) -> Path:
-        fmt, _, quant = kind.partition("-")
-
-        def build(out: Path) -> None:
-            run_spx("export", espnet_lora_run, "--format", fmt, *(["--quantize", quant] if quant else []), "--out",
-                    out, "--force", "--parity-utterances", PARITY_UTTERANCES, check=True, timeout=900)
-
-        return build_once(root / kind, build)
-
-    return get
+    return lambda kind: export_once(espnet_lora_run, root / kind, kind, PARITY_UTTERANCES)
 
 
 # ---------------------------------------------------------------- fast
