@@ -119,6 +119,30 @@ def trace_features_to_logits(net: Any, path: Path, fmt: str, opset: int, int8: b
             "output_shapes": {"logits": ["batch", "classes"]}}
 
 
+WAV2VEC2_EPSILON = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7)
+
+
+def waveform_frontend(fe) -> WaveformFrontend:
+    """The checkpoint's Wav2Vec2FeatureExtractor as spx's numpy frontend (normalised over each utterance's own
+    samples, as hf's decode step and s3prl's hf experts call it with return_attention_mask=True)."""
+    if type(fe).__name__ != "Wav2Vec2FeatureExtractor" or fe.feature_size != 1:
+        raise SystemExit(f"spx export: the feature extractor {type(fe).__name__} (feature_size "
+                         f"{getattr(fe, 'feature_size', '?')}) is not a raw-waveform Wav2Vec2FeatureExtractor; "
+                         "spx's numpy frontend reproduces only that one")
+    return WaveformFrontend({"kind": "waveform", "sample_rate": int(fe.sampling_rate),
+                             "do_normalize": bool(fe.do_normalize), "epsilon": WAV2VEC2_EPSILON,
+                             "padding_value": float(fe.padding_value),
+                             "attention_mask": bool(fe.return_attention_mask),
+                             "toolkit": "transformers.Wav2Vec2FeatureExtractor; the feature encoder is in the graph"})
+
+
+def sample_mask(waveform, lengths):
+    """The attention mask of a padded waveform batch, from its sample counts (inside the graph: batch-dynamic)."""
+    import torch
+
+    return (torch.arange(waveform.shape[1], device=waveform.device)[None, :] < lengths[:, None]).long()
+
+
 def trace_waveform_graph(net: Any, path: Path, fmt: str, opset: int, int8: bool,
                          outputs: dict[str, list[str]]) -> dict[str, Any]:
     """A raw-waveform graph (hf ssl_ctc/ssl_classifier, SpeechBrain ssl_ctc: the SSL model's convolutional feature
@@ -212,13 +236,16 @@ def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
         n.name for n in graph.node
         if n.op_type == "Conv" and len(weights.get(n.input[1], [])) > 1 and weights[n.input[1]][1] == 1
         and next((a.i for a in n.attribute if a.name == "group"), 1) == 1]
+    # the static quantizer reads a Conv's weight and bias as initializers: one computed in the graph (the bias of
+    # wav2vec2/HuBERT's weight-normed positional conv reaches it through an Identity) keeps that Conv fp32
+    computed = [n.name for n in graph.node if n.op_type == "Conv" and any(x and x not in weights for x in n.input[1:])]
     tries = {(): dst} if not single_channel_convs else {
         (): dst.with_name(dst.stem + ".all-quantized.onnx"),
         tuple(single_channel_convs): dst.with_name(dst.stem + ".first-conv-fp32.onnx")}
     try:
         for exclude, path in tries.items():
             quantize_static(str(src), str(path), Feeds(), quant_format=QuantFormat.QOperator,
-                            op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=list(exclude),
+                            op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=[*exclude, *computed],
                             per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
     except RuntimeError as exc:  # e.g. SpeechBrain's ECAPA-TDNN: "Invalid model with unknown initializers/tensors"

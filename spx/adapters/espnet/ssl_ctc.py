@@ -32,11 +32,7 @@ NAME = "ssl_ctc"
 CPU_PRECISIONS = ("fp32",)  # ESPnet's mixed precision is torch.cuda.amp
 INIT_FROM = "a finished espnet ssl_ctc run (its exported_model *.pth with config.yaml beside it)"
 INFERENCE = f"{helpers.STEPS}.decode"
-EXPORT = None
-EXPORT_REFUSED = ("spx has no exporter for ESPnet's s3prl frontend yet: the upstream (s3prl's hf_*_custom wrapper "
-                  "around Transformers' model, with spx's torchaudio shims) would be traced from the waveform with the "
-                  "weighted-layer sum and the CTC head, as the hf and SpeechBrain ssl_ctc exporters do; export the same "
-                  "recipe's hf or speechbrain run")
+EXPORT = f"{helpers.STEPS}.ssl_export"  # waveform -> CTC log-probs (s3prl upstream + featurizer in the graph)
 FINETUNE_METHODS = ("full", "lora")
 FINETUNE_OPTIONS: tuple[str, ...] = ()
 FINETUNE_REFUSED = {  # docs/backends/espnet.md

@@ -59,7 +59,7 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
         return trace_features_to_logits(Classifier(), path, fmt, opset, int8, frontend.mel.shape[0],
-                                        traceable_pad_masks())
+                                        traceable_pad_masks(model.encoder))
 
     @torch.inference_mode()
     def reference(wav: np.ndarray) -> np.ndarray:

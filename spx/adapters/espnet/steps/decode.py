@@ -15,6 +15,12 @@ from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
 
 def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
     """The trained model as `transcribe(list of 16 kHz float arrays) -> texts` (also the TTS judge's entry point)."""
+    return load_speech2text(run_dir, device, dtype)[1]
+
+
+def load_speech2text(run_dir: str, device: str, dtype: str = "float32"):
+    """(ESPnet's Speech2Text of the run, its transcribe(list of 16 kHz float arrays) -> texts): the exporters take
+    both from one load (the model and the reference text path)."""
     spec, rd = child.load_run(run_dir)
     summary = json.loads((rd / "train_summary.json").read_text())
     model_file = summary["exported_model"]
@@ -57,7 +63,7 @@ def load_transcriber(run_dir: str, device: str, dtype: str = "float32"):
     def beam_batch(wavs):
         return [s2t(w)[0][0] for w in wavs]  # nbest list of (text, tokens, ids, hyp): best text
 
-    return beam_batch if beam else greedy_batch
+    return s2t, (beam_batch if beam else greedy_batch)
 
 
 def main(run_dir: str) -> None:

@@ -10,7 +10,6 @@ the lock) and its data-dependent shapes (padding masks from lengths) need guards
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ import numpy as np
 
 from spx.adapters.common import child
 from spx.adapters.common.export import Exporter, export_run, main, trace_encoder_ctc
-from spx.adapters.espnet.steps.decode import load_transcriber
-from spx.adapters.espnet.steps.lazy_imports import defer_unused_imports
+from spx.adapters.espnet.steps.decode import load_speech2text
 from spx.deploy.features import LogMelFrontend, centred_window
 
 
@@ -57,13 +55,16 @@ def _tokens(s2t) -> dict[str, Any]:
     raise SystemExit(f"spx export: ESPnet tokenizer {kind} is not supported yet (char and bpe are)")
 
 
-def traceable_pad_masks():
+def traceable_pad_masks(encoder):
     """ESPnet's encoders size their padding mask with int(max(lengths)), which the tracer freezes to the example's
-    length; during export the encoder modules get a mask sized by a tensor (the same values)."""
-    import torch
-    from espnet2.asr.encoder import conformer_encoder
+    length; during export the encoder's module (conformer_encoder, transformer_encoder, ...) gets a mask sized by a
+    tensor (the same values)."""
+    import sys
 
-    original = conformer_encoder.make_pad_mask
+    import torch
+
+    where = sys.modules[type(encoder).__module__]
+    original = where.make_pad_mask
 
     def make_pad_mask(lengths, xs=None, length_dim=-1, maxlen=None):
         if xs is not None or maxlen is not None:
@@ -71,7 +72,47 @@ def traceable_pad_masks():
         steps = torch.arange(lengths.max(), device=lengths.device)  # a tensor bound: stays dynamic in the graph
         return steps[None, :] >= lengths[:, None]
 
-    return mock.patch.object(conformer_encoder, "make_pad_mask", make_pad_mask)
+    return mock.patch.object(where, "make_pad_mask", make_pad_mask)
+
+
+def encoder_ctc(model, with_frontend: bool = False):
+    """ESPnetASRModel.encode ([frontend ->] normalize -> preencoder -> encoder) + the CTC log-softmax, as a module:
+    (input, lengths) -> (log-probs, output lengths). Without the frontend it takes the frontend's features."""
+    import torch
+
+    if model.postencoder is not None:
+        raise SystemExit("spx export: ESPnet models with a post-encoder are not supported yet")
+
+    class EncoderCtc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.frontend = model.frontend if with_frontend else None
+            self.normalize, self.preencoder, self.encoder, self.ctc = (model.normalize, model.preencoder,
+                                                                       model.encoder, model.ctc)
+
+        def forward(self, x, lengths):
+            if self.frontend is not None:
+                x, lengths = self.frontend(x, lengths)
+            if self.normalize is not None:
+                x, lengths = self.normalize(x, lengths)
+            if self.preencoder is not None:
+                x, lengths = self.preencoder(x, lengths)
+            enc, enc_lens, _ = self.encoder(x, lengths)
+            return self.ctc.log_softmax(enc), enc_lens
+
+    return EncoderCtc()
+
+
+def asr_reference(model, transcribe):
+    """The parity reference: the model's own encode + CTC log-softmax on one waveform, and spx's decode path's text."""
+    import torch
+
+    @torch.inference_mode()
+    def reference(wav: np.ndarray) -> tuple[np.ndarray, str]:
+        enc, enc_lens = model.encode(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+        return model.ctc.log_softmax(enc)[0, : int(enc_lens[0])].numpy(), transcribe([wav])[0]
+
+    return reference
 
 
 def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: int = 17,
@@ -79,40 +120,15 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
     out_dir = str(Path(out_dir).resolve())
     spec, rd = child.load_run(run_dir)
     os.chdir(rd.path)  # the ESPnet config names its feature statistics relative to the run dir
-    summary = json.loads((rd / "train_summary.json").read_text())
-    defer_unused_imports()
     import torch
-    from espnet2.bin.asr_inference import Speech2Text
 
-    s2t = Speech2Text(asr_train_config=summary["config"], asr_model_file=summary["exported_model"], device="cpu",
-                      beam_size=1, ctc_weight=1.0, lm_weight=0.0, nbest=1)
+    s2t, transcribe = load_speech2text(run_dir, "cpu")  # transcribe: spx's own decode path, the reference text
     model = s2t.asr_model.eval()
-    transcribe = load_transcriber(run_dir, "cpu")  # spx's own decode path: the reference greedy text
-
-    class EncoderCtc(torch.nn.Module):
-        """normalize -> encoder -> CTC log-softmax: ESPnetASRModel.encode after the frontend."""
-
-        def __init__(self):
-            super().__init__()
-            self.normalize, self.encoder, self.ctc = model.normalize, model.encoder, model.ctc
-
-        def forward(self, feats, lengths):
-            if self.normalize is not None:
-                feats, lengths = self.normalize(feats, lengths)
-            enc, enc_lens, _ = self.encoder(feats, lengths)
-            return self.ctc.log_softmax(enc), enc_lens
-
-    if model.preencoder is not None or model.postencoder is not None:
-        raise SystemExit("spx export: ESPnet models with a pre/post-encoder are not supported yet")
     frontend = _frontend(model, spec.features.sample_rate)
 
     def write_graph(path: Path, fmt: str, opset: int, int8: bool) -> dict[str, Any]:
-        return trace_encoder_ctc(EncoderCtc(), path, fmt, opset, int8, frontend.mel.shape[0], traceable_pad_masks())
-
-    @torch.inference_mode()
-    def reference(wav: np.ndarray) -> tuple[np.ndarray, str]:
-        enc, enc_lens = model.encode(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
-        return model.ctc.log_softmax(enc)[0, : int(enc_lens[0])].numpy(), transcribe([wav])[0]
+        return trace_encoder_ctc(encoder_ctc(model), path, fmt, opset, int8, frontend.mel.shape[0],
+                                 traceable_pad_masks(model.encoder))
 
     @torch.inference_mode()
     def toolkit_features(wav: np.ndarray) -> np.ndarray:
@@ -120,8 +136,9 @@ def export(run_dir: str, out_dir: str, fmt: str, quantize: str | None, opset: in
         return feats[0].numpy()
 
     exporter = Exporter(backend="espnet", route="torch.onnx.export (TorchScript exporter, dynamo=False) of "
-                        "normalize + encoder + CTC", write_graph=write_graph, frontend=frontend, tokens=_tokens(s2t),
-                        reference=reference, toolkit_features=toolkit_features)
+                        "normalize + preencoder + encoder + CTC", write_graph=write_graph, frontend=frontend,
+                        tokens=_tokens(s2t), reference=asr_reference(model, transcribe),
+                        toolkit_features=toolkit_features)
     return export_run(run_dir, out_dir, fmt, quantize, opset, exporter, parity_utterances=parity_utterances)
 
 

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spx.adapters.common.export import ClassifierExporter, export_classifier_run, main
+from spx.adapters.common.export import (ClassifierExporter, export_classifier_run, main, sample_mask,
+                                       trace_waveform_graph, waveform_frontend)
 from spx.adapters.hf.steps.cls_decode import classifier_forward
-from spx.adapters.hf.steps.export import sample_mask, trace_waveform_graph, waveform_frontend
 
 
 class WaveformClassifier(torch.nn.Module):

@@ -20,30 +20,9 @@ import numpy as np
 import torch
 
 from spx.adapters.common import child
-from spx.adapters.common.export import Exporter, export_run, main, trace_waveform_graph
+from spx.adapters.common.export import (Exporter, export_run, main, sample_mask, trace_waveform_graph,
+                                       waveform_frontend)
 from spx.adapters.hf.steps.decode import ctc_forward
-from spx.deploy.features import WaveformFrontend
-
-EPSILON = 1e-7  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm: (x - mean) / sqrt(var + 1e-7)
-
-
-def waveform_frontend(fe) -> WaveformFrontend:
-    """The checkpoint's Wav2Vec2FeatureExtractor as spx's numpy frontend (normalised over each utterance's own
-    samples, as the decode step calls it with return_attention_mask=True)."""
-    if type(fe).__name__ != "Wav2Vec2FeatureExtractor" or fe.feature_size != 1:
-        raise SystemExit(f"spx export: the feature extractor {type(fe).__name__} (feature_size "
-                         f"{getattr(fe, 'feature_size', '?')}) is not a raw-waveform Wav2Vec2FeatureExtractor; "
-                         "spx's numpy frontend reproduces only that one")
-    return WaveformFrontend({"kind": "waveform", "sample_rate": int(fe.sampling_rate),
-                             "do_normalize": bool(fe.do_normalize), "epsilon": EPSILON,
-                             "padding_value": float(fe.padding_value),
-                             "attention_mask": bool(fe.return_attention_mask),
-                             "toolkit": "transformers.Wav2Vec2FeatureExtractor; the feature encoder is in the graph"})
-
-
-def sample_mask(waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The attention mask of a padded waveform batch, from its sample counts (inside the graph: batch-dynamic)."""
-    return (torch.arange(waveform.shape[1], device=waveform.device)[None, :] < lengths[:, None]).long()
 
 
 class WaveformCtc(torch.nn.Module):
