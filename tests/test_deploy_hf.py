@@ -219,3 +219,30 @@ def test_speechbrain_ssl_ctc_export_passes_parity(sb_ssl_run, tmp_path_factory):
     assert p["utterances"] == int(PARITY_UTTERANCES) and not p["length_mismatch"]
     front = json.loads((d / "frontend.json").read_text())
     assert front["kind"] == "waveform" and front["do_normalize"] is False and front["attention_mask"] is True
+
+
+def test_int8_static_of_a_waveform_graph_leaves_its_convolutions_fp32(tmp_path):
+    """A raw-waveform graph's feature-encoder convolutions see audio samples: per-tensor uint8 ranges there moved the
+    tiny HuBERT's log-probs by 6.6 (no hypothesis kept), so its int8-static quantizes the MatMuls only (0.35)."""
+    import onnx
+    import torch
+
+    from spx.adapters.common.export import STATIC_OP_TYPES, WAVEFORM_STATIC_OP_TYPES, quantize_onnx
+
+    class ConvThenLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(1, 8, 10, stride=5)
+            self.proj = torch.nn.Linear(8, 4)
+
+        def forward(self, waveform):
+            return self.proj(self.conv(waveform[:, None]).transpose(1, 2))
+
+    src = tmp_path / "model.onnx"
+    torch.onnx.export(ConvThenLinear().eval(), (torch.randn(1, 400),), str(src), input_names=["waveform"],
+                      dynamic_axes={"waveform": {0: "batch", 1: "samples"}}, dynamo=False)
+    feeds = [{"waveform": np.random.default_rng(i).standard_normal((1, 400)).astype(np.float32)} for i in range(4)]
+    quantize_onnx(src, tmp_path / "int8.onnx", feeds, WAVEFORM_STATIC_OP_TYPES)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert "Conv" in ops and "QLinearConv" not in ops and "QLinearMatMul" in ops, ops
+    assert "Conv" in STATIC_OP_TYPES  # a log-mel graph's convolutions are quantized (test_deploy_tasks.py)

@@ -203,7 +203,14 @@ def _time_per_pass(fn: Callable[[np.ndarray], Any], wavs: list[np.ndarray], repe
     return statistics.median(totals)
 
 
-def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]] | None = None) -> None:
+STATIC_OP_TYPES = ("Conv", "MatMul")
+# a raw-waveform graph (wav2vec2/HuBERT/WavLM): its feature encoder's convolutions see audio samples, whose per-tensor
+# uint8 ranges moved the tiny HuBERT's log-probs by 5-7 (no hypothesis kept); its MatMuls alone moved them by 0.26
+WAVEFORM_STATIC_OP_TYPES = ("MatMul",)
+
+
+def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]] | None = None,
+                  op_types: tuple[str, ...] = STATIC_OP_TYPES) -> None:
     """int8 (calibration None): onnxruntime dynamic quantization: int8 weights of MatMul/Gemm (and the attention's),
     activations quantized on the fly; convolutions stay fp32 (dynamic ConvInteger ran 0.5-0.7x fp32 on the demo
     models). int8-static (calibration: feeds of valid-set features): static quantization in the QOperator format,
@@ -213,7 +220,8 @@ def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
     runs the calibration feeds in less CPU time: on the NeMo demo conformer (its output goes through fp32 masking)
     fp32 took the graph from 1.2x to 1.45x fp32, on SpeechBrain's it cost 1.9x -> 1.45x. Per-tensor weights: with
     that conv fp32, per-channel ones lost 2 words of the 140-word demo test set on NeMo, per-tensor none (measured by
-    benchmarks/int8_options.py and benchmarks/deploy_bench.py with onnxruntime 1.31 on CPU)."""
+    benchmarks/int8_options.py and benchmarks/deploy_bench.py with onnxruntime 1.31 on CPU). `op_types`: what the
+    static quantizer quantizes (WAVEFORM_STATIC_OP_TYPES for a graph that takes the raw waveform)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
 
@@ -234,8 +242,8 @@ def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
     weights = {w.name: list(w.dims) for w in graph.initializer}
     single_channel_convs = [
         n.name for n in graph.node
-        if n.op_type == "Conv" and len(weights.get(n.input[1], [])) > 1 and weights[n.input[1]][1] == 1
-        and next((a.i for a in n.attribute if a.name == "group"), 1) == 1]
+        if "Conv" in op_types and n.op_type == "Conv" and len(weights.get(n.input[1], [])) > 1
+        and weights[n.input[1]][1] == 1 and next((a.i for a in n.attribute if a.name == "group"), 1) == 1]
     # the static quantizer reads a Conv's weight and bias as initializers: one computed in the graph (the bias of
     # wav2vec2/HuBERT's weight-normed positional conv reaches it through an Identity) keeps that Conv fp32
     computed = [n.name for n in graph.node if n.op_type == "Conv" and any(x and x not in weights for x in n.input[1:])]
@@ -245,7 +253,7 @@ def quantize_onnx(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
     try:
         for exclude, path in tries.items():
             quantize_static(str(src), str(path), Feeds(), quant_format=QuantFormat.QOperator,
-                            op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=[*exclude, *computed],
+                            op_types_to_quantize=list(op_types), nodes_to_exclude=[*exclude, *computed],
                             per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax)
     except RuntimeError as exc:  # e.g. SpeechBrain's ECAPA-TDNN: "Invalid model with unknown initializers/tensors"
@@ -297,8 +305,9 @@ def calibration_feeds(spec, engine: Any) -> list[dict[str, np.ndarray]]:
 def _quantize(fmt: str, quantize: str, spec, fp32_path: Path, int8_path: Path, fp32_engine: Any, exporter: Any,
               opset: int, info: dict[str, Any]) -> None:
     if fmt == "onnx":
-        quantize_onnx(fp32_path, int8_path,
-                      calibration_feeds(spec, fp32_engine) if quantize == "int8-static" else None)
+        waveform = isinstance(exporter.frontend, WaveformFrontend)
+        quantize_onnx(fp32_path, int8_path, calibration_feeds(spec, fp32_engine) if quantize == "int8-static" else None,
+                      WAVEFORM_STATIC_OP_TYPES if waveform else STATIC_OP_TYPES)
     elif quantize == "int8-static":
         raise SystemExit("spx export: --quantize int8-static is ONNX only (TorchScript takes int8: PyTorch dynamic "
                          "quantization)")
