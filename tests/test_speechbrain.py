@@ -131,10 +131,10 @@ def test_family_modules_declare_the_contract_and_import_no_toolkit():
     assert got["families"] == {
         "conformer_ctc": ["asr", "conformer_ctc", ["fp32", "bf16"], True, steps + "decode", steps + "export", True],
         "ssl_ctc": ["asr", "ssl_ctc", ["fp32"], True, steps + "ssl_decode", steps + "ssl_export", True],
-        "whisper": ["asr", "whisper", ["fp32"], True, steps + "whisper_decode", None, True],
+        "whisper": ["asr", "whisper", ["fp32"], True, steps + "whisper_decode", steps + "whisper_export", True],
         "kws_classifier": ["classification", "kws_classifier", ["fp32"], True, steps + "cls_decode", steps + "cls_export",
                            True],
-        "tacotron2": ["tts", "tacotron2", ["fp32"], True, steps + "tts_synth", None, True],
+        "tacotron2": ["tts", "tacotron2", ["fp32"], True, steps + "tts_synth", steps + "tacotron2_export", True],
         "fastspeech2": ["tts", "fastspeech2", ["fp32"], True, steps + "tts_fastspeech2_synth", steps + "tts_export",
                         True],
         "hifigan": ["tts", "hifigan", ["fp32"], True, None, None, True],
