@@ -195,7 +195,7 @@ def test_speaker_tacotron2_graphs_stop_mid_sentence_as_speechbrain_does(tmp_path
     from spx.adapters.common.autoregressive_export import replay_prenet_dropout
     from spx.adapters.speechbrain.steps.tacotron2_export import write_graphs
     from spx.adapters.speechbrain.steps.tts_model import SpeakerTacotron2
-    from spx.deploy.engine import Graph
+    from spx.deploy.graph import Graph
 
     torch.manual_seed(0)
     model = SpeakerTacotron2(
@@ -239,7 +239,7 @@ def test_espnet_tacotron2_graphs_stop_mid_sentence_as_espnet_does(tmp_path):
 
     from spx.adapters.common.autoregressive_export import replay_prenet_dropout
     from spx.adapters.espnet.steps.tacotron2_export import write_graphs
-    from spx.deploy.engine import Graph
+    from spx.deploy.graph import Graph
 
     torch.manual_seed(0)
     t2 = Tacotron2(idim=30, odim=20, embed_dim=32, elayers=1, eunits=32, econv_layers=2, econv_chans=32, adim=32,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from spx.deploy.features import load_frontend
+from spx.deploy.graph import Graph
 
 TOKENIZER_DIR = "tokenizer"
 NEG = np.float32(-1e9)  # transformers' "cannot be chosen" offset
@@ -41,8 +42,6 @@ class Seq2SeqEngine:
     export's parity check compares: encode(wav), step_logits(prefixes, encoder states), search(encoder states)."""
 
     def __init__(self, export_dir: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
         self.dir = Path(export_dir)
         self.info: dict[str, Any] = json.loads((self.dir / "export.json").read_text())
         if self.info["format"] != "onnx":
@@ -51,13 +50,9 @@ class Seq2SeqEngine:
         self.frontend = load_frontend(self.dir)
         self.sample_rate = self.frontend.sample_rate
         self.search_settings: dict[str, Any] = self.info["search"]
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
         graphs = self.info["graphs"]
-        self.encoder = ort.InferenceSession(str(self.dir / graphs["encoder"]), opts, providers=["CPUExecutionProvider"])
-        self.decoder = ort.InferenceSession(str(self.dir / graphs["decoder"]), opts, providers=["CPUExecutionProvider"])
+        self.encoder = Graph(self.dir, {"model_file": graphs["encoder"], "format": "onnx"}, threads)
+        self.decoder = Graph(self.dir, {"model_file": graphs["decoder"], "format": "onnx"}, threads)
         import transformers
 
         tok = self.info["tokenizer"]
@@ -67,14 +62,14 @@ class Seq2SeqEngine:
     def encode(self, wav: np.ndarray) -> np.ndarray:
         """One waveform -> encoder states [1, frames, d_model]."""
         feats, _ = self.frontend(wav)
-        return self.encoder.run(None, {"input_features": feats[None]})[0]
+        return self.encoder.run_named({"input_features": feats[None]})["encoder_hidden_states"]
 
     def step_logits(self, prefixes: np.ndarray, enc: np.ndarray) -> np.ndarray:
         """Token prefixes [B, n] (one encoder state [1, ...] shared, or one each) -> the last position's logits
         [B, vocab] float32."""
         if enc.shape[0] != len(prefixes):
             enc = np.repeat(enc, len(prefixes), axis=0)
-        return self.decoder.run(None, {"input_ids": prefixes.astype(np.int64), "encoder_hidden_states": enc})[0]
+        return self.decoder.run_named({"input_ids": prefixes.astype(np.int64), "encoder_hidden_states": enc})["logits"]
 
     def first_logits(self, wav: np.ndarray) -> np.ndarray:
         """The decoder's logits after the prompt [vocab] (the parity check's comparison of the graphs)."""

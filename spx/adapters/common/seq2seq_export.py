@@ -145,16 +145,13 @@ def export_seq2seq_run(run_dir: str, out_dir: str, fmt: str, quantize: str | Non
         for g in graphs.values():
             quantize_onnx(fp32_dir / g, out / g)
         sizes["int8_model_bytes"] = sum(file_size(out / g) for g in graphs.values())
-    if quantize:
         fe.save(out)
         exporter.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
     info: dict[str, Any] = {**_base_info(spec, exporter, fmt, quantize, opset), **artefact_info(fp32_dir),
                             **_provenance(spec, rd)}
     _write_info(out, info)
     engine = Seq2SeqEngine(out, threads=threads)
-    fp32_engine = None
-    if quantize:
-        fp32_engine = Seq2SeqEngine(fp32_dir, threads=threads)
+    fp32_engine = Seq2SeqEngine(fp32_dir, threads=threads) if quantize else None
     export_seconds = time.perf_counter() - t0
 
     wavs = parity_audio(spec, parity_utterances)
@@ -164,13 +161,12 @@ def export_seq2seq_run(run_dir: str, out_dir: str, fmt: str, quantize: str | Non
     feat_diff = max(float(np.abs(exporter.toolkit_features(w) - fe(w)[0]).max()) for _, _, w in wavs)
     parity = check_seq2seq_parity(ids=[i for i, _, _ in wavs], refs=[t for _, t, _ in wavs], toolkit=toolkit,
                                   exported=got, quantized=bool(quantize), feature_max_abs_diff=feat_diff)
-    audio_s = sum(len(w) for _, _, w in wavs) / fe.sample_rate
-    speed = {"threads": threads, "audio_seconds": audio_s, "batch": 1,
-             "torch_seconds": _time_per_pass(exporter.reference, [w for _, _, w in wavs], repeats=1),
-             "export_seconds": _time_per_pass(lambda w: engine.transcribe([w]), [w for _, _, w in wavs], repeats=1)}
+    audio = [w for _, _, w in wavs]
+    speed = {"threads": threads, "audio_seconds": sum(len(w) for w in audio) / fe.sample_rate, "batch": 1,
+             "torch_seconds": _time_per_pass(exporter.reference, audio, repeats=1),
+             "export_seconds": _time_per_pass(lambda w: engine.transcribe([w]), audio, repeats=1)}
     if fp32_engine is not None:
-        speed["fp32_export_seconds"] = _time_per_pass(lambda w: fp32_engine.transcribe([w]),
-                                                      [w for _, _, w in wavs], repeats=1)
+        speed["fp32_export_seconds"] = _time_per_pass(lambda w: fp32_engine.transcribe([w]), audio, repeats=1)
         import shutil
 
         shutil.rmtree(fp32_dir)
